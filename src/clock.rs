@@ -1,0 +1,158 @@
+//! Time. Every decision about expiry, rotation or limits takes `now` as an argument; the
+//! [`Clock`] is how the server obtains it, so tests can substitute their own.
+
+use std::fmt;
+
+use time::{
+    Date, OffsetDateTime, format_description::well_known::Rfc3339, macros::format_description,
+};
+
+/// An instant in UTC with whole-second precision, written as RFC 3339 (`...Z`).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    pub fn from_unix(secs: i64) -> Self {
+        Self(secs)
+    }
+
+    pub fn unix(self) -> i64 {
+        self.0
+    }
+
+    pub fn from_offset(t: OffsetDateTime) -> Self {
+        Self(t.unix_timestamp())
+    }
+
+    pub fn to_offset(self) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(self.0).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+
+    pub fn plus_secs(self, secs: u64) -> Self {
+        Self(
+            self.0
+                .saturating_add(i64::try_from(secs).unwrap_or(i64::MAX)),
+        )
+    }
+
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        if s.len() > 40 {
+            return Err("must be an RFC 3339 timestamp");
+        }
+        OffsetDateTime::parse(s, &Rfc3339)
+            .map(Self::from_offset)
+            .map_err(|_| "must be an RFC 3339 timestamp")
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.to_offset().format(&Rfc3339) {
+            Ok(s) => f.write_str(&s),
+            Err(_) => write!(f, "@{}", self.0),
+        }
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A calendar date, written `YYYY-MM-DD`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Day(Date);
+
+impl Day {
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        let fmt = format_description!("[year]-[month]-[day]");
+        if s.len() != 10 {
+            return Err("must be a date YYYY-MM-DD");
+        }
+        Date::parse(s, &fmt)
+            .map(Self)
+            .map_err(|_| "must be a date YYYY-MM-DD")
+    }
+
+    pub fn of(t: Timestamp) -> Self {
+        Self(t.to_offset().date())
+    }
+
+    pub fn plus_days(self, days: i64) -> Self {
+        Self(self.0.saturating_add(time::Duration::days(days)))
+    }
+}
+
+impl fmt::Display for Day {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:04}-{:02}-{:02}",
+            self.0.year(),
+            u8::from(self.0.month()),
+            self.0.day()
+        )
+    }
+}
+
+impl fmt::Debug for Day {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl serde::Serialize for Day {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Day {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where the server gets `now` from.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Timestamp;
+}
+
+/// The operating system's clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_offset(OffsetDateTime::now_utc())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_round_trip_in_utc() {
+        let t = Timestamp::parse("2026-11-22T15:00:00+02:00").unwrap();
+        assert_eq!(t.to_string(), "2026-11-22T13:00:00Z");
+        assert!(Timestamp::parse("yesterday").is_err());
+        assert_eq!(Day::parse("2027-01-31").unwrap().to_string(), "2027-01-31");
+        assert!(Day::parse("2027-02-31").is_err());
+    }
+}

@@ -1,0 +1,293 @@
+//! Configuration in two stages: what the operator wrote (a TOML file, environment variables,
+//! flags — flags win, then the environment, then the file, then the embedded defaults) and
+//! the validated [`Config`] the server runs with. Validation happens once, before anything is
+//! created on disk, and every error names the setting.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use crate::pki::identity::TrustDomain;
+
+/// Embedded defaults.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+pub const DEFAULT_DATA: &str = "data";
+pub const DEFAULT_CERTS: &str = "certs";
+pub const DEFAULT_TRUST_DOMAIN: &str = "tessera.local";
+pub const DEFAULT_CERT_TTL_SECS: u64 = 24 * 3600;
+pub const DEFAULT_CERT_MAX_TTL_SECS: u64 = 30 * 24 * 3600;
+pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+
+/// A setting that could not be accepted.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting `{setting}`: {message}")]
+pub struct ConfigError {
+    pub setting: String,
+    pub message: String,
+}
+
+fn err(setting: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting: setting.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// The optional TOML file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data: Option<PathBuf>,
+    pub certs: Option<PathBuf>,
+    pub trust_domain: Option<String>,
+    #[serde(default)]
+    pub certificates: FileCertificates,
+    #[serde(default)]
+    pub server: FileServer,
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCertificates {
+    pub default_ttl_seconds: Option<u64>,
+    pub max_ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileServer {
+    pub body_limit_bytes: Option<usize>,
+    pub shutdown_timeout_seconds: Option<u64>,
+    pub workers: Option<usize>,
+    pub store_cache_bytes: Option<u64>,
+}
+
+/// Values from flags and the environment (clap fills these in `main.rs`).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data: Option<PathBuf>,
+    pub certs: Option<PathBuf>,
+    pub trust_domain: Option<String>,
+    pub log_format: Option<String>,
+    pub shutdown_timeout_seconds: Option<u64>,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub certs_dir: PathBuf,
+    pub trust_domain: TrustDomain,
+    pub cert_default_ttl_secs: u64,
+    pub cert_max_ttl_secs: u64,
+    pub body_limit: usize,
+    pub shutdown_timeout_secs: u64,
+    pub workers: usize,
+    pub store_cache_bytes: u64,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Reads the file named by `--config` (if any), applies overrides, validates.
+    pub fn load(o: &Overrides) -> Result<Self, ConfigError> {
+        let file = match &o.config_file {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        Self::resolve(file, o)
+    }
+
+    pub fn resolve(file: FileConfig, o: &Overrides) -> Result<Self, ConfigError> {
+        let listen_s = o
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen: SocketAddr = listen_s.parse().map_err(|_| {
+            err(
+                "listen",
+                format!("`{listen_s}` is not an address like 127.0.0.1:8443"),
+            )
+        })?;
+
+        let data_dir = o
+            .data
+            .clone()
+            .or(file.data)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA));
+        check_dir("data", &data_dir)?;
+        let certs_dir = o
+            .certs
+            .clone()
+            .or(file.certs)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CERTS));
+        check_dir("certs", &certs_dir)?;
+
+        let td = o
+            .trust_domain
+            .clone()
+            .or(file.trust_domain)
+            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned());
+        let trust_domain = TrustDomain::parse(&td).map_err(|m| err("trust_domain", m))?;
+
+        let cert_default_ttl_secs = file
+            .certificates
+            .default_ttl_seconds
+            .unwrap_or(DEFAULT_CERT_TTL_SECS);
+        let cert_max_ttl_secs = file
+            .certificates
+            .max_ttl_seconds
+            .unwrap_or(DEFAULT_CERT_MAX_TTL_SECS);
+        if !(60..=5 * 365 * 86_400).contains(&cert_max_ttl_secs) {
+            return Err(err(
+                "certificates.max_ttl_seconds",
+                "must be between 60 and 157680000 (5 years)",
+            ));
+        }
+        if !(60..=cert_max_ttl_secs).contains(&cert_default_ttl_secs) {
+            return Err(err(
+                "certificates.default_ttl_seconds",
+                "must be between 60 and certificates.max_ttl_seconds",
+            ));
+        }
+
+        let body_limit = file.server.body_limit_bytes.unwrap_or(DEFAULT_BODY_LIMIT);
+        if !(1024..=16 * 1024 * 1024).contains(&body_limit) {
+            return Err(err(
+                "server.body_limit_bytes",
+                "must be between 1024 and 16777216",
+            ));
+        }
+        let shutdown_timeout_secs = o
+            .shutdown_timeout_seconds
+            .or(file.server.shutdown_timeout_seconds)
+            .unwrap_or(10);
+        if shutdown_timeout_secs > 300 {
+            return Err(err(
+                "server.shutdown_timeout_seconds",
+                "must be at most 300",
+            ));
+        }
+        let workers = file
+            .server
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from));
+        if !(1..=256).contains(&workers) {
+            return Err(err("server.workers", "must be between 1 and 256"));
+        }
+        let store_cache_bytes = file.server.store_cache_bytes.unwrap_or(64 * 1024 * 1024);
+        if store_cache_bytes < 1024 * 1024 {
+            return Err(err("server.store_cache_bytes", "must be at least 1048576"));
+        }
+        let log_format = match o.log_format.clone().or(file.log_format).as_deref() {
+            None | Some("human") => LogFormat::Human,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(err(
+                    "log_format",
+                    format!("`{other}` is not one of human, json"),
+                ));
+            }
+        };
+
+        Ok(Self {
+            listen,
+            data_dir,
+            certs_dir,
+            trust_domain,
+            cert_default_ttl_secs,
+            cert_max_ttl_secs,
+            body_limit,
+            shutdown_timeout_secs,
+            workers,
+            store_cache_bytes,
+            log_format,
+        })
+    }
+}
+
+fn read_file(p: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(p)
+        .map_err(|e| err("config", format!("cannot read {}: {e}", p.display())))?;
+    toml::from_str(&text).map_err(|e| err("config", format!("{}: {}", p.display(), e.message())))
+}
+
+fn check_dir(setting: &str, p: &Path) -> Result<(), ConfigError> {
+    if p.as_os_str().is_empty() {
+        return Err(err(setting, "must not be empty"));
+    }
+    if p.exists() && !p.is_dir() {
+        return Err(err(
+            setting,
+            format!("{} exists and is not a directory", p.display()),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults() {
+        let c = Config::resolve(FileConfig::default(), &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.data_dir, PathBuf::from("data"));
+        assert_eq!(c.trust_domain.as_str(), DEFAULT_TRUST_DOMAIN);
+        assert_eq!(c.cert_default_ttl_secs, 86_400);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file: FileConfig =
+            toml::from_str("listen = \"127.0.0.1:9000\"\ntrust_domain = \"a.b\"").unwrap();
+        let o = Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            ..Overrides::default()
+        };
+        let c = Config::resolve(file, &o).unwrap();
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.trust_domain.as_str(), "a.b");
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let bad = |o: Overrides, f: &str| {
+            let file: FileConfig = toml::from_str(f).unwrap();
+            Config::resolve(file, &o).unwrap_err().setting
+        };
+        let listen = Overrides {
+            listen: Some("nonsense".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(bad(listen, ""), "listen");
+        assert_eq!(
+            bad(Overrides::default(), "trust_domain = \"Bad Domain\""),
+            "trust_domain"
+        );
+        assert_eq!(
+            bad(
+                Overrides::default(),
+                "[certificates]\ndefault_ttl_seconds = 999999999"
+            ),
+            "certificates.default_ttl_seconds"
+        );
+        assert!(toml::from_str::<FileConfig>("unknown = 1").is_err());
+    }
+}

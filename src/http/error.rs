@@ -1,0 +1,196 @@
+//! The one error type of the HTTP layer and its mapping to responses.
+//!
+//! Bodies are `{"error": {"code", "message", "request_id", "field"?}}`. Messages are fixed,
+//! safe text: an internal cause is logged with the request id and never sent. Every
+//! authentication failure is the same 401 body; another tenant's object is the same 404 as a
+//! missing one.
+
+use std::fmt;
+
+use actix_web::{
+    HttpResponse, ResponseError,
+    http::{StatusCode, header},
+};
+use serde_json::json;
+
+use crate::{access::Denied, keys::KeysError, pki::PkiError, store::StoreError};
+
+tokio::task_local! {
+    /// The id of the request being served (set by the request middleware).
+    pub static REQUEST_ID: String;
+}
+
+/// The current request's id, or empty outside a request.
+pub fn request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+/// Errors as the client sees them.
+#[derive(Debug)]
+pub enum ApiError {
+    /// Bad input; `field` names the offending field when there is one.
+    BadRequest {
+        field: Option<String>,
+        message: String,
+    },
+    /// Not authenticated, whatever the reason.
+    Unauthenticated,
+    /// Authenticated but not allowed.
+    Forbidden,
+    /// No such object visible to the caller.
+    NotFound,
+    /// The route exists, the method does not; `Allow` lists the methods.
+    MethodNotAllowed(&'static str),
+    /// The object's state forbids the change.
+    Conflict(String),
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    /// Storage cannot accept writes right now; nothing was changed.
+    Unavailable,
+    /// A bug or corrupted data. Logged; the client gets fixed text.
+    Internal,
+}
+
+impl ApiError {
+    pub fn bad(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_body(message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            field: None,
+            message: message.into(),
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { .. } => "invalid_request",
+            ApiError::Unauthenticated => "unauthenticated",
+            ApiError::Forbidden => "forbidden",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::Unavailable => "unavailable",
+            ApiError::Internal => "internal",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            ApiError::BadRequest { message, .. } => message.clone(),
+            ApiError::Unauthenticated => "authentication required".into(),
+            ApiError::Forbidden => "not allowed".into(),
+            ApiError::NotFound => "not found".into(),
+            ApiError::MethodNotAllowed(_) => "method not allowed".into(),
+            ApiError::Conflict(m) => m.clone(),
+            ApiError::PayloadTooLarge => "the request body is too large".into(),
+            ApiError::UnsupportedMediaType => "the body must be application/json".into(),
+            ApiError::Unavailable => "the service cannot accept this request right now".into(),
+            ApiError::Internal => "internal error".into(),
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code(), self.message())
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut error = json!({
+            "code": self.code(),
+            "message": self.message(),
+            "request_id": request_id(),
+        });
+        if let ApiError::BadRequest { field: Some(f), .. } = self {
+            error["field"] = json!(f);
+        }
+        let mut res = HttpResponse::build(self.status_code());
+        res.insert_header((header::CACHE_CONTROL, "no-store"));
+        if let ApiError::MethodNotAllowed(allow) = self {
+            res.insert_header((header::ALLOW, *allow));
+        }
+        if let ApiError::Unauthenticated = self {
+            res.insert_header((header::WWW_AUTHENTICATE, "Bearer, mTLS"));
+        }
+        res.json(json!({ "error": error }))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict => {
+                ApiError::Conflict("a concurrent change conflicted; retry".into())
+            }
+            StoreError::Unavailable(_) | StoreError::Locked => {
+                tracing::error!(error = %e, "storage unavailable");
+                ApiError::Unavailable
+            }
+            StoreError::Corrupt { .. }
+            | StoreError::NewerFormat { .. }
+            | StoreError::WrongMasterKey
+            | StoreError::Crypto => {
+                tracing::error!(error = %e, "internal error");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+impl From<KeysError> for ApiError {
+    fn from(e: KeysError) -> Self {
+        match e {
+            KeysError::NotFound => ApiError::NotFound,
+            KeysError::Conflict(m) => ApiError::Conflict(m.to_owned()),
+            KeysError::Invalid { field, message } => ApiError::bad(field, message),
+            KeysError::Store(s) => s.into(),
+            KeysError::Crypto(c) => {
+                tracing::error!(error = %c, "crypto failure");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+impl From<PkiError> for ApiError {
+    fn from(e: PkiError) -> Self {
+        match e {
+            PkiError::Store(s) => s.into(),
+            other => {
+                tracing::error!(error = %other, "pki failure");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(e: Denied) -> Self {
+        tracing::info!(reason = %e, "refused");
+        ApiError::Forbidden
+    }
+}

@@ -1,0 +1,185 @@
+//! `Idempotency-Key` for create calls: a retry with the same key (same caller, same route,
+//! same body) gets the first answer again instead of a second object. Answers are kept in
+//! memory only (they can hold a secret), zeroized when dropped, for a short window.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use actix_web::{HttpRequest, HttpResponse, http::StatusCode};
+
+use super::error::ApiError;
+use crate::crypto::secret::SecretBytes;
+
+/// How long an answer is replayable.
+pub const WINDOW: Duration = Duration::from_secs(600);
+/// Most answers held at once; beyond it new keys are not remembered (the call still works).
+const CAPACITY: usize = 10_000;
+const HEADER: &str = "idempotency-key";
+
+/// A JSON answer that can be replayed.
+#[derive(Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: SecretBytes,
+}
+
+impl Reply {
+    pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Result<Self, ApiError> {
+        let mut body = SecretBytes::with_capacity(1024);
+        serde_json::to_writer(body.expose_mut(), value).map_err(|_| ApiError::Internal)?;
+        Ok(Self { status, body })
+    }
+
+    /// The response, never cacheable (it may carry a secret).
+    pub fn to_response(&self, replayed: bool) -> HttpResponse {
+        let mut r = HttpResponse::build(self.status);
+        r.content_type("application/json")
+            .insert_header(("cache-control", "no-store"));
+        if replayed {
+            r.insert_header(("idempotent-replayed", "true"));
+        }
+        r.body(self.body.expose().to_vec())
+    }
+}
+
+enum Entry {
+    InFlight,
+    Done {
+        digest: [u8; 32],
+        reply: Reply,
+        at: Instant,
+    },
+}
+
+type Slot = (String, String, String);
+
+#[derive(Default)]
+pub struct Idempotency {
+    entries: Mutex<HashMap<Slot, Entry>>,
+}
+
+/// Removes an in-flight marker if the request is dropped before it finishes.
+struct InFlightGuard<'a> {
+    owner: &'a Idempotency,
+    slot: Option<Slot>,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.owner.lock().remove(&slot);
+        }
+    }
+}
+
+/// Reads and checks the header: 1 to 255 visible ASCII characters.
+pub fn key_from(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(v) = req.headers().get(HEADER) else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(s) if (1..=255).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(s.to_owned()))
+        }
+        _ => Err(ApiError::bad(
+            "Idempotency-Key",
+            "must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+/// What a new request with a key may do.
+enum Claim {
+    /// Run it; its answer will be remembered.
+    Claimed,
+    /// Run it without remembering (the table is full).
+    Untracked,
+    /// Answer with the remembered reply.
+    Replay(Reply),
+}
+
+impl Idempotency {
+    fn claim(&self, slot: &Slot, digest: [u8; 32]) -> Result<Claim, ApiError> {
+        let mut map = self.lock();
+        let now = Instant::now();
+        match map.get(slot) {
+            Some(Entry::Done {
+                digest: d,
+                reply,
+                at,
+            }) if now.duration_since(*at) < WINDOW => {
+                if *d != digest {
+                    return Err(ApiError::Conflict(
+                        "this Idempotency-Key was used with a different request".into(),
+                    ));
+                }
+                return Ok(Claim::Replay(reply.clone()));
+            }
+            Some(Entry::InFlight) => {
+                return Err(ApiError::Conflict(
+                    "a request with this Idempotency-Key is in progress".into(),
+                ));
+            }
+            _ => {}
+        }
+        if map.len() >= CAPACITY {
+            map.retain(|_, e| match e {
+                Entry::Done { at, .. } => now.duration_since(*at) < WINDOW,
+                Entry::InFlight => true,
+            });
+        }
+        if map.len() >= CAPACITY {
+            return Ok(Claim::Untracked);
+        }
+        map.insert(slot.clone(), Entry::InFlight);
+        Ok(Claim::Claimed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Slot, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `create` at most once per (caller, request path, key) within the window.
+    pub async fn run<F, Fut>(
+        &self,
+        caller: &str,
+        route: &str,
+        key: Option<String>,
+        digest: [u8; 32],
+        create: F,
+    ) -> Result<HttpResponse, ApiError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Reply, ApiError>>,
+    {
+        let Some(key) = key else {
+            return create().await.map(|r| r.to_response(false));
+        };
+        let slot: Slot = (caller.to_owned(), route.to_owned(), key);
+        match self.claim(&slot, digest)? {
+            Claim::Replay(reply) => return Ok(reply.to_response(true)),
+            Claim::Untracked => return create().await.map(|r| r.to_response(false)),
+            Claim::Claimed => {}
+        }
+        let mut guard = InFlightGuard {
+            owner: self,
+            slot: Some(slot),
+        };
+        let result = create().await;
+        if let (Ok(reply), Some(slot)) = (&result, guard.slot.take()) {
+            self.lock().insert(
+                slot,
+                Entry::Done {
+                    digest,
+                    reply: reply.clone(),
+                    at: Instant::now(),
+                },
+            );
+        }
+        result.map(|r| r.to_response(false))
+    }
+}

@@ -1,0 +1,11 @@
+//! The HTTP edge (actix-web over rustls): routes, extractors, the one error-to-response
+//! mapping, middleware, TLS with hot reload. Only this layer decides status codes and bodies.
+
+pub mod error;
+pub mod extract;
+mod idempotency;
+mod middleware;
+mod routes;
+pub mod server;
+pub mod state;
+pub mod tls;

@@ -1,0 +1,86 @@
+//! `/v1/apis`: the API registry.
+
+use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
+
+use super::ListQuery;
+use crate::{
+    access::{Permission, authorize},
+    http::{
+        error::ApiError,
+        extract::{Authenticated, Json, Query, path_param},
+        idempotency::{self, Reply},
+        state::AppState,
+    },
+    ids::{ApiId, TenantName},
+    keys::{ApiPatch, NewApi},
+};
+
+pub async fn create(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: Json<NewApi>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&auth.0, Permission::ApisWrite)?;
+    let idem = idempotency::key_from(&req)?;
+    let now = state.clock.now();
+    state
+        .idempotency
+        .run(&auth.0.id.uri(), req.path(), idem, body.digest, || async {
+            let api = state
+                .keys
+                .create_api(TenantName::default_tenant(), body.value, now)
+                .await?;
+            Reply::json(StatusCode::CREATED, &api)
+        })
+        .await
+}
+
+pub async fn list(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    q: Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let scope = authorize(&auth.0, Permission::ApisRead)?;
+    let page = state.keys.list_apis(&scope, &q.0.page()?).await?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+pub async fn get(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let scope = authorize(&auth.0, Permission::ApisRead)?;
+    let id = path_param(&id, "id", ApiId::parse)?;
+    Ok(HttpResponse::Ok().json(state.keys.get_api(&scope, &id).await?))
+}
+
+pub async fn update(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: Json<ApiPatch>,
+) -> Result<HttpResponse, ApiError> {
+    let scope = authorize(&auth.0, Permission::ApisWrite)?;
+    let id = path_param(&id, "id", ApiId::parse)?;
+    let api = state
+        .keys
+        .update_api(&scope, &id, body.value, state.clock.now())
+        .await?;
+    Ok(HttpResponse::Ok().json(api))
+}
+
+pub async fn delete(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let scope = authorize(&auth.0, Permission::ApisWrite)?;
+    let id = path_param(&id, "id", ApiId::parse)?;
+    state
+        .keys
+        .delete_api(&scope, &id, state.clock.now())
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}

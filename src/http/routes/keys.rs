@@ -1,0 +1,155 @@
+//! `/v1/apis/{id}/keys` and `/v1/keys/...`: the API-key lifecycle and verification.
+
+use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
+use serde::Serialize;
+
+use super::ListQuery;
+use crate::{
+    access::{Permission, authorize},
+    http::{
+        error::ApiError,
+        extract::{Authenticated, Json, OptionalJson, Query, path_param},
+        idempotency::{self, Reply},
+        state::AppState,
+    },
+    ids::{ApiId, KeyId},
+    keys::{KeyPatch, NewKey, RotateKey, VerifyRequest, model::KeyView},
+};
+
+/// A key's metadata plus its secret: the one answer that carries it.
+#[derive(Serialize)]
+struct WithSecret<'a> {
+    #[serde(flatten)]
+    view: &'a KeyView,
+    key: &'a str,
+}
+
+pub async fn create(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    api_id: web::Path<String>,
+    body: Json<NewKey>,
+) -> Result<HttpResponse, ApiError> {
+    let scope = authorize(&auth.0, Permission::KeysCreate)?;
+    let api_id = path_param(&api_id, "api_id", ApiId::parse)?;
+    let idem = idempotency::key_from(&req)?;
+    let now = state.clock.now();
+    state
+        .idempotency
+        .run(&auth.0.id.uri(), req.path(), idem, body.digest, || async {
+            let (view, secret) = state
+                .keys
+                .issue_key(&scope, &api_id, body.value, now)
+                .await?;
+            Reply::json(
+                StatusCode::CREATED,
+                &WithSecret {
+                    view: &view,
+                    key: secret.expose(),
+                },
+            )
+        })
+        .await
+}
+
+pub async fn list(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    api_id: web::Path<String>,
+    q: Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let scope = authorize(&auth.0, Permission::KeysRead)?;
+    let api_id = path_param(&api_id, "api_id", ApiId::parse)?;
+    let page = state
+        .keys
+        .list_keys(&scope, &api_id, &q.0.page()?, state.clock.now())
+        .await?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+pub async fn get(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let scope = authorize(&auth.0, Permission::KeysRead)?;
+    let id = path_param(&id, "id", KeyId::parse)?;
+    let view = state.keys.get_key(&scope, &id, state.clock.now()).await?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+pub async fn update(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: Json<KeyPatch>,
+) -> Result<HttpResponse, ApiError> {
+    let scope = authorize(&auth.0, Permission::KeysUpdate)?;
+    let id = path_param(&id, "id", KeyId::parse)?;
+    let view = state
+        .keys
+        .update_key(&scope, &id, body.value, state.clock.now())
+        .await?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+pub async fn rotate(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    body: OptionalJson<RotateKey>,
+) -> Result<HttpResponse, ApiError> {
+    let scope = authorize(&auth.0, Permission::KeysRotate)?;
+    let id = path_param(&id, "id", KeyId::parse)?;
+    let idem = idempotency::key_from(&req)?;
+    let now = state.clock.now();
+    let body = body.0;
+    state
+        .idempotency
+        .run(&auth.0.id.uri(), req.path(), idem, body.digest, || async {
+            let (view, secret) = state.keys.rotate_key(&scope, &id, body.value, now).await?;
+            Reply::json(
+                StatusCode::CREATED,
+                &WithSecret {
+                    view: &view,
+                    key: secret.expose(),
+                },
+            )
+        })
+        .await
+}
+
+/// `POST /v1/keys/{id}/revoke` takes no fields (an empty body or `{}`).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {}
+
+pub async fn revoke(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    _body: OptionalJson<RevokeBody>,
+) -> Result<HttpResponse, ApiError> {
+    let scope = authorize(&auth.0, Permission::KeysRevoke)?;
+    let id = path_param(&id, "id", KeyId::parse)?;
+    let view = state
+        .keys
+        .revoke_key(&scope, &id, state.clock.now())
+        .await?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+pub async fn verify(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    body: Json<VerifyRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let scope = authorize(&auth.0, Permission::KeysVerify)?;
+    let verdict = state
+        .keys
+        .verify(&scope, &body.value, state.clock.now())
+        .await?;
+    Ok(HttpResponse::Ok().json(verdict))
+}

@@ -1,0 +1,71 @@
+//! The route table. Each resource lists its methods; any other method is a 405 with `Allow`.
+//! Order matters where a literal segment shares a position with an id (`/v1/keys/verify`
+//! before `/v1/keys/{id}`).
+
+mod apis;
+mod keys;
+mod sys;
+
+use actix_web::{HttpResponse, Resource, web};
+use serde::Deserialize;
+
+use super::error::ApiError;
+use crate::page::PageRequest;
+
+fn resource(path: &str, allow: &'static str) -> Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        Err::<HttpResponse, _>(ApiError::MethodNotAllowed(allow))
+    }))
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/healthz", "GET").route(web::get().to(sys::healthz)))
+        .service(resource("/readyz", "GET").route(web::get().to(sys::readyz)))
+        .service(resource("/v1/pki/ca", "GET").route(web::get().to(sys::ca_bundle)))
+        .service(resource("/v1/whoami", "GET").route(web::get().to(sys::whoami)))
+        .service(
+            resource("/v1/apis", "GET, POST")
+                .route(web::get().to(apis::list))
+                .route(web::post().to(apis::create)),
+        )
+        .service(
+            resource("/v1/apis/{id}", "GET, PATCH, DELETE")
+                .route(web::get().to(apis::get))
+                .route(web::patch().to(apis::update))
+                .route(web::delete().to(apis::delete)),
+        )
+        .service(
+            resource("/v1/apis/{id}/keys", "GET, POST")
+                .route(web::get().to(keys::list))
+                .route(web::post().to(keys::create)),
+        )
+        .service(resource("/v1/keys/verify", "POST").route(web::post().to(keys::verify)))
+        .service(
+            resource("/v1/keys/{id}", "GET, PATCH")
+                .route(web::get().to(keys::get))
+                .route(web::patch().to(keys::update)),
+        )
+        .service(resource("/v1/keys/{id}/rotate", "POST").route(web::post().to(keys::rotate)))
+        .service(resource("/v1/keys/{id}/revoke", "POST").route(web::post().to(keys::revoke)));
+}
+
+/// Unknown paths.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound)
+}
+
+/// `?cursor=&limit=`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    limit: Option<u64>,
+}
+
+impl ListQuery {
+    fn page(&self) -> Result<PageRequest, ApiError> {
+        PageRequest::new(self.cursor.as_deref(), self.limit).map_err(|(f, m)| ApiError::bad(f, m))
+    }
+}

@@ -1,0 +1,16 @@
+//! What every handler shares: the domain services, the clock, the configuration.
+
+use std::sync::Arc;
+
+use super::{idempotency::Idempotency, tls::CertResolver};
+use crate::{clock::Clock, config::Config, keys::Keys, pki::Pki, store::Store};
+
+pub struct AppState {
+    pub config: Config,
+    pub clock: Arc<dyn Clock>,
+    pub store: Arc<dyn Store>,
+    pub keys: Keys,
+    pub pki: Arc<Pki>,
+    pub resolver: Arc<CertResolver>,
+    pub(super) idempotency: Idempotency,
+}

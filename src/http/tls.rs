@@ -1,0 +1,199 @@
+//! TLS: rustls on the ring provider, TLS 1.3 only, ECDSA P-256.
+//!
+//! - The server certificate comes from a resolver holding the current `CertifiedKey`, so a
+//!   renewed certificate is swapped in without a restart or a re-bind.
+//! - Client authentication is offered on every handshake and required per route (by the
+//!   `Authenticated` extractor). A certificate that does not chain to Tessera's root fails the
+//!   handshake itself. The verifier delegates to a `WebPkiClientVerifier` it can replace.
+//! - No session resumption: no tickets and no session cache, so a client certificate is
+//!   verified by a full handshake on every connection.
+
+use std::sync::{Arc, RwLock};
+
+use actix_tls::accept::rustls_0_23::TlsStream;
+use actix_web::{dev::Extensions, rt::net::TcpStream};
+use rustls::{
+    DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+    client::danger::HandshakeSignatureValid,
+    crypto::CryptoProvider,
+    server::{
+        ClientHello, NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier,
+        danger::{ClientCertVerified, ClientCertVerifier},
+    },
+    sign::CertifiedKey,
+};
+use rustls_pki_types::{CertificateDer, UnixTime};
+
+use super::extract::PeerCert;
+use crate::pki::bootstrap::ServerCredential;
+
+/// Errors building the TLS configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("the server key is not usable: {0}")]
+    Key(rustls::Error),
+    #[error("the client verifier could not be built: {0}")]
+    Verifier(String),
+    #[error("TLS configuration failed: {0}")]
+    Config(rustls::Error),
+}
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certified(cred: &ServerCredential) -> Result<Arc<CertifiedKey>, TlsError> {
+    let key = rustls::crypto::ring::sign::any_ecdsa_type(&cred.key).map_err(TlsError::Key)?;
+    let ck = CertifiedKey::new(cred.chain.clone(), key);
+    ck.keys_match().map_err(TlsError::Key)?;
+    Ok(Arc::new(ck))
+}
+
+/// Serves the current server certificate; [`CertResolver::swap`] replaces it live.
+#[derive(Debug)]
+pub struct CertResolver {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl CertResolver {
+    pub fn new(cred: &ServerCredential) -> Result<Self, TlsError> {
+        Ok(Self {
+            current: RwLock::new(certified(cred)?),
+        })
+    }
+
+    pub fn swap(&self, cred: &ServerCredential) -> Result<(), TlsError> {
+        let next = certified(cred)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// Verifies client certificates against Tessera's root; replaceable at run time.
+#[derive(Debug)]
+pub struct ClientVerifier {
+    inner: RwLock<Arc<dyn ClientCertVerifier>>,
+    hints: Vec<DistinguishedName>,
+}
+
+fn webpki_verifier(
+    roots: &[CertificateDer<'static>],
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let mut store = RootCertStore::empty();
+    for r in roots {
+        store
+            .add(r.clone())
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))
+}
+
+impl ClientVerifier {
+    pub fn new(roots: &[CertificateDer<'static>]) -> Result<Self, TlsError> {
+        let inner = webpki_verifier(roots)?;
+        let hints = inner.root_hint_subjects().to_vec();
+        Ok(Self {
+            inner: RwLock::new(inner),
+            hints,
+        })
+    }
+
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let result = self
+            .current()
+            .verify_client_cert(end_entity, intermediates, now);
+        if let Err(e) = &result {
+            tracing::info!(error = %e, "client certificate refused at the handshake");
+        }
+        result
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
+}
+
+/// The server's rustls configuration.
+pub fn server_config(
+    resolver: Arc<CertResolver>,
+    verifier: Arc<ClientVerifier>,
+) -> Result<ServerConfig, TlsError> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::Config)?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(resolver);
+    // No resumption of any kind: every connection presents and verifies its certificate.
+    cfg.session_storage = Arc::new(NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
+    cfg.max_early_data_size = 0;
+    Ok(cfg)
+}
+
+/// Records the client certificate of a new connection (actix `on_connect`). Never panics.
+pub fn on_connect(conn: &dyn std::any::Any, ext: &mut Extensions) {
+    let Some(tls) = conn.downcast_ref::<TlsStream<TcpStream>>() else {
+        return;
+    };
+    let (_, session) = tls.get_ref();
+    if let Some(leaf) = session.peer_certificates().and_then(|c| c.first())
+        && let Some(peer) = PeerCert::from_leaf(leaf)
+    {
+        ext.insert(peer);
+    }
+}

@@ -1,0 +1,434 @@
+//! The life of an API key: issue, read, update, rotate with grace, revoke.
+
+use serde::{Deserialize, de::IgnoredAny};
+
+use super::{
+    BLIND_KEY, IDX_KEY_HASH, IDX_KEYS_BY_API, Keys, KeysError, RETRIES,
+    model::{
+        Api, ApiKeysMarker, Key, KeyView, MAX_GRACE_SECS, MAX_TTL_SECS, Metadata, Scopes, Text,
+        UsageRecord, double_option,
+    },
+    ordered,
+};
+use crate::{
+    clock::Timestamp,
+    crypto::apikey::ApiKey,
+    ids::{ApiId, KeyId, TenantScope},
+    page::{Cursor, Page, PageRequest},
+    store::{self, Batch, Expect, Record, Rev, StoreError},
+};
+
+/// `POST /v1/apis/{api_id}/keys`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    #[serde(default)]
+    pub name: Option<Text<200>>,
+    #[serde(default)]
+    pub scopes: Option<Scopes>,
+    #[serde(default)]
+    pub metadata: Option<Metadata>,
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    #[serde(default)]
+    pub remaining: Option<u64>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Not available in this version: refused, never ignored.
+    #[serde(default)]
+    pub ratelimit: Option<IgnoredAny>,
+    /// Not available in this version: refused, never ignored.
+    #[serde(default)]
+    pub refill: Option<IgnoredAny>,
+}
+
+/// `PATCH /v1/keys/{id}`: absent fields stay; `null` clears `name`, `expires_at`,
+/// `remaining` (unlimited).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPatch {
+    #[serde(default, deserialize_with = "double_option")]
+    pub name: Option<Option<Text<200>>>,
+    #[serde(default)]
+    pub scopes: Option<Scopes>,
+    #[serde(default)]
+    pub metadata: Option<Metadata>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub expires_at: Option<Option<Timestamp>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub remaining: Option<Option<u64>>,
+    #[serde(default)]
+    pub ratelimit: Option<IgnoredAny>,
+    #[serde(default)]
+    pub refill: Option<IgnoredAny>,
+}
+
+/// `POST /v1/keys/{id}/rotate`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// How long the old key keeps working (default 0: it stops now).
+    #[serde(default)]
+    pub grace_seconds: u64,
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+const NOT_YET: &str = "rate limits and refills are not available in this version";
+
+/// The expiry a new key gets from an explicit time or lifetime.
+fn expiry(
+    expires_at: Option<Timestamp>,
+    ttl_seconds: Option<u64>,
+    now: Timestamp,
+) -> Result<Option<Timestamp>, KeysError> {
+    match (expires_at, ttl_seconds) {
+        (Some(_), Some(_)) => Err(KeysError::invalid(
+            "ttl_seconds",
+            "must not be given together with expires_at",
+        )),
+        (Some(t), None) => {
+            check_future(t, now, "expires_at")?;
+            Ok(Some(t))
+        }
+        (None, Some(ttl)) if (1..=MAX_TTL_SECS).contains(&ttl) => Ok(Some(now.plus_secs(ttl))),
+        (None, Some(_)) => Err(KeysError::invalid(
+            "ttl_seconds",
+            "must be between 1 and 315360000",
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+fn check_future(t: Timestamp, now: Timestamp, field: &'static str) -> Result<(), KeysError> {
+    if t <= now {
+        return Err(KeysError::invalid(field, "must be in the future"));
+    }
+    if t > now.plus_secs(MAX_TTL_SECS) {
+        return Err(KeysError::invalid(field, "must be at most 10 years ahead"));
+    }
+    Ok(())
+}
+
+impl Keys {
+    /// Adds to `b` everything a new key needs: its record, its look-up and listing index
+    /// entries, its usage record, and the conditions on its API.
+    fn add_new_key(
+        &self,
+        b: &mut Batch,
+        api: (&Api, Rev),
+        key: &Key,
+        secret: &ApiKey,
+        remaining: Option<u64>,
+    ) -> Result<(), KeysError> {
+        b.check(Api::KIND, api.0.id.as_str(), Expect::Rev(api.1));
+        b.put_record(api.0.id.as_str(), &ApiKeysMarker {}, Expect::Any)?;
+        b.put_record(key.id.as_str(), key, Expect::Absent)?;
+        let blind = self
+            .keyring
+            .pepper()
+            .blind_index(BLIND_KEY, secret.expose().as_bytes());
+        b.index_put(IDX_KEY_HASH, &blind, key.id.as_str(), true);
+        b.index_put(
+            IDX_KEYS_BY_API,
+            key_position(key).as_bytes(),
+            key.id.as_str(),
+            false,
+        );
+        if remaining.is_some() {
+            let usage = UsageRecord {
+                remaining,
+                ..UsageRecord::default()
+            };
+            b.put_record(key.id.as_str(), &usage, Expect::Absent)?;
+        }
+        Ok(())
+    }
+
+    fn new_key_record(&self, secret: &ApiKey, api: &Api, now: Timestamp) -> Result<Key, KeysError> {
+        Ok(Key {
+            id: KeyId::generate()?,
+            tenant: api.tenant.clone(),
+            api_id: api.id.clone(),
+            name: None,
+            hash: self
+                .keyring
+                .pepper()
+                .verification_hash(secret.expose().as_bytes()),
+            start: secret.start(),
+            scopes: api.key_defaults.scopes.clone(),
+            metadata: Metadata::default(),
+            enabled: true,
+            created_at: now,
+            updated_at: now,
+            expires_at: None,
+            revoked_at: None,
+            superseded_by: None,
+            stops_at: None,
+            replaces: None,
+        })
+    }
+
+    /// Issues a key under an API. The secret is returned here and never again.
+    pub async fn issue_key(
+        &self,
+        scope: &TenantScope,
+        api_id: &ApiId,
+        input: NewKey,
+        now: Timestamp,
+    ) -> Result<(KeyView, ApiKey), KeysError> {
+        if input.ratelimit.is_some() {
+            return Err(KeysError::invalid("ratelimit", NOT_YET));
+        }
+        if input.refill.is_some() {
+            return Err(KeysError::invalid("refill", NOT_YET));
+        }
+        for _ in 0..RETRIES {
+            let (api_rev, api) = self.visible_api(scope, api_id).await?;
+            let expires_at = match expiry(input.expires_at, input.ttl_seconds, now)? {
+                Some(t) => Some(t),
+                None => api.key_defaults.ttl_seconds.map(|t| now.plus_secs(t)),
+            };
+            let secret = ApiKey::generate(&api.key_prefix)?;
+            let mut key = self.new_key_record(&secret, &api, now)?;
+            key.name = input.name.clone();
+            if let Some(s) = &input.scopes {
+                key.scopes = s.clone();
+            }
+            key.metadata = input.metadata.clone().unwrap_or_default();
+            key.enabled = input.enabled.unwrap_or(true);
+            key.expires_at = expires_at;
+            let mut b = Batch::new();
+            self.add_new_key(&mut b, (&api, api_rev), &key, &secret, input.remaining)?;
+            match self.store.commit(b).await {
+                Ok(()) => {
+                    let usage = UsageRecord {
+                        remaining: input.remaining,
+                        ..UsageRecord::default()
+                    };
+                    return Ok((KeyView::new(&key, &usage, now), secret));
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(KeysError::Conflict("too many concurrent changes; retry"))
+    }
+
+    /// The key with its revision, if the caller may see it.
+    async fn visible_key(&self, scope: &TenantScope, id: &KeyId) -> Result<(Rev, Key), KeysError> {
+        match store::record::get::<Key>(&*self.store, id.as_str()).await? {
+            Some((rev, k)) if scope.allows(&k.tenant) => Ok((rev, k)),
+            _ => Err(KeysError::NotFound),
+        }
+    }
+
+    pub async fn get_key(
+        &self,
+        scope: &TenantScope,
+        id: &KeyId,
+        now: Timestamp,
+    ) -> Result<KeyView, KeysError> {
+        let (_, k) = self.visible_key(scope, id).await?;
+        let usage = self.usage.snapshot(&k.id).await?;
+        Ok(KeyView::new(&k, &usage, now))
+    }
+
+    pub async fn list_keys(
+        &self,
+        scope: &TenantScope,
+        api_id: &ApiId,
+        page: &PageRequest,
+        now: Timestamp,
+    ) -> Result<Page<KeyView>, KeysError> {
+        self.visible_api(scope, api_id).await?;
+        let prefix = format!("{}/", api_id.as_str());
+        let entries = self
+            .store
+            .scan(
+                IDX_KEYS_BY_API,
+                prefix.as_bytes(),
+                page.cursor.as_ref().map(Cursor::position),
+                page.limit + 1,
+            )
+            .await?;
+        let more = entries.len() > page.limit;
+        let mut items = Vec::with_capacity(page.limit);
+        let mut last = None;
+        for e in entries.into_iter().take(page.limit) {
+            if let Some((_, k)) = store::record::get::<Key>(&*self.store, &e.id).await?
+                && scope.allows(&k.tenant)
+            {
+                let usage = self.usage.snapshot(&k.id).await?;
+                items.push(KeyView::new(&k, &usage, now));
+            }
+            last = Some(e.key);
+        }
+        Ok(Page {
+            items,
+            next_cursor: more
+                .then(|| last.map(|k| Cursor::from_position(&k).encode()))
+                .flatten(),
+        })
+    }
+
+    pub async fn update_key(
+        &self,
+        scope: &TenantScope,
+        id: &KeyId,
+        patch: KeyPatch,
+        now: Timestamp,
+    ) -> Result<KeyView, KeysError> {
+        if patch.ratelimit.is_some() {
+            return Err(KeysError::invalid("ratelimit", NOT_YET));
+        }
+        if patch.refill.is_some() {
+            return Err(KeysError::invalid("refill", NOT_YET));
+        }
+        if let Some(Some(t)) = patch.expires_at {
+            check_future(t, now, "expires_at")?;
+        }
+        for _ in 0..RETRIES {
+            let (rev, mut k) = self.visible_key(scope, id).await?;
+            if k.revoked_at.is_some() {
+                return Err(KeysError::Conflict("the key is revoked"));
+            }
+            if let Some(v) = &patch.name {
+                k.name = v.clone();
+            }
+            if let Some(v) = &patch.scopes {
+                k.scopes = v.clone();
+            }
+            if let Some(v) = &patch.metadata {
+                k.metadata = v.clone();
+            }
+            if let Some(v) = patch.enabled {
+                k.enabled = v;
+            }
+            if let Some(v) = patch.expires_at {
+                k.expires_at = v;
+            }
+            k.updated_at = now;
+            let mut b = Batch::new();
+            b.put_record(id.as_str(), &k, Expect::Rev(rev))?;
+            match self.store.commit(b).await {
+                Ok(()) => {
+                    if let Some(r) = patch.remaining {
+                        self.usage.set_remaining(&k.id, r).await?;
+                    }
+                    let usage = self.usage.snapshot(&k.id).await?;
+                    return Ok(KeyView::new(&k, &usage, now));
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(KeysError::Conflict("too many concurrent changes; retry"))
+    }
+
+    /// Replaces a key with a new one (new id, new secret, same API, name, scopes, metadata,
+    /// remaining quota). The old key keeps working for `grace_seconds`, then answers EXPIRED.
+    /// Exactly one of several concurrent rotations of a key wins; the others get a conflict.
+    pub async fn rotate_key(
+        &self,
+        scope: &TenantScope,
+        id: &KeyId,
+        input: RotateKey,
+        now: Timestamp,
+    ) -> Result<(KeyView, ApiKey), KeysError> {
+        if input.grace_seconds > MAX_GRACE_SECS {
+            return Err(KeysError::invalid(
+                "grace_seconds",
+                "must be at most 2592000 (30 days)",
+            ));
+        }
+        let explicit = expiry(input.expires_at, input.ttl_seconds, now)?;
+        for _ in 0..RETRIES {
+            let (rev, mut old) = self.visible_key(scope, id).await?;
+            if old.superseded_by.is_some() {
+                return Err(KeysError::Conflict("the key has already been rotated"));
+            }
+            if old.revoked_at.is_some() {
+                return Err(KeysError::Conflict("the key is revoked"));
+            }
+            if old.is_expired(now) {
+                return Err(KeysError::Conflict("the key has expired"));
+            }
+            let (api_rev, api) = self.visible_api(scope, &old.api_id).await?;
+            let secret = ApiKey::generate(&api.key_prefix)?;
+            let mut new = self.new_key_record(&secret, &api, now)?;
+            new.name = old.name.clone();
+            new.scopes = old.scopes.clone();
+            new.metadata = old.metadata.clone();
+            new.enabled = old.enabled;
+            new.replaces = Some(old.id.clone());
+            // Without an explicit expiry the new key gets the old one's original lifetime.
+            new.expires_at = explicit.or_else(|| {
+                old.expires_at.map(|e| {
+                    now.plus_secs(u64::try_from(e.unix() - old.created_at.unix()).unwrap_or(0))
+                })
+            });
+            let remaining = self.usage.snapshot(&old.id).await?.remaining;
+
+            old.superseded_by = Some(new.id.clone());
+            old.stops_at = Some(now.plus_secs(input.grace_seconds));
+            old.updated_at = now;
+
+            let mut b = Batch::new();
+            b.put_record(old.id.as_str(), &old, Expect::Rev(rev))?;
+            self.add_new_key(&mut b, (&api, api_rev), &new, &secret, remaining)?;
+            match self.store.commit(b).await {
+                Ok(()) => {
+                    let usage = UsageRecord {
+                        remaining,
+                        ..UsageRecord::default()
+                    };
+                    return Ok((KeyView::new(&new, &usage, now), secret));
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(KeysError::Conflict("too many concurrent changes; retry"))
+    }
+
+    /// Revokes a key at once. Revoking a revoked key changes nothing and succeeds.
+    pub async fn revoke_key(
+        &self,
+        scope: &TenantScope,
+        id: &KeyId,
+        now: Timestamp,
+    ) -> Result<KeyView, KeysError> {
+        for _ in 0..RETRIES {
+            let (rev, mut k) = self.visible_key(scope, id).await?;
+            if k.revoked_at.is_none() {
+                k.revoked_at = Some(now);
+                k.updated_at = now;
+                let mut b = Batch::new();
+                b.put_record(id.as_str(), &k, Expect::Rev(rev))?;
+                match self.store.commit(b).await {
+                    Ok(()) => {}
+                    Err(StoreError::Conflict) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let usage = self.usage.snapshot(&k.id).await?;
+            return Ok(KeyView::new(&k, &usage, now));
+        }
+        Err(KeysError::Conflict("too many concurrent changes; retry"))
+    }
+}
+
+fn key_position(k: &Key) -> String {
+    format!(
+        "{}/{}",
+        k.api_id.as_str(),
+        ordered(k.created_at, k.id.as_str())
+    )
+}

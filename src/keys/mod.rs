@@ -1,0 +1,94 @@
+//! The API registry and the API-key domain: issue, list, update, rotate with grace, revoke,
+//! verify, usage quotas. No HTTP here; the caller passes the tenants it may see and `now`.
+
+mod lifecycle;
+pub mod model;
+mod registry;
+pub mod usage;
+pub mod verify;
+
+use std::sync::Arc;
+
+use crate::{
+    crypto::{CryptoError, keyring::Keyring},
+    store::{IndexName, Store, StoreError},
+};
+
+pub use lifecycle::{KeyPatch, NewKey, RotateKey};
+pub use registry::{ApiPatch, NewApi};
+pub use verify::{Code, Verdict, VerifyRequest};
+
+/// Errors of the key domain.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    /// No such object visible to the caller (missing, or another tenant's).
+    #[error("not found")]
+    NotFound,
+    /// The object's state forbids the change (already rotated, still has active keys, ...).
+    #[error("{0}")]
+    Conflict(&'static str),
+    /// A field's value is not acceptable; nothing was changed.
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+impl KeysError {
+    fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// How often a read-modify-write retries after losing a race to a concurrent writer.
+const RETRIES: usize = 8;
+
+/// Index: blind(tenant, API name) -> API id (unique names per tenant).
+const IDX_API_NAME: IndexName = IndexName("api_name");
+/// Index: `<tenant>/<created, 20 digits>/<api id>` -> API id (listing).
+const IDX_APIS: IndexName = IndexName("apis");
+/// Index: `<api id>/<created, 20 digits>/<key id>` -> key id (listing, active-key check).
+const IDX_KEYS_BY_API: IndexName = IndexName("keys_by_api");
+/// Index: blind(key) -> key id (verification look-up).
+const IDX_KEY_HASH: IndexName = IndexName("key_hash");
+
+/// Blind-index domain of key look-ups.
+const BLIND_KEY: &str = "key";
+/// Blind-index domain of API names.
+const BLIND_API_NAME: &str = "api-name";
+
+/// The key domain's service.
+pub struct Keys {
+    store: Arc<dyn Store>,
+    keyring: Arc<Keyring>,
+    usage: Arc<usage::Usage>,
+}
+
+impl Keys {
+    pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>) -> Self {
+        let usage = Arc::new(usage::Usage::new(store.clone()));
+        Self {
+            store,
+            keyring,
+            usage,
+        }
+    }
+
+    /// The usage counters, for the background flusher.
+    pub fn usage(&self) -> Arc<usage::Usage> {
+        self.usage.clone()
+    }
+}
+
+/// Position of an object in a creation-ordered index: `<unix secs, 20 digits>/<id>`.
+fn ordered(created: crate::clock::Timestamp, id: &str) -> String {
+    format!("{:020}/{}", created.unix().max(0), id)
+}

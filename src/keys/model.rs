@@ -1,0 +1,379 @@
+//! The records and validated values of the API registry and the API-key domain.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    clock::{Day, Timestamp},
+    crypto::apikey::KeyPrefix,
+    ids::{ApiId, KeyId, TenantName},
+    store::{Kind, Record},
+};
+
+/// Free text with a length bound (in characters) and no control characters.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Text<const MAX: usize>(String);
+
+impl<const MAX: usize> Text<MAX> {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let n = s.chars().count();
+        if n == 0 || n > MAX {
+            return Err(format!("must be 1 to {MAX} characters"));
+        }
+        if s.chars().any(char::is_control) {
+            return Err("must not contain control characters".to_owned());
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<const MAX: usize> std::fmt::Debug for Text<MAX> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl<'de, const MAX: usize> Deserialize<'de> for Text<MAX> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A scope: 1 to 128 characters of `[A-Za-z0-9_.:/*-]`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Scope(String);
+
+impl Scope {
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        let ok = (1..=128).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.:/*-".contains(&b));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err("must be 1 to 128 characters of [A-Za-z0-9_.:/*-]")
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Scope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Most scopes a key or a verify request may carry.
+pub const MAX_SCOPES: usize = 64;
+
+/// A set of scopes, sorted and without duplicates, at most [`MAX_SCOPES`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Scopes(Vec<Scope>);
+
+impl Scopes {
+    pub fn new(mut v: Vec<Scope>) -> Result<Self, &'static str> {
+        if v.len() > MAX_SCOPES {
+            return Err("must hold at most 64 scopes");
+        }
+        v.sort();
+        v.dedup();
+        Ok(Self(v))
+    }
+
+    /// Whether every scope of `required` is held.
+    pub fn contains_all(&self, required: &Scopes) -> bool {
+        required.0.iter().all(|s| self.0.binary_search(s).is_ok())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Scope> {
+        self.0.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'de> Deserialize<'de> for Scopes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Vec::<Scope>::deserialize(d)?;
+        Self::new(v).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Largest serialized size of a key's metadata.
+pub const MAX_METADATA_BYTES: usize = 4096;
+
+/// Arbitrary JSON object the portal attaches to a key, returned by verify.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Metadata(serde_json::Map<String, serde_json::Value>);
+
+impl<'de> Deserialize<'de> for Metadata {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let m = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let size = serde_json::to_vec(&m)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if size > MAX_METADATA_BYTES {
+            return Err(serde::de::Error::custom(
+                "must serialize to at most 4096 bytes",
+            ));
+        }
+        Ok(Self(m))
+    }
+}
+
+/// An API's risk level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Risk {
+    Low,
+    Medium,
+    High,
+}
+
+impl Risk {
+    /// Days until the next review when none is given.
+    pub fn default_review_days(self) -> i64 {
+        match self {
+            Risk::Low => 365,
+            Risk::Medium => 180,
+            Risk::High => 90,
+        }
+    }
+}
+
+/// Longest key lifetime accepted (10 years).
+pub const MAX_TTL_SECS: u64 = 10 * 365 * 86_400;
+/// Longest rotation grace accepted (30 days).
+pub const MAX_GRACE_SECS: u64 = 30 * 86_400;
+
+/// Defaults an API gives to the keys issued under it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyDefaults {
+    /// Lifetime of a new key when the request gives none.
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    /// Scopes of a new key when the request gives none.
+    #[serde(default)]
+    pub scopes: Scopes,
+}
+
+/// An API in the registry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Api {
+    pub id: ApiId,
+    pub tenant: TenantName,
+    pub name: Text<100>,
+    pub purpose: Text<1000>,
+    pub owner: Text<200>,
+    pub live_date: Option<Day>,
+    pub risk: Risk,
+    pub review_by: Day,
+    pub key_prefix: KeyPrefix,
+    pub key_defaults: KeyDefaults,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl Record for Api {
+    const KIND: Kind = Kind("api");
+}
+
+/// A marker whose revision moves whenever a key is added under an API, so deleting the API
+/// and issuing a key under it cannot both succeed (see `registry::delete_api`).
+#[derive(Serialize, Deserialize)]
+pub struct ApiKeysMarker {}
+
+impl Record for ApiKeysMarker {
+    const KIND: Kind = Kind("api_keys");
+}
+
+/// An API key's record. The secret is not here: only its HMAC.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Key {
+    pub id: KeyId,
+    pub tenant: TenantName,
+    pub api_id: ApiId,
+    pub name: Option<Text<200>>,
+    /// HMAC-SHA256(pepper, key).
+    #[serde(with = "crate::crypto::serde_hex::array32")]
+    pub hash: [u8; 32],
+    /// The non-secret hint: prefix and first 4 characters.
+    pub start: String,
+    pub scopes: Scopes,
+    pub metadata: Metadata,
+    pub enabled: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+    /// Set when the key was rotated: the key that replaced it.
+    pub superseded_by: Option<KeyId>,
+    /// When a superseded key stops working (end of its grace).
+    pub stops_at: Option<Timestamp>,
+    /// The key this one replaced.
+    pub replaces: Option<KeyId>,
+}
+
+impl Record for Key {
+    const KIND: Kind = Kind("key");
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("id", &self.id)
+            .field("api_id", &self.api_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Key {
+    /// Revoked, or past its expiry or the end of its rotation grace.
+    pub fn is_dead(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_some() || self.is_expired(now)
+    }
+
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        self.expires_at.is_some_and(|t| t <= now) || self.stops_at.is_some_and(|t| t <= now)
+    }
+}
+
+/// Usage counters of a key, persisted at most about a second behind memory.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UsageRecord {
+    /// Verifications left; `None` is unlimited.
+    pub remaining: Option<u64>,
+    pub last_used_at: Option<Timestamp>,
+    /// VALID answers so far.
+    #[serde(default)]
+    pub valid_count: u64,
+}
+
+impl Record for UsageRecord {
+    const KIND: Kind = Kind("usage");
+}
+
+/// Where a key stands in a rotation.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rotation {
+    pub superseded_by: Option<KeyId>,
+    pub stops_at: Option<Timestamp>,
+    pub replaces: Option<KeyId>,
+}
+
+/// A key's public metadata: everything but the secret and its hash.
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyView {
+    pub id: KeyId,
+    pub api_id: ApiId,
+    pub tenant: TenantName,
+    pub name: Option<Text<200>>,
+    pub start: String,
+    pub scopes: Scopes,
+    pub metadata: Metadata,
+    pub enabled: bool,
+    pub state: &'static str,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+    pub remaining: Option<u64>,
+    pub last_used_at: Option<Timestamp>,
+    pub rotation: Option<Rotation>,
+}
+
+impl KeyView {
+    pub fn new(k: &Key, usage: &UsageRecord, now: Timestamp) -> Self {
+        let state = if k.revoked_at.is_some() {
+            "revoked"
+        } else if k.is_expired(now) {
+            "expired"
+        } else if !k.enabled {
+            "disabled"
+        } else {
+            "active"
+        };
+        let rotation = (k.superseded_by.is_some() || k.replaces.is_some()).then(|| Rotation {
+            superseded_by: k.superseded_by.clone(),
+            stops_at: k.stops_at,
+            replaces: k.replaces.clone(),
+        });
+        Self {
+            id: k.id.clone(),
+            api_id: k.api_id.clone(),
+            tenant: k.tenant.clone(),
+            name: k.name.clone(),
+            start: k.start.clone(),
+            scopes: k.scopes.clone(),
+            metadata: k.metadata.clone(),
+            enabled: k.enabled,
+            state,
+            created_at: k.created_at,
+            updated_at: k.updated_at,
+            expires_at: k.expires_at,
+            revoked_at: k.revoked_at,
+            remaining: usage.remaining,
+            last_used_at: usage.last_used_at,
+            rotation,
+        }
+    }
+}
+
+/// `Option<Option<T>>` for PATCH bodies: absent = leave alone, `null` = clear.
+pub fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_are_a_bounded_set() {
+        let s =
+            |v: &[&str]| Scopes::new(v.iter().map(|x| Scope::parse(x).unwrap()).collect()).unwrap();
+        let held = s(&["read", "write", "read"]);
+        assert_eq!(held.iter().count(), 2);
+        assert!(held.contains_all(&s(&["read"])));
+        assert!(held.contains_all(&s(&[])));
+        assert!(!held.contains_all(&s(&["admin"])));
+        let too_many: Vec<Scope> = (0..65)
+            .map(|i| Scope::parse(&format!("s{i}")).unwrap())
+            .collect();
+        assert!(Scopes::new(too_many).is_err());
+        assert!(Scope::parse("a b").is_err());
+    }
+
+    #[test]
+    fn text_bounds_count_characters_and_refuse_controls() {
+        assert!(Text::<3>::parse("äöü").is_ok());
+        assert!(Text::<3>::parse("abcd").is_err());
+        assert!(Text::<10>::parse("a\nb").is_err());
+        assert!(Text::<10>::parse("").is_err());
+    }
+}

@@ -1,0 +1,207 @@
+//! Verification: the hot path downstream APIs call on every request.
+//!
+//! A malformed key or a bad checksum is answered without any look-up; otherwise one blind-index
+//! look-up finds the record, the stored HMAC is compared in constant time, and the answer
+//! follows DESIGN.md's precedence:
+//! NOT_FOUND > REVOKED > EXPIRED > DISABLED > INSUFFICIENT_SCOPES > USAGE_EXCEEDED.
+//! Only a VALID answer spends quota.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    BLIND_KEY, IDX_KEY_HASH, Keys, KeysError,
+    model::{Key, Metadata, Scopes},
+    usage::Spend,
+};
+use crate::{
+    clock::Timestamp,
+    crypto::{apikey::ApiKey, secret::SecretString},
+    ids::{ApiId, KeyId, TenantName, TenantScope},
+    store,
+};
+
+/// Longest `key` string accepted in a verify request.
+pub const MAX_KEY_FIELD: usize = 512;
+
+/// `POST /v1/keys/verify`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    pub key: SecretString,
+    #[serde(default)]
+    pub api_id: Option<ApiId>,
+    #[serde(default)]
+    pub scopes: Option<Scopes>,
+}
+
+/// The answer's code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Code {
+    Valid,
+    NotFound,
+    Revoked,
+    Expired,
+    Disabled,
+    InsufficientScopes,
+    UsageExceeded,
+}
+
+/// The answer to a verify request.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    pub valid: bool,
+    pub code: Code,
+    pub key_id: Option<KeyId>,
+    pub api_id: Option<ApiId>,
+    pub tenant: Option<TenantName>,
+    pub scopes: Option<Scopes>,
+    pub metadata: Option<Metadata>,
+    pub expires_at: Option<Timestamp>,
+    pub remaining: Option<u64>,
+}
+
+impl Verdict {
+    fn not_found() -> Self {
+        Self {
+            valid: false,
+            code: Code::NotFound,
+            key_id: None,
+            api_id: None,
+            tenant: None,
+            scopes: None,
+            metadata: None,
+            expires_at: None,
+            remaining: None,
+        }
+    }
+
+    fn about(key: &Key, code: Code, remaining: Option<u64>) -> Self {
+        Self {
+            valid: code == Code::Valid,
+            code,
+            key_id: Some(key.id.clone()),
+            api_id: Some(key.api_id.clone()),
+            tenant: Some(key.tenant.clone()),
+            scopes: Some(key.scopes.clone()),
+            metadata: Some(key.metadata.clone()),
+            expires_at: key.expires_at,
+            remaining,
+        }
+    }
+}
+
+/// The state checks, in precedence order, for a key already known to be the caller's.
+pub fn check_state(key: &Key, required: Option<&Scopes>, now: Timestamp) -> Option<Code> {
+    if key.revoked_at.is_some() {
+        return Some(Code::Revoked);
+    }
+    if key.is_expired(now) {
+        return Some(Code::Expired);
+    }
+    if !key.enabled {
+        return Some(Code::Disabled);
+    }
+    if let Some(req) = required
+        && !key.scopes.contains_all(req)
+    {
+        return Some(Code::InsufficientScopes);
+    }
+    None
+}
+
+impl Keys {
+    pub async fn verify(
+        &self,
+        scope: &TenantScope,
+        req: &VerifyRequest,
+        now: Timestamp,
+    ) -> Result<Verdict, KeysError> {
+        if req.key.expose().len() > MAX_KEY_FIELD {
+            return Err(KeysError::invalid("key", "must be at most 512 characters"));
+        }
+        let Ok(presented) = ApiKey::parse(req.key.expose()) else {
+            return Ok(Verdict::not_found());
+        };
+        let secret = presented.expose().as_bytes();
+        let pepper = self.keyring.pepper();
+        let blind = pepper.blind_index(BLIND_KEY, secret);
+        let Some(id) = self.store.lookup(IDX_KEY_HASH, &blind).await? else {
+            return Ok(Verdict::not_found());
+        };
+        let Some((_, key)) = store::record::get::<Key>(&*self.store, &id).await? else {
+            return Ok(Verdict::not_found());
+        };
+        let mine = pepper.verify(secret, &key.hash)
+            && scope.allows(&key.tenant)
+            && req.api_id.as_ref().is_none_or(|a| *a == key.api_id);
+        if !mine {
+            return Ok(Verdict::not_found());
+        }
+        if let Some(code) = check_state(&key, req.scopes.as_ref(), now) {
+            let remaining = self.usage.snapshot(&key.id).await?.remaining;
+            return Ok(Verdict::about(&key, code, remaining));
+        }
+        Ok(match self.usage.spend(&key.id, now).await? {
+            Spend::Ok(left) => Verdict::about(&key, Code::Valid, left),
+            Spend::Exhausted => Verdict::about(&key, Code::UsageExceeded, Some(0)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::model::{Metadata, Scope};
+
+    fn key(now: Timestamp) -> Key {
+        Key {
+            id: KeyId::generate().unwrap(),
+            tenant: TenantName::default_tenant(),
+            api_id: ApiId::generate().unwrap(),
+            name: None,
+            hash: [0; 32],
+            start: "tsk_abcd".into(),
+            scopes: Scopes::new(vec![Scope::parse("read").unwrap()]).unwrap(),
+            metadata: Metadata::default(),
+            enabled: true,
+            created_at: now,
+            updated_at: now,
+            expires_at: None,
+            revoked_at: None,
+            superseded_by: None,
+            stops_at: None,
+            replaces: None,
+        }
+    }
+
+    #[test]
+    fn precedence_follows_the_contract() {
+        let now = Timestamp::from_unix(1_000_000);
+        let write = Scopes::new(vec![Scope::parse("write").unwrap()]).unwrap();
+        let mut k = key(now);
+        assert_eq!(
+            check_state(&k, Some(&write), now),
+            Some(Code::InsufficientScopes)
+        );
+        k.enabled = false;
+        assert_eq!(check_state(&k, Some(&write), now), Some(Code::Disabled));
+        k.expires_at = Some(now);
+        assert_eq!(check_state(&k, Some(&write), now), Some(Code::Expired));
+        k.revoked_at = Some(now);
+        assert_eq!(check_state(&k, Some(&write), now), Some(Code::Revoked));
+    }
+
+    #[test]
+    fn a_superseded_key_works_until_its_grace_ends() {
+        let now = Timestamp::from_unix(1_000_000);
+        let mut k = key(now);
+        k.superseded_by = Some(KeyId::generate().unwrap());
+        k.stops_at = Some(now.plus_secs(60));
+        assert_eq!(check_state(&k, None, now.plus_secs(59)), None);
+        assert_eq!(
+            check_state(&k, None, now.plus_secs(60)),
+            Some(Code::Expired)
+        );
+    }
+}

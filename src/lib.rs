@@ -1,0 +1,16 @@
+//! Tessera: issues, rotates, revokes and verifies API keys and mTLS client certificates.
+//!
+//! Dependency direction: `http -> (keys, pki, access) -> store -> crypto`.
+
+pub mod access;
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod files;
+pub mod http;
+pub mod ids;
+pub mod keys;
+pub mod page;
+pub mod pki;
+pub mod store;

@@ -1,0 +1,130 @@
+//! The `tessera` command line.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tessera::{
+    app::Application,
+    config::{Config, LogFormat, Overrides},
+    pki::bootstrap,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "API keys and mTLS identities, issued and verified"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the server (creates data/ and certs/ on first start).
+    Serve(ServeArgs),
+    /// Re-issue the bootstrap admin credential (certs/admin.pem, certs/admin.key) offline,
+    /// with the server stopped: the way back in when it is lost or expired.
+    AdminCert(DirArgs),
+}
+
+#[derive(Args)]
+struct DirArgs {
+    /// Optional TOML configuration file.
+    #[arg(long, env = "TESSERA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (sled database, master key file).
+    #[arg(long, env = "TESSERA_DATA")]
+    data: Option<PathBuf>,
+    /// Directory of public trust material and local credentials.
+    #[arg(long, env = "TESSERA_CERTS")]
+    certs: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    dirs: DirArgs,
+    /// Address to listen on; port 0 picks a free port (printed at start).
+    #[arg(long, env = "TESSERA_LISTEN")]
+    listen: Option<String>,
+    /// SPIFFE trust domain of issued identities.
+    #[arg(long, env = "TESSERA_TRUST_DOMAIN")]
+    trust_domain: Option<String>,
+    /// Log format: human or json.
+    #[arg(long, env = "TESSERA_LOG_FORMAT")]
+    log_format: Option<String>,
+    /// Seconds to wait for open connections at shutdown.
+    #[arg(long)]
+    shutdown_timeout: Option<u64>,
+}
+
+impl DirArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            config_file: self.config.clone(),
+            data: self.data.clone(),
+            certs: self.certs.clone(),
+            ..Overrides::default()
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // One crypto provider for the process: ring. Failing means one was already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::Serve(args) => {
+            let mut o = args.dirs.overrides();
+            o.listen = args.listen;
+            o.trust_domain = args.trust_domain;
+            o.log_format = args.log_format;
+            o.shutdown_timeout_seconds = args.shutdown_timeout;
+            let config = Config::load(&o)?;
+            init_logging(config.log_format);
+            actix_web::rt::System::new().block_on(async move {
+                let app = Application::open(config).await?;
+                tessera::http::server::serve(app).await?;
+                Ok(())
+            })
+        }
+        Command::AdminCert(dirs) => {
+            let config = Config::load(&dirs.overrides())?;
+            init_logging(config.log_format);
+            actix_web::rt::System::new().block_on(async move {
+                let app = Application::open(config)
+                    .await
+                    .context("opening the data directory (is a server running on it?)")?;
+                let issued = if app.first_start {
+                    None
+                } else {
+                    Some(bootstrap::issue_admin_cert(&app.pki, &app.paths, app.clock.now()).await?)
+                };
+                println!(
+                    "admin credential written: {} (key {})",
+                    app.paths.admin_cert.display(),
+                    app.paths.admin_key.display()
+                );
+                if let Some(i) = issued {
+                    println!("  serial {}, valid until {}", i.serial, i.not_after);
+                }
+                Ok(())
+            })
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Persistence. The [`Store`] trait is all the domain sees: records sealed per type and id,
+//! secondary indexes, atomic conditional batches that are durable when `commit` returns.
+//! No sled type appears in it, so a second implementation on a networked SQL engine can
+//! serve the same domain code.
+
+mod envelope;
+pub mod record;
+pub mod sled;
+
+use std::{future::Future, pin::Pin};
+
+use crate::crypto::secret::SecretBytes;
+
+pub use record::Record;
+
+/// The name of a record type. It is part of every record's associated data, so a record
+/// cannot be moved to another type or id without failing authentication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Kind(pub &'static str);
+
+/// The name of a secondary index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IndexName(pub &'static str);
+
+/// A record's revision: 1 when created, +1 on every write. Used for compare-and-swap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rev(pub u64);
+
+/// A record as read: its revision and its decrypted bytes.
+#[derive(Debug)]
+pub struct Stored {
+    pub rev: Rev,
+    pub plaintext: SecretBytes,
+}
+
+/// One index entry: the key suffix after the scanned prefix, and the id it points to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub key: Vec<u8>,
+    pub id: String,
+}
+
+/// The condition a write holds on the record's current state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// The record must not exist.
+    Absent,
+    /// The record must exist at exactly this revision.
+    Rev(Rev),
+    /// No condition.
+    Any,
+}
+
+#[derive(Debug)]
+pub(crate) enum Op {
+    Put {
+        kind: Kind,
+        id: String,
+        plaintext: SecretBytes,
+        expect: Expect,
+        nonce: [u8; crate::crypto::aead::NONCE_BYTES],
+    },
+    Delete {
+        kind: Kind,
+        id: String,
+        expect: Expect,
+    },
+    IndexPut {
+        index: IndexName,
+        key: Vec<u8>,
+        id: String,
+        unique: bool,
+    },
+    IndexDelete {
+        index: IndexName,
+        key: Vec<u8>,
+    },
+    Check {
+        kind: Kind,
+        id: String,
+        expect: Expect,
+    },
+}
+
+/// An atomic group of writes: all of them or none, and all conditions checked together.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub(crate) ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Writes a record's plaintext (sealed by the store).
+    ///
+    /// The nonce is drawn here, before any (possibly re-run) transaction closure.
+    pub fn put(
+        &mut self,
+        kind: Kind,
+        id: &str,
+        plaintext: SecretBytes,
+        expect: Expect,
+    ) -> Result<(), StoreError> {
+        let nonce = crate::crypto::random::bytes().map_err(|_| StoreError::Crypto)?;
+        self.ops.push(Op::Put {
+            kind,
+            id: id.to_owned(),
+            plaintext,
+            expect,
+            nonce,
+        });
+        Ok(())
+    }
+
+    pub fn delete(&mut self, kind: Kind, id: &str, expect: Expect) {
+        self.ops.push(Op::Delete {
+            kind,
+            id: id.to_owned(),
+            expect,
+        });
+    }
+
+    /// Points `key` in `index` at `id`. With `unique`, the batch fails with
+    /// [`StoreError::Conflict`] if the key already points at another id.
+    pub fn index_put(&mut self, index: IndexName, key: &[u8], id: &str, unique: bool) {
+        self.ops.push(Op::IndexPut {
+            index,
+            key: key.to_vec(),
+            id: id.to_owned(),
+            unique,
+        });
+    }
+
+    pub fn index_delete(&mut self, index: IndexName, key: &[u8]) {
+        self.ops.push(Op::IndexDelete {
+            index,
+            key: key.to_vec(),
+        });
+    }
+
+    /// Makes the batch conditional on a record's state without writing it.
+    pub fn check(&mut self, kind: Kind, id: &str, expect: Expect) {
+        self.ops.push(Op::Check {
+            kind,
+            id: id.to_owned(),
+            expect,
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+}
+
+/// Errors of the store layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A batch's condition did not hold (a concurrent writer won); nothing was written.
+    #[error("a concurrent change conflicted with this write")]
+    Conflict,
+    /// The database could not be read or written (disk full, I/O error, failed flush).
+    /// Nothing acknowledged is lost; the write that saw this error may not be durable.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Another process holds the database.
+    #[error("the data directory is in use by another process (one process per database)")]
+    Locked,
+    /// A stored value failed authentication or decoding: tampering or corruption.
+    #[error("stored data failed its integrity check ({kind} {id})")]
+    Corrupt { kind: &'static str, id: String },
+    /// The data was written by a newer, incompatible version of Tessera.
+    #[error(
+        "the data directory has format version {found}; this build understands up to {supported}"
+    )]
+    NewerFormat { found: u32, supported: u32 },
+    /// The master key does not unwrap this database's keyring.
+    #[error("the master key does not match this data directory")]
+    WrongMasterKey,
+    /// A cryptographic primitive failed (no randomness).
+    #[error("a cryptographic operation failed")]
+    Crypto,
+}
+
+/// The future every store operation returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// The storage engine seen by the domain.
+pub trait Store: Send + Sync + 'static {
+    /// Reads and opens one record.
+    fn get<'a>(&'a self, kind: Kind, id: &'a str) -> StoreFuture<'a, Option<Stored>>;
+
+    /// Looks one key up in an index.
+    fn lookup<'a>(&'a self, index: IndexName, key: &'a [u8]) -> StoreFuture<'a, Option<String>>;
+
+    /// Index entries whose key starts with `prefix`, in key order, strictly after
+    /// `prefix + after` when given, at most `limit` of them.
+    fn scan<'a>(
+        &'a self,
+        index: IndexName,
+        prefix: &'a [u8],
+        after: Option<&'a [u8]>,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<IndexEntry>>;
+
+    /// Records of one kind in id order, strictly after `after`, at most `limit`.
+    fn scan_records<'a>(
+        &'a self,
+        kind: Kind,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<(String, Stored)>>;
+
+    /// Applies a batch atomically; returns once it is durable. Concurrent commits share
+    /// flushes (group commit).
+    fn commit(&self, batch: Batch) -> StoreFuture<'_, ()>;
+
+    /// Whether the last write and flush succeeded.
+    fn healthy(&self) -> bool;
+}
