@@ -7,32 +7,41 @@ use time::{
     Date, OffsetDateTime, format_description::well_known::Rfc3339, macros::format_description,
 };
 
-/// An instant in UTC with whole-second precision, written as RFC 3339 (`...Z`).
+/// An instant in UTC with millisecond precision, written as RFC 3339
+/// (`2026-11-22T13:45:43.123Z`).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(i64);
 
 impl Timestamp {
     pub fn from_unix(secs: i64) -> Self {
-        Self(secs)
+        Self(secs.saturating_mul(1000))
     }
 
+    pub fn from_unix_millis(ms: i64) -> Self {
+        Self(ms)
+    }
+
+    /// Whole seconds since the epoch (rounded down).
     pub fn unix(self) -> i64 {
+        self.0.div_euclid(1000)
+    }
+
+    pub fn unix_millis(self) -> i64 {
         self.0
     }
 
     pub fn from_offset(t: OffsetDateTime) -> Self {
-        Self(t.unix_timestamp())
+        Self(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
     }
 
     pub fn to_offset(self) -> OffsetDateTime {
-        OffsetDateTime::from_unix_timestamp(self.0).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
     }
 
     pub fn plus_secs(self, secs: u64) -> Self {
-        Self(
-            self.0
-                .saturating_add(i64::try_from(secs).unwrap_or(i64::MAX)),
-        )
+        let ms = i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000);
+        Self(self.0.saturating_add(ms))
     }
 
     pub fn parse(s: &str) -> Result<Self, &'static str> {
@@ -47,10 +56,18 @@ impl Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.to_offset().format(&Rfc3339) {
-            Ok(s) => f.write_str(&s),
-            Err(_) => write!(f, "@{}", self.0),
-        }
+        let t = self.to_offset();
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
+        )
     }
 }
 
@@ -150,7 +167,10 @@ mod tests {
     #[test]
     fn rfc3339_round_trip_in_utc() {
         let t = Timestamp::parse("2026-11-22T15:00:00+02:00").unwrap();
-        assert_eq!(t.to_string(), "2026-11-22T13:00:00Z");
+        assert_eq!(t.to_string(), "2026-11-22T13:00:00.000Z");
+        let precise = Timestamp::parse("2026-11-22T13:00:00.25Z").unwrap();
+        assert_eq!(precise.unix_millis() - t.unix_millis(), 250);
+        assert_eq!(Timestamp::parse(&precise.to_string()).unwrap(), precise);
         assert!(Timestamp::parse("yesterday").is_err());
         assert_eq!(Day::parse("2027-01-31").unwrap().to_string(), "2027-01-31");
         assert!(Day::parse("2027-02-31").is_err());

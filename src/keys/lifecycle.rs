@@ -371,7 +371,8 @@ impl Keys {
             // Without an explicit expiry the new key gets the old one's original lifetime.
             new.expires_at = explicit.or_else(|| {
                 old.expires_at.map(|e| {
-                    now.plus_secs(u64::try_from(e.unix() - old.created_at.unix()).unwrap_or(0))
+                    let lifetime = e.unix_millis() - old.created_at.unix_millis();
+                    Timestamp::from_unix_millis(now.unix_millis().saturating_add(lifetime.max(0)))
                 })
             });
             let remaining = self.usage.snapshot(&old.id).await?.remaining;

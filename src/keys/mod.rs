@@ -53,9 +53,9 @@ const RETRIES: usize = 8;
 
 /// Index: blind(tenant, API name) -> API id (unique names per tenant).
 const IDX_API_NAME: IndexName = IndexName("api_name");
-/// Index: `<tenant>/<created, 20 digits>/<api id>` -> API id (listing).
+/// Index: `<tenant>/<created millis, 20 digits>/<api id>` -> API id (listing).
 const IDX_APIS: IndexName = IndexName("apis");
-/// Index: `<api id>/<created, 20 digits>/<key id>` -> key id (listing, active-key check).
+/// Index: `<api id>/<created millis, 20 digits>/<key id>` -> key id (listing, active-key check).
 const IDX_KEYS_BY_API: IndexName = IndexName("keys_by_api");
 /// Index: blind(key) -> key id (verification look-up).
 const IDX_KEY_HASH: IndexName = IndexName("key_hash");
@@ -88,7 +88,7 @@ impl Keys {
     }
 }
 
-/// Position of an object in a creation-ordered index: `<unix secs, 20 digits>/<id>`.
+/// Position of an object in a creation-ordered index: `<unix millis, 20 digits>/<id>`.
 fn ordered(created: crate::clock::Timestamp, id: &str) -> String {
-    format!("{:020}/{}", created.unix().max(0), id)
+    format!("{:020}/{}", created.unix_millis().max(0), id)
 }

@@ -1,0 +1,309 @@
+//! Spawning the server and talking to it.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, mpsc},
+    time::Duration,
+};
+
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+
+/// A temp directory holding one server's `data/` and `certs/`, kept across restarts.
+pub struct Home {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Home {
+    pub fn new() -> Self {
+        Self {
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.tmp.path().join("data")
+    }
+
+    pub fn certs(&self) -> PathBuf {
+        self.tmp.path().join("certs")
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.tmp.path().join("server.log")
+    }
+}
+
+/// A running `tessera serve`. Dropping it kills the process.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub certs: PathBuf,
+}
+
+impl Server {
+    pub fn start(home: &Home) -> Self {
+        Self::start_with(home, &[])
+    }
+
+    pub fn start_with(home: &Home, extra: &[&str]) -> Self {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(home.log())
+            .unwrap();
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--shutdown-timeout",
+                "1",
+            ])
+            .arg("--data")
+            .arg(home.data())
+            .arg("--certs")
+            .arg(home.certs())
+            .args(extra)
+            .env_remove("TESSERA_MASTER_KEY")
+            .env(
+                "RUST_LOG",
+                std::env::var("TESSERA_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on https://").nth(1)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(rest.trim().parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "server did not start; log:\n{}",
+                    fs::read_to_string(home.log()).unwrap_or_default()
+                );
+            }
+        };
+        Self {
+            child: Some(child),
+            addr,
+            certs: home.certs(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{}", self.addr.port(), path)
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().unwrap();
+        let ok = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        for _ in 0..200 {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c.kill().unwrap();
+        panic!("server did not stop within 10 s of SIGTERM");
+    }
+
+    /// A client holding the bootstrap admin certificate.
+    pub fn admin(&self) -> Api {
+        Api::new(
+            self,
+            client_config(
+                &self.certs.join("ca.pem"),
+                Some((&self.certs.join("admin.pem"), &self.certs.join("admin.key"))),
+            ),
+        )
+    }
+
+    /// A client with no certificate.
+    pub fn anonymous(&self) -> Api {
+        Api::new(self, client_config(&self.certs.join("ca.pem"), None))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn certs_from(path: &Path) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// A rustls client configuration trusting `ca`, optionally with a client certificate.
+pub fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> ClientConfig {
+    let mut roots = RootCertStore::empty();
+    for c in certs_from(ca) {
+        roots.add(c).unwrap();
+    }
+    let b = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    match identity {
+        Some((cert, key)) => b
+            .with_client_auth_cert(certs_from(cert), PrivateKeyDer::from_pem_file(key).unwrap())
+            .unwrap(),
+        None => b.with_no_client_auth(),
+    }
+}
+
+/// A small JSON client for the API.
+#[derive(Clone)]
+pub struct Api {
+    pub http: reqwest::Client,
+    base: String,
+}
+
+/// A response: status, headers and parsed body.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+    }
+
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Value {
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        self.json()
+    }
+}
+
+impl Api {
+    pub fn new(server: &Server, tls: ClientConfig) -> Self {
+        Self::with_base(server.url(""), tls)
+    }
+
+    pub fn with_base(base: String, tls: ClientConfig) -> Self {
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        Self { http, base }
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Resp {
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap();
+        Resp {
+            status,
+            headers,
+            text,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Resp {
+        self.send(self.http.post(self.url(path)).json(&body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> Resp {
+        self.send(self.http.patch(self.url(path)).json(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Resp {
+        self.send(self.http.delete(self.url(path))).await
+    }
+
+    /// Registers an API and returns its id.
+    pub async fn create_api(&self, name: &str) -> String {
+        let v = self
+            .post(
+                "/v1/apis",
+                json!({"name": name, "purpose": "tests", "owner": "qa", "risk": "low"}),
+            )
+            .await
+            .expect(201);
+        v["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Issues a key; returns (key id, secret).
+    pub async fn issue(&self, api: &str, body: Value) -> (String, String) {
+        let v = self
+            .post(&format!("/v1/apis/{api}/keys"), body)
+            .await
+            .expect(201);
+        (
+            v["id"].as_str().unwrap().to_owned(),
+            v["key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Verifies a key; returns the verdict's code.
+    pub async fn verify(&self, key: &str) -> String {
+        self.verify_with(json!({ "key": key })).await["code"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn verify_with(&self, body: Value) -> Value {
+        self.post("/v1/keys/verify", body).await.expect(200)
+    }
+}

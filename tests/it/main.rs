@@ -1,0 +1,11 @@
+//! Integration tests: the real `tessera` binary on a free loopback port, real TLS with real
+//! certificates, the real sled store in a temp dir. Every test kills what it spawns.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth;
+mod durability;
+mod helpers;
+mod input;
+mod lifecycle;
+mod startup;

@@ -1,0 +1,104 @@
+//! Start-up on embedded defaults, reuse on restart, configuration errors, offline admin-cert.
+
+use std::{fs, process::Command};
+
+use crate::helpers::{BIN, Home, Server};
+
+#[tokio::test]
+async fn first_start_creates_everything_and_second_start_reuses_it() {
+    let home = Home::new();
+    let mut server = Server::start(&home);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| {
+        fs::metadata(home.tmp.path().join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("data/master.key"), 0o600);
+    assert_eq!(mode("certs/server.key"), 0o600);
+    assert_eq!(mode("certs/admin.key"), 0o600);
+    let ca = fs::read(home.certs().join("ca.pem")).unwrap();
+    let admin_pem = fs::read(home.certs().join("admin.pem")).unwrap();
+    let server_pem = fs::read(home.certs().join("server.pem")).unwrap();
+    // The server presents its full chain: leaf and issuing CA.
+    assert_eq!(
+        String::from_utf8_lossy(&server_pem)
+            .matches("BEGIN CERTIFICATE")
+            .count(),
+        2
+    );
+    server.terminate();
+
+    let server = Server::start(&home);
+    assert_eq!(fs::read(home.certs().join("ca.pem")).unwrap(), ca);
+    assert_eq!(fs::read(home.certs().join("admin.pem")).unwrap(), admin_pem);
+    assert_eq!(
+        fs::read(home.certs().join("server.pem")).unwrap(),
+        server_pem
+    );
+    server.admin().get("/v1/whoami").await.expect(200);
+}
+
+#[test]
+fn a_wrong_setting_names_it_and_creates_nothing() {
+    let home = Home::new();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("serve")
+            .args(args)
+            .arg("--data")
+            .arg(home.data())
+            .arg("--certs")
+            .arg(home.certs())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--listen", "not-an-address"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`listen`"));
+    let out = run(&["--listen", "127.0.0.1:0", "--trust-domain", "Bad Domain!"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`trust_domain`"));
+    let cfg = home.tmp.path().join("tessera.toml");
+    fs::write(&cfg, "listen = \"127.0.0.1:0\"\nsurprise = true\n").unwrap();
+    let out = run(&["--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("surprise"));
+    assert!(!home.data().exists());
+    assert!(!home.certs().exists());
+}
+
+#[tokio::test]
+async fn admin_cert_reissues_offline_and_refuses_a_running_server() {
+    let home = Home::new();
+    let mut server = Server::start(&home);
+    let admin_cmd = || {
+        Command::new(BIN)
+            .arg("admin-cert")
+            .arg("--data")
+            .arg(home.data())
+            .arg("--certs")
+            .arg(home.certs())
+            .output()
+            .unwrap()
+    };
+    // One process per database: the running server holds it.
+    let out = admin_cmd();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another process"));
+    server.terminate();
+
+    let before = fs::read(home.certs().join("admin.pem")).unwrap();
+    fs::remove_file(home.certs().join("admin.key")).unwrap();
+    let out = admin_cmd();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(fs::read(home.certs().join("admin.pem")).unwrap(), before);
+    let server = Server::start(&home);
+    server.admin().get("/v1/whoami").await.expect(200);
+}
