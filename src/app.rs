@@ -13,7 +13,7 @@ use crate::{
     },
     files,
     pki::{
-        Pki, PkiError,
+        Pki, PkiError, Policy,
         bootstrap::{self, CertPaths},
     },
     store::{
@@ -81,11 +81,26 @@ impl Application {
         drop(master);
         let store: Arc<dyn Store> = Arc::new(store);
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let (pki, first_start) =
-            Pki::load_or_bootstrap(store.clone(), config.trust_domain.clone(), clock.now()).await?;
+        let policy = Policy {
+            default_ttl_secs: config.cert_default_ttl_secs,
+            max_ttl_secs: config.cert_max_ttl_secs,
+        };
+        let (pki, first_start) = Pki::open(
+            store.clone(),
+            config.trust_domain.clone(),
+            policy,
+            Some(config.certs_dir.clone()),
+            clock.now(),
+        )
+        .await?;
         let pki = Arc::new(pki);
         let paths = CertPaths::new(&config.certs_dir);
-        bootstrap::write_ca_bundle(&pki, &paths).map_err(io("cannot write", &paths.ca))?;
+        pki.set_public_url(
+            config
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("https://localhost:{}", config.listen.port())),
+        );
         if first_start {
             bootstrap::issue_admin_cert(&pki, &paths, clock.now()).await?;
         }

@@ -10,7 +10,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::pki::identity::TrustDomain;
+use crate::pki::{bootstrap::ServerCertSource, identity::TrustDomain};
 
 /// Embedded defaults.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
@@ -48,7 +48,30 @@ pub struct FileConfig {
     pub certificates: FileCertificates,
     #[serde(default)]
     pub server: FileServer,
+    #[serde(default)]
+    pub tls: FileTls,
+    #[serde(default)]
+    pub tidy: FileTidy,
+    /// Base URL clients reach this server at (written into CRL distribution points).
+    pub public_url: Option<String>,
     pub log_format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    /// Operator-provided server certificate chain (PEM); with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Lifetime of the server certificate Tessera issues itself.
+    pub server_cert_lifetime_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTidy {
+    pub retention_seconds: Option<u64>,
+    pub interval_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,6 +123,10 @@ pub struct Config {
     pub workers: usize,
     pub store_cache_bytes: u64,
     pub log_format: LogFormat,
+    pub server_cert: ServerCertSource,
+    pub tidy_retention_secs: u64,
+    pub tidy_interval_secs: u64,
+    pub public_url: Option<String>,
 }
 
 impl Config {
@@ -205,6 +232,44 @@ impl Config {
             }
         };
 
+        let server_cert = match (file.tls.cert_file, file.tls.key_file) {
+            (Some(cert), Some(key)) => ServerCertSource::Files { cert, key },
+            (None, None) => {
+                let lifetime = file
+                    .tls
+                    .server_cert_lifetime_seconds
+                    .unwrap_or(crate::pki::bootstrap::SERVER_CERT_LIFETIME_SECS);
+                if !(5..=397 * 86_400).contains(&lifetime) {
+                    return Err(err(
+                        "tls.server_cert_lifetime_seconds",
+                        "must be between 5 and 34300800 (397 days)",
+                    ));
+                }
+                ServerCertSource::Managed {
+                    lifetime_secs: lifetime,
+                }
+            }
+            (Some(_), None) => return Err(err("tls.key_file", "must be set with tls.cert_file")),
+            (None, Some(_)) => return Err(err("tls.cert_file", "must be set with tls.key_file")),
+        };
+        let tidy_retention_secs = file.tidy.retention_seconds.unwrap_or(30 * 86_400);
+        let tidy_interval_secs = file.tidy.interval_seconds.unwrap_or(3600);
+        if !(1..=7 * 86_400).contains(&tidy_interval_secs) {
+            return Err(err("tidy.interval_seconds", "must be between 1 and 604800"));
+        }
+        let public_url = match file.public_url {
+            Some(u) if (u.starts_with("https://") && u.len() <= 512 && !u.ends_with('/')) => {
+                Some(u)
+            }
+            Some(_) => {
+                return Err(err(
+                    "public_url",
+                    "must be an https:// URL without a trailing slash",
+                ));
+            }
+            None => None,
+        };
+
         Ok(Self {
             listen,
             data_dir,
@@ -217,6 +282,10 @@ impl Config {
             workers,
             store_cache_bytes,
             log_format,
+            server_cert,
+            tidy_retention_secs,
+            tidy_interval_secs,
+            public_url,
         })
     }
 }

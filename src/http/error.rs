@@ -180,6 +180,12 @@ impl From<PkiError> for ApiError {
     fn from(e: PkiError) -> Self {
         match e {
             PkiError::Store(s) => s.into(),
+            PkiError::Invalid { field, message } => ApiError::bad(field, message),
+            PkiError::NotFound => ApiError::NotFound,
+            PkiError::Refused(m) => {
+                tracing::info!(reason = m, "refused");
+                ApiError::Forbidden
+            }
             other => {
                 tracing::error!(error = %other, "pki failure");
                 ApiError::Internal

@@ -254,6 +254,8 @@ pub struct PeerCert {
     pub uri: Option<String>,
     pub not_after: Timestamp,
     pub fingerprint: String,
+    /// The certificate's SubjectPublicKeyInfo (DER), for renewal without a new key.
+    pub spki: Vec<u8>,
 }
 
 impl PeerCert {
@@ -280,6 +282,7 @@ impl PeerCert {
             uri: (uris.len() == 1).then(|| uris[0].to_owned()),
             not_after: Timestamp::from_unix(cert.validity().not_after.timestamp()),
             fingerprint: fingerprint(leaf),
+            spki: cert.public_key().raw.to_vec(),
         })
     }
 }
@@ -292,11 +295,26 @@ impl FromRequest for Authenticated {
     type Future = std::future::Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        std::future::ready(authenticate(req).map(Authenticated))
+        std::future::ready(authenticate(req).map(|(p, _)| Authenticated(p)))
     }
 }
 
-fn authenticate(req: &HttpRequest) -> Result<Principal, ApiError> {
+/// The authenticated caller and the certificate it presented on this connection.
+pub struct AuthenticatedCert(pub Principal, pub PeerCert);
+
+impl FromRequest for AuthenticatedCert {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(authenticate(req).map(|(p, c)| AuthenticatedCert(p, c)))
+    }
+}
+
+/// Checks the connection's certificate on every request: present, unexpired, not revoked
+/// (a keep-alive connection opened before a revocation is refused on its next request), and
+/// naming one of Tessera's identities. Every failure is the same 401.
+fn authenticate(req: &HttpRequest) -> Result<(Principal, PeerCert), ApiError> {
     let state = req
         .app_data::<web::Data<AppState>>()
         .ok_or(ApiError::Internal)?;
@@ -304,16 +322,19 @@ fn authenticate(req: &HttpRequest) -> Result<Principal, ApiError> {
         .conn_data::<PeerCert>()
         .ok_or(ApiError::Unauthenticated)?;
     // A keep-alive connection can outlive the certificate it was opened with.
-    if peer.not_after <= state.clock.now() {
+    if peer.not_after <= state.clock.now() || state.pki.is_revoked(&peer.serial) {
         return Err(ApiError::Unauthenticated);
     }
     let uri = peer.uri.as_deref().ok_or(ApiError::Unauthenticated)?;
     let id =
         SpiffeId::parse(uri, &state.config.trust_domain).map_err(|_| ApiError::Unauthenticated)?;
-    Ok(Principal {
-        id,
-        serial: peer.serial.clone(),
-    })
+    Ok((
+        Principal {
+            id,
+            serial: peer.serial.clone(),
+        },
+        peer.clone(),
+    ))
 }
 
 #[cfg(test)]

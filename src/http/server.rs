@@ -14,25 +14,23 @@ use super::{
 use crate::{
     app::{AppError, Application},
     keys::Keys,
-    pki::bootstrap::{self, SERVER_CERT_RENEW_BEFORE_SECS},
+    pki::bootstrap::{self, ServerCertSource},
 };
 
 /// How often usage counters are persisted (the bound on what a crash can re-grant).
 const USAGE_FLUSH_EVERY: Duration = Duration::from_millis(900);
-/// How often the server checks whether its own certificate is due for renewal.
-const RENEW_CHECK_EVERY: Duration = Duration::from_secs(3600);
+/// Longest interval between checks whether the server's certificate is due for renewal.
+const RENEW_CHECK_MAX: Duration = Duration::from_secs(3600);
+/// How often CRLs are checked for re-signing.
+const CRL_CHECK_EVERY: Duration = Duration::from_secs(600);
 
 /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn serve(app: Application) -> Result<(), AppError> {
     let now = app.clock.now();
-    let cred = bootstrap::ensure_server_cert(&app.pki, &app.paths, now).await?;
+    let cred =
+        bootstrap::ensure_server_cert(&app.pki, &app.paths, &app.config.server_cert, now).await?;
     let resolver = Arc::new(CertResolver::new(&cred)?);
-    let verifier = Arc::new(ClientVerifier::new(&[app
-        .pki
-        .authority()
-        .root
-        .cert
-        .clone()])?);
+    let verifier = Arc::new(ClientVerifier::new(app.pki.clone()));
     let tls_config = tls::server_config(resolver.clone(), verifier)?;
 
     let config = app.config.clone();
@@ -80,46 +78,26 @@ pub async fn serve(app: Application) -> Result<(), AppError> {
     })?
     .run();
 
+    if app.config.public_url.is_none() {
+        app.pki
+            .set_public_url(format!("https://localhost:{}", addr.port()));
+    }
     print_banner(&app, addr);
 
-    let usage = state.keys.usage();
-    let flusher = actix_web::rt::spawn(async move {
-        let mut tick = actix_web::rt::time::interval(USAGE_FLUSH_EVERY);
-        loop {
-            tick.tick().await;
-            if let Err(e) = usage.flush().await {
-                tracing::error!(error = %e, "could not persist usage counters; will retry");
-            }
-        }
-    });
-    let renewer = {
-        let state = state.clone();
-        let paths = app.paths.clone();
-        let mut not_after = cred.not_after;
-        actix_web::rt::spawn(async move {
-            let mut tick = actix_web::rt::time::interval(RENEW_CHECK_EVERY);
-            loop {
-                tick.tick().await;
-                let now = state.clock.now();
-                if not_after.unix() - now.unix() > SERVER_CERT_RENEW_BEFORE_SECS as i64 {
-                    continue;
-                }
-                match bootstrap::renew_server_cert(&state.pki, &paths, now).await {
-                    Ok(cred) => match state.resolver.swap(&cred) {
-                        Ok(()) => not_after = cred.not_after,
-                        Err(e) => {
-                            tracing::error!(error = %e, "renewed server certificate unusable")
-                        }
-                    },
-                    Err(e) => tracing::error!(error = %e, "server certificate renewal failed"),
-                }
-            }
-        })
-    };
-
+    let tasks = [
+        actix_web::rt::spawn(flush_usage(state.clone())),
+        actix_web::rt::spawn(keep_server_cert(
+            state.clone(),
+            app.paths.clone(),
+            cred.not_after,
+        )),
+        actix_web::rt::spawn(keep_crls(state.clone())),
+        actix_web::rt::spawn(tidy(state.clone())),
+    ];
     let result = server.await;
-    flusher.abort();
-    renewer.abort();
+    for t in &tasks {
+        t.abort();
+    }
     if let Err(e) = state.keys.usage().flush().await {
         tracing::error!(error = %e, "could not persist usage counters at shutdown");
     }
@@ -129,6 +107,103 @@ pub async fn serve(app: Application) -> Result<(), AppError> {
         path: addr.to_string(),
         source,
     })
+}
+
+/// Persists usage counters about once a second.
+async fn flush_usage(state: web::Data<AppState>) {
+    let usage = state.keys.usage();
+    let mut tick = actix_web::rt::time::interval(USAGE_FLUSH_EVERY);
+    loop {
+        tick.tick().await;
+        if let Err(e) = usage.flush().await {
+            tracing::error!(error = %e, "could not persist usage counters; will retry");
+        }
+    }
+}
+
+/// Renews a managed server certificate when a third of its lifetime is left, and reloads the
+/// certificate on SIGHUP (operator-provided files, or a forced renewal). The new certificate
+/// is swapped into the resolver: no restart, no re-bind, open connections continue.
+async fn keep_server_cert(
+    state: web::Data<AppState>,
+    paths: bootstrap::CertPaths,
+    mut not_after: crate::clock::Timestamp,
+) {
+    let source = state.config.server_cert.clone();
+    let every = match &source {
+        ServerCertSource::Managed { lifetime_secs } => {
+            Duration::from_secs((lifetime_secs / 30).clamp(1, RENEW_CHECK_MAX.as_secs()))
+        }
+        ServerCertSource::Files { .. } => RENEW_CHECK_MAX,
+    };
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "SIGHUP reload unavailable");
+            None
+        }
+    };
+    let mut tick = actix_web::rt::time::interval(every);
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => true,
+        };
+        let now = state.clock.now();
+        let due = match &source {
+            ServerCertSource::Managed { lifetime_secs } => {
+                not_after.unix() - now.unix() < (*lifetime_secs / 3) as i64
+            }
+            ServerCertSource::Files { .. } => false,
+        };
+        if !due && !forced {
+            continue;
+        }
+        let renewed = match &source {
+            ServerCertSource::Managed { .. } => {
+                bootstrap::renew_server_cert(&state.pki, &paths, &source, now).await
+            }
+            ServerCertSource::Files { .. } => {
+                bootstrap::ensure_server_cert(&state.pki, &paths, &source, now).await
+            }
+        };
+        match renewed.map(|cred| (state.resolver.swap(&cred), cred.not_after)) {
+            Ok((Ok(()), n)) => {
+                not_after = n;
+                tracing::info!(not_after = %n, "server certificate swapped in");
+            }
+            Ok((Err(e), _)) => tracing::error!(error = %e, "new server certificate unusable"),
+            Err(e) => tracing::error!(error = %e, "server certificate renewal failed"),
+        }
+    }
+}
+
+/// Re-signs CRLs before their nextUpdate.
+async fn keep_crls(state: web::Data<AppState>) {
+    let mut tick = actix_web::rt::time::interval(CRL_CHECK_EVERY);
+    loop {
+        tick.tick().await;
+        if let Err(e) = state.pki.refresh_crls(state.clock.now(), false).await {
+            tracing::error!(error = %e, "CRL refresh failed");
+        }
+    }
+}
+
+/// Removes records of certificates and keys dead for longer than the retention period.
+async fn tidy(state: web::Data<AppState>) {
+    let every = Duration::from_secs(state.config.tidy_interval_secs);
+    let retention = state.config.tidy_retention_secs;
+    let mut tick = actix_web::rt::time::interval(every);
+    loop {
+        tick.tick().await;
+        let now = state.clock.now();
+        if let Err(e) = state.pki.tidy(now, retention).await {
+            tracing::error!(error = %e, "certificate tidy failed");
+        }
+        if let Err(e) = state.keys.tidy(now, retention).await {
+            tracing::error!(error = %e, "key tidy failed");
+        }
+    }
 }
 
 fn print_banner(app: &Application, addr: std::net::SocketAddr) {

@@ -13,11 +13,11 @@ use std::sync::{Arc, RwLock};
 use actix_tls::accept::rustls_0_23::TlsStream;
 use actix_web::{dev::Extensions, rt::net::TcpStream};
 use rustls::{
-    DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+    DistinguishedName, ServerConfig, SignatureScheme,
     client::danger::HandshakeSignatureValid,
     crypto::CryptoProvider,
     server::{
-        ClientHello, NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier,
+        ClientHello, NoServerSessionStorage, ResolvesServerCert,
         danger::{ClientCertVerified, ClientCertVerifier},
     },
     sign::CertifiedKey,
@@ -25,15 +25,13 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::extract::PeerCert;
-use crate::pki::bootstrap::ServerCredential;
+use crate::pki::{Pki, bootstrap::ServerCredential};
 
 /// Errors building the TLS configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("the server key is not usable: {0}")]
     Key(rustls::Error),
-    #[error("the client verifier could not be built: {0}")]
-    Verifier(String),
     #[error("TLS configuration failed: {0}")]
     Config(rustls::Error),
 }
@@ -80,40 +78,23 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// Verifies client certificates against Tessera's root; replaceable at run time.
+/// Verifies client certificates with the PKI's current verifier (root + every CA's CRL),
+/// which the PKI replaces on every revocation and CA change.
 #[derive(Debug)]
 pub struct ClientVerifier {
-    inner: RwLock<Arc<dyn ClientCertVerifier>>,
+    pki: Arc<Pki>,
     hints: Vec<DistinguishedName>,
 }
 
-fn webpki_verifier(
-    roots: &[CertificateDer<'static>],
-) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
-    let mut store = RootCertStore::empty();
-    for r in roots {
-        store
-            .add(r.clone())
-            .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    }
-    WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))
-}
-
 impl ClientVerifier {
-    pub fn new(roots: &[CertificateDer<'static>]) -> Result<Self, TlsError> {
-        let inner = webpki_verifier(roots)?;
-        let hints = inner.root_hint_subjects().to_vec();
-        Ok(Self {
-            inner: RwLock::new(inner),
-            hints,
-        })
+    pub fn new(pki: Arc<Pki>) -> Self {
+        // The root never changes, so the hints computed now stay right.
+        let hints = pki.verifier().root_hint_subjects().to_vec();
+        Self { pki, hints }
     }
 
     fn current(&self) -> Arc<dyn ClientCertVerifier> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.pki.verifier()
     }
 }
 

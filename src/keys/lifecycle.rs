@@ -3,7 +3,7 @@
 use serde::{Deserialize, de::IgnoredAny};
 
 use super::{
-    BLIND_KEY, IDX_KEY_HASH, IDX_KEYS_BY_API, Keys, KeysError, RETRIES,
+    BLIND_KEY, IDX_KEY_ENDS, IDX_KEY_HASH, IDX_KEYS_BY_API, Keys, KeysError, RETRIES,
     model::{
         Api, ApiKeysMarker, Key, KeyView, MAX_GRACE_SECS, MAX_TTL_SECS, Metadata, Scopes, Text,
         UsageRecord, double_option,
@@ -130,11 +130,14 @@ impl Keys {
         b.check(Api::KIND, api.0.id.as_str(), Expect::Rev(api.1));
         b.put_record(api.0.id.as_str(), &ApiKeysMarker {}, Expect::Any)?;
         b.put_record(key.id.as_str(), key, Expect::Absent)?;
-        let blind = self
-            .keyring
-            .pepper()
-            .blind_index(BLIND_KEY, secret.expose().as_bytes());
-        b.index_put(IDX_KEY_HASH, &blind, key.id.as_str(), true);
+        debug_assert_eq!(
+            key.lookup,
+            self.keyring
+                .pepper()
+                .blind_index(BLIND_KEY, secret.expose().as_bytes())
+        );
+        b.index_put(IDX_KEY_HASH, &key.lookup, key.id.as_str(), true);
+        track_end(b, None, key);
         b.index_put(
             IDX_KEYS_BY_API,
             key_position(key).as_bytes(),
@@ -161,6 +164,10 @@ impl Keys {
                 .keyring
                 .pepper()
                 .verification_hash(secret.expose().as_bytes()),
+            lookup: self
+                .keyring
+                .pepper()
+                .blind_index(BLIND_KEY, secret.expose().as_bytes()),
             start: secret.start(),
             scopes: api.key_defaults.scopes.clone(),
             metadata: Metadata::default(),
@@ -296,6 +303,7 @@ impl Keys {
         }
         for _ in 0..RETRIES {
             let (rev, mut k) = self.visible_key(scope, id).await?;
+            let before = k.clone();
             if k.revoked_at.is_some() {
                 return Err(KeysError::Conflict("the key is revoked"));
             }
@@ -317,6 +325,7 @@ impl Keys {
             k.updated_at = now;
             let mut b = Batch::new();
             b.put_record(id.as_str(), &k, Expect::Rev(rev))?;
+            track_end(&mut b, Some(&before), &k);
             match self.store.commit(b).await {
                 Ok(()) => {
                     if let Some(r) = patch.remaining {
@@ -377,12 +386,14 @@ impl Keys {
             });
             let remaining = self.usage.snapshot(&old.id).await?.remaining;
 
+            let before = old.clone();
             old.superseded_by = Some(new.id.clone());
             old.stops_at = Some(now.plus_secs(input.grace_seconds));
             old.updated_at = now;
 
             let mut b = Batch::new();
             b.put_record(old.id.as_str(), &old, Expect::Rev(rev))?;
+            track_end(&mut b, Some(&before), &old);
             self.add_new_key(&mut b, (&api, api_rev), &new, &secret, remaining)?;
             match self.store.commit(b).await {
                 Ok(()) => {
@@ -409,10 +420,12 @@ impl Keys {
         for _ in 0..RETRIES {
             let (rev, mut k) = self.visible_key(scope, id).await?;
             if k.revoked_at.is_none() {
+                let before = k.clone();
                 k.revoked_at = Some(now);
                 k.updated_at = now;
                 let mut b = Batch::new();
                 b.put_record(id.as_str(), &k, Expect::Rev(rev))?;
+                track_end(&mut b, Some(&before), &k);
                 match self.store.commit(b).await {
                     Ok(()) => {}
                     Err(StoreError::Conflict) => continue,
@@ -426,7 +439,26 @@ impl Keys {
     }
 }
 
-fn key_position(k: &Key) -> String {
+/// Keeps the key's entry in the end-time index in step with its record.
+fn track_end(b: &mut Batch, before: Option<&Key>, after: &Key) {
+    let old = before.and_then(end_position);
+    let new = end_position(after);
+    if old == new {
+        return;
+    }
+    if let Some(o) = old {
+        b.index_delete(IDX_KEY_ENDS, o.as_bytes());
+    }
+    if let Some(n) = new {
+        b.index_put(IDX_KEY_ENDS, n.as_bytes(), after.id.as_str(), false);
+    }
+}
+
+pub(super) fn end_position(k: &Key) -> Option<String> {
+    k.end().map(|t| ordered(t, k.id.as_str()))
+}
+
+pub(super) fn key_position(k: &Key) -> String {
     format!(
         "{}/{}",
         k.api_id.as_str(),

@@ -4,6 +4,7 @@
 mod lifecycle;
 pub mod model;
 mod registry;
+mod tidy;
 pub mod usage;
 pub mod verify;
 
@@ -57,6 +58,8 @@ const IDX_API_NAME: IndexName = IndexName("api_name");
 const IDX_APIS: IndexName = IndexName("apis");
 /// Index: `<api id>/<created millis, 20 digits>/<key id>` -> key id (listing, active-key check).
 const IDX_KEYS_BY_API: IndexName = IndexName("keys_by_api");
+/// Index: `<end millis, 20 digits>/<key id>` -> key id: keys by when they stopped working.
+const IDX_KEY_ENDS: IndexName = IndexName("key_ends");
 /// Index: blind(key) -> key id (verification look-up).
 const IDX_KEY_HASH: IndexName = IndexName("key_hash");
 

@@ -218,6 +218,9 @@ pub struct Key {
     /// HMAC-SHA256(pepper, key).
     #[serde(with = "crate::crypto::serde_hex::array32")]
     pub hash: [u8; 32],
+    /// The blind index the key is looked up by (kept so tidying can remove the entry).
+    #[serde(with = "crate::crypto::serde_hex::array32")]
+    pub lookup: [u8; 32],
     /// The non-secret hint: prefix and first 4 characters.
     pub start: String,
     pub scopes: Scopes,
@@ -256,6 +259,15 @@ impl Key {
 
     pub fn is_expired(&self, now: Timestamp) -> bool {
         self.expires_at.is_some_and(|t| t <= now) || self.stops_at.is_some_and(|t| t <= now)
+    }
+
+    /// When the key stops working for good: the earliest of revocation, expiry and the end
+    /// of a rotation grace. `None` while it has no end.
+    pub fn end(&self) -> Option<Timestamp> {
+        [self.revoked_at, self.expires_at, self.stops_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 

@@ -115,6 +115,13 @@ impl Usage {
         self.flush().await
     }
 
+    /// Drops a key's counters from memory (its records were removed).
+    pub fn forget(&self, id: &KeyId) {
+        let mut t = self.table();
+        t.entries.remove(id);
+        t.dirty.remove(id);
+    }
+
     /// Persists every changed counter in one durable batch.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.flushing.lock().await;

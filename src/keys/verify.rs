@@ -161,6 +161,7 @@ mod tests {
             api_id: ApiId::generate().unwrap(),
             name: None,
             hash: [0; 32],
+            lookup: [0; 32],
             start: "tsk_abcd".into(),
             scopes: Scopes::new(vec![Scope::parse("read").unwrap()]).unwrap(),
             metadata: Metadata::default(),

@@ -10,13 +10,11 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
 
-use super::{Leaf, Pki, PkiError, identity::Identity, identity::SpiffeId};
+use super::{KeySource, Leaf, Pki, PkiError, identity::Identity, identity::SpiffeId};
 use crate::{clock::Timestamp, files};
 
-/// Lifetime of the server's own certificate.
+/// Default lifetime of the server's own certificate (renewed with a third of it left).
 pub const SERVER_CERT_LIFETIME_SECS: u64 = 90 * 86_400;
-/// The server renews its certificate when less than this is left.
-pub const SERVER_CERT_RENEW_BEFORE_SECS: u64 = 30 * 86_400;
 /// Lifetime of the bootstrap admin certificate.
 pub const ADMIN_CERT_LIFETIME_SECS: u64 = 365 * 86_400;
 
@@ -59,11 +57,6 @@ impl std::fmt::Debug for ServerCredential {
     }
 }
 
-/// Writes the public trust bundle.
-pub fn write_ca_bundle(pki: &Pki, paths: &CertPaths) -> std::io::Result<()> {
-    files::write_atomic(&paths.ca, pki.ca_bundle_pem().as_bytes(), files::PUBLIC)
-}
-
 /// The names the server certificate covers by default.
 pub fn default_server_names() -> (Vec<String>, Vec<IpAddr>) {
     (
@@ -75,37 +68,80 @@ pub fn default_server_names() -> (Vec<String>, Vec<IpAddr>) {
     )
 }
 
-/// Loads the server credential from `certs/`, or issues a new one when it is missing,
-/// unreadable, not ours, or due for renewal.
+/// Where the server's certificate comes from.
+#[derive(Clone, Debug)]
+pub enum ServerCertSource {
+    /// Issued by Tessera into `certs/server.pem`, renewed when a third of its lifetime is left.
+    Managed { lifetime_secs: u64 },
+    /// Files the operator provides (and replaces; SIGHUP reloads them).
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+impl ServerCertSource {
+    /// Whether a managed certificate with this much time left should be renewed now.
+    pub fn due(&self, cred: &ServerCredential, now: Timestamp) -> bool {
+        match self {
+            ServerCertSource::Managed { lifetime_secs } => {
+                cred.not_after.unix() - now.unix() < (*lifetime_secs / 3) as i64
+            }
+            ServerCertSource::Files { .. } => false,
+        }
+    }
+}
+
+/// Loads the server credential, issuing a new managed one when it is missing, unreadable,
+/// not ours, or due for renewal.
 pub async fn ensure_server_cert(
     pki: &Pki,
     paths: &CertPaths,
+    source: &ServerCertSource,
     now: Timestamp,
 ) -> Result<ServerCredential, PkiError> {
-    if let Some(cred) = load_server_cert(pki, paths)
-        && cred.not_after.unix() - now.unix() > SERVER_CERT_RENEW_BEFORE_SECS as i64
-    {
-        return Ok(cred);
+    match source {
+        ServerCertSource::Files { cert, key } => load_pair(cert, key).ok_or(PkiError::Invalid {
+            field: "tls.cert_file",
+            message: "must name a readable PEM chain whose first certificate matches tls.key_file",
+        }),
+        ServerCertSource::Managed { .. } => {
+            if let Some(cred) =
+                load_pair(&paths.server_cert, &paths.server_key).filter(|c| issued_by_us(pki, c))
+                && !source.due(&cred, now)
+            {
+                return Ok(cred);
+            }
+            renew_server_cert(pki, paths, source, now).await
+        }
     }
-    renew_server_cert(pki, paths, now).await
 }
 
-/// Issues a new server certificate and writes it (key first, so a crash in between leaves a
-/// mismatch that the next start detects and repairs).
+/// Issues a new managed server certificate and writes it (key first, so a crash in between
+/// leaves a mismatch that the next start detects and repairs).
 pub async fn renew_server_cert(
     pki: &Pki,
     paths: &CertPaths,
+    source: &ServerCertSource,
     now: Timestamp,
 ) -> Result<ServerCredential, PkiError> {
+    let lifetime = match source {
+        ServerCertSource::Managed { lifetime_secs } => *lifetime_secs,
+        ServerCertSource::Files { cert, key } => {
+            return load_pair(cert, key).ok_or(PkiError::Invalid {
+                field: "tls.cert_file",
+                message: "must name a readable PEM chain whose first certificate matches tls.key_file",
+            });
+        }
+    };
     let (dns, ips) = default_server_names();
     let (issued, key_pem) = pki
-        .issue_with_new_key(
+        .issue_from(
             &Leaf::Server { dns, ips },
+            KeySource::Generate,
+            lifetime,
             None,
-            SERVER_CERT_LIFETIME_SECS,
             now,
         )
         .await?;
+    let key_pem = key_pem.ok_or(PkiError::Inconsistent("a generated key is missing"))?;
     write_pair(
         &paths.server_cert,
         &paths.server_key,
@@ -113,7 +149,7 @@ pub async fn renew_server_cert(
         key_pem.expose(),
     )?;
     tracing::info!(serial = %issued.serial, not_after = %issued.not_after, "issued the server certificate");
-    load_server_cert(pki, paths).ok_or(PkiError::BadCertificate)
+    load_pair(&paths.server_cert, &paths.server_key).ok_or(PkiError::BadCertificate)
 }
 
 /// Issues a fresh bootstrap admin credential and writes `admin.pem` / `admin.key`.
@@ -124,8 +160,15 @@ pub async fn issue_admin_cert(
 ) -> Result<super::Issued, PkiError> {
     let id = SpiffeId::new(pki.trust_domain().clone(), Identity::Admin);
     let (issued, key_pem) = pki
-        .issue_with_new_key(&Leaf::Client(id), None, ADMIN_CERT_LIFETIME_SECS, now)
+        .issue_from(
+            &Leaf::Client(id),
+            KeySource::Generate,
+            ADMIN_CERT_LIFETIME_SECS,
+            None,
+            now,
+        )
         .await?;
+    let key_pem = key_pem.ok_or(PkiError::Inconsistent("a generated key is missing"))?;
     write_pair(
         &paths.admin_cert,
         &paths.admin_key,
@@ -142,33 +185,32 @@ fn write_pair(cert: &Path, key: &Path, cert_pem: &str, key_pem: &str) -> Result<
     Ok(())
 }
 
-/// Reads the server credential; `None` unless it parses, its key matches, and its leaf was
-/// signed by one of our issuing CAs.
-fn load_server_cert(pki: &Pki, paths: &CertPaths) -> Option<ServerCredential> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&paths.server_cert)
+/// Reads a certificate chain and its key; `None` unless both parse and the key matches.
+pub fn load_pair(cert: &Path, key: &Path) -> Option<ServerCredential> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .ok()?
         .collect::<Result<_, _>>()
         .ok()?;
-    let key = Zeroizing::new(PrivateKeyDer::from_pem_file(&paths.server_key).ok()?);
-    let leaf = chain.first()?;
-    let (_, parsed) = X509Certificate::from_der(leaf).ok()?;
-    let authority = pki.authority();
-    let ours = std::iter::once(&authority.issuing)
-        .chain(authority.retired.iter())
-        .any(|ca| {
-            X509Certificate::from_der(&ca.cert)
-                .ok()
-                .is_some_and(|(_, c)| parsed.verify_signature(Some(c.public_key())).is_ok())
-        });
-    if !ours {
-        return None;
-    }
-    let signer = rustls::crypto::ring::sign::any_ecdsa_type(&key).ok()?;
+    let key = Zeroizing::new(PrivateKeyDer::from_pem_file(key).ok()?);
+    let (_, parsed) = X509Certificate::from_der(chain.first()?).ok()?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key).ok()?;
     let certified = rustls::sign::CertifiedKey::new(chain.clone(), signer);
     certified.keys_match().ok()?;
     Some(ServerCredential {
         not_after: Timestamp::from_unix(parsed.validity().not_after.timestamp()),
         chain,
         key,
+    })
+}
+
+/// Whether a credential's leaf was signed by one of our issuing CAs.
+fn issued_by_us(pki: &Pki, cred: &ServerCredential) -> bool {
+    let Some(Ok((_, leaf))) = cred.chain.first().map(|c| X509Certificate::from_der(c)) else {
+        return false;
+    };
+    pki.authority().issuers().any(|ca| {
+        X509Certificate::from_der(&ca.cert)
+            .ok()
+            .is_some_and(|(_, c)| leaf.verify_signature(Some(c.public_key())).is_ok())
     })
 }

@@ -164,6 +164,14 @@ impl Ca {
         Ok(params.signed_by(public_key, &self.issuer)?.der().clone())
     }
 
+    /// Signs a CRL with this CA's key.
+    pub fn sign_crl(
+        &self,
+        params: &rcgen::CertificateRevocationListParams,
+    ) -> Result<Vec<u8>, PkiError> {
+        Ok(params.signed_by(&self.issuer)?.der().to_vec())
+    }
+
     pub fn pem(&self) -> String {
         super::pem("CERTIFICATE", &self.cert)
     }

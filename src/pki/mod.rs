@@ -1,34 +1,45 @@
-//! The PKI: Tessera's own CA (root + issuing, rcgen), issuance of leaf certificates under
-//! Tessera's policy, and identities. What a certificate says comes from policy only: the
-//! identity, key usages, validity and serial are Tessera's, never a requester's.
+//! The PKI: Tessera's own CA (a root and an issuing CA, ECDSA P-256, rcgen), issuance under
+//! Tessera's policy, renewal, revocation with CRLs, verification for downstream APIs, CA
+//! rotation and tidying. What a certificate says comes from policy only: identity, key
+//! usages, validity and serial are Tessera's, never a requester's.
 
 pub mod bootstrap;
 pub mod ca;
+mod crl;
 pub mod identity;
+mod issue;
+pub mod records;
+mod revoke;
+mod rotate;
 pub mod serial;
+mod tidy;
+pub mod verify;
 
 use std::{
-    net::IpAddr,
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
     sync::{Arc, RwLock},
 };
 
-use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
-};
 use ring::digest;
+use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::CertificateDer;
-use serde::{Deserialize, Serialize};
 
 use crate::{
     clock::Timestamp,
-    crypto::{CryptoError, hex, secret::SecretString},
-    ids::{CaId, TenantName},
-    store::{self, Batch, Expect, Kind, Record, Store, StoreError},
+    crypto::{CryptoError, hex},
+    files,
+    ids::CaId,
+    store::{self, Batch, Expect, Store, StoreError},
 };
 use ca::{Ca, CaRecord};
-use identity::{Identity, SpiffeId, TrustDomain};
+use identity::TrustDomain;
+use records::{CertRecord, CrlRecord, IDX_REVOKED_BY_CA, PkiState, RetiredCa, STATE_ID};
 use serial::Serial;
+
+pub use crl::CrlFormat;
+pub use issue::{Issued, KeySource, Leaf, visible};
+pub use verify::{CertCode, CertVerdict};
 
 /// Errors of the PKI layer.
 #[derive(Debug, thiserror::Error)]
@@ -48,82 +59,52 @@ pub enum PkiError {
     /// The PKI state in the store is inconsistent (a referenced CA is missing).
     #[error("the PKI state in the store is inconsistent: {0}")]
     Inconsistent(&'static str),
+    /// A request field is not acceptable; nothing was changed.
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: &'static str,
+    },
+    /// No such certificate visible to the caller.
+    #[error("not found")]
+    NotFound,
+    /// The caller may not do this with this certificate.
+    #[error("{0}")]
+    Refused(&'static str),
+    /// Writing public trust material to the certs directory failed.
+    #[error("could not write {path}: {source}")]
+    Publish {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The client verifier could not be built from the current trust material.
+    #[error("the certificate verifier could not be built: {0}")]
+    Verifier(String),
 }
 
-/// Which CAs are in use; one record, id `state`.
-#[derive(Serialize, Deserialize)]
-struct PkiState {
-    root: CaId,
-    issuing: CaId,
-    /// Issuing CAs replaced by a rotation whose certificates may still be live.
-    #[serde(default)]
-    retired: Vec<CaId>,
+/// Issuance policy.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    pub default_ttl_secs: u64,
+    pub max_ttl_secs: u64,
 }
 
-impl Record for PkiState {
-    const KIND: Kind = Kind("pki");
-}
-const STATE_ID: &str = "state";
-
-/// What a certificate was issued for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Profile {
-    /// The bootstrap administrator's client certificate.
-    Admin,
-    /// A TLS server certificate for Tessera itself.
-    Server,
-    /// A service's client certificate.
-    Client,
+/// The CAs in use.
+pub struct Authority {
+    pub root: Ca,
+    pub issuing: Ca,
+    pub retired: Vec<(Ca, Timestamp)>,
 }
 
-/// The record of an issued certificate (metadata only: never the private key).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CertRecord {
-    pub serial: Serial,
-    pub tenant: Option<TenantName>,
-    pub identity: String,
-    pub profile: Profile,
-    pub issuer: CaId,
-    pub not_before: Timestamp,
-    pub not_after: Timestamp,
-    /// SHA-256 of the certificate DER, lowercase hex.
-    pub fingerprint: String,
-    pub created_at: Timestamp,
-}
+impl Authority {
+    /// Every issuing CA whose certificates may still be valid: current first.
+    pub fn issuers(&self) -> impl Iterator<Item = &Ca> {
+        std::iter::once(&self.issuing).chain(self.retired.iter().map(|(c, _)| c))
+    }
 
-impl Record for CertRecord {
-    const KIND: Kind = Kind("cert");
-}
-
-/// What to put in a leaf certificate.
-#[derive(Clone, Debug)]
-pub enum Leaf {
-    /// A client certificate naming a SPIFFE id.
-    Client(SpiffeId),
-    /// A TLS server certificate for these names and addresses.
-    Server { dns: Vec<String>, ips: Vec<IpAddr> },
-}
-
-/// An issued certificate and the chain that goes with it.
-#[derive(Clone, Debug)]
-pub struct Issued {
-    pub serial: Serial,
-    pub cert: CertificateDer<'static>,
-    /// The issuing CA's certificate (the root is the trust anchor and is not sent).
-    pub chain: Vec<CertificateDer<'static>>,
-    pub not_before: Timestamp,
-    pub not_after: Timestamp,
-}
-
-impl Issued {
-    /// The leaf followed by its chain, PEM.
-    pub fn full_chain_pem(&self) -> String {
-        let mut s = pem("CERTIFICATE", &self.cert);
-        for c in &self.chain {
-            s.push_str(&pem("CERTIFICATE", c));
-        }
-        s
+    /// Every CA: root, current issuer, retired issuers.
+    pub fn all(&self) -> impl Iterator<Item = &Ca> {
+        std::iter::once(&self.root).chain(self.issuers())
     }
 }
 
@@ -140,66 +121,77 @@ pub fn fingerprint(der: &[u8]) -> String {
     hex::encode(digest::digest(&digest::SHA256, der).as_ref())
 }
 
-/// The CAs in use.
-pub struct Authority {
-    pub root: Ca,
-    pub issuing: Ca,
-    pub retired: Vec<Ca>,
-}
-
 /// The PKI service.
 pub struct Pki {
     trust_domain: TrustDomain,
     store: Arc<dyn Store>,
+    policy: Policy,
     authority: RwLock<Arc<Authority>>,
+    /// Revoked, unexpired serials -> their notAfter. Checked on every request.
+    revoked: RwLock<HashMap<Serial, Timestamp>>,
+    crls: RwLock<BTreeMap<CaId, CrlRecord>>,
+    verifier: RwLock<Arc<dyn ClientCertVerifier>>,
+    /// Base of the CRL distribution point URL written into certificates.
+    public_url: RwLock<Option<String>>,
+    /// Where public trust material is written (the certs directory).
+    publish_dir: Option<PathBuf>,
+    /// Serialises changes to CAs and CRLs.
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Pki {
-    /// Loads the CAs from the store, creating the root and issuing CA on first start.
-    /// Returns whether they were created now.
-    pub async fn load_or_bootstrap(
+    /// Loads the CAs (creating the root and issuing CA on first start), the revoked set and
+    /// fresh CRLs, and publishes the trust bundle and CRLs. Returns whether the CAs were
+    /// created now.
+    pub async fn open(
         store: Arc<dyn Store>,
         trust_domain: TrustDomain,
+        policy: Policy,
+        publish_dir: Option<PathBuf>,
         now: Timestamp,
     ) -> Result<(Self, bool), PkiError> {
         let (authority, created) = match store::record::get::<PkiState>(&*store, STATE_ID).await? {
             Some((_, state)) => (load_authority(&*store, &state).await?, false),
-            None => {
-                let (root, root_rec) = Ca::generate_root(trust_domain.as_str(), now)?;
-                let (issuing, issuing_rec) =
-                    Ca::generate_issuing(&root, trust_domain.as_str(), now)?;
-                let state = PkiState {
-                    root: root.id.clone(),
-                    issuing: issuing.id.clone(),
-                    retired: Vec::new(),
-                };
-                let mut b = Batch::new();
-                b.put_record(root.id.as_str(), &root_rec, Expect::Absent)?;
-                b.put_record(issuing.id.as_str(), &issuing_rec, Expect::Absent)?;
-                b.put_record(STATE_ID, &state, Expect::Absent)?;
-                store.commit(b).await?;
-                (
-                    Authority {
-                        root,
-                        issuing,
-                        retired: Vec::new(),
-                    },
-                    true,
-                )
-            }
+            None => (
+                bootstrap_authority(&*store, &trust_domain, now).await?,
+                true,
+            ),
         };
-        Ok((
-            Self {
-                trust_domain,
-                store,
-                authority: RwLock::new(Arc::new(authority)),
-            },
-            created,
-        ))
+        let revoked = load_revoked(&*store, now).await?;
+        let verifier = verify::build_verifier(&authority.root.cert, &[])?;
+        let pki = Self {
+            trust_domain,
+            store,
+            policy,
+            authority: RwLock::new(Arc::new(authority)),
+            revoked: RwLock::new(revoked),
+            crls: RwLock::new(BTreeMap::new()),
+            verifier: RwLock::new(verifier),
+            public_url: RwLock::new(None),
+            publish_dir,
+            changes: tokio::sync::Mutex::new(()),
+        };
+        // Re-sign every CRL at start: a crash between a revocation's commit and its CRL
+        // update must not leave the CRL behind the store.
+        pki.refresh_crls(now, true).await?;
+        pki.publish_bundle()?;
+        Ok((pki, created))
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.policy
     }
 
     pub fn authority(&self) -> Arc<Authority> {
@@ -209,131 +201,173 @@ impl Pki {
             .clone()
     }
 
+    /// Sets the base URL (`https://host:port`) written into CRL distribution points.
+    pub fn set_public_url(&self, url: String) {
+        *self.public_url.write().unwrap_or_else(|e| e.into_inner()) = Some(url);
+    }
+
+    fn public_url(&self) -> Option<String> {
+        self.public_url
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The client-certificate verifier for the current CAs and CRLs (used at every handshake
+    /// and by the verify endpoint).
+    pub fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        self.verifier
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether a serial is revoked (checked on every authenticated request, so a keep-alive
+    /// connection opened before a revocation is refused on its next request).
+    pub fn is_revoked(&self, serial: &Serial) -> bool {
+        self.revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(serial)
+    }
+
     /// The trust bundle: the root, then every issuing CA whose certificates may be live.
     pub fn ca_bundle_pem(&self) -> String {
         let a = self.authority();
-        let mut s = a.root.pem();
-        s.push_str(&a.issuing.pem());
-        for r in &a.retired {
-            s.push_str(&r.pem());
-        }
-        s
+        a.all().map(Ca::pem).collect()
     }
 
-    /// Issues a certificate for a fresh P-256 key pair; returns the key as PKCS#8 PEM.
-    pub async fn issue_with_new_key(
-        &self,
-        leaf: &Leaf,
-        tenant: Option<TenantName>,
-        ttl_secs: u64,
-        now: Timestamp,
-    ) -> Result<(Issued, SecretString), PkiError> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let issued = self.issue(leaf, &key, tenant, ttl_secs, now).await?;
-        Ok((issued, SecretString::new(key.serialize_pem())))
-    }
-
-    /// Issues a certificate for `public_key` under Tessera's policy for `leaf`, and records
-    /// it durably before returning.
-    pub async fn issue(
-        &self,
-        leaf: &Leaf,
-        public_key: &impl PublicKeyData,
-        tenant: Option<TenantName>,
-        ttl_secs: u64,
-        now: Timestamp,
-    ) -> Result<Issued, PkiError> {
-        let authority = self.authority();
-        let ca = &authority.issuing;
-        let (serial, serial_bytes) = Serial::generate()?;
-        let not_before = Timestamp::from_unix(now.unix() - 60);
-        let not_after = now.plus_secs(ttl_secs).min(ca.not_after);
-
-        let mut p = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "Tessera");
-        let (profile, identity) = match leaf {
-            Leaf::Client(id) => {
-                let uri = id.uri();
-                dn.push(
-                    DnType::CommonName,
-                    match &id.identity {
-                        Identity::Admin => "tessera admin".to_owned(),
-                        Identity::Service { name, .. } => name.as_str().to_owned(),
-                    },
-                );
-                p.subject_alt_names = vec![SanType::URI(uri.clone().try_into()?)];
-                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-                let profile = match id.identity {
-                    Identity::Admin => Profile::Admin,
-                    Identity::Service { .. } => Profile::Client,
-                };
-                (profile, uri)
-            }
-            Leaf::Server { dns, ips } => {
-                dn.push(
-                    DnType::CommonName,
-                    dns.first().map_or("tessera", String::as_str),
-                );
-                let mut sans = Vec::new();
-                for d in dns {
-                    sans.push(SanType::DnsName(d.clone().try_into()?));
-                }
-                sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-                p.subject_alt_names = sans;
-                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-                (Profile::Server, format!("server:{}", dns.join(",")))
-            }
+    fn publish(&self, name: &str, contents: &[u8]) -> Result<(), PkiError> {
+        let Some(dir) = &self.publish_dir else {
+            return Ok(());
         };
-        p.distinguished_name = dn;
-        p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.serial_number = Some(SerialNumber::from_slice(&serial_bytes));
-        p.not_before = not_before.to_offset();
-        p.not_after = not_after.to_offset();
-        p.use_authority_key_identifier_extension = true;
-
-        let cert = ca.sign(&p, public_key)?;
-        let record = CertRecord {
-            serial: serial.clone(),
-            tenant,
-            identity,
-            profile,
-            issuer: ca.id.clone(),
-            not_before,
-            not_after,
-            fingerprint: fingerprint(&cert),
-            created_at: now,
-        };
-        let mut b = Batch::new();
-        b.put_record(serial.as_str(), &record, Expect::Absent)?;
-        self.store.commit(b).await?;
-        Ok(Issued {
-            serial,
-            cert,
-            chain: vec![ca.cert.clone()],
-            not_before,
-            not_after,
+        let path = dir.join(name);
+        files::write_atomic(&path, contents, files::PUBLIC).map_err(|source| PkiError::Publish {
+            path: path.display().to_string(),
+            source,
         })
+    }
+
+    fn publish_bundle(&self) -> Result<(), PkiError> {
+        self.publish("ca.pem", self.ca_bundle_pem().as_bytes())
+    }
+
+    /// Rebuilds the verifier from the current root and CRLs.
+    fn rebuild_verifier(&self) -> Result<(), PkiError> {
+        let a = self.authority();
+        let crls: Vec<Vec<u8>> = self
+            .crls
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|c| c.der.clone())
+            .collect();
+        let v = verify::build_verifier(&a.root.cert, &crls)?;
+        *self.verifier.write().unwrap_or_else(|e| e.into_inner()) = v;
+        Ok(())
+    }
+
+    /// Reads one certificate record.
+    pub async fn record(&self, serial: &Serial) -> Result<Option<CertRecord>, PkiError> {
+        Ok(
+            store::record::get::<CertRecord>(&*self.store, serial.as_str())
+                .await?
+                .map(|(_, r)| r),
+        )
     }
 }
 
+async fn bootstrap_authority(
+    store: &dyn Store,
+    trust_domain: &TrustDomain,
+    now: Timestamp,
+) -> Result<Authority, PkiError> {
+    let (root, root_rec) = Ca::generate_root(trust_domain.as_str(), now)?;
+    let (issuing, issuing_rec) = Ca::generate_issuing(&root, trust_domain.as_str(), now)?;
+    let state = PkiState {
+        root: root.id.clone(),
+        issuing: issuing.id.clone(),
+        retired: Vec::new(),
+    };
+    let mut b = Batch::new();
+    b.put_record(root.id.as_str(), &root_rec, Expect::Absent)?;
+    b.put_record(issuing.id.as_str(), &issuing_rec, Expect::Absent)?;
+    b.put_record(STATE_ID, &state, Expect::Absent)?;
+    store.commit(b).await?;
+    Ok(Authority {
+        root,
+        issuing,
+        retired: Vec::new(),
+    })
+}
+
+async fn load_ca(store: &dyn Store, id: &CaId) -> Result<Ca, PkiError> {
+    let (_, rec) = store::record::get::<CaRecord>(store, id.as_str())
+        .await?
+        .ok_or(PkiError::Inconsistent(
+            "a CA named by the PKI state is missing",
+        ))?;
+    Ca::from_record(&rec)
+}
+
 async fn load_authority(store: &dyn Store, state: &PkiState) -> Result<Authority, PkiError> {
-    async fn load(store: &dyn Store, id: &CaId) -> Result<Ca, PkiError> {
-        let (_, rec) = store::record::get::<CaRecord>(store, id.as_str())
-            .await?
-            .ok_or(PkiError::Inconsistent(
-                "a CA named by the PKI state is missing",
-            ))?;
-        Ca::from_record(&rec)
-    }
     let mut retired = Vec::new();
-    for id in &state.retired {
-        retired.push(load(store, id).await?);
+    for RetiredCa { id, until } in &state.retired {
+        retired.push((load_ca(store, id).await?, *until));
     }
     Ok(Authority {
-        root: load(store, &state.root).await?,
-        issuing: load(store, &state.issuing).await?,
+        root: load_ca(store, &state.root).await?,
+        issuing: load_ca(store, &state.issuing).await?,
         retired,
     })
+}
+
+/// The revoked, unexpired serials, from the revocation index.
+async fn load_revoked(
+    store: &dyn Store,
+    now: Timestamp,
+) -> Result<HashMap<Serial, Timestamp>, PkiError> {
+    let mut out = HashMap::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = store
+            .scan(IDX_REVOKED_BY_CA, b"", after.as_deref(), 1000)
+            .await?;
+        let Some(last) = page.last() else {
+            return Ok(out);
+        };
+        after = Some(last.key.clone());
+        for e in page {
+            if let Some((_, r)) = store::record::get::<CertRecord>(store, &e.id).await?
+                && r.revoked.is_some()
+                && r.not_after > now
+            {
+                out.insert(r.serial, r.not_after);
+            }
+        }
+    }
+}
+
+/// Certificates as DER from PEM text: at most `max` of them, each `CERTIFICATE` block.
+pub fn parse_pem_certs(
+    text: &str,
+    max: usize,
+) -> Result<Vec<CertificateDer<'static>>, &'static str> {
+    let blocks = ::pem::parse_many(text).map_err(|_| "must be PEM certificates")?;
+    if blocks.is_empty() {
+        return Err("must be PEM certificates");
+    }
+    if blocks.len() > max {
+        return Err("holds too many certificates");
+    }
+    blocks
+        .into_iter()
+        .map(|b| {
+            if b.tag() == "CERTIFICATE" {
+                Ok(CertificateDer::from(b.into_contents()))
+            } else {
+                Err("must be PEM certificates")
+            }
+        })
+        .collect()
 }

@@ -53,6 +53,13 @@ impl Server {
         Self::start_with(home, &[])
     }
 
+    /// Starts with a TOML configuration file written into the home directory.
+    pub fn start_with_config(home: &Home, toml: &str) -> Self {
+        let path = home.tmp.path().join("tessera.toml");
+        fs::write(&path, toml).unwrap();
+        Self::start_with(home, &["--config", path.to_str().unwrap()])
+    }
+
     pub fn start_with(home: &Home, extra: &[&str]) -> Self {
         let log = fs::OpenOptions::new()
             .create(true)
@@ -117,6 +124,10 @@ impl Server {
         format!("https://localhost:{}{}", self.addr.port(), path)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
     /// SIGKILL, no chance to clean up.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -151,6 +162,14 @@ impl Server {
                 &self.certs.join("ca.pem"),
                 Some((&self.certs.join("admin.pem"), &self.certs.join("admin.key"))),
             ),
+        )
+    }
+
+    /// A client holding the given certificate chain and key files.
+    pub fn client(&self, cert: &Path, key: &Path) -> Api {
+        Api::new(
+            self,
+            client_config(&self.certs.join("ca.pem"), Some((cert, key))),
         )
     }
 

@@ -4,8 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod certs;
 mod durability;
 mod helpers;
 mod input;
 mod lifecycle;
+mod raw;
 mod startup;

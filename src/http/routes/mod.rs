@@ -3,7 +3,9 @@
 //! before `/v1/keys/{id}`).
 
 mod apis;
+mod certs;
 mod keys;
+mod pki;
 mod sys;
 
 use actix_web::{HttpResponse, Resource, web};
@@ -21,7 +23,9 @@ fn resource(path: &str, allow: &'static str) -> Resource {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/healthz", "GET").route(web::get().to(sys::healthz)))
         .service(resource("/readyz", "GET").route(web::get().to(sys::readyz)))
-        .service(resource("/v1/pki/ca", "GET").route(web::get().to(sys::ca_bundle)))
+        .service(resource("/v1/pki/ca", "GET").route(web::get().to(pki::ca_bundle)))
+        .service(resource("/v1/pki/crl", "GET").route(web::get().to(pki::crl)))
+        .service(resource("/v1/pki/rotate", "POST").route(web::post().to(pki::rotate)))
         .service(resource("/v1/whoami", "GET").route(web::get().to(sys::whoami)))
         .service(
             resource("/v1/apis", "GET, POST")
@@ -46,7 +50,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::patch().to(keys::update)),
         )
         .service(resource("/v1/keys/{id}/rotate", "POST").route(web::post().to(keys::rotate)))
-        .service(resource("/v1/keys/{id}/revoke", "POST").route(web::post().to(keys::revoke)));
+        .service(resource("/v1/keys/{id}/revoke", "POST").route(web::post().to(keys::revoke)))
+        .service(
+            resource("/v1/certs", "GET, POST")
+                .route(web::get().to(certs::list))
+                .route(web::post().to(certs::issue)),
+        )
+        .service(resource("/v1/certs/verify", "POST").route(web::post().to(certs::verify)))
+        .service(resource("/v1/certs/renew", "POST").route(web::post().to(certs::renew)))
+        .service(resource("/v1/certs/{serial}", "GET").route(web::get().to(certs::get)))
+        .service(
+            resource("/v1/certs/{serial}/revoke", "POST").route(web::post().to(certs::revoke)),
+        );
 }
 
 /// Unknown paths.
@@ -59,9 +74,9 @@ pub async fn not_found() -> Result<HttpResponse, ApiError> {
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     #[serde(default)]
-    cursor: Option<String>,
+    pub cursor: Option<String>,
     #[serde(default)]
-    limit: Option<u64>,
+    pub limit: Option<u64>,
 }
 
 impl ListQuery {

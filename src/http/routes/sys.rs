@@ -20,13 +20,6 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-pub async fn ca_bundle(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/pem-certificate-chain")
-        .insert_header(("cache-control", "no-cache"))
-        .body(state.pki.ca_bundle_pem())
-}
-
 pub async fn whoami(auth: Authenticated) -> Result<HttpResponse, ApiError> {
     let p = auth.0;
     let (kind, tenant, roles) = match &p.id.identity {

@@ -1,0 +1,241 @@
+//! `/v1/certs`: client certificates — issue, renew, list, read, revoke, verify.
+
+use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
+use serde::{Deserialize, Serialize};
+
+use super::ListQuery;
+use crate::{
+    access::{Permission, authorize},
+    http::{
+        error::ApiError,
+        extract::{Authenticated, AuthenticatedCert, Json, OptionalJson, Query, path_param},
+        idempotency::{self, Reply},
+        state::AppState,
+    },
+    ids::TenantName,
+    pki::{
+        Issued, KeySource,
+        identity::{Identity, ServiceName, SpiffeId},
+        records::{CertView, RevocationReason},
+        serial::Serial,
+    },
+};
+
+/// `POST /v1/certs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueBody {
+    /// The service name; the certificate names `spiffe://<td>/tenant/<tenant>/svc/<identity>`.
+    identity: ServiceName,
+    #[serde(default)]
+    csr: Option<String>,
+    #[serde(default)]
+    generate: bool,
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+/// `POST /v1/certs/renew`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewBody {
+    /// A new CSR to rotate the key pair; without it the current public key is kept.
+    #[serde(default)]
+    csr: Option<String>,
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+/// `POST /v1/certs/{serial}/revoke`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    #[serde(default)]
+    reason: Option<RevocationReason>,
+}
+
+/// `POST /v1/certs/verify`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyBody {
+    /// PEM: the leaf, optionally followed by its chain.
+    certificate: String,
+}
+
+/// `GET /v1/certs?identity=&cursor=&limit=`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertListQuery {
+    /// A service name (in the `default` tenant) or a full SPIFFE id.
+    #[serde(default)]
+    identity: Option<String>,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    limit: Option<u64>,
+}
+
+/// An issued certificate as the API returns it.
+#[derive(Serialize)]
+struct IssuedBody<'a> {
+    serial: &'a Serial,
+    identity: &'a str,
+    tenant: &'a Option<TenantName>,
+    certificate: String,
+    chain: Vec<String>,
+    not_before: String,
+    not_after: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    private_key: Option<&'a str>,
+}
+
+fn issued_body<'a>(i: &'a Issued, private_key: Option<&'a str>) -> IssuedBody<'a> {
+    IssuedBody {
+        serial: &i.serial,
+        identity: &i.identity,
+        tenant: &i.tenant,
+        certificate: i.cert_pem(),
+        chain: i.chain_pem(),
+        not_before: i.not_before.to_string(),
+        not_after: i.not_after.to_string(),
+        private_key,
+    }
+}
+
+pub async fn issue(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: Json<IssueBody>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&auth.0, Permission::CertsIssue)?;
+    let idem = idempotency::key_from(&req)?;
+    let now = state.clock.now();
+    let digest = body.digest;
+    let b = body.value;
+    let key = match (b.csr, b.generate) {
+        (Some(csr), false) => KeySource::Csr(csr),
+        (None, true) => KeySource::Generate,
+        (Some(_), true) => {
+            return Err(ApiError::bad(
+                "generate",
+                "must not be true when a csr is given",
+            ));
+        }
+        (None, false) => return Err(ApiError::bad("csr", "is required unless generate is true")),
+    };
+    let ttl = state.pki.ttl(b.ttl_seconds)?;
+    state
+        .idempotency
+        .run(&auth.0.id.uri(), req.path(), idem, digest, || async {
+            let (issued, private_key) = state
+                .pki
+                .issue_service(TenantName::default_tenant(), b.identity, key, ttl, now)
+                .await?;
+            Reply::json(
+                StatusCode::CREATED,
+                &issued_body(&issued, private_key.as_ref().map(|k| k.expose())),
+            )
+        })
+        .await
+}
+
+pub async fn renew(
+    auth: AuthenticatedCert,
+    state: web::Data<AppState>,
+    body: OptionalJson<RenewBody>,
+) -> Result<HttpResponse, ApiError> {
+    let AuthenticatedCert(principal, peer) = auth;
+    if principal.id.identity == Identity::Admin {
+        return Err(ApiError::Forbidden);
+    }
+    let b = body.0.value;
+    let issued = state
+        .pki
+        .renew(
+            &peer.serial,
+            peer.spki,
+            b.csr,
+            b.ttl_seconds,
+            state.clock.now(),
+        )
+        .await?;
+    Reply::json(StatusCode::CREATED, &issued_body(&issued, None)).map(|r| r.to_response(false))
+}
+
+pub async fn list(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    q: Query<CertListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let scope = authorize(&auth.0, Permission::CertsRead)?;
+    let q = q.0;
+    let page = ListQuery {
+        cursor: q.cursor,
+        limit: q.limit,
+    }
+    .page()?;
+    let identity = match q.identity {
+        None => None,
+        Some(i) if i.starts_with("spiffe://") => Some(
+            SpiffeId::parse(&i, state.pki.trust_domain())
+                .map_err(|m| ApiError::bad("identity", m))?
+                .uri(),
+        ),
+        Some(name) => {
+            let name = ServiceName::parse(&name).map_err(|m| ApiError::bad("identity", m))?;
+            Some(
+                SpiffeId::new(
+                    state.pki.trust_domain().clone(),
+                    Identity::Service {
+                        tenant: TenantName::default_tenant(),
+                        name,
+                    },
+                )
+                .uri(),
+            )
+        }
+    };
+    let page = state
+        .pki
+        .list(&scope, identity.as_deref(), &page, state.clock.now())
+        .await?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+pub async fn get(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    serial: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let scope = authorize(&auth.0, Permission::CertsRead)?;
+    let serial = path_param(&serial, "serial", Serial::parse)?;
+    let rec = state.pki.get(&scope, &serial).await?;
+    Ok(HttpResponse::Ok().json(CertView::new(&rec, state.clock.now())))
+}
+
+pub async fn revoke(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    serial: web::Path<String>,
+    body: OptionalJson<RevokeBody>,
+) -> Result<HttpResponse, ApiError> {
+    let scope = authorize(&auth.0, Permission::CertsRevoke)?;
+    let serial = path_param(&serial, "serial", Serial::parse)?;
+    let reason = body.0.value.reason.unwrap_or(RevocationReason::Unspecified);
+    let now = state.clock.now();
+    let rec = state.pki.revoke(&scope, &serial, reason, now).await?;
+    Ok(HttpResponse::Ok().json(CertView::new(&rec, now)))
+}
+
+pub async fn verify(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    body: Json<VerifyBody>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&auth.0, Permission::CertsVerify)?;
+    let verdict = state
+        .pki
+        .verify_certificate(&body.value.certificate, state.clock.now())?;
+    Ok(HttpResponse::Ok().json(verdict))
+}

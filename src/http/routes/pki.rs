@@ -1,0 +1,74 @@
+//! `/v1/pki`: the public CA bundle and CRLs, and CA rotation.
+
+use actix_web::{HttpResponse, web};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{
+    access::{Permission, authorize},
+    http::{
+        error::ApiError,
+        extract::{Authenticated, Query},
+        state::AppState,
+    },
+    ids::CaId,
+    pki::CrlFormat,
+};
+
+pub async fn ca_bundle(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/pem-certificate-chain")
+        .insert_header(("cache-control", "no-cache"))
+        .body(state.pki.ca_bundle_pem())
+}
+
+/// `GET /v1/pki/crl?issuer=&format=`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrlQuery {
+    #[serde(default)]
+    issuer: Option<CaId>,
+    #[serde(default)]
+    format: Option<Format>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Format {
+    Der,
+    Pem,
+}
+
+pub async fn crl(state: web::Data<AppState>, q: Query<CrlQuery>) -> Result<HttpResponse, ApiError> {
+    let format = match q.0.format {
+        None | Some(Format::Der) => CrlFormat::Der,
+        Some(Format::Pem) => CrlFormat::Pem,
+    };
+    let body = state
+        .pki
+        .crl(q.0.issuer.as_ref(), format)
+        .ok_or(ApiError::NotFound)?;
+    let ctype = match format {
+        CrlFormat::Der => "application/pkix-crl",
+        CrlFormat::Pem => "application/x-pem-file",
+    };
+    Ok(HttpResponse::Ok()
+        .content_type(ctype)
+        .insert_header(("cache-control", "no-cache"))
+        .body(body))
+}
+
+/// `POST /v1/pki/rotate`: a new issuing CA.
+pub async fn rotate(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&auth.0, Permission::Admin)?;
+    let id = state.pki.rotate_issuing(state.clock.now()).await?;
+    let a = state.pki.authority();
+    Ok(HttpResponse::Created().json(json!({
+        "issuing": id,
+        "retired": a.retired.iter().map(|(c, until)| json!({"id": c.id, "until": until})).collect::<Vec<_>>(),
+        "root": a.root.id,
+    })))
+}

@@ -1,0 +1,69 @@
+//! Tidying: records of keys that stopped working (revoked, expired, or past their rotation
+//! grace) longer ago than the retention period are removed, with their index entries and
+//! usage counters, so the store stays bounded by what is live.
+
+use super::{
+    IDX_KEY_ENDS, IDX_KEY_HASH, IDX_KEYS_BY_API, Keys, KeysError,
+    lifecycle::{end_position, key_position},
+    model::{Key, UsageRecord},
+};
+use crate::{
+    clock::Timestamp,
+    store::{self, Batch, Expect, Record},
+};
+
+/// Records removed per batch.
+const BATCH: usize = 500;
+
+impl Keys {
+    /// Removes keys whose end is before `now - retention_secs`. Returns how many.
+    pub async fn tidy(&self, now: Timestamp, retention_secs: u64) -> Result<usize, KeysError> {
+        let retention_ms = i64::try_from(retention_secs)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000);
+        let cutoff = Timestamp::from_unix_millis(now.unix_millis().saturating_sub(retention_ms));
+        let stop = super::ordered(cutoff, "");
+        let mut removed = 0;
+        loop {
+            let page = self.store.scan(IDX_KEY_ENDS, b"", None, BATCH).await?;
+            let due: Vec<_> = page
+                .into_iter()
+                .take_while(|e| e.key.as_slice() < stop.as_bytes())
+                .collect();
+            if due.is_empty() {
+                break;
+            }
+            let mut b = Batch::new();
+            let mut ids = Vec::new();
+            for e in &due {
+                b.index_delete(IDX_KEY_ENDS, &e.key);
+                let Some((rev, k)) = store::record::get::<Key>(&*self.store, &e.id).await? else {
+                    continue;
+                };
+                // The end may have moved (a PATCH of expires_at) since the entry was read.
+                if end_position(&k).is_some_and(|p| p.as_bytes() != e.key.as_slice()) {
+                    continue;
+                }
+                b.delete(Key::KIND, k.id.as_str(), Expect::Rev(rev));
+                b.delete(UsageRecord::KIND, k.id.as_str(), Expect::Any);
+                b.index_delete(IDX_KEY_HASH, &k.lookup);
+                b.index_delete(IDX_KEYS_BY_API, key_position(&k).as_bytes());
+                ids.push(k.id);
+            }
+            match self.store.commit(b).await {
+                Ok(()) => {}
+                // A concurrent change to one of these keys: try again on the next run.
+                Err(store::StoreError::Conflict) => break,
+                Err(e) => return Err(e.into()),
+            }
+            for id in &ids {
+                self.usage.forget(id);
+            }
+            removed += ids.len();
+        }
+        if removed > 0 {
+            tracing::info!(removed, "tidied dead key records");
+        }
+        Ok(removed)
+    }
+}

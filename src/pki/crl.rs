@@ -1,0 +1,174 @@
+//! CRLs: one per CA (the root's covers the issuing CAs), signed by that CA, numbered so the
+//! number only grows (max(last + 1, unix milliseconds), so also across restarts and
+//! restores), re-signed at once on a revocation and well before nextUpdate. Expired
+//! certificates drop out. Each CRL is also written to the certs directory
+//! (`crl-<ca id>.pem`, and all of them in `crls.pem` for verifiers such as nginx that check
+//! the whole chain).
+
+use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
+
+use super::{
+    Pki, PkiError, pem,
+    records::{CertRecord, CrlRecord, IDX_REVOKED_BY_CA},
+};
+use crate::{
+    clock::Timestamp,
+    ids::CaId,
+    store::{self, Batch, Expect},
+};
+
+/// How long a CRL is valid (its nextUpdate).
+pub const CRL_LIFETIME_SECS: u64 = 24 * 3600;
+/// A CRL is re-signed when less than this is left before its nextUpdate.
+pub const CRL_REFRESH_BEFORE_SECS: u64 = 12 * 3600;
+
+/// The encodings a CRL is served in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrlFormat {
+    Der,
+    Pem,
+}
+
+impl Pki {
+    /// Re-signs every CRL that is missing or due (all of them with `force`), then rebuilds
+    /// the verifier and publishes the files.
+    pub async fn refresh_crls(&self, now: Timestamp, force: bool) -> Result<(), PkiError> {
+        let _one = self.changes.lock().await;
+        self.refresh_crls_locked(now, force).await
+    }
+
+    pub(super) async fn refresh_crls_locked(
+        &self,
+        now: Timestamp,
+        force: bool,
+    ) -> Result<(), PkiError> {
+        let authority = self.authority();
+        let mut changed = false;
+        for ca in authority.all() {
+            let stored = store::record::get::<CrlRecord>(&*self.store, ca.id.as_str()).await?;
+            let due = match &stored {
+                None => true,
+                Some((_, c)) => c.next_update.unix() - now.unix() < CRL_REFRESH_BEFORE_SECS as i64,
+            };
+            if force || due {
+                self.sign_crl(&ca.id, now).await?;
+                changed = true;
+            } else if let Some((_, c)) = stored {
+                self.crls
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(ca.id.clone(), c);
+            }
+        }
+        // Forget CRLs of CAs no longer in use.
+        let ids: Vec<CaId> = authority.all().map(|c| c.id.clone()).collect();
+        self.crls
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id, _| ids.contains(id));
+        self.rebuild_verifier()?;
+        if changed || force {
+            self.publish_crls()?;
+        }
+        Ok(())
+    }
+
+    /// Signs a fresh CRL for one CA from the revocation index and stores it (durably).
+    pub(super) async fn sign_crl(&self, ca_id: &CaId, now: Timestamp) -> Result<(), PkiError> {
+        let authority = self.authority();
+        let ca = authority
+            .all()
+            .find(|c| c.id == *ca_id)
+            .ok_or(PkiError::Inconsistent("CRL for an unknown CA"))?;
+
+        let mut revoked = Vec::new();
+        let prefix = format!("{ca_id}/");
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .store
+                .scan(IDX_REVOKED_BY_CA, prefix.as_bytes(), after.as_deref(), 1000)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.key.clone());
+            for e in page {
+                let Some((_, r)) = store::record::get::<CertRecord>(&*self.store, &e.id).await?
+                else {
+                    continue;
+                };
+                if let Some(rev) = &r.revoked
+                    && r.not_after > now
+                {
+                    revoked.push(RevokedCertParams {
+                        serial_number: SerialNumber::from_slice(&r.serial.to_bytes()),
+                        revocation_time: rev.at.to_offset(),
+                        reason_code: Some(rev.reason.to_rcgen()),
+                        invalidity_date: None,
+                    });
+                }
+            }
+        }
+
+        let previous = store::record::get::<CrlRecord>(&*self.store, ca_id.as_str()).await?;
+        let last = previous.as_ref().map_or(0, |(_, c)| c.number);
+        let number = (last + 1).max(u64::try_from(now.unix_millis()).unwrap_or(0));
+        let this_update = Timestamp::from_unix(now.unix());
+        let next_update = this_update.plus_secs(CRL_LIFETIME_SECS);
+        let params = CertificateRevocationListParams {
+            this_update: this_update.to_offset(),
+            next_update: next_update.to_offset(),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = ca.sign_crl(&params)?;
+        let record = CrlRecord {
+            ca: ca_id.clone(),
+            number,
+            this_update,
+            next_update,
+            der: crl,
+        };
+        let mut b = Batch::new();
+        let expect = previous.map_or(Expect::Absent, |(rev, _)| Expect::Rev(rev));
+        b.put_record(ca_id.as_str(), &record, expect)?;
+        self.store.commit(b).await?;
+        self.crls
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ca_id.clone(), record);
+        Ok(())
+    }
+
+    /// The current CRL of a CA (default: the current issuing CA).
+    pub fn crl(&self, issuer: Option<&CaId>, format: CrlFormat) -> Option<Vec<u8>> {
+        let id = match issuer {
+            Some(i) => i.clone(),
+            None => self.authority().issuing.id.clone(),
+        };
+        let crls = self.crls.read().unwrap_or_else(|e| e.into_inner());
+        let der = &crls.get(&id)?.der;
+        Some(match format {
+            CrlFormat::Der => der.clone(),
+            CrlFormat::Pem => pem("X509 CRL", der).into_bytes(),
+        })
+    }
+
+    /// Writes every CRL to the certs directory.
+    pub(super) fn publish_crls(&self) -> Result<(), PkiError> {
+        let crls: Vec<(CaId, String)> = self
+            .crls
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, c)| (id.clone(), pem("X509 CRL", &c.der)))
+            .collect();
+        let mut all = String::new();
+        for (id, text) in &crls {
+            self.publish(&format!("crl-{id}.pem"), text.as_bytes())?;
+            all.push_str(text);
+        }
+        self.publish("crls.pem", all.as_bytes())
+    }
+}

@@ -1,0 +1,404 @@
+//! Issuance under Tessera's policy: from a CSR (only its public key and its proof of
+//! possession are used), from a key pair generated here, or by renewal. Also the read side:
+//! listing and fetching certificate records.
+
+use std::net::IpAddr;
+
+use rcgen::{
+    CertificateParams, CrlDistributionPoint, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
+    SubjectPublicKeyInfo,
+};
+use rustls_pki_types::CertificateDer;
+use x509_parser::{
+    certification_request::X509CertificationRequest, oid_registry, prelude::FromDer,
+};
+
+use super::{
+    Pki, PkiError, fingerprint,
+    identity::{Identity, ServiceName, SpiffeId},
+    pem,
+    records::{
+        CertRecord, CertView, IDX_CERTS, IDX_CERTS_BY_EXPIRY, IDX_CERTS_BY_IDENTITY, Profile,
+        cert_position, expiry_position, identity_position, identity_prefix,
+    },
+    serial::Serial,
+};
+use crate::{
+    clock::Timestamp,
+    crypto::secret::SecretString,
+    ids::{TenantName, TenantScope},
+    page::{Cursor, Page, PageRequest},
+    store::{self, Batch, Expect},
+};
+
+/// Largest CSR accepted (PEM text).
+pub const MAX_CSR_BYTES: usize = 16 * 1024;
+
+/// What to put in a leaf certificate.
+#[derive(Clone, Debug)]
+pub enum Leaf {
+    /// A client certificate naming a SPIFFE id.
+    Client(SpiffeId),
+    /// A TLS server certificate for these names and addresses.
+    Server { dns: Vec<String>, ips: Vec<IpAddr> },
+}
+
+/// Where the certificate's key pair comes from.
+pub enum KeySource {
+    /// A PEM CSR: its signature is checked, then only its public key is used.
+    Csr(String),
+    /// A fresh P-256 key pair made here and returned once.
+    Generate,
+    /// A public key Tessera already holds (renewal without a new key).
+    PublicKey(Vec<u8>),
+}
+
+/// An issued certificate and the chain that goes with it.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub serial: Serial,
+    pub identity: String,
+    pub tenant: Option<TenantName>,
+    pub cert: CertificateDer<'static>,
+    /// The issuing CA's certificate (the root is the trust anchor and is not sent).
+    pub chain: Vec<CertificateDer<'static>>,
+    pub not_before: Timestamp,
+    pub not_after: Timestamp,
+}
+
+impl Issued {
+    pub fn cert_pem(&self) -> String {
+        pem("CERTIFICATE", &self.cert)
+    }
+
+    pub fn chain_pem(&self) -> Vec<String> {
+        self.chain.iter().map(|c| pem("CERTIFICATE", c)).collect()
+    }
+
+    /// The leaf followed by its chain, PEM.
+    pub fn full_chain_pem(&self) -> String {
+        let mut s = self.cert_pem();
+        s.extend(self.chain_pem());
+        s
+    }
+}
+
+fn invalid(field: &'static str, message: &'static str) -> PkiError {
+    PkiError::Invalid { field, message }
+}
+
+/// Parses a PEM CSR, checks its self-signature, and keeps only its public key. Everything
+/// else the CSR asks for (subject, SANs, key usages, basic constraints) is ignored.
+pub fn csr_public_key(pem_text: &str) -> Result<SubjectPublicKeyInfo, PkiError> {
+    if pem_text.len() > MAX_CSR_BYTES {
+        return Err(invalid("csr", "must be at most 16384 bytes"));
+    }
+    let block = ::pem::parse(pem_text).map_err(|_| invalid("csr", "must be a PEM CSR"))?;
+    if !matches!(
+        block.tag(),
+        "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST"
+    ) {
+        return Err(invalid("csr", "must be a PEM CSR"));
+    }
+    let (rest, csr) = X509CertificationRequest::from_der(block.contents())
+        .map_err(|_| invalid("csr", "must be a PEM CSR"))?;
+    if !rest.is_empty() {
+        return Err(invalid("csr", "must be a PEM CSR"));
+    }
+    let spki = &csr.certification_request_info.subject_pki;
+    check_key_type(spki)?;
+    csr.verify_signature()
+        .map_err(|_| invalid("csr", "must carry a valid self-signature"))?;
+    SubjectPublicKeyInfo::from_der(spki.raw)
+        .map_err(|_| invalid("csr", "must use an ECDSA P-256 or P-384 or an Ed25519 key"))
+}
+
+/// Accepts ECDSA P-256, ECDSA P-384 and Ed25519 keys only.
+fn check_key_type(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<(), PkiError> {
+    let alg = &spki.algorithm;
+    let ok = if alg.algorithm == oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY {
+        alg.parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .is_some_and(|curve| {
+                curve == oid_registry::OID_EC_P256 || curve == oid_registry::OID_NIST_EC_P384
+            })
+    } else {
+        alg.algorithm == oid_registry::OID_SIG_ED25519
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "csr",
+            "must use an ECDSA P-256 or P-384 or an Ed25519 key",
+        ))
+    }
+}
+
+impl Pki {
+    /// Resolves a requested lifetime against the policy.
+    pub fn ttl(&self, requested: Option<u64>) -> Result<u64, PkiError> {
+        match requested {
+            None => Ok(self.policy.default_ttl_secs),
+            Some(t) if (1..=self.policy.max_ttl_secs).contains(&t) => Ok(t),
+            Some(_) => Err(invalid(
+                "ttl_seconds",
+                "must be at least 1 and at most the configured maximum",
+            )),
+        }
+    }
+
+    /// Issues a service certificate `spiffe://<td>/tenant/<tenant>/svc/<name>`.
+    pub async fn issue_service(
+        &self,
+        tenant: TenantName,
+        name: ServiceName,
+        key: KeySource,
+        ttl_secs: u64,
+        now: Timestamp,
+    ) -> Result<(Issued, Option<SecretString>), PkiError> {
+        let id = SpiffeId::new(
+            self.trust_domain.clone(),
+            Identity::Service { tenant, name },
+        );
+        self.issue_from(&Leaf::Client(id), key, ttl_secs, None, now)
+            .await
+    }
+
+    /// Issues a certificate for `leaf` with the key from `key`.
+    pub async fn issue_from(
+        &self,
+        leaf: &Leaf,
+        key: KeySource,
+        ttl_secs: u64,
+        renewed_from: Option<Serial>,
+        now: Timestamp,
+    ) -> Result<(Issued, Option<SecretString>), PkiError> {
+        match key {
+            KeySource::Csr(text) => {
+                let spki = csr_public_key(&text)?;
+                Ok((
+                    self.issue(leaf, &spki, ttl_secs, renewed_from, now).await?,
+                    None,
+                ))
+            }
+            KeySource::PublicKey(der) => {
+                let spki =
+                    SubjectPublicKeyInfo::from_der(&der).map_err(|_| PkiError::BadCertificate)?;
+                Ok((
+                    self.issue(leaf, &spki, ttl_secs, renewed_from, now).await?,
+                    None,
+                ))
+            }
+            KeySource::Generate => {
+                let pair = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+                let issued = self.issue(leaf, &pair, ttl_secs, renewed_from, now).await?;
+                Ok((issued, Some(SecretString::new(pair.serialize_pem()))))
+            }
+        }
+    }
+
+    /// Signs a certificate for `public_key` under Tessera's policy for `leaf`, and records it
+    /// durably before returning.
+    pub async fn issue(
+        &self,
+        leaf: &Leaf,
+        public_key: &impl PublicKeyData,
+        ttl_secs: u64,
+        renewed_from: Option<Serial>,
+        now: Timestamp,
+    ) -> Result<Issued, PkiError> {
+        let authority = self.authority();
+        let ca = &authority.issuing;
+        let (serial, serial_bytes) = Serial::generate()?;
+        // Backdated a minute for clock skew; never outliving the issuing CA.
+        let not_before = Timestamp::from_unix(now.unix() - 60);
+        let not_after = Timestamp::from_unix(now.plus_secs(ttl_secs).unix()).min(ca.not_after);
+
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Tessera");
+        let (profile, identity, tenant) = match leaf {
+            Leaf::Client(id) => {
+                let uri = id.uri();
+                let (cn, profile, tenant) = match &id.identity {
+                    Identity::Admin => ("tessera admin".to_owned(), Profile::Admin, None),
+                    Identity::Service { tenant, name } => (
+                        name.as_str().to_owned(),
+                        Profile::Client,
+                        Some(tenant.clone()),
+                    ),
+                };
+                dn.push(DnType::CommonName, cn);
+                // Exactly one URI SAN (X.509-SVID).
+                p.subject_alt_names = vec![SanType::URI(uri.clone().try_into()?)];
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+                (profile, uri, tenant)
+            }
+            Leaf::Server { dns, ips } => {
+                dn.push(
+                    DnType::CommonName,
+                    dns.first().map_or("tessera", String::as_str),
+                );
+                let mut sans = Vec::new();
+                for d in dns {
+                    sans.push(SanType::DnsName(d.clone().try_into()?));
+                }
+                sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+                p.subject_alt_names = sans;
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+                (Profile::Server, format!("server:{}", dns.join(",")), None)
+            }
+        };
+        p.distinguished_name = dn;
+        p.is_ca = IsCa::ExplicitNoCa;
+        // rcgen marks key usage critical.
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.serial_number = Some(SerialNumber::from_slice(&serial_bytes));
+        p.not_before = not_before.to_offset();
+        p.not_after = not_after.to_offset();
+        p.use_authority_key_identifier_extension = true;
+        if let Some(base) = self.public_url() {
+            p.crl_distribution_points = vec![CrlDistributionPoint {
+                uris: vec![format!("{base}/v1/pki/crl?issuer={}", ca.id)],
+            }];
+        }
+
+        let cert = ca.sign(&p, public_key)?;
+        let record = CertRecord {
+            serial: serial.clone(),
+            tenant: tenant.clone(),
+            identity: identity.clone(),
+            profile,
+            issuer: ca.id.clone(),
+            not_before,
+            not_after,
+            fingerprint: fingerprint(&cert),
+            created_at: now,
+            revoked: None,
+            renewed_from,
+        };
+        let mut b = Batch::new();
+        b.put_record(serial.as_str(), &record, Expect::Absent)?;
+        b.index_put(
+            IDX_CERTS,
+            cert_position(&record).as_bytes(),
+            serial.as_str(),
+            false,
+        );
+        b.index_put(
+            IDX_CERTS_BY_IDENTITY,
+            &identity_position(&record),
+            serial.as_str(),
+            false,
+        );
+        b.index_put(
+            IDX_CERTS_BY_EXPIRY,
+            expiry_position(&record).as_bytes(),
+            serial.as_str(),
+            false,
+        );
+        self.store.commit(b).await?;
+        Ok(Issued {
+            serial,
+            identity,
+            tenant,
+            cert,
+            chain: vec![ca.cert.clone()],
+            not_before,
+            not_after,
+        })
+    }
+
+    /// Renews the certificate `serial` (the caller's own, checked by the caller): same
+    /// identity, fresh validity; a new key from `csr`, or the same public key.
+    pub async fn renew(
+        &self,
+        serial: &Serial,
+        current_public_key: Vec<u8>,
+        csr: Option<String>,
+        ttl: Option<u64>,
+        now: Timestamp,
+    ) -> Result<Issued, PkiError> {
+        let rec = self.record(serial).await?.ok_or(PkiError::NotFound)?;
+        if rec.revoked.is_some() || rec.not_after <= now {
+            return Err(PkiError::Refused("the certificate is revoked or expired"));
+        }
+        if rec.profile != Profile::Client {
+            return Err(PkiError::Refused(
+                "only service certificates are renewed through the API",
+            ));
+        }
+        let id = SpiffeId::parse(&rec.identity, &self.trust_domain)
+            .map_err(|_| PkiError::Refused("the certificate's identity is not renewable"))?;
+        let key = match csr {
+            Some(c) => KeySource::Csr(c),
+            None => KeySource::PublicKey(current_public_key),
+        };
+        let ttl = self.ttl(ttl)?;
+        let (issued, _) = self
+            .issue_from(&Leaf::Client(id), key, ttl, Some(serial.clone()), now)
+            .await?;
+        Ok(issued)
+    }
+
+    /// One certificate's record, if the caller may see it.
+    pub async fn get(&self, scope: &TenantScope, serial: &Serial) -> Result<CertRecord, PkiError> {
+        match self.record(serial).await? {
+            Some(r) if visible(scope, &r) => Ok(r),
+            _ => Err(PkiError::NotFound),
+        }
+    }
+
+    /// Certificates, oldest first, optionally of one identity.
+    pub async fn list(
+        &self,
+        scope: &TenantScope,
+        identity: Option<&str>,
+        page: &PageRequest,
+        now: Timestamp,
+    ) -> Result<Page<CertView>, PkiError> {
+        let (index, prefix) = match identity {
+            Some(i) => (IDX_CERTS_BY_IDENTITY, identity_prefix(i)),
+            None => (IDX_CERTS, Vec::new()),
+        };
+        let entries = self
+            .store
+            .scan(
+                index,
+                &prefix,
+                page.cursor.as_ref().map(Cursor::position),
+                page.limit + 1,
+            )
+            .await?;
+        let more = entries.len() > page.limit;
+        let mut items = Vec::with_capacity(page.limit);
+        let mut last = None;
+        for e in entries.into_iter().take(page.limit) {
+            if let Some((_, r)) = store::record::get::<CertRecord>(&*self.store, &e.id).await?
+                && visible(scope, &r)
+            {
+                items.push(CertView::new(&r, now));
+            }
+            last = Some(e.key);
+        }
+        Ok(Page {
+            items,
+            next_cursor: more
+                .then(|| last.map(|k| Cursor::from_position(&k).encode()))
+                .flatten(),
+        })
+    }
+}
+
+/// Whether a caller limited to `scope` may see a certificate. Certificates outside any
+/// tenant (the server's, the admin's) are visible only to the global scope.
+pub fn visible(scope: &TenantScope, r: &CertRecord) -> bool {
+    match (scope, &r.tenant) {
+        (TenantScope::All, _) => true,
+        (TenantScope::One(t), Some(owner)) => t == owner,
+        (TenantScope::One(_), None) => false,
+    }
+}

@@ -1,0 +1,103 @@
+//! Tidying: records of certificates expired for longer than the retention period are
+//! removed (with their index entries), retired CAs whose certificates have all expired are
+//! dropped, and the in-memory revoked set forgets expired serials. The store, the CRLs and
+//! start-up time stay bounded by what is live.
+
+use super::{
+    Pki, PkiError,
+    records::{
+        CertRecord, IDX_CERTS, IDX_CERTS_BY_EXPIRY, IDX_CERTS_BY_IDENTITY, IDX_REVOKED_BY_CA,
+        PkiState, STATE_ID, cert_position, identity_position, millis20, revoked_position,
+    },
+};
+use crate::{
+    clock::Timestamp,
+    store::{self, Batch, Expect, Record},
+};
+
+/// Records removed per batch.
+const BATCH: usize = 500;
+
+impl Pki {
+    /// Removes certificate records that expired before `now - retention_secs`. Returns how
+    /// many were removed.
+    pub async fn tidy(&self, now: Timestamp, retention_secs: u64) -> Result<usize, PkiError> {
+        let cutoff = Timestamp::from_unix_millis(
+            now.unix_millis().saturating_sub(
+                i64::try_from(retention_secs)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1000),
+            ),
+        );
+        let stop = millis20(cutoff);
+        let mut removed = 0;
+        let mut crls_to_resign = std::collections::BTreeSet::new();
+        loop {
+            let page = self
+                .store
+                .scan(IDX_CERTS_BY_EXPIRY, b"", None, BATCH)
+                .await?;
+            let due: Vec<_> = page
+                .into_iter()
+                .take_while(|e| e.key.as_slice() < stop.as_bytes())
+                .collect();
+            if due.is_empty() {
+                break;
+            }
+            let mut b = Batch::new();
+            for e in &due {
+                b.index_delete(IDX_CERTS_BY_EXPIRY, &e.key);
+                if let Some((_, r)) = store::record::get::<CertRecord>(&*self.store, &e.id).await? {
+                    b.delete(CertRecord::KIND, r.serial.as_str(), Expect::Any);
+                    b.index_delete(IDX_CERTS, cert_position(&r).as_bytes());
+                    b.index_delete(IDX_CERTS_BY_IDENTITY, &identity_position(&r));
+                    if r.revoked.is_some() {
+                        b.index_delete(IDX_REVOKED_BY_CA, revoked_position(&r).as_bytes());
+                        crls_to_resign.insert(r.issuer.clone());
+                    }
+                }
+            }
+            self.store.commit(b).await?;
+            removed += due.len();
+        }
+        self.revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, not_after| *not_after > now);
+        if !crls_to_resign.is_empty() {
+            let _one = self.changes.lock().await;
+            let live: Vec<_> = self.authority().all().map(|c| c.id.clone()).collect();
+            for ca in crls_to_resign.iter().filter(|c| live.contains(c)) {
+                self.sign_crl(ca, now).await?;
+            }
+            self.rebuild_verifier()?;
+            self.publish_crls()?;
+        }
+        self.drop_retired_cas(now).await?;
+        if removed > 0 {
+            tracing::info!(removed, "tidied expired certificate records");
+        }
+        Ok(removed)
+    }
+
+    async fn drop_retired_cas(&self, now: Timestamp) -> Result<(), PkiError> {
+        let _one = self.changes.lock().await;
+        let Some((rev, mut state)) = store::record::get::<PkiState>(&*self.store, STATE_ID).await?
+        else {
+            return Ok(());
+        };
+        let before = state.retired.len();
+        state.retired.retain(|r| r.until > now);
+        if state.retired.len() == before {
+            return Ok(());
+        }
+        let mut b = Batch::new();
+        b.put_record(STATE_ID, &state, Expect::Rev(rev))?;
+        self.store.commit(b).await?;
+        let authority = super::load_authority(&*self.store, &state).await?;
+        *self.authority.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(authority);
+        self.refresh_crls_locked(now, false).await?;
+        self.publish_bundle()?;
+        Ok(())
+    }
+}

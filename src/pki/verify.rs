@@ -1,0 +1,209 @@
+//! Verification of client certificates: the handshake verifier (rustls' WebPKI verifier over
+//! Tessera's root and every CA's CRL) and the `POST /v1/certs/verify` answer for downstream
+//! APIs, which uses the same verifier so the two can never disagree.
+
+use std::sync::Arc;
+
+use rustls::{
+    CertificateError, Error as TlsError, RootCertStore,
+    server::{WebPkiClientVerifier, danger::ClientCertVerifier},
+};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+use serde::Serialize;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::{
+    Pki, PkiError,
+    identity::{Identity, SpiffeId},
+    parse_pem_certs,
+    serial::Serial,
+};
+use crate::{clock::Timestamp, ids::TenantName};
+
+/// Longest chain accepted by the verify endpoint (leaf included).
+pub const MAX_CHAIN: usize = 8;
+
+/// Builds the client verifier: trust anchor `root`, every CA's CRL, certificate optional at
+/// the handshake (required per route).
+pub fn build_verifier(
+    root: &CertificateDer<'static>,
+    crls: &[Vec<u8>],
+) -> Result<Arc<dyn ClientCertVerifier>, PkiError> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(root.clone())
+        .map_err(|e| PkiError::Verifier(e.to_string()))?;
+    WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .with_crls(
+        crls.iter()
+            .map(|d| CertificateRevocationListDer::from(d.clone())),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| PkiError::Verifier(e.to_string()))
+}
+
+/// The answer's code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CertCode {
+    Valid,
+    Expired,
+    NotYetValid,
+    Revoked,
+    Untrusted,
+}
+
+/// The answer to a certificate verification.
+#[derive(Clone, Debug, Serialize)]
+pub struct CertVerdict {
+    pub valid: bool,
+    pub code: CertCode,
+    pub identity: Option<String>,
+    pub tenant: Option<TenantName>,
+    pub serial: Option<Serial>,
+    pub not_after: Option<Timestamp>,
+}
+
+impl CertVerdict {
+    fn untrusted() -> Self {
+        Self {
+            valid: false,
+            code: CertCode::Untrusted,
+            identity: None,
+            tenant: None,
+            serial: None,
+            not_after: None,
+        }
+    }
+}
+
+fn unix(t: Timestamp) -> UnixTime {
+    UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        u64::try_from(t.unix()).unwrap_or(0),
+    ))
+}
+
+enum Check {
+    Ok,
+    Time,
+    Revoked,
+    Untrusted,
+}
+
+fn classify(r: Result<(), TlsError>) -> Check {
+    match r {
+        Ok(()) => Check::Ok,
+        Err(TlsError::InvalidCertificate(e)) => match e {
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. } => Check::Time,
+            CertificateError::Revoked => Check::Revoked,
+            _ => Check::Untrusted,
+        },
+        Err(_) => Check::Untrusted,
+    }
+}
+
+impl Pki {
+    /// Verifies a PEM leaf (optionally followed by its chain) as a client certificate of
+    /// Tessera's. Precedence: UNTRUSTED > REVOKED > EXPIRED / NOT_YET_VALID > VALID.
+    /// Garbage or an over-long chain is an `Invalid` error (a 400); a foreign or
+    /// self-signed certificate copying a real identity is UNTRUSTED.
+    pub fn verify_certificate(
+        &self,
+        pem_text: &str,
+        now: Timestamp,
+    ) -> Result<CertVerdict, PkiError> {
+        let certs = parse_pem_certs(pem_text, MAX_CHAIN).map_err(|m| PkiError::Invalid {
+            field: "certificate",
+            message: m,
+        })?;
+        let leaf = &certs[0];
+        let Ok((_, parsed)) = X509Certificate::from_der(leaf) else {
+            return Err(PkiError::Invalid {
+                field: "certificate",
+                message: "must be a PEM certificate",
+            });
+        };
+        let not_before = Timestamp::from_unix(parsed.validity().not_before.timestamp());
+        let not_after = Timestamp::from_unix(parsed.validity().not_after.timestamp());
+        // Intermediates: what the caller sent, then our own issuing CAs, so a bare leaf works.
+        let authority = self.authority();
+        let mut intermediates: Vec<CertificateDer<'_>> = certs[1..].to_vec();
+        intermediates.extend(authority.issuers().map(|c| c.cert.clone()));
+
+        let verifier = self.verifier();
+        let code = match classify(
+            verifier
+                .verify_client_cert(leaf, &intermediates, unix(now))
+                .map(|_| ()),
+        ) {
+            Check::Ok => CertCode::Valid,
+            Check::Revoked => CertCode::Revoked,
+            Check::Untrusted => return Ok(CertVerdict::untrusted()),
+            Check::Time => {
+                // Outside its validity: is it ours at all? Check at an instant inside it.
+                let inside = Timestamp::from_unix(not_before.unix() + 1).min(not_after);
+                match classify(
+                    verifier
+                        .verify_client_cert(leaf, &intermediates, unix(inside))
+                        .map(|_| ()),
+                ) {
+                    Check::Ok | Check::Time => {
+                        if now < not_before {
+                            CertCode::NotYetValid
+                        } else {
+                            CertCode::Expired
+                        }
+                    }
+                    Check::Revoked => CertCode::Revoked,
+                    Check::Untrusted => return Ok(CertVerdict::untrusted()),
+                }
+            }
+        };
+        // A chain that verifies is not yet an identity: map the leaf to one of ours.
+        let uris: Vec<String> = parsed
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let [uri] = uris.as_slice() else {
+            return Ok(CertVerdict::untrusted());
+        };
+        let Ok(id) = SpiffeId::parse(uri, &self.trust_domain) else {
+            return Ok(CertVerdict::untrusted());
+        };
+        let serial = Serial::from_bytes(parsed.raw_serial());
+        let code = if code == CertCode::Valid && self.is_revoked(&serial) {
+            CertCode::Revoked
+        } else {
+            code
+        };
+        Ok(CertVerdict {
+            valid: code == CertCode::Valid,
+            code,
+            identity: Some(id.uri()),
+            tenant: match id.identity {
+                Identity::Service { tenant, .. } => Some(tenant),
+                Identity::Admin => None,
+            },
+            serial: Some(serial),
+            not_after: Some(not_after),
+        })
+    }
+}
