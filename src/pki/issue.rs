@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use rcgen::{
     CertificateParams, CrlDistributionPoint, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
+    IsCa, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
     SubjectPublicKeyInfo,
 };
 use rustls_pki_types::CertificateDer;
@@ -167,7 +167,9 @@ impl Pki {
             .await
     }
 
-    /// Issues a certificate for `leaf` with the key from `key`.
+    /// Issues a certificate for `leaf` with the key from `key`, under Tessera's policy, and
+    /// records it durably before returning. The CPU work (CSR check, key generation,
+    /// signing) runs on a blocking thread, off the async workers.
     pub async fn issue_from(
         &self,
         leaf: &Leaf,
@@ -176,40 +178,6 @@ impl Pki {
         renewed_from: Option<Serial>,
         now: Timestamp,
     ) -> Result<(Issued, Option<SecretString>), PkiError> {
-        match key {
-            KeySource::Csr(text) => {
-                let spki = csr_public_key(&text)?;
-                Ok((
-                    self.issue(leaf, &spki, ttl_secs, renewed_from, now).await?,
-                    None,
-                ))
-            }
-            KeySource::PublicKey(der) => {
-                let spki =
-                    SubjectPublicKeyInfo::from_der(&der).map_err(|_| PkiError::BadCertificate)?;
-                Ok((
-                    self.issue(leaf, &spki, ttl_secs, renewed_from, now).await?,
-                    None,
-                ))
-            }
-            KeySource::Generate => {
-                let pair = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-                let issued = self.issue(leaf, &pair, ttl_secs, renewed_from, now).await?;
-                Ok((issued, Some(SecretString::new(pair.serialize_pem()))))
-            }
-        }
-    }
-
-    /// Signs a certificate for `public_key` under Tessera's policy for `leaf`, and records it
-    /// durably before returning.
-    pub async fn issue(
-        &self,
-        leaf: &Leaf,
-        public_key: &impl PublicKeyData,
-        ttl_secs: u64,
-        renewed_from: Option<Serial>,
-        now: Timestamp,
-    ) -> Result<Issued, PkiError> {
         let authority = self.authority();
         let ca = &authority.issuing;
         let (serial, serial_bytes) = Serial::generate()?;
@@ -266,7 +234,11 @@ impl Pki {
             }];
         }
 
-        let cert = ca.sign(&p, public_key)?;
+        let signer = authority.clone();
+        let (cert, private_key) =
+            tokio::task::spawn_blocking(move || sign_leaf(&signer.issuing, &p, key))
+                .await
+                .map_err(|_| PkiError::Inconsistent("the signing task failed"))??;
         let record = CertRecord {
             serial: serial.clone(),
             tenant: tenant.clone(),
@@ -301,7 +273,7 @@ impl Pki {
             false,
         );
         self.store.commit(b).await?;
-        Ok(Issued {
+        let issued = Issued {
             serial,
             identity,
             tenant,
@@ -309,7 +281,8 @@ impl Pki {
             chain: vec![ca.cert.clone()],
             not_before,
             not_after,
-        })
+        };
+        Ok((issued, private_key))
     }
 
     /// Renews the certificate `serial` (the caller's own, checked by the caller): same
@@ -390,6 +363,30 @@ impl Pki {
                 .then(|| last.map(|k| Cursor::from_position(&k).encode()))
                 .flatten(),
         })
+    }
+}
+
+/// Signs `params` for the key from `key` (CPU only: called on a blocking thread).
+fn sign_leaf(
+    ca: &super::ca::Ca,
+    params: &CertificateParams,
+    key: KeySource,
+) -> Result<(CertificateDer<'static>, Option<SecretString>), PkiError> {
+    match key {
+        KeySource::Csr(text) => {
+            let spki = csr_public_key(&text)?;
+            Ok((ca.sign(params, &spki)?, None))
+        }
+        KeySource::PublicKey(der) => {
+            let spki =
+                SubjectPublicKeyInfo::from_der(&der).map_err(|_| PkiError::BadCertificate)?;
+            Ok((ca.sign(params, &spki)?, None))
+        }
+        KeySource::Generate => {
+            let pair = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+            let cert = ca.sign(params, &pair)?;
+            Ok((cert, Some(SecretString::new(pair.serialize_pem()))))
+        }
     }
 }
 
