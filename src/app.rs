@@ -4,6 +4,7 @@
 use std::{path::Path, sync::Arc};
 
 use crate::{
+    audit::{Audit, AuditContext},
     clock::{Clock, SystemClock},
     config::Config,
     crypto::{
@@ -40,6 +41,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error("pki: {0}")]
     Pki(#[from] PkiError),
+    #[error("audit: {0}")]
+    Audit(#[from] crate::audit::CheckpointError),
     #[error("tls: {0}")]
     Tls(#[from] crate::http::tls::TlsError),
 }
@@ -59,6 +62,7 @@ pub struct Application {
     pub store: Arc<dyn Store>,
     pub keyring: Arc<Keyring>,
     pub pki: Arc<Pki>,
+    pub audit: Arc<Audit>,
     pub paths: CertPaths,
     /// Whether this start created the CA (and so the admin credential).
     pub first_start: bool,
@@ -85,6 +89,7 @@ impl Application {
             default_ttl_secs: config.cert_default_ttl_secs,
             max_ttl_secs: config.cert_max_ttl_secs,
         };
+        let audit = Arc::new(Audit::open(store.clone()).await?);
         let (pki, first_start) = Pki::open(
             store.clone(),
             config.trust_domain.clone(),
@@ -102,7 +107,8 @@ impl Application {
                 .unwrap_or_else(|| format!("https://localhost:{}", config.listen.port())),
         );
         if first_start {
-            bootstrap::issue_admin_cert(&pki, &paths, clock.now()).await?;
+            let rec = AuditContext::system("issue bootstrap admin credential", clock.now());
+            bootstrap::issue_admin_cert(&*rec, &pki, &paths, clock.now()).await?;
         }
         Ok(Self {
             config,
@@ -110,10 +116,31 @@ impl Application {
             store,
             keyring,
             pki,
+            audit,
             paths,
             first_start,
         })
     }
+}
+
+/// Opens only the store of an existing data directory (for offline checks that must write
+/// nothing): the master key must already exist.
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
+    if !config.data_dir.join("db").exists() {
+        return Err(AppError::MasterKey(format!(
+            "{} holds no database",
+            config.data_dir.display()
+        )));
+    }
+    let master = master_key(&config.data_dir)?;
+    let (store, _) = SledStore::open(
+        &config.data_dir.join("db"),
+        &master,
+        &SledOptions {
+            cache_capacity: config.store_cache_bytes,
+        },
+    )?;
+    Ok(Arc::new(store))
 }
 
 /// The master key: from `TESSERA_MASTER_KEY`, else `data/master.key`, else (on a fresh data

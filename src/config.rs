@@ -52,6 +52,10 @@ pub struct FileConfig {
     pub tls: FileTls,
     #[serde(default)]
     pub tidy: FileTidy,
+    #[serde(default)]
+    pub audit: FileAudit,
+    #[serde(default)]
+    pub metrics: FileMetrics,
     /// Base URL clients reach this server at (written into CRL distribution points).
     pub public_url: Option<String>,
     pub log_format: Option<String>,
@@ -65,6 +69,21 @@ pub struct FileTls {
     pub key_file: Option<PathBuf>,
     /// Lifetime of the server certificate Tessera issues itself.
     pub server_cert_lifetime_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMetrics {
+    /// A plain-HTTP listener serving only `/metrics`; must be a loopback address.
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAudit {
+    /// A JSON-lines copy of the audit log, for shipping to a log system.
+    pub file: Option<PathBuf>,
+    pub checkpoint_interval_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,6 +146,9 @@ pub struct Config {
     pub tidy_retention_secs: u64,
     pub tidy_interval_secs: u64,
     pub public_url: Option<String>,
+    pub audit_file: Option<PathBuf>,
+    pub audit_checkpoint_secs: u64,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -270,6 +292,32 @@ impl Config {
             None => None,
         };
 
+        let audit_checkpoint_secs = file.audit.checkpoint_interval_seconds.unwrap_or(600);
+        if !(1..=86_400).contains(&audit_checkpoint_secs) {
+            return Err(err(
+                "audit.checkpoint_interval_seconds",
+                "must be between 1 and 86400",
+            ));
+        }
+        if let Some(f) = &file.audit.file
+            && (f.as_os_str().is_empty() || f.is_dir())
+        {
+            return Err(err("audit.file", "must name a file"));
+        }
+
+        let metrics_listen = match file.metrics.listen {
+            None => None,
+            Some(s) => match s.parse::<SocketAddr>() {
+                Ok(a) if a.ip().is_loopback() => Some(a),
+                _ => {
+                    return Err(err(
+                        "metrics.listen",
+                        "must be a loopback address like 127.0.0.1:9464",
+                    ));
+                }
+            },
+        };
+
         Ok(Self {
             listen,
             data_dir,
@@ -286,6 +334,9 @@ impl Config {
             tidy_retention_secs,
             tidy_interval_secs,
             public_url,
+            audit_file: file.audit.file,
+            audit_checkpoint_secs,
+            metrics_listen,
         })
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod app;
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod crypto;
@@ -11,6 +12,7 @@ pub mod files;
 pub mod http;
 pub mod ids;
 pub mod keys;
+pub mod metrics;
 pub mod page;
 pub mod pki;
 pub mod store;

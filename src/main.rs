@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tessera::{
     app::Application,
+    audit::AuditContext,
     config::{Config, LogFormat, Overrides},
     pki::bootstrap,
 };
@@ -28,6 +29,22 @@ enum Command {
     /// Re-issue the bootstrap admin credential (certs/admin.pem, certs/admin.key) offline,
     /// with the server stopped: the way back in when it is lost or expired.
     AdminCert(DirArgs),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain offline (server stopped), optionally against a saved checkpoint.
+    /// Exits non-zero and names the first bad sequence number if the log was tampered with.
+    Verify {
+        #[command(flatten)]
+        dirs: DirArgs,
+        /// A checkpoint saved from `GET /v1/audit/checkpoint`.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -103,6 +120,12 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
+        Command::Audit(AuditCommand::Verify { dirs, checkpoint }) => {
+            let config = Config::load(&dirs.overrides())?;
+            init_logging(config.log_format);
+            let code = actix_web::rt::System::new().block_on(audit_verify(config, checkpoint))?;
+            std::process::exit(code);
+        }
         Command::AdminCert(dirs) => {
             let config = Config::load(&dirs.overrides())?;
             init_logging(config.log_format);
@@ -113,7 +136,12 @@ fn main() -> anyhow::Result<()> {
                 let issued = if app.first_start {
                     None
                 } else {
-                    Some(bootstrap::issue_admin_cert(&app.pki, &app.paths, app.clock.now()).await?)
+                    let rec =
+                        AuditContext::system("reissue admin credential (offline)", app.clock.now());
+                    Some(
+                        bootstrap::issue_admin_cert(&*rec, &app.pki, &app.paths, app.clock.now())
+                            .await?,
+                    )
                 };
                 println!(
                     "admin credential written: {} (key {})",
@@ -126,5 +154,42 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
+    }
+}
+
+async fn audit_verify(config: Config, checkpoint: Option<PathBuf>) -> anyhow::Result<i32> {
+    let store = tessera::app::open_store(&config)
+        .context("opening the data directory (is a server running on it?)")?;
+    let cp = match &checkpoint {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let cp: tessera::audit::Checkpoint =
+                serde_json::from_str(&text).context("the checkpoint file is not a checkpoint")?;
+            cp.verify_signature()
+                .context("the checkpoint's signature does not verify")?;
+            let ours = tessera::audit::stored_public_key(&*store).await?;
+            if ours.as_deref() != Some(cp.public_key.as_str()) {
+                anyhow::bail!("the checkpoint was signed by another key than this log's");
+            }
+            Some(cp)
+        }
+        None => None,
+    };
+    let report = tessera::audit::check(&*store, cp.as_ref()).await?;
+    if report.valid {
+        println!(
+            "audit log valid: {} entries checked, head seq {}",
+            report.checked, report.head_seq
+        );
+        Ok(0)
+    } else {
+        println!(
+            "audit log INVALID at seq {}: {} ({} entries checked before it)",
+            report.first_bad_seq.unwrap_or(0),
+            report.problem.as_deref().unwrap_or("unknown problem"),
+            report.checked
+        );
+        Ok(1)
     }
 }

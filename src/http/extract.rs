@@ -1,7 +1,7 @@
 //! Extractors: JSON bodies and query strings parsed strictly into domain input types (with
 //! the failing field named), and the authenticated [`Principal`].
 
-use std::{future::Future, pin::Pin};
+use std::{future::Future, pin::Pin, sync::Arc};
 
 use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, http::header, web};
 use futures_util::StreamExt;
@@ -13,7 +13,8 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use super::{error::ApiError, state::AppState};
 use crate::{
     access::Principal,
-    clock::Timestamp,
+    audit::{AuditContext, Event},
+    clock::{Clock, SystemClock, Timestamp},
     pki::{fingerprint, identity::SpiffeId, serial::Serial},
 };
 
@@ -314,6 +315,10 @@ impl FromRequest for AuthenticatedCert {
 /// Checks the connection's certificate on every request: present, unexpired, not revoked
 /// (a keep-alive connection opened before a revocation is refused on its next request), and
 /// naming one of Tessera's identities. Every failure is the same 401.
+/// The authenticated principal's name, left in the request for the audit middleware.
+#[derive(Clone, Debug)]
+pub struct PrincipalName(pub String);
+
 fn authenticate(req: &HttpRequest) -> Result<(Principal, PeerCert), ApiError> {
     let state = req
         .app_data::<web::Data<AppState>>()
@@ -335,6 +340,65 @@ fn authenticate(req: &HttpRequest) -> Result<(Principal, PeerCert), ApiError> {
         },
         peer.clone(),
     ))
+}
+
+/// The request's audit context: handlers pass it to the domain, which records a successful
+/// change in the change's own batch. Put it after [`Authenticated`] in a handler's arguments.
+pub struct Audited(pub Arc<AuditContext>);
+
+impl std::ops::Deref for Audited {
+    type Target = AuditContext;
+    fn deref(&self) -> &AuditContext {
+        &self.0
+    }
+}
+
+/// The audit event a request starts with (no outcome yet).
+pub fn base_event(req: &HttpRequest, now: Timestamp) -> Event {
+    let principal = req
+        .extensions()
+        .get::<PrincipalName>()
+        .map(|p| p.0.clone())
+        .or_else(|| {
+            req.conn_data::<PeerCert>()
+                .map(|c| format!("cert:{}", c.serial))
+        })
+        .unwrap_or_else(|| "anonymous".to_owned());
+    let pattern = req
+        .match_pattern()
+        .unwrap_or_else(|| "(unmatched)".to_owned());
+    let object = ["id", "serial", "api_id"]
+        .iter()
+        .find_map(|k| req.match_info().get(k))
+        .filter(|v| v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .map(str::to_owned);
+    Event {
+        time: now,
+        request_id: super::error::request_id(),
+        principal,
+        tenant: None,
+        action: format!("{} {}", req.method(), pattern),
+        object,
+        outcome: String::new(),
+        source: req
+            .peer_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string()),
+        detail: None,
+    }
+}
+
+impl FromRequest for Audited {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let now = req
+            .app_data::<web::Data<AppState>>()
+            .map_or_else(|| SystemClock.now(), |s| s.clock.now());
+        let ctx = AuditContext::new(base_event(req, now));
+        req.extensions_mut().insert(ctx.clone());
+        std::future::ready(Ok(Audited(ctx)))
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! Building and running the HTTPS server, and its background tasks.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use actix_web::{App, HttpServer, middleware::from_fn, web};
 
@@ -21,6 +24,8 @@ use crate::{
 const USAGE_FLUSH_EVERY: Duration = Duration::from_millis(900);
 /// Longest interval between checks whether the server's certificate is due for renewal.
 const RENEW_CHECK_MAX: Duration = Duration::from_secs(3600);
+/// How often the state gauges are recomputed.
+const GAUGES_EVERY: Duration = Duration::from_secs(30);
 /// How often CRLs are checked for re-signing.
 const CRL_CHECK_EVERY: Duration = Duration::from_secs(600);
 
@@ -40,6 +45,7 @@ pub async fn serve(app: Application) -> Result<(), AppError> {
         clock: app.clock.clone(),
         store: app.store.clone(),
         pki: app.pki.clone(),
+        audit: app.audit.clone(),
         resolver,
         idempotency: Idempotency::default(),
     });
@@ -83,6 +89,9 @@ pub async fn serve(app: Application) -> Result<(), AppError> {
             .set_public_url(format!("https://localhost:{}", addr.port()));
     }
     print_banner(&app, addr);
+    crate::metrics::init();
+    crate::metrics::SEALED.set(0);
+    let mut metrics_handle = None;
 
     let tasks = [
         actix_web::rt::spawn(flush_usage(state.clone())),
@@ -93,8 +102,36 @@ pub async fn serve(app: Application) -> Result<(), AppError> {
         )),
         actix_web::rt::spawn(keep_crls(state.clone())),
         actix_web::rt::spawn(tidy(state.clone())),
+        actix_web::rt::spawn(checkpoints(state.clone())),
+        actix_web::rt::spawn(gauges(state.clone())),
     ];
+    if let Some(addr) = config.metrics_listen {
+        // Plain HTTP on loopback only (checked by the configuration), serving /metrics alone.
+        let metrics_server = HttpServer::new(|| {
+            App::new().route(
+                "/metrics",
+                web::get().to(|| async { routes::sys::metrics_response() }),
+            )
+        })
+        .workers(1)
+        .shutdown_timeout(1)
+        .disable_signals()
+        .bind(addr)
+        .map_err(|source| AppError::Io {
+            what: "cannot listen on",
+            path: addr.to_string(),
+            source,
+        })?
+        .run();
+        let handle = metrics_server.handle();
+        actix_web::rt::spawn(metrics_server);
+        metrics_handle = Some(handle);
+        println!("  metrics:      http://{addr}/metrics");
+    }
     let result = server.await;
+    if let Some(h) = metrics_handle {
+        h.stop(false).await;
+    }
     for t in &tasks {
         t.abort();
     }
@@ -185,6 +222,56 @@ async fn keep_crls(state: web::Data<AppState>) {
         tick.tick().await;
         if let Err(e) = state.pki.refresh_crls(state.clock.now(), false).await {
             tracing::error!(error = %e, "CRL refresh failed");
+        }
+    }
+}
+
+/// Refreshes the gauges of keys and certificates by state.
+async fn gauges(state: web::Data<AppState>) {
+    let mut tick = actix_web::rt::time::interval(GAUGES_EVERY);
+    loop {
+        tick.tick().await;
+        let now = state.clock.now();
+        if let Ok(k) = state.keys.count_states(now).await {
+            let m = &crate::metrics::KEYS_BY_STATE;
+            m.with_label_values(&["active"]).set(k.active as i64);
+            m.with_label_values(&["ended"]).set(k.ended as i64);
+        }
+        if let Ok(c) = state.pki.count_states(now).await {
+            let m = &crate::metrics::CERTS_BY_STATE;
+            m.with_label_values(&["valid"]).set(c.valid as i64);
+            m.with_label_values(&["expired"]).set(c.expired as i64);
+            m.with_label_values(&["revoked"]).set(c.revoked as i64);
+            crate::metrics::CERTS_EXPIRING.set(c.expiring_7d as i64);
+        }
+    }
+}
+
+/// Signs an audit checkpoint when the log has grown, and ships new entries to the JSON-lines
+/// file when one is configured.
+async fn checkpoints(state: web::Data<AppState>) {
+    let every = Duration::from_secs(state.config.audit_checkpoint_secs);
+    let ship_every = Duration::from_millis(500).min(every);
+    let mut last_cp = Instant::now();
+    let mut tick = actix_web::rt::time::interval(ship_every);
+    loop {
+        tick.tick().await;
+        if let Some(path) = &state.config.audit_file
+            && let Err(e) = crate::audit::sink::ship(&state.audit, path).await
+        {
+            tracing::error!(error = %e, "could not ship audit entries");
+        }
+        if last_cp.elapsed() < every {
+            continue;
+        }
+        last_cp = Instant::now();
+        let latest = state.audit.latest_checkpoint().await.ok().flatten();
+        let head = state.store.log_head(crate::audit::LOG).await.ok();
+        if latest.as_ref().map(|c| c.seq) == head.map(|h| h.seq) {
+            continue;
+        }
+        if let Err(e) = state.audit.checkpoint(state.clock.now()).await {
+            tracing::error!(error = %e, "could not sign an audit checkpoint");
         }
     }
 }

@@ -121,6 +121,7 @@ impl ClientCertVerifier for ClientVerifier {
             .current()
             .verify_client_cert(end_entity, intermediates, now);
         if let Err(e) = &result {
+            crate::metrics::TLS_CLIENT_REJECTED.inc();
             tracing::info!(error = %e, "client certificate refused at the handshake");
         }
         result

@@ -15,7 +15,7 @@ use crate::{
     crypto::apikey::ApiKey,
     ids::{ApiId, KeyId, TenantScope},
     page::{Cursor, Page, PageRequest},
-    store::{self, Batch, Expect, Record, Rev, StoreError},
+    store::{self, Batch, Expect, Record, Recorder, Rev, StoreError},
 };
 
 /// `POST /v1/apis/{api_id}/keys`.
@@ -185,6 +185,7 @@ impl Keys {
     /// Issues a key under an API. The secret is returned here and never again.
     pub async fn issue_key(
         &self,
+        rec: &dyn Recorder,
         scope: &TenantScope,
         api_id: &ApiId,
         input: NewKey,
@@ -213,6 +214,7 @@ impl Keys {
             key.expires_at = expires_at;
             let mut b = Batch::new();
             self.add_new_key(&mut b, (&api, api_rev), &key, &secret, input.remaining)?;
+            rec.record(&mut b, key.id.as_str(), Some(&key.tenant))?;
             match self.store.commit(b).await {
                 Ok(()) => {
                     let usage = UsageRecord {
@@ -287,6 +289,7 @@ impl Keys {
 
     pub async fn update_key(
         &self,
+        rec: &dyn Recorder,
         scope: &TenantScope,
         id: &KeyId,
         patch: KeyPatch,
@@ -326,6 +329,7 @@ impl Keys {
             let mut b = Batch::new();
             b.put_record(id.as_str(), &k, Expect::Rev(rev))?;
             track_end(&mut b, Some(&before), &k);
+            rec.record(&mut b, k.id.as_str(), Some(&k.tenant))?;
             match self.store.commit(b).await {
                 Ok(()) => {
                     if let Some(r) = patch.remaining {
@@ -346,6 +350,7 @@ impl Keys {
     /// Exactly one of several concurrent rotations of a key wins; the others get a conflict.
     pub async fn rotate_key(
         &self,
+        rec: &dyn Recorder,
         scope: &TenantScope,
         id: &KeyId,
         input: RotateKey,
@@ -395,6 +400,7 @@ impl Keys {
             b.put_record(old.id.as_str(), &old, Expect::Rev(rev))?;
             track_end(&mut b, Some(&before), &old);
             self.add_new_key(&mut b, (&api, api_rev), &new, &secret, remaining)?;
+            rec.record(&mut b, new.id.as_str(), Some(&new.tenant))?;
             match self.store.commit(b).await {
                 Ok(()) => {
                     let usage = UsageRecord {
@@ -413,6 +419,7 @@ impl Keys {
     /// Revokes a key at once. Revoking a revoked key changes nothing and succeeds.
     pub async fn revoke_key(
         &self,
+        rec: &dyn Recorder,
         scope: &TenantScope,
         id: &KeyId,
         now: Timestamp,
@@ -426,6 +433,7 @@ impl Keys {
                 let mut b = Batch::new();
                 b.put_record(id.as_str(), &k, Expect::Rev(rev))?;
                 track_end(&mut b, Some(&before), &k);
+                rec.record(&mut b, k.id.as_str(), Some(&k.tenant))?;
                 match self.store.commit(b).await {
                     Ok(()) => {}
                     Err(StoreError::Conflict) => continue,

@@ -17,6 +17,7 @@ use crate::{
 
 pub use lifecycle::{KeyPatch, NewKey, RotateKey};
 pub use registry::{ApiPatch, NewApi};
+pub use tidy::KeyCounts;
 pub use verify::{Code, Verdict, VerifyRequest};
 
 /// Errors of the key domain.

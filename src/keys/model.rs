@@ -280,6 +280,9 @@ pub struct UsageRecord {
     /// VALID answers so far.
     #[serde(default)]
     pub valid_count: u64,
+    /// Answers about this key by code (`VALID`, `REVOKED`, ...).
+    #[serde(default)]
+    pub verify_counts: std::collections::BTreeMap<String, u64>,
 }
 
 impl Record for UsageRecord {
@@ -312,6 +315,8 @@ pub struct KeyView {
     pub revoked_at: Option<Timestamp>,
     pub remaining: Option<u64>,
     pub last_used_at: Option<Timestamp>,
+    /// Verifications of this key so far, by answer code (persisted about a second behind).
+    pub verify_counts: std::collections::BTreeMap<String, u64>,
     pub rotation: Option<Rotation>,
 }
 
@@ -347,6 +352,7 @@ impl KeyView {
             revoked_at: k.revoked_at,
             remaining: usage.remaining,
             last_used_at: usage.last_used_at,
+            verify_counts: usage.verify_counts.clone(),
             rotation,
         }
     }

@@ -13,7 +13,7 @@ use crate::{
     crypto::apikey::{KeyPrefix, ROOT_KEY_PREFIX},
     ids::{ApiId, TenantName, TenantScope},
     page::{Cursor, Page, PageRequest},
-    store::{self, Batch, Expect, Record, Rev},
+    store::{self, Batch, Expect, Record, Recorder, Rev},
 };
 
 /// `POST /v1/apis`.
@@ -89,6 +89,7 @@ impl Keys {
 
     pub async fn create_api(
         &self,
+        rec: &dyn Recorder,
         tenant: TenantName,
         input: NewApi,
         now: Timestamp,
@@ -126,6 +127,7 @@ impl Keys {
             api.id.as_str(),
             false,
         );
+        rec.record(&mut b, api.id.as_str(), Some(&api.tenant))?;
         self.store.commit(b).await.map_err(|e| match e {
             store::StoreError::Conflict => {
                 KeysError::Conflict("an API with this name already exists in the tenant")
@@ -188,6 +190,7 @@ impl Keys {
 
     pub async fn update_api(
         &self,
+        rec: &dyn Recorder,
         scope: &TenantScope,
         id: &ApiId,
         patch: ApiPatch,
@@ -242,6 +245,7 @@ impl Keys {
                     true,
                 );
             }
+            rec.record(&mut b, id.as_str(), Some(&api.tenant))?;
             match self.store.commit(b).await {
                 Ok(()) => return Ok(api),
                 Err(store::StoreError::Conflict) => {
@@ -272,6 +276,7 @@ impl Keys {
     /// that marker, so a key issued concurrently either makes the delete fail or fails itself.
     pub async fn delete_api(
         &self,
+        rec: &dyn Recorder,
         scope: &TenantScope,
         id: &ApiId,
         now: Timestamp,
@@ -295,6 +300,7 @@ impl Keys {
                 &self.api_name_index(&api.tenant, api.name.as_str()),
             );
             b.index_delete(IDX_APIS, api_position(&api).as_bytes());
+            rec.record(&mut b, id.as_str(), Some(&api.tenant))?;
             match self.store.commit(b).await {
                 Ok(()) => return Ok(()),
                 Err(store::StoreError::Conflict) => continue,

@@ -67,3 +67,46 @@ impl Keys {
         Ok(removed)
     }
 }
+
+/// How many stored keys are live and how many have ended, from the indexes alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyCounts {
+    pub active: u64,
+    pub ended: u64,
+}
+
+impl Keys {
+    /// Counts keys by state without opening records (for metrics).
+    pub async fn count_states(&self, now: Timestamp) -> Result<KeyCounts, KeysError> {
+        let total = count(&*self.store, super::IDX_KEYS_BY_API, None).await?;
+        let stop = super::ordered(now, "");
+        let ended = count(&*self.store, IDX_KEY_ENDS, Some(stop.as_bytes())).await?;
+        Ok(KeyCounts {
+            active: total.saturating_sub(ended),
+            ended,
+        })
+    }
+}
+
+/// Entries of an index, all of them or those with keys below `below`.
+pub(crate) async fn count(
+    store: &dyn store::Store,
+    index: store::IndexName,
+    below: Option<&[u8]>,
+) -> Result<u64, store::StoreError> {
+    let mut n = 0u64;
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = store.scan(index, b"", after.as_deref(), 4096).await?;
+        let Some(last) = page.last() else {
+            return Ok(n);
+        };
+        after = Some(last.key.clone());
+        for e in &page {
+            if below.is_some_and(|b| e.key.as_slice() >= b) {
+                return Ok(n);
+            }
+            n += 1;
+        }
+    }
+}

@@ -79,7 +79,13 @@ impl Usage {
             return Ok(Spend::Exhausted);
         };
         let left = match e.remaining {
-            Some(0) => return Ok(Spend::Exhausted),
+            Some(0) => {
+                *e.verify_counts
+                    .entry("USAGE_EXCEEDED".to_owned())
+                    .or_default() += 1;
+                dirty.insert(id.clone());
+                return Ok(Spend::Exhausted);
+            }
             Some(n) => {
                 e.remaining = Some(n - 1);
                 Some(n - 1)
@@ -88,8 +94,22 @@ impl Usage {
         };
         e.last_used_at = Some(now);
         e.valid_count += 1;
+        *e.verify_counts.entry("VALID".to_owned()).or_default() += 1;
         dirty.insert(id.clone());
         Ok(Spend::Ok(left))
+    }
+
+    /// Counts an answer other than VALID about the key; returns its quota left.
+    pub async fn note(&self, id: &KeyId, code: &'static str) -> Result<Option<u64>, StoreError> {
+        self.load(id).await?;
+        let mut t = self.table();
+        let Table { entries, dirty } = &mut *t;
+        let Some(e) = entries.get_mut(id) else {
+            return Ok(None);
+        };
+        *e.verify_counts.entry(code.to_owned()).or_default() += 1;
+        dirty.insert(id.clone());
+        Ok(e.remaining)
     }
 
     /// The key's current counters.

@@ -47,6 +47,20 @@ pub enum Code {
     UsageExceeded,
 }
 
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Valid => "VALID",
+            Code::NotFound => "NOT_FOUND",
+            Code::Revoked => "REVOKED",
+            Code::Expired => "EXPIRED",
+            Code::Disabled => "DISABLED",
+            Code::InsufficientScopes => "INSUFFICIENT_SCOPES",
+            Code::UsageExceeded => "USAGE_EXCEEDED",
+        }
+    }
+}
+
 /// The answer to a verify request.
 #[derive(Clone, Debug, Serialize)]
 pub struct Verdict {
@@ -139,7 +153,7 @@ impl Keys {
             return Ok(Verdict::not_found());
         }
         if let Some(code) = check_state(&key, req.scopes.as_ref(), now) {
-            let remaining = self.usage.snapshot(&key.id).await?.remaining;
+            let remaining = self.usage.note(&key.id, code.as_str()).await?;
             return Ok(Verdict::about(&key, code, remaining));
         }
         Ok(match self.usage.spend(&key.id, now).await? {

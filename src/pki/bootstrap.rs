@@ -11,7 +11,11 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
 
 use super::{KeySource, Leaf, Pki, PkiError, identity::Identity, identity::SpiffeId};
-use crate::{clock::Timestamp, files};
+use crate::{
+    clock::Timestamp,
+    files,
+    store::{NoRecord, Recorder},
+};
 
 /// Default lifetime of the server's own certificate (renewed with a third of it left).
 pub const SERVER_CERT_LIFETIME_SECS: u64 = 90 * 86_400;
@@ -134,6 +138,7 @@ pub async fn renew_server_cert(
     let (dns, ips) = default_server_names();
     let (issued, key_pem) = pki
         .issue_from(
+            &NoRecord,
             &Leaf::Server { dns, ips },
             KeySource::Generate,
             lifetime,
@@ -154,6 +159,7 @@ pub async fn renew_server_cert(
 
 /// Issues a fresh bootstrap admin credential and writes `admin.pem` / `admin.key`.
 pub async fn issue_admin_cert(
+    rec: &dyn Recorder,
     pki: &Pki,
     paths: &CertPaths,
     now: Timestamp,
@@ -161,6 +167,7 @@ pub async fn issue_admin_cert(
     let id = SpiffeId::new(pki.trust_domain().clone(), Identity::Admin);
     let (issued, key_pem) = pki
         .issue_from(
+            rec,
             &Leaf::Client(id),
             KeySource::Generate,
             ADMIN_CERT_LIFETIME_SECS,

@@ -29,7 +29,7 @@ use crate::{
     crypto::secret::SecretString,
     ids::{TenantName, TenantScope},
     page::{Cursor, Page, PageRequest},
-    store::{self, Batch, Expect},
+    store::{self, Batch, Expect, Recorder},
 };
 
 /// Largest CSR accepted (PEM text).
@@ -153,6 +153,7 @@ impl Pki {
     /// Issues a service certificate `spiffe://<td>/tenant/<tenant>/svc/<name>`.
     pub async fn issue_service(
         &self,
+        rec: &dyn Recorder,
         tenant: TenantName,
         name: ServiceName,
         key: KeySource,
@@ -163,7 +164,7 @@ impl Pki {
             self.trust_domain.clone(),
             Identity::Service { tenant, name },
         );
-        self.issue_from(&Leaf::Client(id), key, ttl_secs, None, now)
+        self.issue_from(rec, &Leaf::Client(id), key, ttl_secs, None, now)
             .await
     }
 
@@ -172,6 +173,7 @@ impl Pki {
     /// signing) runs on a blocking thread, off the async workers.
     pub async fn issue_from(
         &self,
+        rec: &dyn Recorder,
         leaf: &Leaf,
         key: KeySource,
         ttl_secs: u64,
@@ -272,6 +274,7 @@ impl Pki {
             serial.as_str(),
             false,
         );
+        rec.record(&mut b, serial.as_str(), tenant.as_ref())?;
         self.store.commit(b).await?;
         let issued = Issued {
             serial,
@@ -289,22 +292,23 @@ impl Pki {
     /// identity, fresh validity; a new key from `csr`, or the same public key.
     pub async fn renew(
         &self,
+        rec: &dyn Recorder,
         serial: &Serial,
         current_public_key: Vec<u8>,
         csr: Option<String>,
         ttl: Option<u64>,
         now: Timestamp,
     ) -> Result<Issued, PkiError> {
-        let rec = self.record(serial).await?.ok_or(PkiError::NotFound)?;
-        if rec.revoked.is_some() || rec.not_after <= now {
+        let cert = self.record(serial).await?.ok_or(PkiError::NotFound)?;
+        if cert.revoked.is_some() || cert.not_after <= now {
             return Err(PkiError::Refused("the certificate is revoked or expired"));
         }
-        if rec.profile != Profile::Client {
+        if cert.profile != Profile::Client {
             return Err(PkiError::Refused(
                 "only service certificates are renewed through the API",
             ));
         }
-        let id = SpiffeId::parse(&rec.identity, &self.trust_domain)
+        let id = SpiffeId::parse(&cert.identity, &self.trust_domain)
             .map_err(|_| PkiError::Refused("the certificate's identity is not renewable"))?;
         let key = match csr {
             Some(c) => KeySource::Csr(c),
@@ -312,7 +316,7 @@ impl Pki {
         };
         let ttl = self.ttl(ttl)?;
         let (issued, _) = self
-            .issue_from(&Leaf::Client(id), key, ttl, Some(serial.clone()), now)
+            .issue_from(rec, &Leaf::Client(id), key, ttl, Some(serial.clone()), now)
             .await?;
         Ok(issued)
     }

@@ -12,54 +12,56 @@ use super::{
 use crate::{
     clock::Timestamp,
     ids::TenantScope,
-    store::{self, Batch, Expect, StoreError},
+    store::{self, Batch, Expect, Recorder, StoreError},
 };
 
 impl Pki {
     /// Revokes a certificate. Revoking a revoked certificate changes nothing and succeeds.
     pub async fn revoke(
         &self,
+        rec: &dyn Recorder,
         scope: &TenantScope,
         serial: &Serial,
         reason: RevocationReason,
         now: Timestamp,
     ) -> Result<CertRecord, PkiError> {
         let _one = self.changes.lock().await;
-        let (rev, mut rec) =
+        let (rev, mut cert) =
             match store::record::get::<CertRecord>(&*self.store, serial.as_str()).await? {
                 Some((rev, r)) if visible(scope, &r) => (rev, r),
                 _ => return Err(PkiError::NotFound),
             };
-        if rec.revoked.is_some() {
-            return Ok(rec);
+        if cert.revoked.is_some() {
+            return Ok(cert);
         }
-        rec.revoked = Some(Revocation { at: now, reason });
+        cert.revoked = Some(Revocation { at: now, reason });
         let mut b = Batch::new();
-        b.put_record(serial.as_str(), &rec, Expect::Rev(rev))?;
+        b.put_record(serial.as_str(), &cert, Expect::Rev(rev))?;
         b.index_put(
             IDX_REVOKED_BY_CA,
-            revoked_position(&rec).as_bytes(),
+            revoked_position(&cert).as_bytes(),
             serial.as_str(),
             false,
         );
+        rec.record(&mut b, serial.as_str(), cert.tenant.as_ref())?;
         match self.store.commit(b).await {
             Ok(()) => {}
             // Only this function changes a certificate record after issuance, under the lock.
             Err(StoreError::Conflict) => return Err(PkiError::Inconsistent("concurrent revoke")),
             Err(e) => return Err(e.into()),
         }
-        if rec.not_after > now {
+        if cert.not_after > now {
             self.revoked
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(serial.clone(), rec.not_after);
+                .insert(serial.clone(), cert.not_after);
         }
-        let issuer_known = self.authority().issuers().any(|c| c.id == rec.issuer);
+        let issuer_known = self.authority().issuers().any(|c| c.id == cert.issuer);
         if issuer_known {
-            self.sign_crl(&rec.issuer, now).await?;
+            self.sign_crl(&cert.issuer, now).await?;
             self.rebuild_verifier()?;
             self.publish_crls()?;
         }
-        Ok(rec)
+        Ok(cert)
     }
 }

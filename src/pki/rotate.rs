@@ -10,12 +10,16 @@ use super::{
 use crate::{
     clock::Timestamp,
     ids::CaId,
-    store::{self, Batch, Expect},
+    store::{self, Batch, Expect, Recorder},
 };
 
 impl Pki {
     /// Makes a new issuing CA, signed by the root. Returns its id.
-    pub async fn rotate_issuing(&self, now: Timestamp) -> Result<CaId, PkiError> {
+    pub async fn rotate_issuing(
+        &self,
+        rec: &dyn Recorder,
+        now: Timestamp,
+    ) -> Result<CaId, PkiError> {
         let _one = self.changes.lock().await;
         let (rev, mut state) = store::record::get::<PkiState>(&*self.store, STATE_ID)
             .await?
@@ -37,6 +41,7 @@ impl Pki {
         let mut b = Batch::new();
         b.put_record(issuing.id.as_str(), &record, Expect::Absent)?;
         b.put_record(STATE_ID, &state, Expect::Rev(rev))?;
+        rec.record(&mut b, issuing.id.as_str(), None)?;
         self.store.commit(b).await?;
 
         // Reload from the store so memory matches exactly what was committed.

@@ -101,3 +101,52 @@ impl Pki {
         Ok(())
     }
 }
+
+/// Stored certificates by state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CertCounts {
+    pub valid: u64,
+    pub expired: u64,
+    pub revoked: u64,
+    pub expiring_7d: u64,
+}
+
+impl Pki {
+    /// Counts certificates by state from the expiry index and the revoked set (for metrics).
+    pub async fn count_states(&self, now: Timestamp) -> Result<CertCounts, PkiError> {
+        let revoked: std::collections::HashSet<_> = self
+            .revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let soon = millis20(now.plus_secs(7 * 86_400));
+        let now_key = millis20(now);
+        let mut c = CertCounts::default();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .store
+                .scan(IDX_CERTS_BY_EXPIRY, b"", after.as_deref(), 4096)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.key.clone());
+            for e in &page {
+                let key = e.key.as_slice();
+                let serial = super::serial::Serial::parse(&e.id).ok();
+                if key < now_key.as_bytes() {
+                    c.expired += 1;
+                } else if serial.is_some_and(|s| revoked.contains(&s)) {
+                    c.revoked += 1;
+                } else {
+                    c.valid += 1;
+                    if key < soon.as_bytes() {
+                        c.expiring_7d += 1;
+                    }
+                }
+            }
+        }
+        Ok(c)
+    }
+}

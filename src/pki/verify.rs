@@ -57,6 +57,18 @@ pub enum CertCode {
     Untrusted,
 }
 
+impl CertCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertCode::Valid => "VALID",
+            CertCode::Expired => "EXPIRED",
+            CertCode::NotYetValid => "NOT_YET_VALID",
+            CertCode::Revoked => "REVOKED",
+            CertCode::Untrusted => "UNTRUSTED",
+        }
+    }
+}
+
 /// The answer to a certificate verification.
 #[derive(Clone, Debug, Serialize)]
 pub struct CertVerdict {

@@ -4,6 +4,7 @@
 //! serve the same domain code.
 
 mod envelope;
+pub mod log;
 pub mod record;
 pub mod sled;
 
@@ -80,6 +81,11 @@ pub(crate) enum Op {
         id: String,
         expect: Expect,
     },
+    Append {
+        log: Kind,
+        body: SecretBytes,
+        nonce: [u8; crate::crypto::aead::NONCE_BYTES],
+    },
 }
 
 /// An atomic group of writes: all of them or none, and all conditions checked together.
@@ -147,6 +153,15 @@ impl Batch {
             id: id.to_owned(),
             expect,
         });
+    }
+
+    /// Appends `body` to the hash-chained log `log` (see [`log`]): the store assigns the next
+    /// sequence number and chains the entry's hash, inside the same atomic batch. Concurrent
+    /// appends are serialised by the store (one writer per log).
+    pub fn append(&mut self, log: Kind, body: SecretBytes) -> Result<(), StoreError> {
+        let nonce = crate::crypto::random::bytes().map_err(|_| StoreError::Crypto)?;
+        self.ops.push(Op::Append { log, body, nonce });
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -220,6 +235,40 @@ pub trait Store: Send + Sync + 'static {
     /// flushes (group commit).
     fn commit(&self, batch: Batch) -> StoreFuture<'_, ()>;
 
+    /// The head of a hash-chained log: its last sequence number and hash (0 and zeros when
+    /// empty).
+    fn log_head(&self, log: Kind) -> StoreFuture<'_, log::Head>;
+
+    /// Log entries with sequence numbers after `after`, at most `limit`, each read and opened
+    /// on its own so one damaged entry does not hide the others.
+    fn read_log(&self, log: Kind, after: u64, limit: usize) -> StoreFuture<'_, Vec<log::Read>>;
+
     /// Whether the last write and flush succeeded.
     fn healthy(&self) -> bool;
+}
+
+/// Attaches a record of a change to the batch that makes it (the audit log implements this;
+/// the domain calls it without knowing the format).
+pub trait Recorder: Send + Sync {
+    /// Adds the entry for a successful change of `object` (an id, never a secret).
+    fn record(
+        &self,
+        batch: &mut Batch,
+        object: &str,
+        tenant: Option<&crate::ids::TenantName>,
+    ) -> Result<(), StoreError>;
+}
+
+/// A recorder that records nothing (offline tools, bootstrap, tests).
+pub struct NoRecord;
+
+impl Recorder for NoRecord {
+    fn record(
+        &self,
+        _: &mut Batch,
+        _: &str,
+        _: Option<&crate::ids::TenantName>,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -568,6 +568,7 @@ async fn verify_endpoint_answers_each_code() {
         let later = SystemClock.now().plus_secs(86_400);
         let (issued, _) = pki
             .issue_service(
+                &tessera::store::NoRecord,
                 tessera::ids::TenantName::default_tenant(),
                 ServiceName::parse("future").unwrap(),
                 KeySource::Generate,

@@ -7,7 +7,7 @@ use crate::{
     access::{Permission, authorize},
     http::{
         error::ApiError,
-        extract::{Authenticated, Json, Query, path_param},
+        extract::{Audited, Authenticated, Json, Query, path_param},
         idempotency::{self, Reply},
         state::AppState,
     },
@@ -17,6 +17,7 @@ use crate::{
 
 pub async fn create(
     auth: Authenticated,
+    audit: Audited,
     state: web::Data<AppState>,
     req: HttpRequest,
     body: Json<NewApi>,
@@ -29,7 +30,7 @@ pub async fn create(
         .run(&auth.0.id.uri(), req.path(), idem, body.digest, || async {
             let api = state
                 .keys
-                .create_api(TenantName::default_tenant(), body.value, now)
+                .create_api(&*audit, TenantName::default_tenant(), body.value, now)
                 .await?;
             Reply::json(StatusCode::CREATED, &api)
         })
@@ -58,6 +59,7 @@ pub async fn get(
 
 pub async fn update(
     auth: Authenticated,
+    audit: Audited,
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: Json<ApiPatch>,
@@ -66,13 +68,14 @@ pub async fn update(
     let id = path_param(&id, "id", ApiId::parse)?;
     let api = state
         .keys
-        .update_api(&scope, &id, body.value, state.clock.now())
+        .update_api(&*audit, &scope, &id, body.value, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(api))
 }
 
 pub async fn delete(
     auth: Authenticated,
+    audit: Audited,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -80,7 +83,7 @@ pub async fn delete(
     let id = path_param(&id, "id", ApiId::parse)?;
     state
         .keys
-        .delete_api(&scope, &id, state.clock.now())
+        .delete_api(&*audit, &scope, &id, state.clock.now())
         .await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -8,11 +8,14 @@ use crate::{
     access::{Permission, authorize},
     http::{
         error::ApiError,
-        extract::{Authenticated, AuthenticatedCert, Json, OptionalJson, Query, path_param},
+        extract::{
+            Audited, Authenticated, AuthenticatedCert, Json, OptionalJson, Query, path_param,
+        },
         idempotency::{self, Reply},
         state::AppState,
     },
     ids::TenantName,
+    metrics,
     pki::{
         Issued, KeySource,
         identity::{Identity, ServiceName, SpiffeId},
@@ -104,6 +107,7 @@ fn issued_body<'a>(i: &'a Issued, private_key: Option<&'a str>) -> IssuedBody<'a
 
 pub async fn issue(
     auth: Authenticated,
+    audit: Audited,
     state: web::Data<AppState>,
     req: HttpRequest,
     body: Json<IssueBody>,
@@ -130,8 +134,16 @@ pub async fn issue(
         .run(&auth.0.id.uri(), req.path(), idem, digest, || async {
             let (issued, private_key) = state
                 .pki
-                .issue_service(TenantName::default_tenant(), b.identity, key, ttl, now)
+                .issue_service(
+                    &*audit,
+                    TenantName::default_tenant(),
+                    b.identity,
+                    key,
+                    ttl,
+                    now,
+                )
                 .await?;
+            metrics::CERTS_ISSUED.inc();
             Reply::json(
                 StatusCode::CREATED,
                 &issued_body(&issued, private_key.as_ref().map(|k| k.expose())),
@@ -142,6 +154,7 @@ pub async fn issue(
 
 pub async fn renew(
     auth: AuthenticatedCert,
+    audit: Audited,
     state: web::Data<AppState>,
     body: OptionalJson<RenewBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -153,6 +166,7 @@ pub async fn renew(
     let issued = state
         .pki
         .renew(
+            &*audit,
             &peer.serial,
             peer.spki,
             b.csr,
@@ -160,6 +174,7 @@ pub async fn renew(
             state.clock.now(),
         )
         .await?;
+    metrics::CERTS_ISSUED.inc();
     Reply::json(StatusCode::CREATED, &issued_body(&issued, None)).map(|r| r.to_response(false))
 }
 
@@ -216,6 +231,7 @@ pub async fn get(
 
 pub async fn revoke(
     auth: Authenticated,
+    audit: Audited,
     state: web::Data<AppState>,
     serial: web::Path<String>,
     body: OptionalJson<RevokeBody>,
@@ -224,7 +240,10 @@ pub async fn revoke(
     let serial = path_param(&serial, "serial", Serial::parse)?;
     let reason = body.0.value.reason.unwrap_or(RevocationReason::Unspecified);
     let now = state.clock.now();
-    let rec = state.pki.revoke(&scope, &serial, reason, now).await?;
+    let rec = state
+        .pki
+        .revoke(&*audit, &scope, &serial, reason, now)
+        .await?;
     Ok(HttpResponse::Ok().json(CertView::new(&rec, now)))
 }
 
@@ -237,5 +256,8 @@ pub async fn verify(
     let verdict = state
         .pki
         .verify_certificate(&body.value.certificate, state.clock.now())?;
+    metrics::CERT_VERIFY
+        .with_label_values(&[verdict.code.as_str()])
+        .inc();
     Ok(HttpResponse::Ok().json(verdict))
 }

@@ -8,12 +8,13 @@ use crate::{
     access::{Permission, authorize},
     http::{
         error::ApiError,
-        extract::{Authenticated, Json, OptionalJson, Query, path_param},
+        extract::{Audited, Authenticated, Json, OptionalJson, Query, path_param},
         idempotency::{self, Reply},
         state::AppState,
     },
     ids::{ApiId, KeyId},
     keys::{KeyPatch, NewKey, RotateKey, VerifyRequest, model::KeyView},
+    metrics,
 };
 
 /// A key's metadata plus its secret: the one answer that carries it.
@@ -26,6 +27,7 @@ struct WithSecret<'a> {
 
 pub async fn create(
     auth: Authenticated,
+    audit: Audited,
     state: web::Data<AppState>,
     req: HttpRequest,
     api_id: web::Path<String>,
@@ -40,8 +42,9 @@ pub async fn create(
         .run(&auth.0.id.uri(), req.path(), idem, body.digest, || async {
             let (view, secret) = state
                 .keys
-                .issue_key(&scope, &api_id, body.value, now)
+                .issue_key(&*audit, &scope, &api_id, body.value, now)
                 .await?;
+            metrics::KEYS_ISSUED.inc();
             Reply::json(
                 StatusCode::CREATED,
                 &WithSecret {
@@ -81,6 +84,7 @@ pub async fn get(
 
 pub async fn update(
     auth: Authenticated,
+    audit: Audited,
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: Json<KeyPatch>,
@@ -89,13 +93,14 @@ pub async fn update(
     let id = path_param(&id, "id", KeyId::parse)?;
     let view = state
         .keys
-        .update_key(&scope, &id, body.value, state.clock.now())
+        .update_key(&*audit, &scope, &id, body.value, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(view))
 }
 
 pub async fn rotate(
     auth: Authenticated,
+    audit: Audited,
     state: web::Data<AppState>,
     req: HttpRequest,
     id: web::Path<String>,
@@ -109,7 +114,11 @@ pub async fn rotate(
     state
         .idempotency
         .run(&auth.0.id.uri(), req.path(), idem, body.digest, || async {
-            let (view, secret) = state.keys.rotate_key(&scope, &id, body.value, now).await?;
+            let (view, secret) = state
+                .keys
+                .rotate_key(&*audit, &scope, &id, body.value, now)
+                .await?;
+            metrics::KEYS_ISSUED.inc();
             Reply::json(
                 StatusCode::CREATED,
                 &WithSecret {
@@ -128,6 +137,7 @@ pub struct RevokeBody {}
 
 pub async fn revoke(
     auth: Authenticated,
+    audit: Audited,
     state: web::Data<AppState>,
     id: web::Path<String>,
     _body: OptionalJson<RevokeBody>,
@@ -136,7 +146,7 @@ pub async fn revoke(
     let id = path_param(&id, "id", KeyId::parse)?;
     let view = state
         .keys
-        .revoke_key(&scope, &id, state.clock.now())
+        .revoke_key(&*audit, &scope, &id, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(view))
 }
@@ -151,5 +161,8 @@ pub async fn verify(
         .keys
         .verify(&scope, &body.value, state.clock.now())
         .await?;
+    metrics::KEY_VERIFY
+        .with_label_values(&[verdict.code.as_str()])
+        .inc();
     Ok(HttpResponse::Ok().json(verdict))
 }

@@ -3,10 +3,11 @@
 //! before `/v1/keys/{id}`).
 
 mod apis;
+mod audit;
 mod certs;
 mod keys;
 mod pki;
-mod sys;
+pub(super) mod sys;
 
 use actix_web::{HttpResponse, Resource, web};
 use serde::Deserialize;
@@ -27,6 +28,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/pki/crl", "GET").route(web::get().to(pki::crl)))
         .service(resource("/v1/pki/rotate", "POST").route(web::post().to(pki::rotate)))
         .service(resource("/v1/whoami", "GET").route(web::get().to(sys::whoami)))
+        .service(resource("/metrics", "GET").route(web::get().to(sys::metrics)))
+        .service(resource("/v1/audit", "GET").route(web::get().to(audit::list)))
+        .service(resource("/v1/audit/verify", "GET").route(web::get().to(audit::verify)))
+        .service(resource("/v1/audit/checkpoint", "GET").route(web::get().to(audit::checkpoint)))
         .service(
             resource("/v1/apis", "GET, POST")
                 .route(web::get().to(apis::list))

@@ -8,7 +8,7 @@ use crate::{
     access::{Permission, authorize},
     http::{
         error::ApiError,
-        extract::{Authenticated, Query},
+        extract::{Audited, Authenticated, Query},
         state::AppState,
     },
     ids::CaId,
@@ -61,10 +61,11 @@ pub async fn crl(state: web::Data<AppState>, q: Query<CrlQuery>) -> Result<HttpR
 /// `POST /v1/pki/rotate`: a new issuing CA.
 pub async fn rotate(
     auth: Authenticated,
+    audit: Audited,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&auth.0, Permission::Admin)?;
-    let id = state.pki.rotate_issuing(state.clock.now()).await?;
+    let id = state.pki.rotate_issuing(&*audit, state.clock.now()).await?;
     let a = state.pki.authority();
     Ok(HttpResponse::Created().json(json!({
         "issuing": id,

@@ -4,6 +4,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::json;
 
 use crate::{
+    access::{Permission, authorize},
     http::{error::ApiError, extract::Authenticated, state::AppState},
     pki::identity::Identity,
 };
@@ -18,6 +19,18 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     } else {
         HttpResponse::ServiceUnavailable().json(json!({"status": "unavailable"}))
     }
+}
+
+/// `GET /metrics` for `metrics:read` principals.
+pub async fn metrics(auth: Authenticated) -> Result<HttpResponse, ApiError> {
+    authorize(&auth.0, Permission::MetricsRead)?;
+    Ok(metrics_response())
+}
+
+pub fn metrics_response() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(crate::metrics::render())
 }
 
 pub async fn whoami(auth: Authenticated) -> Result<HttpResponse, ApiError> {

@@ -1,0 +1,205 @@
+//! The tamper-evident audit log.
+//!
+//! Every mutation, every authentication or authorisation failure and every admin operation
+//! writes one entry `{seq, time, request_id, principal, tenant, action, object, outcome,
+//! source}`. A successful change writes its entry in the same atomic batch as the change
+//! (through [`Recorder`]), so there is no change without its entry; refusals and failures are
+//! written on their own. Entries are hash-chained by the store's log primitive
+//! (`store::log`): each entry's hash covers the previous one and the entry's canonical body.
+//!
+//! **Canonical body**: the entry as compact JSON (no whitespace), with exactly the fields of
+//! [`Event`] in declaration order (`time, request_id, principal, tenant, action, object,
+//! outcome, source`, then `detail` when present), strings escaped as JSON requires. The hash is
+//! `SHA-256("tessera-log-v1" || prev_hash || seq as u64 big-endian || body)`.
+//!
+//! Secrets never appear: objects are ids; a credential that failed is named by its
+//! certificate serial or by an HMAC, never by its value.
+
+mod checkpoint;
+pub mod sink;
+mod verify;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    clock::Timestamp,
+    crypto::{hex, secret::SecretBytes},
+    ids::TenantName,
+    store::{Batch, Kind, Recorder, Store, StoreError},
+};
+
+pub use checkpoint::{Checkpoint, CheckpointError, stored_public_key};
+pub use verify::{Report, check};
+
+/// The audit log's kind in the store.
+pub const LOG: Kind = Kind("audit");
+
+/// One audit entry's content (its canonical body).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    pub time: Timestamp,
+    pub request_id: String,
+    /// The SPIFFE id of the caller, `cert:<serial>` for a certificate that was refused, or
+    /// `anonymous`.
+    pub principal: String,
+    pub tenant: Option<String>,
+    /// `<METHOD> <route pattern>`, e.g. `POST /v1/apis/{id}/keys`, or a system action.
+    pub action: String,
+    /// The id of the object acted on, when there is one.
+    pub object: Option<String>,
+    /// `success`, `unauthenticated`, `denied`, `invalid`, `not_found`, `conflict`,
+    /// `rate_limited`, `unavailable`, `error`.
+    pub outcome: String,
+    /// The source address.
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Event {
+    /// The canonical body that is hashed and stored.
+    pub fn canonical(&self) -> Result<SecretBytes, StoreError> {
+        let mut buf = SecretBytes::with_capacity(512);
+        serde_json::to_writer(buf.expose_mut(), self).map_err(|_| StoreError::Crypto)?;
+        Ok(buf)
+    }
+}
+
+/// An entry as `GET /v1/audit` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct EntryView {
+    pub seq: u64,
+    pub hash: String,
+    pub prev_hash: String,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// The outcome name for an HTTP status.
+pub fn outcome_of(status: u16) -> &'static str {
+    match status {
+        200..=299 => "success",
+        401 => "unauthenticated",
+        403 => "denied",
+        404 => "not_found",
+        409 => "conflict",
+        429 => "rate_limited",
+        503 => "unavailable",
+        400..=499 => "invalid",
+        _ => "error",
+    }
+}
+
+/// The audit context of one request: who, from where, doing what. Domain services record the
+/// entry for a successful change through it, in the change's own batch.
+pub struct AuditContext {
+    base: Event,
+    recorded: AtomicBool,
+}
+
+impl AuditContext {
+    pub fn new(base: Event) -> Arc<Self> {
+        Arc::new(Self {
+            base,
+            recorded: AtomicBool::new(false),
+        })
+    }
+
+    /// A context for an action of Tessera itself (start-up, offline commands, timers).
+    pub fn system(action: &str, now: Timestamp) -> Arc<Self> {
+        Self::new(Event {
+            time: now,
+            request_id: String::new(),
+            principal: "system".into(),
+            tenant: None,
+            action: action.to_owned(),
+            object: None,
+            outcome: "success".into(),
+            source: "local".into(),
+            detail: None,
+        })
+    }
+
+    /// Whether a change was recorded through this context.
+    pub fn recorded(&self) -> bool {
+        self.recorded.load(Ordering::SeqCst)
+    }
+
+    /// The entry for this request with another outcome.
+    pub fn event(&self, outcome: &str, object: Option<String>) -> Event {
+        Event {
+            outcome: outcome.to_owned(),
+            object: object.or_else(|| self.base.object.clone()),
+            ..self.base.clone()
+        }
+    }
+}
+
+impl Recorder for AuditContext {
+    fn record(
+        &self,
+        batch: &mut Batch,
+        object: &str,
+        tenant: Option<&TenantName>,
+    ) -> Result<(), StoreError> {
+        let mut e = self.event("success", Some(object.to_owned()));
+        if let Some(t) = tenant {
+            e.tenant = Some(t.as_str().to_owned());
+        }
+        batch.append(LOG, e.canonical()?)?;
+        self.recorded.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// The audit service: standalone entries, reading, verification, checkpoints.
+pub struct Audit {
+    store: Arc<dyn Store>,
+    signer: checkpoint::Signer,
+}
+
+impl Audit {
+    /// Opens the audit log, creating its checkpoint-signing key on first use.
+    pub async fn open(store: Arc<dyn Store>) -> Result<Self, CheckpointError> {
+        let signer = checkpoint::Signer::load_or_create(&*store).await?;
+        Ok(Self { store, signer })
+    }
+
+    /// Writes one entry on its own (refusals, failures, system events).
+    pub async fn write(&self, event: &Event) -> Result<(), StoreError> {
+        let mut b = Batch::new();
+        b.append(LOG, event.canonical()?)?;
+        self.store.commit(b).await
+    }
+
+    /// Entries after `after`, at most `limit`.
+    pub async fn list(&self, after: u64, limit: usize) -> Result<Vec<EntryView>, StoreError> {
+        let mut out = Vec::new();
+        for r in self.store.read_log(LOG, after, limit).await? {
+            let e = r.entry?;
+            let event: Event =
+                serde_json::from_slice(&e.body).map_err(|_| StoreError::Corrupt {
+                    kind: LOG.0,
+                    id: e.seq.to_string(),
+                })?;
+            out.push(EntryView {
+                seq: e.seq,
+                hash: hex::encode(&e.hash),
+                prev_hash: hex::encode(&e.prev_hash),
+                event,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The audit public key (hex), for pinning checkpoints.
+    pub fn public_key_hex(&self) -> String {
+        self.signer.public_key_hex()
+    }
+}

@@ -1,0 +1,83 @@
+//! `/v1/audit`: reading the audit log, checking its chain, signed checkpoints.
+
+use actix_web::{HttpResponse, web};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{
+    access::{Permission, authorize},
+    http::{
+        error::ApiError,
+        extract::{Authenticated, Query},
+        state::AppState,
+    },
+    page::{DEFAULT_LIMIT, MAX_LIMIT},
+};
+
+/// `GET /v1/audit?after_seq=&limit=` (`cursor` is accepted as a synonym of `after_seq`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    #[serde(default)]
+    after_seq: Option<u64>,
+    #[serde(default)]
+    cursor: Option<u64>,
+    #[serde(default)]
+    limit: Option<u64>,
+}
+
+pub async fn list(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    q: Query<AuditQuery>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&auth.0, Permission::AuditRead)?;
+    let limit = match q.0.limit {
+        None => DEFAULT_LIMIT,
+        Some(l) if (1..=MAX_LIMIT as u64).contains(&l) => l as usize,
+        Some(_) => return Err(ApiError::bad("limit", "must be between 1 and 100")),
+    };
+    let after = q.0.after_seq.or(q.0.cursor).unwrap_or(0);
+    let items = state.audit.list(after, limit).await?;
+    let next = (items.len() == limit)
+        .then(|| items.last().map(|e| e.seq.to_string()))
+        .flatten();
+    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next})))
+}
+
+pub async fn verify(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&auth.0, Permission::AuditRead)?;
+    let report = state.audit.verify(None).await?;
+    Ok(HttpResponse::Ok().json(report))
+}
+
+/// `GET /v1/audit/checkpoint?fresh=true` signs the current head now.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointQuery {
+    #[serde(default)]
+    fresh: bool,
+}
+
+pub async fn checkpoint(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    q: Query<CheckpointQuery>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&auth.0, Permission::AuditRead)?;
+    let cp = match state.audit.latest_checkpoint().await? {
+        Some(cp) if !q.0.fresh => cp,
+        _ => state
+            .audit
+            .checkpoint(state.clock.now())
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "checkpoint failed");
+                ApiError::Internal
+            })?,
+    };
+    Ok(HttpResponse::Ok().json(cp))
+}
