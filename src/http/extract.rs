@@ -333,6 +333,7 @@ fn authenticate(req: &HttpRequest) -> Result<(Principal, PeerCert), ApiError> {
     let uri = peer.uri.as_deref().ok_or(ApiError::Unauthenticated)?;
     let id =
         SpiffeId::parse(uri, &state.config.trust_domain).map_err(|_| ApiError::Unauthenticated)?;
+    req.extensions_mut().insert(PrincipalName(id.uri()));
     Ok((
         Principal {
             id,

@@ -121,12 +121,13 @@ pub async fn serve(app: Application) -> Result<(), AppError> {
             what: "cannot listen on",
             path: addr.to_string(),
             source,
-        })?
-        .run();
+        })?;
+        let bound = metrics_server.addrs().first().copied().unwrap_or(addr);
+        let metrics_server = metrics_server.run();
         let handle = metrics_server.handle();
         actix_web::rt::spawn(metrics_server);
         metrics_handle = Some(handle);
-        println!("  metrics:      http://{addr}/metrics");
+        println!("  metrics:      http://{bound}/metrics");
     }
     let result = server.await;
     if let Some(h) = metrics_handle {

@@ -46,6 +46,8 @@ pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
     pub certs: PathBuf,
+    /// Everything the server printed on stdout.
+    pub stdout: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -61,6 +63,10 @@ impl Server {
     }
 
     pub fn start_with(home: &Home, extra: &[&str]) -> Self {
+        Self::start_with_env(home, extra, &[])
+    }
+
+    pub fn start_with_env(home: &Home, extra: &[&str], envs: &[(&str, &str)]) -> Self {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -84,6 +90,7 @@ impl Server {
                 "RUST_LOG",
                 std::env::var("TESSERA_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -91,10 +98,13 @@ impl Server {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line.clone());
                 if let Some(rest) = line.split("listening on https://").nth(1)
                     && let Some(tx) = tx.take()
                 {
@@ -113,10 +123,13 @@ impl Server {
                 );
             }
         };
+        // The banner's remaining lines follow the address at once.
+        std::thread::sleep(Duration::from_millis(50));
         Self {
             child: Some(child),
             addr,
             certs: home.certs(),
+            stdout: lines,
         }
     }
 
@@ -231,6 +244,16 @@ pub struct Resp {
 impl Resp {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.text).unwrap_or(Value::Null)
+    }
+
+    #[track_caller]
+    pub fn expect_text(self, status: u16) -> String {
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        self.text
     }
 
     #[track_caller]
