@@ -4,6 +4,7 @@
 use std::{path::Path, sync::Arc};
 
 use crate::{
+    access::Access,
     audit::{Audit, AuditContext},
     clock::{Clock, SystemClock},
     config::Config,
@@ -41,6 +42,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error("pki: {0}")]
     Pki(#[from] PkiError),
+    #[error("access: {0}")]
+    Access(#[from] crate::access::AccessError),
     #[error("audit: {0}")]
     Audit(#[from] crate::audit::CheckpointError),
     #[error("tls: {0}")]
@@ -62,6 +65,7 @@ pub struct Application {
     pub store: Arc<dyn Store>,
     pub keyring: Arc<Keyring>,
     pub pki: Arc<Pki>,
+    pub access: Arc<Access>,
     pub audit: Arc<Audit>,
     pub paths: CertPaths,
     /// Whether this start created the CA (and so the admin credential).
@@ -90,6 +94,8 @@ impl Application {
             max_ttl_secs: config.cert_max_ttl_secs,
         };
         let audit = Arc::new(Audit::open(store.clone()).await?);
+        let access = Arc::new(Access::new(store.clone(), config.trust_domain.clone()));
+        access.ensure_default_tenant(clock.now()).await?;
         let (pki, first_start) = Pki::open(
             store.clone(),
             config.trust_domain.clone(),
@@ -116,6 +122,7 @@ impl Application {
             store,
             keyring,
             pki,
+            access,
             audit,
             paths,
             first_start,

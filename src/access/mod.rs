@@ -1,18 +1,33 @@
-//! Who is calling and what they may do. Authentication produces a [`Principal`]; every
-//! handler then asks [`authorize`] for the permission its route needs, and gets back the
-//! tenants it may touch. Until tenants and roles land, the bootstrap admin is the only
-//! principal with permissions; any other Tessera identity is authenticated but refused (403).
+//! Who is calling and what they may do.
+//!
+//! Authentication produces a [`Principal`]: a client certificate issued by Tessera (mapped to
+//! its SPIFFE identity and, for services, to the roles bound to it in its tenant), or a root
+//! key (a `tsr_` key bound to one tenant, carrying its permissions). Every handler then asks
+//! [`authorize`] for the permission its route needs and gets back the tenants it may touch;
+//! objects outside them are answered 404 by the domain, exactly like missing ones.
+//! [`may_grant`] is the no-escalation rule: nobody hands out a permission it lacks, and only
+//! the global admin grants `admin`.
+
+pub mod roles;
+mod service;
+pub mod tenants;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
 
 use crate::{
-    ids::TenantScope,
-    pki::{
-        identity::{Identity, SpiffeId},
-        serial::Serial,
-    },
+    ids::{KeyId, TenantName, TenantScope},
+    pki::{identity::SpiffeId, serial::Serial},
 };
 
-/// What a route needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub use roles::RoleName;
+pub use service::{Access, AccessError, Binding, BindingView, CustomRole};
+pub use tenants::Tenant;
+
+/// A permission a route needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
 pub enum Permission {
     ApisRead,
     ApisWrite,
@@ -33,6 +48,25 @@ pub enum Permission {
 }
 
 impl Permission {
+    pub const ALL: [Permission; 16] = [
+        Permission::ApisRead,
+        Permission::ApisWrite,
+        Permission::KeysCreate,
+        Permission::KeysRead,
+        Permission::KeysUpdate,
+        Permission::KeysRotate,
+        Permission::KeysRevoke,
+        Permission::KeysVerify,
+        Permission::CertsIssue,
+        Permission::CertsRead,
+        Permission::CertsRevoke,
+        Permission::CertsVerify,
+        Permission::AuditRead,
+        Permission::MetricsRead,
+        Permission::TenantsAdmin,
+        Permission::Admin,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Permission::ApisRead => "apis:read",
@@ -53,14 +87,119 @@ impl Permission {
             Permission::Admin => "admin",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
 }
 
-/// An authenticated caller: a client certificate issued by Tessera, mapped to its identity.
+/// A set of permissions.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct PermSet(u32);
+
+impl PermSet {
+    pub const EMPTY: PermSet = PermSet(0);
+
+    pub fn of(perms: &[Permission]) -> Self {
+        Self(perms.iter().fold(0, |acc, p| acc | (1 << *p as u8)))
+    }
+
+    pub fn all() -> Self {
+        Self::of(&Permission::ALL)
+    }
+
+    pub fn contains(self, p: Permission) -> bool {
+        self.0 & (1 << p as u8) != 0
+    }
+
+    pub fn union(self, other: PermSet) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    pub fn without(self, p: Permission) -> Self {
+        Self(self.0 & !(1 << p as u8))
+    }
+
+    pub fn is_subset(self, of: PermSet) -> bool {
+        self.0 & !of.0 == 0
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Permission> {
+        Permission::ALL
+            .into_iter()
+            .filter(move |p| self.contains(*p))
+    }
+
+    pub fn names(self) -> Vec<&'static str> {
+        self.iter().map(Permission::as_str).collect()
+    }
+}
+
+impl fmt::Debug for PermSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
+impl Serialize for PermSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.names())
+    }
+}
+
+impl<'de> Deserialize<'de> for PermSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let names = Vec::<String>::deserialize(d)?;
+        if names.len() > Permission::ALL.len() * 2 {
+            return Err(serde::de::Error::custom("must list each permission once"));
+        }
+        let mut set = PermSet::EMPTY;
+        for n in names {
+            let p = Permission::parse(&n)
+                .ok_or_else(|| serde::de::Error::custom("must be known permissions"))?;
+            set = set.union(PermSet::of(&[p]));
+        }
+        Ok(set)
+    }
+}
+
+/// How a principal authenticated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// A client certificate issued by Tessera.
+    Cert {
+        id: SpiffeId,
+        serial: Serial,
+        /// SHA-256 of the certificate DER, hex.
+        fingerprint: String,
+    },
+    /// A root key (`Authorization: Bearer tsr_...`).
+    RootKey { id: KeyId },
+}
+
+/// An authenticated caller with its resolved permissions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
-    pub id: SpiffeId,
-    /// Serial of the certificate it authenticated with.
-    pub serial: Serial,
+    pub credential: Credential,
+    /// `None` for the global admin; otherwise the one tenant it acts in.
+    pub tenant: Option<TenantName>,
+    pub roles: Vec<String>,
+    pub permissions: PermSet,
+}
+
+impl Principal {
+    /// The name the audit log and `whoami` use: the SPIFFE id or the root key's id.
+    pub fn name(&self) -> String {
+        match &self.credential {
+            Credential::Cert { id, .. } => id.uri(),
+            Credential::RootKey { id } => id.to_string(),
+        }
+    }
+
+    /// Whether this is the global admin (admin permission, no tenant).
+    pub fn is_global_admin(&self) -> bool {
+        self.tenant.is_none() && self.permissions.contains(Permission::Admin)
+    }
 }
 
 /// Why a request was refused after authentication.
@@ -69,45 +208,120 @@ pub enum Denied {
     /// The principal lacks the permission.
     #[error("the caller lacks the permission {}", .0.as_str())]
     Forbidden(Permission),
+    /// The request would grant more than the caller holds.
+    #[error("the caller cannot grant permissions it does not hold")]
+    Escalation,
 }
 
 /// The one authorisation decision: may `principal` use `permission`, and on which tenants?
 pub fn authorize(principal: &Principal, permission: Permission) -> Result<TenantScope, Denied> {
-    match principal.id.identity {
-        Identity::Admin => Ok(TenantScope::All),
-        Identity::Service { .. } => Err(Denied::Forbidden(permission)),
+    if principal.is_global_admin() {
+        return Ok(TenantScope::All);
+    }
+    match &principal.tenant {
+        Some(t) if principal.permissions.contains(permission) => Ok(TenantScope::One(t.clone())),
+        _ => Err(Denied::Forbidden(permission)),
+    }
+}
+
+/// The no-escalation rule: `principal` may hand out `granted` (to a role, a binding, a root
+/// key, or a certificate's identity) only if it holds all of it; `admin` only the global
+/// admin may grant.
+pub fn may_grant(principal: &Principal, granted: PermSet) -> Result<(), Denied> {
+    if principal.is_global_admin() {
+        return Ok(());
+    }
+    if granted.contains(Permission::Admin) || !granted.is_subset(principal.permissions) {
+        return Err(Denied::Escalation);
+    }
+    Ok(())
+}
+
+/// The tenant a create call acts in: the global admin names it (default `default`); anyone
+/// else acts in its own tenant and may not name one.
+pub fn target_tenant(
+    principal: &Principal,
+    requested: Option<TenantName>,
+) -> Result<TenantName, &'static str> {
+    match (&principal.tenant, requested) {
+        (None, Some(t)) => Ok(t),
+        (None, None) => Ok(TenantName::default_tenant()),
+        (Some(own), None) => Ok(own.clone()),
+        (Some(_), Some(_)) => Err("may only be given by the global admin"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        ids::TenantName,
-        pki::identity::{ServiceName, TrustDomain},
-    };
+    use crate::pki::identity::{Identity, ServiceName, TrustDomain};
 
-    fn principal(identity: Identity) -> Principal {
+    fn principal(tenant: Option<&str>, perms: &[Permission]) -> Principal {
+        let identity = match tenant {
+            None => Identity::Admin,
+            Some(t) => Identity::Service {
+                tenant: TenantName::parse(t).unwrap(),
+                name: ServiceName::parse("svc").unwrap(),
+            },
+        };
         Principal {
-            id: SpiffeId::new(TrustDomain::parse("t.local").unwrap(), identity),
-            serial: Serial::parse("1a").unwrap(),
+            credential: Credential::Cert {
+                id: SpiffeId::new(TrustDomain::parse("t.local").unwrap(), identity),
+                serial: Serial::parse("1a").unwrap(),
+                fingerprint: String::new(),
+            },
+            tenant: tenant.map(|t| TenantName::parse(t).unwrap()),
+            roles: vec![],
+            permissions: PermSet::of(perms),
         }
     }
 
     #[test]
-    fn only_the_admin_is_allowed_before_roles_exist() {
-        let admin = principal(Identity::Admin);
+    fn scopes_follow_tenant_and_permission() {
+        let admin = principal(None, &Permission::ALL);
         assert_eq!(
             authorize(&admin, Permission::KeysCreate),
             Ok(TenantScope::All)
         );
-        let svc = principal(Identity::Service {
-            tenant: TenantName::default_tenant(),
-            name: ServiceName::parse("billing").unwrap(),
-        });
+        let issuer = principal(Some("acme"), &[Permission::KeysCreate]);
         assert_eq!(
-            authorize(&svc, Permission::KeysVerify),
-            Err(Denied::Forbidden(Permission::KeysVerify))
+            authorize(&issuer, Permission::KeysCreate),
+            Ok(TenantScope::One(TenantName::parse("acme").unwrap()))
         );
+        assert_eq!(
+            authorize(&issuer, Permission::KeysRevoke),
+            Err(Denied::Forbidden(Permission::KeysRevoke))
+        );
+        // The admin permission inside a tenant is not global.
+        let odd = principal(Some("acme"), &[Permission::Admin]);
+        assert!(authorize(&odd, Permission::KeysRead).is_err());
+    }
+
+    #[test]
+    fn nobody_grants_more_than_it_holds() {
+        let ta = principal(
+            Some("acme"),
+            &[Permission::KeysCreate, Permission::KeysRead],
+        );
+        assert!(may_grant(&ta, PermSet::of(&[Permission::KeysRead])).is_ok());
+        assert_eq!(
+            may_grant(&ta, PermSet::of(&[Permission::KeysRevoke])),
+            Err(Denied::Escalation)
+        );
+        let all_but_admin = principal(Some("acme"), &Permission::ALL);
+        assert_eq!(
+            may_grant(&all_but_admin, PermSet::of(&[Permission::Admin])),
+            Err(Denied::Escalation)
+        );
+        assert!(may_grant(&principal(None, &Permission::ALL), PermSet::all()).is_ok());
+    }
+
+    #[test]
+    fn permission_sets_round_trip() {
+        let s = PermSet::of(&[Permission::KeysVerify, Permission::CertsVerify]);
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(json, r#"["keys:verify","certs:verify"]"#);
+        assert_eq!(serde_json::from_str::<PermSet>(&json).unwrap(), s);
+        assert!(serde_json::from_str::<PermSet>(r#"["root"]"#).is_err());
     }
 }

@@ -99,14 +99,14 @@ pub fn outcome_of(status: u16) -> &'static str {
 /// The audit context of one request: who, from where, doing what. Domain services record the
 /// entry for a successful change through it, in the change's own batch.
 pub struct AuditContext {
-    base: Event,
+    base: std::sync::RwLock<Event>,
     recorded: AtomicBool,
 }
 
 impl AuditContext {
     pub fn new(base: Event) -> Arc<Self> {
         Arc::new(Self {
-            base,
+            base: std::sync::RwLock::new(base),
             recorded: AtomicBool::new(false),
         })
     }
@@ -126,6 +126,15 @@ impl AuditContext {
         })
     }
 
+    /// Names the authenticated principal (authentication may finish after the context was
+    /// created).
+    pub fn set_principal(&self, name: String) {
+        self.base
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .principal = name;
+    }
+
     /// Whether a change was recorded through this context.
     pub fn recorded(&self) -> bool {
         self.recorded.load(Ordering::SeqCst)
@@ -133,10 +142,11 @@ impl AuditContext {
 
     /// The entry for this request with another outcome.
     pub fn event(&self, outcome: &str, object: Option<String>) -> Event {
+        let base = self.base.read().unwrap_or_else(|e| e.into_inner()).clone();
         Event {
             outcome: outcome.to_owned(),
-            object: object.or_else(|| self.base.object.clone()),
-            ..self.base.clone()
+            object: object.or_else(|| base.object.clone()),
+            ..base
         }
     }
 }

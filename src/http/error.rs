@@ -194,6 +194,19 @@ impl From<PkiError> for ApiError {
     }
 }
 
+impl From<crate::access::AccessError> for ApiError {
+    fn from(e: crate::access::AccessError) -> Self {
+        use crate::access::AccessError as A;
+        match e {
+            A::NotFound => ApiError::NotFound,
+            A::Conflict(m) => ApiError::Conflict(m.to_owned()),
+            A::Invalid { field, message } => ApiError::bad(field, message),
+            A::Denied(d) => d.into(),
+            A::Store(s) => s.into(),
+        }
+    }
+}
+
 impl From<Denied> for ApiError {
     fn from(e: Denied) -> Self {
         tracing::info!(reason = %e, "refused");

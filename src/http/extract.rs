@@ -12,9 +12,10 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::{error::ApiError, state::AppState};
 use crate::{
-    access::Principal,
+    access::{Credential, PermSet, Permission, Principal},
     audit::{AuditContext, Event},
     clock::{Clock, SystemClock, Timestamp},
+    crypto::apikey::{ApiKey, ROOT_KEY_PREFIX},
     pki::{fingerprint, identity::SpiffeId, serial::Serial},
 };
 
@@ -293,54 +294,99 @@ pub struct Authenticated(pub Principal);
 
 impl FromRequest for Authenticated {
     type Error = ApiError;
-    type Future = std::future::Ready<Result<Self, ApiError>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        std::future::ready(authenticate(req).map(|(p, _)| Authenticated(p)))
+        let req = req.clone();
+        Box::pin(async move { authenticate(&req).await.map(|(p, _)| Authenticated(p)) })
     }
 }
 
-/// The authenticated caller and the certificate it presented on this connection.
+/// The authenticated caller and the certificate it presented on this connection (required:
+/// a bearer credential does not satisfy this extractor).
 pub struct AuthenticatedCert(pub Principal, pub PeerCert);
 
 impl FromRequest for AuthenticatedCert {
     type Error = ApiError;
-    type Future = std::future::Ready<Result<Self, ApiError>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        std::future::ready(authenticate(req).map(|(p, c)| AuthenticatedCert(p, c)))
+        let req = req.clone();
+        Box::pin(async move {
+            match authenticate(&req).await? {
+                (p, Some(c)) if matches!(p.credential, Credential::Cert { .. }) => {
+                    Ok(AuthenticatedCert(p, c))
+                }
+                _ => Err(ApiError::Unauthenticated),
+            }
+        })
     }
 }
 
-/// Checks the connection's certificate on every request: present, unexpired, not revoked
-/// (a keep-alive connection opened before a revocation is refused on its next request), and
-/// naming one of Tessera's identities. Every failure is the same 401.
 /// The authenticated principal's name, left in the request for the audit middleware.
 #[derive(Clone, Debug)]
 pub struct PrincipalName(pub String);
 
-fn authenticate(req: &HttpRequest) -> Result<(Principal, PeerCert), ApiError> {
+/// Authenticates a request. A bearer root key, when sent, is the credential; otherwise the
+/// connection's client certificate, checked on every request: unexpired, not revoked (a
+/// keep-alive connection opened before a revocation is refused on its next request), naming
+/// one of Tessera's identities. Every failure is the same 401. A malformed bearer key is
+/// refused before any hashing or look-up.
+async fn authenticate(req: &HttpRequest) -> Result<(Principal, Option<PeerCert>), ApiError> {
     let state = req
         .app_data::<web::Data<AppState>>()
         .ok_or(ApiError::Internal)?;
-    let peer = req
-        .conn_data::<PeerCert>()
-        .ok_or(ApiError::Unauthenticated)?;
-    // A keep-alive connection can outlive the certificate it was opened with.
-    if peer.not_after <= state.clock.now() || state.pki.is_revoked(&peer.serial) {
-        return Err(ApiError::Unauthenticated);
+    let now = state.clock.now();
+    let peer = req.conn_data::<PeerCert>().cloned();
+    let principal = match req.headers().get(header::AUTHORIZATION) {
+        Some(h) => {
+            let token = h
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .ok_or(ApiError::Unauthenticated)?;
+            let key = ApiKey::parse(token).map_err(|_| ApiError::Unauthenticated)?;
+            if key.prefix() != ROOT_KEY_PREFIX {
+                return Err(ApiError::Unauthenticated);
+            }
+            let k = state
+                .keys
+                .authenticate_root(&key, now)
+                .await?
+                .ok_or(ApiError::Unauthenticated)?;
+            let permissions = k
+                .scopes
+                .iter()
+                .filter_map(|s| Permission::parse(s.as_str()))
+                .filter(|p| *p != Permission::Admin)
+                .fold(PermSet::EMPTY, |acc, p| acc.union(PermSet::of(&[p])));
+            Principal {
+                credential: Credential::RootKey { id: k.id },
+                tenant: Some(k.tenant),
+                roles: Vec::new(),
+                permissions,
+            }
+        }
+        None => {
+            let peer = peer.as_ref().ok_or(ApiError::Unauthenticated)?;
+            if peer.not_after <= now || state.pki.is_revoked(&peer.serial) {
+                return Err(ApiError::Unauthenticated);
+            }
+            let uri = peer.uri.as_deref().ok_or(ApiError::Unauthenticated)?;
+            let id = SpiffeId::parse(uri, &state.config.trust_domain)
+                .map_err(|_| ApiError::Unauthenticated)?;
+            state
+                .access
+                .principal_for_cert(id, peer.serial.clone(), peer.fingerprint.clone())
+                .await?
+        }
+    };
+    let name = principal.name();
+    if let Some(ctx) = req.extensions().get::<Arc<AuditContext>>() {
+        ctx.set_principal(name.clone());
     }
-    let uri = peer.uri.as_deref().ok_or(ApiError::Unauthenticated)?;
-    let id =
-        SpiffeId::parse(uri, &state.config.trust_domain).map_err(|_| ApiError::Unauthenticated)?;
-    req.extensions_mut().insert(PrincipalName(id.uri()));
-    Ok((
-        Principal {
-            id,
-            serial: peer.serial.clone(),
-        },
-        peer.clone(),
-    ))
+    req.extensions_mut().insert(PrincipalName(name));
+    Ok((principal, peer))
 }
 
 /// The request's audit context: handlers pass it to the domain, which records a successful

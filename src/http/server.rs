@@ -45,6 +45,7 @@ pub async fn serve(app: Application) -> Result<(), AppError> {
         clock: app.clock.clone(),
         store: app.store.clone(),
         pki: app.pki.clone(),
+        access: app.access.clone(),
         audit: app.audit.clone(),
         resolver,
         idempotency: Idempotency::default(),

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use super::{idempotency::Idempotency, tls::CertResolver};
-use crate::{audit::Audit, clock::Clock, config::Config, keys::Keys, pki::Pki, store::Store};
+use crate::{
+    access::Access, audit::Audit, clock::Clock, config::Config, keys::Keys, pki::Pki, store::Store,
+};
 
 pub struct AppState {
     pub config: Config,
@@ -11,6 +13,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub keys: Keys,
     pub pki: Arc<Pki>,
+    pub access: Arc<Access>,
     pub audit: Arc<Audit>,
     pub resolver: Arc<CertResolver>,
     pub(super) idempotency: Idempotency,

@@ -3,10 +3,11 @@
 use serde::{Deserialize, de::IgnoredAny};
 
 use super::{
-    BLIND_KEY, IDX_KEY_ENDS, IDX_KEY_HASH, IDX_KEYS_BY_API, Keys, KeysError, RETRIES,
+    BLIND_KEY, IDX_KEY_ENDS, IDX_KEY_HASH, IDX_KEYS_BY_API, IDX_ROOT_KEYS, Keys, KeysError,
+    RETRIES,
     model::{
-        Api, ApiKeysMarker, Key, KeyView, MAX_GRACE_SECS, MAX_TTL_SECS, Metadata, Scopes, Text,
-        UsageRecord, double_option,
+        Api, ApiKeysMarker, BoundTo, Key, KeyView, MAX_GRACE_SECS, MAX_TTL_SECS, Metadata, Scopes,
+        Text, UsageRecord, double_option,
     },
     ordered,
 };
@@ -36,6 +37,10 @@ pub struct NewKey {
     pub remaining: Option<u64>,
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// Sender constraint: the SPIFFE id or `sha256:` certificate fingerprint that must
+    /// present the key.
+    #[serde(default)]
+    pub bound_to: Option<BoundTo>,
     /// Not available in this version: refused, never ignored.
     #[serde(default)]
     pub ratelimit: Option<IgnoredAny>,
@@ -61,10 +66,22 @@ pub struct KeyPatch {
     pub expires_at: Option<Option<Timestamp>>,
     #[serde(default, deserialize_with = "double_option")]
     pub remaining: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub bound_to: Option<Option<BoundTo>>,
     #[serde(default)]
     pub ratelimit: Option<IgnoredAny>,
     #[serde(default)]
     pub refill: Option<IgnoredAny>,
+}
+
+/// `POST /v1/root-keys`: a root key's name, permissions (as scopes) and lifetime. The tenant
+/// is decided by the caller's authority, not here.
+#[derive(Debug, Default)]
+pub struct NewRootKey {
+    pub name: Option<Text<200>>,
+    pub permissions: Scopes,
+    pub expires_at: Option<Timestamp>,
+    pub ttl_seconds: Option<u64>,
 }
 
 /// `POST /v1/keys/{id}/rotate`.
@@ -144,6 +161,14 @@ impl Keys {
             key.id.as_str(),
             false,
         );
+        if key.root {
+            b.index_put(
+                IDX_ROOT_KEYS,
+                root_position(key).as_bytes(),
+                key.id.as_str(),
+                false,
+            );
+        }
         if remaining.is_some() {
             let usage = UsageRecord {
                 remaining,
@@ -179,6 +204,8 @@ impl Keys {
             superseded_by: None,
             stops_at: None,
             replaces: None,
+            root: api.internal,
+            bound_to: None,
         })
     }
 
@@ -199,41 +226,84 @@ impl Keys {
         }
         for _ in 0..RETRIES {
             let (api_rev, api) = self.visible_api(scope, api_id).await?;
-            let expires_at = match expiry(input.expires_at, input.ttl_seconds, now)? {
-                Some(t) => Some(t),
-                None => api.key_defaults.ttl_seconds.map(|t| now.plus_secs(t)),
-            };
-            let secret = ApiKey::generate(&api.key_prefix)?;
-            let mut key = self.new_key_record(&secret, &api, now)?;
-            key.name = input.name.clone();
-            if let Some(s) = &input.scopes {
-                key.scopes = s.clone();
-            }
-            key.metadata = input.metadata.clone().unwrap_or_default();
-            key.enabled = input.enabled.unwrap_or(true);
-            key.expires_at = expires_at;
-            let mut b = Batch::new();
-            self.add_new_key(&mut b, (&api, api_rev), &key, &secret, input.remaining)?;
-            rec.record(&mut b, key.id.as_str(), Some(&key.tenant))?;
-            match self.store.commit(b).await {
-                Ok(()) => {
-                    let usage = UsageRecord {
-                        remaining: input.remaining,
-                        ..UsageRecord::default()
-                    };
-                    return Ok((KeyView::new(&key, &usage, now), secret));
-                }
-                Err(StoreError::Conflict) => continue,
-                Err(e) => return Err(e.into()),
+            match self.issue_in(rec, (&api, api_rev), &input, now).await {
+                Err(KeysError::Store(StoreError::Conflict)) => continue,
+                other => return other,
             }
         }
         Err(KeysError::Conflict("too many concurrent changes; retry"))
     }
 
-    /// The key with its revision, if the caller may see it.
-    async fn visible_key(&self, scope: &TenantScope, id: &KeyId) -> Result<(Rev, Key), KeysError> {
+    /// Issues a root key for a tenant: a `tsr_` key under the tenant's internal API, whose
+    /// scopes are its permissions. Stored, verified, rotated and revoked like any key.
+    pub async fn issue_root_key(
+        &self,
+        rec: &dyn Recorder,
+        tenant: &crate::ids::TenantName,
+        input: NewRootKey,
+        now: Timestamp,
+    ) -> Result<(KeyView, ApiKey), KeysError> {
+        let as_key = NewKey {
+            name: input.name,
+            scopes: Some(input.permissions),
+            expires_at: input.expires_at,
+            ttl_seconds: input.ttl_seconds,
+            ..NewKey::default()
+        };
+        for _ in 0..RETRIES {
+            let (api_rev, api) = self.root_api(tenant, now).await?;
+            match self.issue_in(rec, (&api, api_rev), &as_key, now).await {
+                Err(KeysError::Store(StoreError::Conflict)) => continue,
+                other => return other,
+            }
+        }
+        Err(KeysError::Conflict("too many concurrent changes; retry"))
+    }
+
+    /// One attempt at issuing a key under `api`; a conflict means the caller retries.
+    async fn issue_in(
+        &self,
+        rec: &dyn Recorder,
+        api: (&Api, Rev),
+        input: &NewKey,
+        now: Timestamp,
+    ) -> Result<(KeyView, ApiKey), KeysError> {
+        let (api, api_rev) = api;
+        let expires_at = match expiry(input.expires_at, input.ttl_seconds, now)? {
+            Some(t) => Some(t),
+            None => api.key_defaults.ttl_seconds.map(|t| now.plus_secs(t)),
+        };
+        let secret = ApiKey::generate(&api.key_prefix)?;
+        let mut key = self.new_key_record(&secret, api, now)?;
+        key.name = input.name.clone();
+        if let Some(s) = &input.scopes {
+            key.scopes = s.clone();
+        }
+        key.metadata = input.metadata.clone().unwrap_or_default();
+        key.enabled = input.enabled.unwrap_or(true);
+        key.expires_at = expires_at;
+        key.bound_to = input.bound_to.clone();
+        let mut b = Batch::new();
+        self.add_new_key(&mut b, (api, api_rev), &key, &secret, input.remaining)?;
+        rec.record(&mut b, key.id.as_str(), Some(&key.tenant))?;
+        self.store.commit(b).await?;
+        let usage = UsageRecord {
+            remaining: input.remaining,
+            ..UsageRecord::default()
+        };
+        Ok((KeyView::new(&key, &usage, now), secret))
+    }
+
+    /// The key with its revision, if the caller may see it in this key space (root keys and
+    /// API keys never answer for one another).
+    async fn visible_key(
+        &self,
+        scope: &TenantScope,
+        id: &KeyId,
+        root: bool,
+    ) -> Result<(Rev, Key), KeysError> {
         match store::record::get::<Key>(&*self.store, id.as_str()).await? {
-            Some((rev, k)) if scope.allows(&k.tenant) => Ok((rev, k)),
+            Some((rev, k)) if scope.allows(&k.tenant) && k.root == root => Ok((rev, k)),
             _ => Err(KeysError::NotFound),
         }
     }
@@ -241,10 +311,11 @@ impl Keys {
     pub async fn get_key(
         &self,
         scope: &TenantScope,
+        root: bool,
         id: &KeyId,
         now: Timestamp,
     ) -> Result<KeyView, KeysError> {
-        let (_, k) = self.visible_key(scope, id).await?;
+        let (_, k) = self.visible_key(scope, id, root).await?;
         let usage = self.usage.snapshot(&k.id).await?;
         Ok(KeyView::new(&k, &usage, now))
     }
@@ -258,11 +329,40 @@ impl Keys {
     ) -> Result<Page<KeyView>, KeysError> {
         self.visible_api(scope, api_id).await?;
         let prefix = format!("{}/", api_id.as_str());
+        self.page_of(IDX_KEYS_BY_API, prefix.as_bytes(), scope, false, page, now)
+            .await
+    }
+
+    /// Root keys, oldest first, of the tenants the caller may see.
+    pub async fn list_root_keys(
+        &self,
+        scope: &TenantScope,
+        page: &PageRequest,
+        now: Timestamp,
+    ) -> Result<Page<KeyView>, KeysError> {
+        let prefix = match scope {
+            TenantScope::All => String::new(),
+            TenantScope::One(t) => format!("{}/", t.as_str()),
+        };
+        self.page_of(IDX_ROOT_KEYS, prefix.as_bytes(), scope, true, page, now)
+            .await
+    }
+
+    /// One page of keys from an index.
+    async fn page_of(
+        &self,
+        index: store::IndexName,
+        prefix: &[u8],
+        scope: &TenantScope,
+        root: bool,
+        page: &PageRequest,
+        now: Timestamp,
+    ) -> Result<Page<KeyView>, KeysError> {
         let entries = self
             .store
             .scan(
-                IDX_KEYS_BY_API,
-                prefix.as_bytes(),
+                index,
+                prefix,
                 page.cursor.as_ref().map(Cursor::position),
                 page.limit + 1,
             )
@@ -273,6 +373,7 @@ impl Keys {
         for e in entries.into_iter().take(page.limit) {
             if let Some((_, k)) = store::record::get::<Key>(&*self.store, &e.id).await?
                 && scope.allows(&k.tenant)
+                && k.root == root
             {
                 let usage = self.usage.snapshot(&k.id).await?;
                 items.push(KeyView::new(&k, &usage, now));
@@ -291,6 +392,7 @@ impl Keys {
         &self,
         rec: &dyn Recorder,
         scope: &TenantScope,
+        root: bool,
         id: &KeyId,
         patch: KeyPatch,
         now: Timestamp,
@@ -305,7 +407,7 @@ impl Keys {
             check_future(t, now, "expires_at")?;
         }
         for _ in 0..RETRIES {
-            let (rev, mut k) = self.visible_key(scope, id).await?;
+            let (rev, mut k) = self.visible_key(scope, id, root).await?;
             let before = k.clone();
             if k.revoked_at.is_some() {
                 return Err(KeysError::Conflict("the key is revoked"));
@@ -324,6 +426,9 @@ impl Keys {
             }
             if let Some(v) = patch.expires_at {
                 k.expires_at = v;
+            }
+            if let Some(v) = &patch.bound_to {
+                k.bound_to = v.clone();
             }
             k.updated_at = now;
             let mut b = Batch::new();
@@ -352,6 +457,7 @@ impl Keys {
         &self,
         rec: &dyn Recorder,
         scope: &TenantScope,
+        root: bool,
         id: &KeyId,
         input: RotateKey,
         now: Timestamp,
@@ -364,7 +470,7 @@ impl Keys {
         }
         let explicit = expiry(input.expires_at, input.ttl_seconds, now)?;
         for _ in 0..RETRIES {
-            let (rev, mut old) = self.visible_key(scope, id).await?;
+            let (rev, mut old) = self.visible_key(scope, id, root).await?;
             if old.superseded_by.is_some() {
                 return Err(KeysError::Conflict("the key has already been rotated"));
             }
@@ -374,7 +480,7 @@ impl Keys {
             if old.is_expired(now) {
                 return Err(KeysError::Conflict("the key has expired"));
             }
-            let (api_rev, api) = self.visible_api(scope, &old.api_id).await?;
+            let (api_rev, api) = self.api_in_scope(scope, &old.api_id, root).await?;
             let secret = ApiKey::generate(&api.key_prefix)?;
             let mut new = self.new_key_record(&secret, &api, now)?;
             new.name = old.name.clone();
@@ -382,6 +488,7 @@ impl Keys {
             new.metadata = old.metadata.clone();
             new.enabled = old.enabled;
             new.replaces = Some(old.id.clone());
+            new.bound_to = old.bound_to.clone();
             // Without an explicit expiry the new key gets the old one's original lifetime.
             new.expires_at = explicit.or_else(|| {
                 old.expires_at.map(|e| {
@@ -421,11 +528,12 @@ impl Keys {
         &self,
         rec: &dyn Recorder,
         scope: &TenantScope,
+        root: bool,
         id: &KeyId,
         now: Timestamp,
     ) -> Result<KeyView, KeysError> {
         for _ in 0..RETRIES {
-            let (rev, mut k) = self.visible_key(scope, id).await?;
+            let (rev, mut k) = self.visible_key(scope, id, root).await?;
             if k.revoked_at.is_none() {
                 let before = k.clone();
                 k.revoked_at = Some(now);
@@ -464,6 +572,14 @@ fn track_end(b: &mut Batch, before: Option<&Key>, after: &Key) {
 
 pub(super) fn end_position(k: &Key) -> Option<String> {
     k.end().map(|t| ordered(t, k.id.as_str()))
+}
+
+pub(super) fn root_position(k: &Key) -> String {
+    format!(
+        "{}/{}",
+        k.tenant.as_str(),
+        ordered(k.created_at, k.id.as_str())
+    )
 }
 
 pub(super) fn key_position(k: &Key) -> String {

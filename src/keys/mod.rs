@@ -15,10 +15,10 @@ use crate::{
     store::{IndexName, Store, StoreError},
 };
 
-pub use lifecycle::{KeyPatch, NewKey, RotateKey};
+pub use lifecycle::{KeyPatch, NewKey, NewRootKey, RotateKey};
 pub use registry::{ApiPatch, NewApi};
 pub use tidy::KeyCounts;
-pub use verify::{Code, Verdict, VerifyRequest};
+pub use verify::{CallerIdentity, Code, Verdict, VerifyRequest};
 
 /// Errors of the key domain.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +61,10 @@ const IDX_APIS: IndexName = IndexName("apis");
 const IDX_KEYS_BY_API: IndexName = IndexName("keys_by_api");
 /// Index: `<end millis, 20 digits>/<key id>` -> key id: keys by when they stopped working.
 const IDX_KEY_ENDS: IndexName = IndexName("key_ends");
+/// Index: `<tenant>/<created millis>/<key id>` -> key id: root keys, for listing.
+const IDX_ROOT_KEYS: IndexName = IndexName("root_keys");
+/// Index: tenant name -> the id of the tenant's internal root-key API.
+const IDX_ROOT_API: IndexName = IndexName("root_api");
 /// Index: blind(key) -> key id (verification look-up).
 const IDX_KEY_HASH: IndexName = IndexName("key_hash");
 

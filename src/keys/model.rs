@@ -193,6 +193,9 @@ pub struct Api {
     pub key_defaults: KeyDefaults,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// The per-tenant API that holds root keys: never listed, read or changed as an API.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
 }
 
 impl Record for Api {
@@ -236,6 +239,13 @@ pub struct Key {
     pub stops_at: Option<Timestamp>,
     /// The key this one replaced.
     pub replaces: Option<KeyId>,
+    /// A root key (management credential, `tsr_`): only `/v1/root-keys` handles it, and
+    /// `POST /v1/keys/verify` never finds it.
+    #[serde(default)]
+    pub root: bool,
+    /// Sender constraint: the identity that must present this key.
+    #[serde(default)]
+    pub bound_to: Option<BoundTo>,
 }
 
 impl Record for Key {
@@ -268,6 +278,47 @@ impl Key {
             .into_iter()
             .flatten()
             .min()
+    }
+}
+
+/// The identity a sender-constrained key is bound to: a SPIFFE id, or a client certificate's
+/// SHA-256 fingerprint written `sha256:<64 lowercase hex>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct BoundTo(String);
+
+impl BoundTo {
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        const BAD: &str = "must be a spiffe:// id or sha256:<64 lowercase hex>";
+        if let Some(hex) = s.strip_prefix("sha256:") {
+            let ok = hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            return if ok { Ok(Self(s.to_owned())) } else { Err(BAD) };
+        }
+        let ok = s.len() <= 2048
+            && s.strip_prefix("spiffe://").is_some_and(|rest| {
+                rest.contains('/')
+                    && rest.bytes().all(|b| b.is_ascii_graphic())
+                    && !rest.split('/').any(|seg| seg == "." || seg == "..")
+            });
+        if ok { Ok(Self(s.to_owned())) } else { Err(BAD) }
+    }
+
+    pub fn is_fingerprint(&self) -> bool {
+        self.0.starts_with("sha256:")
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for BoundTo {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -318,6 +369,7 @@ pub struct KeyView {
     /// Verifications of this key so far, by answer code (persisted about a second behind).
     pub verify_counts: std::collections::BTreeMap<String, u64>,
     pub rotation: Option<Rotation>,
+    pub bound_to: Option<BoundTo>,
 }
 
 impl KeyView {
@@ -354,6 +406,7 @@ impl KeyView {
             last_used_at: usage.last_used_at,
             verify_counts: usage.verify_counts.clone(),
             rotation,
+            bound_to: k.bound_to.clone(),
         }
     }
 }

@@ -4,7 +4,8 @@
 use serde::Deserialize;
 
 use super::{
-    BLIND_API_NAME, IDX_API_NAME, IDX_APIS, IDX_KEYS_BY_API, Keys, KeysError, RETRIES,
+    BLIND_API_NAME, IDX_API_NAME, IDX_APIS, IDX_KEYS_BY_API, IDX_ROOT_API, Keys, KeysError,
+    RETRIES,
     model::{Api, ApiKeysMarker, Key, KeyDefaults, MAX_TTL_SECS, Risk, Text, double_option},
     ordered,
 };
@@ -20,6 +21,9 @@ use crate::{
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewApi {
+    /// Only the global admin names the tenant (default `default`); taken by the caller.
+    #[serde(default)]
+    pub tenant: Option<TenantName>,
     pub name: Text<100>,
     pub purpose: Text<1000>,
     pub owner: Text<200>,
@@ -112,6 +116,7 @@ impl Keys {
             key_defaults: input.key_defaults,
             created_at: now,
             updated_at: now,
+            internal: false,
         };
         let mut b = Batch::new();
         b.put_record(api.id.as_str(), &api, Expect::Absent)?;
@@ -172,16 +177,77 @@ impl Keys {
         })
     }
 
-    /// The API with its revision, if the caller may see it.
+    /// The API with its revision, if the caller may see it (internal APIs only when asked).
+    pub(super) async fn api_in_scope(
+        &self,
+        scope: &TenantScope,
+        id: &ApiId,
+        internal: bool,
+    ) -> Result<(Rev, Api), KeysError> {
+        match store::record::get::<Api>(&*self.store, id.as_str()).await? {
+            Some((rev, api)) if scope.allows(&api.tenant) && api.internal == internal => {
+                Ok((rev, api))
+            }
+            _ => Err(KeysError::NotFound),
+        }
+    }
+
+    /// A registered API with its revision, if the caller may see it.
     pub(super) async fn visible_api(
         &self,
         scope: &TenantScope,
         id: &ApiId,
     ) -> Result<(Rev, Api), KeysError> {
-        match store::record::get::<Api>(&*self.store, id.as_str()).await? {
-            Some((rev, api)) if scope.allows(&api.tenant) => Ok((rev, api)),
-            _ => Err(KeysError::NotFound),
+        self.api_in_scope(scope, id, false).await
+    }
+
+    /// The tenant's internal API that holds its root keys, created on first use.
+    pub(super) async fn root_api(
+        &self,
+        tenant: &TenantName,
+        now: Timestamp,
+    ) -> Result<(Rev, Api), KeysError> {
+        let scope = TenantScope::One(tenant.clone());
+        for _ in 0..RETRIES {
+            if let Some(id) = self
+                .store
+                .lookup(IDX_ROOT_API, tenant.as_str().as_bytes())
+                .await?
+            {
+                let id = ApiId::parse(&id).map_err(|_| KeysError::NotFound)?;
+                return self.api_in_scope(&scope, &id, true).await;
+            }
+            let api = Api {
+                id: ApiId::generate()?,
+                tenant: tenant.clone(),
+                name: Text::parse("root keys").map_err(|_| KeysError::NotFound)?,
+                purpose: Text::parse("Tessera root keys of the tenant")
+                    .map_err(|_| KeysError::NotFound)?,
+                owner: Text::parse("tessera").map_err(|_| KeysError::NotFound)?,
+                live_date: None,
+                risk: Risk::High,
+                review_by: Day::of(now).plus_days(Risk::High.default_review_days()),
+                key_prefix: KeyPrefix::parse(ROOT_KEY_PREFIX).map_err(|_| KeysError::NotFound)?,
+                key_defaults: KeyDefaults::default(),
+                created_at: now,
+                updated_at: now,
+                internal: true,
+            };
+            let mut b = Batch::new();
+            b.put_record(api.id.as_str(), &api, Expect::Absent)?;
+            b.index_put(
+                IDX_ROOT_API,
+                tenant.as_str().as_bytes(),
+                api.id.as_str(),
+                true,
+            );
+            match self.store.commit(b).await {
+                Ok(()) => {}
+                Err(store::StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
         }
+        Err(KeysError::Conflict("too many concurrent changes; retry"))
     }
 
     pub async fn get_api(&self, scope: &TenantScope, id: &ApiId) -> Result<Api, KeysError> {

@@ -4,7 +4,7 @@
 
 use super::{
     IDX_KEY_ENDS, IDX_KEY_HASH, IDX_KEYS_BY_API, Keys, KeysError,
-    lifecycle::{end_position, key_position},
+    lifecycle::{end_position, key_position, root_position},
     model::{Key, UsageRecord},
 };
 use crate::{
@@ -48,6 +48,9 @@ impl Keys {
                 b.delete(UsageRecord::KIND, k.id.as_str(), Expect::Any);
                 b.index_delete(IDX_KEY_HASH, &k.lookup);
                 b.index_delete(IDX_KEYS_BY_API, key_position(&k).as_bytes());
+                if k.root {
+                    b.index_delete(super::IDX_ROOT_KEYS, root_position(&k).as_bytes());
+                }
                 ids.push(k.id);
             }
             match self.store.commit(b).await {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     BLIND_KEY, IDX_KEY_HASH, Keys, KeysError,
-    model::{Key, Metadata, Scopes},
+    model::{BoundTo, Key, Metadata, Scopes},
     usage::Spend,
 };
 use crate::{
@@ -32,6 +32,20 @@ pub struct VerifyRequest {
     pub api_id: Option<ApiId>,
     #[serde(default)]
     pub scopes: Option<Scopes>,
+    /// The identity of the end client presenting the key (a SPIFFE id or `sha256:` fingerprint),
+    /// for sender-constrained keys. Without it, the caller's own identity is used.
+    #[serde(default)]
+    pub presented_identity: Option<BoundTo>,
+}
+
+/// The verifying caller's own identity (its client certificate), used for a
+/// sender-constrained key when the request names no presented identity: the caller is then
+/// taken to be the end client.
+#[derive(Clone, Debug, Default)]
+pub struct CallerIdentity {
+    pub spiffe: Option<String>,
+    /// `sha256:<hex>` of the caller's certificate.
+    pub fingerprint: Option<String>,
 }
 
 /// The answer's code.
@@ -43,6 +57,7 @@ pub enum Code {
     Revoked,
     Expired,
     Disabled,
+    IdentityMismatch,
     InsufficientScopes,
     UsageExceeded,
 }
@@ -55,6 +70,7 @@ impl Code {
             Code::Revoked => "REVOKED",
             Code::Expired => "EXPIRED",
             Code::Disabled => "DISABLED",
+            Code::IdentityMismatch => "IDENTITY_MISMATCH",
             Code::InsufficientScopes => "INSUFFICIENT_SCOPES",
             Code::UsageExceeded => "USAGE_EXCEEDED",
         }
@@ -106,7 +122,13 @@ impl Verdict {
 }
 
 /// The state checks, in precedence order, for a key already known to be the caller's.
-pub fn check_state(key: &Key, required: Option<&Scopes>, now: Timestamp) -> Option<Code> {
+/// `presented` is the identity presenting the key, for sender-constrained keys.
+pub fn check_state(
+    key: &Key,
+    required: Option<&Scopes>,
+    presented: Option<&str>,
+    now: Timestamp,
+) -> Option<Code> {
     if key.revoked_at.is_some() {
         return Some(Code::Revoked);
     }
@@ -115,6 +137,11 @@ pub fn check_state(key: &Key, required: Option<&Scopes>, now: Timestamp) -> Opti
     }
     if !key.enabled {
         return Some(Code::Disabled);
+    }
+    if let Some(bound) = &key.bound_to
+        && presented != Some(bound.as_str())
+    {
+        return Some(Code::IdentityMismatch);
     }
     if let Some(req) = required
         && !key.scopes.contains_all(req)
@@ -125,10 +152,43 @@ pub fn check_state(key: &Key, required: Option<&Scopes>, now: Timestamp) -> Opti
 }
 
 impl Keys {
+    /// The key record a presented secret belongs to: one blind-index look-up, then the
+    /// stored HMAC compared in constant time.
+    async fn find(&self, presented: &ApiKey) -> Result<Option<Key>, KeysError> {
+        let secret = presented.expose().as_bytes();
+        let pepper = self.keyring.pepper();
+        let blind = pepper.blind_index(BLIND_KEY, secret);
+        let Some(id) = self.store.lookup(IDX_KEY_HASH, &blind).await? else {
+            return Ok(None);
+        };
+        let Some((_, key)) = store::record::get::<Key>(&*self.store, &id).await? else {
+            return Ok(None);
+        };
+        Ok(pepper.verify(secret, &key.hash).then_some(key))
+    }
+
+    /// Authenticates a root key presented as a bearer credential: found, a root key, and
+    /// live (not revoked, expired, past its grace, or disabled).
+    pub async fn authenticate_root(
+        &self,
+        presented: &ApiKey,
+        now: Timestamp,
+    ) -> Result<Option<Key>, KeysError> {
+        let Some(key) = self.find(presented).await? else {
+            return Ok(None);
+        };
+        if !key.root || check_state(&key, None, None, now).is_some() {
+            return Ok(None);
+        }
+        self.usage.spend(&key.id, now).await?;
+        Ok(Some(key))
+    }
+
     pub async fn verify(
         &self,
         scope: &TenantScope,
         req: &VerifyRequest,
+        caller: &CallerIdentity,
         now: Timestamp,
     ) -> Result<Verdict, KeysError> {
         if req.key.expose().len() > MAX_KEY_FIELD {
@@ -137,22 +197,22 @@ impl Keys {
         let Ok(presented) = ApiKey::parse(req.key.expose()) else {
             return Ok(Verdict::not_found());
         };
-        let secret = presented.expose().as_bytes();
-        let pepper = self.keyring.pepper();
-        let blind = pepper.blind_index(BLIND_KEY, secret);
-        let Some(id) = self.store.lookup(IDX_KEY_HASH, &blind).await? else {
+        let Some(key) = self.find(&presented).await? else {
             return Ok(Verdict::not_found());
         };
-        let Some((_, key)) = store::record::get::<Key>(&*self.store, &id).await? else {
-            return Ok(Verdict::not_found());
-        };
-        let mine = pepper.verify(secret, &key.hash)
+        let mine = !key.root
             && scope.allows(&key.tenant)
             && req.api_id.as_ref().is_none_or(|a| *a == key.api_id);
         if !mine {
             return Ok(Verdict::not_found());
         }
-        if let Some(code) = check_state(&key, req.scopes.as_ref(), now) {
+        let presenter = match (&req.presented_identity, &key.bound_to) {
+            (Some(p), _) => Some(p.as_str()),
+            (None, Some(b)) if b.is_fingerprint() => caller.fingerprint.as_deref(),
+            (None, Some(_)) => caller.spiffe.as_deref(),
+            (None, None) => None,
+        };
+        if let Some(code) = check_state(&key, req.scopes.as_ref(), presenter, now) {
             let remaining = self.usage.note(&key.id, code.as_str()).await?;
             return Ok(Verdict::about(&key, code, remaining));
         }
@@ -187,6 +247,8 @@ mod tests {
             superseded_by: None,
             stops_at: None,
             replaces: None,
+            root: false,
+            bound_to: None,
         }
     }
 
@@ -196,15 +258,53 @@ mod tests {
         let write = Scopes::new(vec![Scope::parse("write").unwrap()]).unwrap();
         let mut k = key(now);
         assert_eq!(
-            check_state(&k, Some(&write), now),
+            check_state(&k, Some(&write), None, now),
             Some(Code::InsufficientScopes)
         );
         k.enabled = false;
-        assert_eq!(check_state(&k, Some(&write), now), Some(Code::Disabled));
+        assert_eq!(
+            check_state(&k, Some(&write), None, now),
+            Some(Code::Disabled)
+        );
         k.expires_at = Some(now);
-        assert_eq!(check_state(&k, Some(&write), now), Some(Code::Expired));
+        assert_eq!(
+            check_state(&k, Some(&write), None, now),
+            Some(Code::Expired)
+        );
         k.revoked_at = Some(now);
-        assert_eq!(check_state(&k, Some(&write), now), Some(Code::Revoked));
+        assert_eq!(
+            check_state(&k, Some(&write), None, now),
+            Some(Code::Revoked)
+        );
+    }
+
+    #[test]
+    fn a_bound_key_needs_its_identity() {
+        let now = Timestamp::from_unix(1_000_000);
+        let mut k = key(now);
+        k.bound_to = Some(BoundTo::parse("spiffe://t.local/tenant/a/svc/b").unwrap());
+        assert_eq!(
+            check_state(&k, None, None, now),
+            Some(Code::IdentityMismatch)
+        );
+        assert_eq!(
+            check_state(&k, None, Some("spiffe://t.local/tenant/a/svc/c"), now),
+            Some(Code::IdentityMismatch)
+        );
+        assert_eq!(
+            check_state(&k, None, Some("spiffe://t.local/tenant/a/svc/b"), now),
+            None
+        );
+        // Disabled outranks a mismatch; a mismatch outranks missing scopes.
+        let write = Scopes::new(vec![Scope::parse("write").unwrap()]).unwrap();
+        assert_eq!(
+            check_state(&k, Some(&write), None, now),
+            Some(Code::IdentityMismatch)
+        );
+        k.enabled = false;
+        assert_eq!(check_state(&k, None, None, now), Some(Code::Disabled));
+        assert!(BoundTo::parse("sha256:ABC").is_err());
+        assert!(BoundTo::parse(&format!("sha256:{}", "a".repeat(64))).is_ok());
     }
 
     #[test]
@@ -213,9 +313,9 @@ mod tests {
         let mut k = key(now);
         k.superseded_by = Some(KeyId::generate().unwrap());
         k.stops_at = Some(now.plus_secs(60));
-        assert_eq!(check_state(&k, None, now.plus_secs(59)), None);
+        assert_eq!(check_state(&k, None, None, now.plus_secs(59)), None);
         assert_eq!(
-            check_state(&k, None, now.plus_secs(60)),
+            check_state(&k, None, None, now.plus_secs(60)),
             Some(Code::Expired)
         );
     }

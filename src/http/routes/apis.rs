@@ -4,14 +4,14 @@ use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
 
 use super::ListQuery;
 use crate::{
-    access::{Permission, authorize},
+    access::{Permission, authorize, target_tenant},
     http::{
         error::ApiError,
         extract::{Audited, Authenticated, Json, Query, path_param},
         idempotency::{self, Reply},
         state::AppState,
     },
-    ids::{ApiId, TenantName},
+    ids::ApiId,
     keys::{ApiPatch, NewApi},
 };
 
@@ -25,13 +25,17 @@ pub async fn create(
     authorize(&auth.0, Permission::ApisWrite)?;
     let idem = idempotency::key_from(&req)?;
     let now = state.clock.now();
+    let digest = body.digest;
+    let mut input = body.value;
+    let tenant =
+        target_tenant(&auth.0, input.tenant.take()).map_err(|m| ApiError::bad("tenant", m))?;
+    if state.access.tenant(&tenant).await?.is_none() {
+        return Err(ApiError::bad("tenant", "must name an existing tenant"));
+    }
     state
         .idempotency
-        .run(&auth.0.id.uri(), req.path(), idem, body.digest, || async {
-            let api = state
-                .keys
-                .create_api(&*audit, TenantName::default_tenant(), body.value, now)
-                .await?;
+        .run(&auth.0.name(), req.path(), idem, digest, || async {
+            let api = state.keys.create_api(&*audit, tenant, input, now).await?;
             Reply::json(StatusCode::CREATED, &api)
         })
         .await

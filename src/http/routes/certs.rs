@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ListQuery;
 use crate::{
-    access::{Permission, authorize},
+    access::{Credential, Permission, authorize, may_grant, target_tenant},
     http::{
         error::ApiError,
         extract::{
@@ -28,6 +28,9 @@ use crate::{
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssueBody {
+    /// Only the global admin names the tenant (default `default`).
+    #[serde(default)]
+    tenant: Option<TenantName>,
     /// The service name; the certificate names `spiffe://<td>/tenant/<tenant>/svc/<identity>`.
     identity: ServiceName,
     #[serde(default)]
@@ -129,19 +132,19 @@ pub async fn issue(
         (None, false) => return Err(ApiError::bad("csr", "is required unless generate is true")),
     };
     let ttl = state.pki.ttl(b.ttl_seconds)?;
+    let tenant = target_tenant(&auth.0, b.tenant).map_err(|m| ApiError::bad("tenant", m))?;
+    if state.access.tenant(&tenant).await?.is_none() {
+        return Err(ApiError::bad("tenant", "must name an existing tenant"));
+    }
+    // No escalation: the identity's bindings may grant nothing the issuer lacks.
+    let granted = state.access.granted_to(&tenant, &b.identity).await?;
+    may_grant(&auth.0, granted)?;
     state
         .idempotency
-        .run(&auth.0.id.uri(), req.path(), idem, digest, || async {
+        .run(&auth.0.name(), req.path(), idem, digest, || async {
             let (issued, private_key) = state
                 .pki
-                .issue_service(
-                    &*audit,
-                    TenantName::default_tenant(),
-                    b.identity,
-                    key,
-                    ttl,
-                    now,
-                )
+                .issue_service(&*audit, tenant, b.identity, key, ttl, now)
                 .await?;
             metrics::CERTS_ISSUED.inc();
             Reply::json(
@@ -159,7 +162,9 @@ pub async fn renew(
     body: OptionalJson<RenewBody>,
 ) -> Result<HttpResponse, ApiError> {
     let AuthenticatedCert(principal, peer) = auth;
-    if principal.id.identity == Identity::Admin {
+    // The bootstrap admin credential is never issued (or renewed) through the API.
+    if matches!(&principal.credential, Credential::Cert { id, .. } if id.identity == Identity::Admin)
+    {
         return Err(ApiError::Forbidden);
     }
     let b = body.0.value;

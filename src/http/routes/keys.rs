@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::ListQuery;
 use crate::{
-    access::{Permission, authorize},
+    access::{Credential, Permission, authorize},
     http::{
         error::ApiError,
         extract::{Audited, Authenticated, Json, OptionalJson, Query, path_param},
@@ -13,16 +13,16 @@ use crate::{
         state::AppState,
     },
     ids::{ApiId, KeyId},
-    keys::{KeyPatch, NewKey, RotateKey, VerifyRequest, model::KeyView},
+    keys::{CallerIdentity, KeyPatch, NewKey, RotateKey, VerifyRequest},
     metrics,
 };
 
 /// A key's metadata plus its secret: the one answer that carries it.
 #[derive(Serialize)]
-struct WithSecret<'a> {
+pub(super) struct WithSecret<'a, T: Serialize> {
     #[serde(flatten)]
-    view: &'a KeyView,
-    key: &'a str,
+    pub view: &'a T,
+    pub key: &'a str,
 }
 
 pub async fn create(
@@ -39,7 +39,7 @@ pub async fn create(
     let now = state.clock.now();
     state
         .idempotency
-        .run(&auth.0.id.uri(), req.path(), idem, body.digest, || async {
+        .run(&auth.0.name(), req.path(), idem, body.digest, || async {
             let (view, secret) = state
                 .keys
                 .issue_key(&*audit, &scope, &api_id, body.value, now)
@@ -78,7 +78,10 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let scope = authorize(&auth.0, Permission::KeysRead)?;
     let id = path_param(&id, "id", KeyId::parse)?;
-    let view = state.keys.get_key(&scope, &id, state.clock.now()).await?;
+    let view = state
+        .keys
+        .get_key(&scope, false, &id, state.clock.now())
+        .await?;
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -93,7 +96,7 @@ pub async fn update(
     let id = path_param(&id, "id", KeyId::parse)?;
     let view = state
         .keys
-        .update_key(&*audit, &scope, &id, body.value, state.clock.now())
+        .update_key(&*audit, &scope, false, &id, body.value, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(view))
 }
@@ -108,17 +111,38 @@ pub async fn rotate(
 ) -> Result<HttpResponse, ApiError> {
     let scope = authorize(&auth.0, Permission::KeysRotate)?;
     let id = path_param(&id, "id", KeyId::parse)?;
-    let idem = idempotency::key_from(&req)?;
+    rotate_in(&auth, &audit, &state, &req, &scope, false, &id, body).await
+}
+
+/// Rotation, shared by API keys and root keys.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn rotate_in(
+    auth: &Authenticated,
+    audit: &Audited,
+    state: &web::Data<AppState>,
+    req: &HttpRequest,
+    scope: &crate::ids::TenantScope,
+    root: bool,
+    id: &KeyId,
+    body: OptionalJson<RotateKey>,
+) -> Result<HttpResponse, ApiError> {
+    let idem = idempotency::key_from(req)?;
     let now = state.clock.now();
     let body = body.0;
     state
         .idempotency
-        .run(&auth.0.id.uri(), req.path(), idem, body.digest, || async {
+        .run(&auth.0.name(), req.path(), idem, body.digest, || async {
             let (view, secret) = state
                 .keys
-                .rotate_key(&*audit, &scope, &id, body.value, now)
+                .rotate_key(&**audit, scope, root, id, body.value, now)
                 .await?;
             metrics::KEYS_ISSUED.inc();
+            let view = if root {
+                serde_json::to_value(super::rootkeys::RootKeyView::from(&view))
+            } else {
+                serde_json::to_value(&view)
+            }
+            .map_err(|_| ApiError::Internal)?;
             Reply::json(
                 StatusCode::CREATED,
                 &WithSecret {
@@ -146,7 +170,7 @@ pub async fn revoke(
     let id = path_param(&id, "id", KeyId::parse)?;
     let view = state
         .keys
-        .revoke_key(&*audit, &scope, &id, state.clock.now())
+        .revoke_key(&*audit, &scope, false, &id, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(view))
 }
@@ -157,9 +181,18 @@ pub async fn verify(
     body: Json<VerifyRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let scope = authorize(&auth.0, Permission::KeysVerify)?;
+    let caller = match &auth.0.credential {
+        Credential::Cert {
+            id, fingerprint, ..
+        } => CallerIdentity {
+            spiffe: Some(id.uri()),
+            fingerprint: Some(format!("sha256:{fingerprint}")),
+        },
+        Credential::RootKey { .. } => CallerIdentity::default(),
+    };
     let verdict = state
         .keys
-        .verify(&scope, &body.value, state.clock.now())
+        .verify(&scope, &body.value, &caller, state.clock.now())
         .await?;
     metrics::KEY_VERIFY
         .with_label_values(&[verdict.code.as_str()])

@@ -7,7 +7,9 @@ mod audit;
 mod certs;
 mod keys;
 mod pki;
+mod rootkeys;
 pub(super) mod sys;
+mod tenants;
 
 use actix_web::{HttpResponse, Resource, web};
 use serde::Deserialize;
@@ -64,6 +66,45 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/certs/verify", "POST").route(web::post().to(certs::verify)))
         .service(resource("/v1/certs/renew", "POST").route(web::post().to(certs::renew)))
         .service(resource("/v1/certs/{serial}", "GET").route(web::get().to(certs::get)))
+        .service(
+            resource("/v1/tenants", "GET, POST")
+                .route(web::get().to(tenants::list))
+                .route(web::post().to(tenants::create)),
+        )
+        .service(resource("/v1/tenants/{t}", "GET").route(web::get().to(tenants::get)))
+        .service(
+            resource("/v1/tenants/{t}/roles", "GET, POST")
+                .route(web::get().to(tenants::list_roles))
+                .route(web::post().to(tenants::create_role)),
+        )
+        .service(
+            resource("/v1/tenants/{t}/roles/{role}", "GET, PUT, DELETE")
+                .route(web::get().to(tenants::get_role))
+                .route(web::put().to(tenants::put_role))
+                .route(web::delete().to(tenants::delete_role)),
+        )
+        .service(
+            resource("/v1/tenants/{t}/bindings", "GET")
+                .route(web::get().to(tenants::list_bindings)),
+        )
+        .service(
+            resource("/v1/tenants/{t}/bindings/{identity}", "GET, PUT, DELETE")
+                .route(web::get().to(tenants::get_binding))
+                .route(web::put().to(tenants::put_binding))
+                .route(web::delete().to(tenants::delete_binding)),
+        )
+        .service(
+            resource("/v1/root-keys", "GET, POST")
+                .route(web::get().to(rootkeys::list))
+                .route(web::post().to(rootkeys::create)),
+        )
+        .service(resource("/v1/root-keys/{id}", "GET").route(web::get().to(rootkeys::get)))
+        .service(
+            resource("/v1/root-keys/{id}/rotate", "POST").route(web::post().to(rootkeys::rotate)),
+        )
+        .service(
+            resource("/v1/root-keys/{id}/revoke", "POST").route(web::post().to(rootkeys::revoke)),
+        )
         .service(
             resource("/v1/certs/{serial}/revoke", "POST").route(web::post().to(certs::revoke)),
         );

@@ -4,7 +4,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::json;
 
 use crate::{
-    access::{Permission, authorize},
+    access::{Credential, Permission, authorize},
     http::{error::ApiError, extract::Authenticated, state::AppState},
     pki::identity::Identity,
 };
@@ -35,15 +35,23 @@ pub fn metrics_response() -> HttpResponse {
 
 pub async fn whoami(auth: Authenticated) -> Result<HttpResponse, ApiError> {
     let p = auth.0;
-    let (kind, tenant, roles) = match &p.id.identity {
-        Identity::Admin => ("admin", None, vec!["admin"]),
-        Identity::Service { tenant, .. } => ("service", Some(tenant.as_str().to_owned()), vec![]),
+    let (kind, serial) = match &p.credential {
+        Credential::Cert { id, serial, .. } => (
+            if id.identity == Identity::Admin {
+                "admin"
+            } else {
+                "service"
+            },
+            Some(serial.clone()),
+        ),
+        Credential::RootKey { .. } => ("root_key", None),
     };
     Ok(HttpResponse::Ok().json(json!({
-        "identity": p.id.uri(),
+        "identity": p.name(),
         "kind": kind,
-        "tenant": tenant,
-        "roles": roles,
-        "serial": p.serial,
+        "tenant": p.tenant,
+        "roles": p.roles,
+        "permissions": p.permissions,
+        "serial": serial,
     })))
 }

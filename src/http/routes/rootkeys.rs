@@ -1,0 +1,195 @@
+//! `/v1/root-keys`: management credentials for portals and scripts. A root key is an API key
+//! (`tsr_` prefix) bound to one tenant whose scopes are its permissions; it is stored,
+//! verified, rotated and revoked by the same code as every key.
+
+use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    ListQuery,
+    keys::{RevokeBody, WithSecret, rotate_in},
+};
+use crate::{
+    access::{PermSet, Permission, authorize, may_grant, target_tenant},
+    clock::Timestamp,
+    http::{
+        error::ApiError,
+        extract::{Audited, Authenticated, Json, OptionalJson, Query, path_param},
+        idempotency::{self, Reply},
+        state::AppState,
+    },
+    ids::{KeyId, TenantName},
+    keys::{
+        NewRootKey, RotateKey,
+        model::{KeyView, Rotation, Scope, Scopes, Text},
+    },
+};
+
+/// `POST /v1/root-keys`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRootKeyBody {
+    /// Only the global admin names the tenant (default `default`).
+    #[serde(default)]
+    tenant: Option<TenantName>,
+    #[serde(default)]
+    name: Option<Text<200>>,
+    permissions: PermSet,
+    #[serde(default)]
+    expires_at: Option<Timestamp>,
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+/// A root key as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct RootKeyView {
+    id: KeyId,
+    tenant: TenantName,
+    name: Option<Text<200>>,
+    start: String,
+    permissions: Scopes,
+    state: &'static str,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    expires_at: Option<Timestamp>,
+    revoked_at: Option<Timestamp>,
+    last_used_at: Option<Timestamp>,
+    rotation: Option<Rotation>,
+}
+
+impl From<&KeyView> for RootKeyView {
+    fn from(k: &KeyView) -> Self {
+        Self {
+            id: k.id.clone(),
+            tenant: k.tenant.clone(),
+            name: k.name.clone(),
+            start: k.start.clone(),
+            permissions: k.scopes.clone(),
+            state: k.state,
+            created_at: k.created_at,
+            updated_at: k.updated_at,
+            expires_at: k.expires_at,
+            revoked_at: k.revoked_at,
+            last_used_at: k.last_used_at,
+            rotation: k.rotation.clone(),
+        }
+    }
+}
+
+pub async fn create(
+    auth: Authenticated,
+    audit: Audited,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: Json<NewRootKeyBody>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&auth.0, Permission::TenantsAdmin)?;
+    let idem = idempotency::key_from(&req)?;
+    let digest = body.digest;
+    let b = body.value;
+    let tenant = target_tenant(&auth.0, b.tenant).map_err(|m| ApiError::bad("tenant", m))?;
+    if state.access.tenant(&tenant).await?.is_none() {
+        return Err(ApiError::bad("tenant", "must name an existing tenant"));
+    }
+    if b.permissions.contains(Permission::Admin) {
+        return Err(ApiError::bad(
+            "permissions",
+            "must not include admin: root keys act within one tenant",
+        ));
+    }
+    if b.permissions == PermSet::EMPTY {
+        return Err(ApiError::bad("permissions", "must not be empty"));
+    }
+    may_grant(&auth.0, b.permissions)?;
+    let scopes = Scopes::new(
+        b.permissions
+            .names()
+            .into_iter()
+            .filter_map(|n| Scope::parse(n).ok())
+            .collect(),
+    )
+    .map_err(|m| ApiError::bad("permissions", m))?;
+    let now = state.clock.now();
+    let input = NewRootKey {
+        name: b.name,
+        permissions: scopes,
+        expires_at: b.expires_at,
+        ttl_seconds: b.ttl_seconds,
+    };
+    state
+        .idempotency
+        .run(&auth.0.name(), req.path(), idem, digest, || async {
+            let (view, secret) = state
+                .keys
+                .issue_root_key(&*audit, &tenant, input, now)
+                .await?;
+            Reply::json(
+                StatusCode::CREATED,
+                &WithSecret {
+                    view: &RootKeyView::from(&view),
+                    key: secret.expose(),
+                },
+            )
+        })
+        .await
+}
+
+pub async fn list(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    q: Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let scope = authorize(&auth.0, Permission::TenantsAdmin)?;
+    let page = state
+        .keys
+        .list_root_keys(&scope, &q.0.page()?, state.clock.now())
+        .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "items": page.items.iter().map(RootKeyView::from).collect::<Vec<_>>(),
+        "next_cursor": page.next_cursor,
+    })))
+}
+
+pub async fn get(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let scope = authorize(&auth.0, Permission::TenantsAdmin)?;
+    let id = path_param(&id, "id", KeyId::parse)?;
+    let view = state
+        .keys
+        .get_key(&scope, true, &id, state.clock.now())
+        .await?;
+    Ok(HttpResponse::Ok().json(RootKeyView::from(&view)))
+}
+
+pub async fn rotate(
+    auth: Authenticated,
+    audit: Audited,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    body: OptionalJson<RotateKey>,
+) -> Result<HttpResponse, ApiError> {
+    let scope = authorize(&auth.0, Permission::TenantsAdmin)?;
+    let id = path_param(&id, "id", KeyId::parse)?;
+    rotate_in(&auth, &audit, &state, &req, &scope, true, &id, body).await
+}
+
+pub async fn revoke(
+    auth: Authenticated,
+    audit: Audited,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    _body: OptionalJson<RevokeBody>,
+) -> Result<HttpResponse, ApiError> {
+    let scope = authorize(&auth.0, Permission::TenantsAdmin)?;
+    let id = path_param(&id, "id", KeyId::parse)?;
+    let view = state
+        .keys
+        .revoke_key(&*audit, &scope, true, &id, state.clock.now())
+        .await?;
+    Ok(HttpResponse::Ok().json(RootKeyView::from(&view)))
+}
