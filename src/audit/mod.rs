@@ -128,11 +128,12 @@ impl AuditContext {
 
     /// Names the authenticated principal (authentication may finish after the context was
     /// created).
-    pub fn set_principal(&self, name: String) {
-        self.base
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .principal = name;
+    pub fn set_principal(&self, name: String, tenant: Option<String>) {
+        let mut b = self.base.write().unwrap_or_else(|e| e.into_inner());
+        b.principal = name;
+        if b.tenant.is_none() {
+            b.tenant = tenant;
+        }
     }
 
     /// Whether a change was recorded through this context.
@@ -186,6 +187,40 @@ impl Audit {
         let mut b = Batch::new();
         b.append(LOG, event.canonical()?)?;
         self.store.commit(b).await
+    }
+
+    /// Entries after `after`, at most `limit`, of the tenants in `scope` (a tenant sees only
+    /// entries about itself). Returns the entries and the last seq read, for paging.
+    pub async fn list_scoped(
+        &self,
+        scope: &crate::ids::TenantScope,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<EntryView>, Option<u64>), StoreError> {
+        let mut out = Vec::new();
+        let mut cursor = after;
+        loop {
+            let page = self.list(cursor, 1000).await?;
+            let Some(last) = page.last().map(|e| e.seq) else {
+                return Ok((out, None));
+            };
+            for e in page {
+                let mine = match scope {
+                    crate::ids::TenantScope::All => true,
+                    crate::ids::TenantScope::One(t) => {
+                        e.event.tenant.as_deref() == Some(t.as_str())
+                    }
+                };
+                cursor = e.seq;
+                if mine {
+                    out.push(e);
+                    if out.len() == limit {
+                        return Ok((out, Some(cursor)));
+                    }
+                }
+            }
+            cursor = last;
+        }
     }
 
     /// Entries after `after`, at most `limit`.

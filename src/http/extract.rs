@@ -325,7 +325,7 @@ impl FromRequest for AuthenticatedCert {
 
 /// The authenticated principal's name, left in the request for the audit middleware.
 #[derive(Clone, Debug)]
-pub struct PrincipalName(pub String);
+pub struct PrincipalName(pub String, pub Option<String>);
 
 /// Authenticates a request. A bearer root key, when sent, is the credential; otherwise the
 /// connection's client certificate, checked on every request: unexpired, not revoked (a
@@ -382,10 +382,11 @@ async fn authenticate(req: &HttpRequest) -> Result<(Principal, Option<PeerCert>)
         }
     };
     let name = principal.name();
+    let tenant = principal.tenant.as_ref().map(|t| t.as_str().to_owned());
     if let Some(ctx) = req.extensions().get::<Arc<AuditContext>>() {
-        ctx.set_principal(name.clone());
+        ctx.set_principal(name.clone(), tenant.clone());
     }
-    req.extensions_mut().insert(PrincipalName(name));
+    req.extensions_mut().insert(PrincipalName(name, tenant));
     Ok((principal, peer))
 }
 
@@ -402,15 +403,15 @@ impl std::ops::Deref for Audited {
 
 /// The audit event a request starts with (no outcome yet).
 pub fn base_event(req: &HttpRequest, now: Timestamp) -> Event {
-    let principal = req
+    let (principal, tenant) = req
         .extensions()
         .get::<PrincipalName>()
-        .map(|p| p.0.clone())
+        .map(|p| (p.0.clone(), p.1.clone()))
         .or_else(|| {
             req.conn_data::<PeerCert>()
-                .map(|c| format!("cert:{}", c.serial))
+                .map(|c| (format!("cert:{}", c.serial), None))
         })
-        .unwrap_or_else(|| "anonymous".to_owned());
+        .unwrap_or_else(|| ("anonymous".to_owned(), None));
     let pattern = req
         .match_pattern()
         .unwrap_or_else(|| "(unmatched)".to_owned());
@@ -423,7 +424,7 @@ pub fn base_event(req: &HttpRequest, now: Timestamp) -> Event {
         time: now,
         request_id: super::error::request_id(),
         principal,
-        tenant: None,
+        tenant,
         action: format!("{} {}", req.method(), pattern),
         object,
         outcome: String::new(),

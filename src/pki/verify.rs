@@ -18,7 +18,10 @@ use super::{
     parse_pem_certs,
     serial::Serial,
 };
-use crate::{clock::Timestamp, ids::TenantName};
+use crate::{
+    clock::Timestamp,
+    ids::{TenantName, TenantScope},
+};
 
 /// Longest chain accepted by the verify endpoint (leaf included).
 pub const MAX_CHAIN: usize = 8;
@@ -125,9 +128,11 @@ impl Pki {
     /// Verifies a PEM leaf (optionally followed by its chain) as a client certificate of
     /// Tessera's. Precedence: UNTRUSTED > REVOKED > EXPIRED / NOT_YET_VALID > VALID.
     /// Garbage or an over-long chain is an `Invalid` error (a 400); a foreign or
-    /// self-signed certificate copying a real identity is UNTRUSTED.
+    /// self-signed certificate copying a real identity is UNTRUSTED, and so is, for a caller
+    /// limited to one tenant, a certificate of another tenant (no cross-tenant oracle).
     pub fn verify_certificate(
         &self,
+        scope: &TenantScope,
         pem_text: &str,
         now: Timestamp,
     ) -> Result<CertVerdict, PkiError> {
@@ -200,6 +205,14 @@ impl Pki {
         let Ok(id) = SpiffeId::parse(uri, &self.trust_domain) else {
             return Ok(CertVerdict::untrusted());
         };
+        let visible = match (&id.identity, scope) {
+            (_, TenantScope::All) => true,
+            (Identity::Service { tenant, .. }, TenantScope::One(t)) => tenant == t,
+            (Identity::Admin, TenantScope::One(_)) => false,
+        };
+        if !visible {
+            return Ok(CertVerdict::untrusted());
+        }
         let serial = Serial::from_bytes(parsed.raw_serial());
         let code = if code == CertCode::Valid && self.is_revoked(&serial) {
             CertCode::Revoked

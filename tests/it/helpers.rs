@@ -230,7 +230,7 @@ pub fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> ClientConfi
 #[derive(Clone)]
 pub struct Api {
     pub http: reqwest::Client,
-    base: String,
+    pub base: String,
 }
 
 /// A response: status, headers and parsed body.

@@ -31,16 +31,16 @@ pub async fn list(
     state: web::Data<AppState>,
     q: Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&auth.0, Permission::AuditRead)?;
+    let scope = authorize(&auth.0, Permission::AuditRead)?;
     let limit = match q.0.limit {
         None => DEFAULT_LIMIT,
         Some(l) if (1..=MAX_LIMIT as u64).contains(&l) => l as usize,
         Some(_) => return Err(ApiError::bad("limit", "must be between 1 and 100")),
     };
     let after = q.0.after_seq.or(q.0.cursor).unwrap_or(0);
-    let items = state.audit.list(after, limit).await?;
+    let (items, last) = state.audit.list_scoped(&scope, after, limit).await?;
     let next = (items.len() == limit)
-        .then(|| items.last().map(|e| e.seq.to_string()))
+        .then(|| last.map(|s| s.to_string()))
         .flatten();
     Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next})))
 }

@@ -257,10 +257,11 @@ pub async fn verify(
     state: web::Data<AppState>,
     body: Json<VerifyBody>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&auth.0, Permission::CertsVerify)?;
-    let verdict = state
-        .pki
-        .verify_certificate(&body.value.certificate, state.clock.now())?;
+    let scope = authorize(&auth.0, Permission::CertsVerify)?;
+    let verdict =
+        state
+            .pki
+            .verify_certificate(&scope, &body.value.certificate, state.clock.now())?;
     metrics::CERT_VERIFY
         .with_label_values(&[verdict.code.as_str()])
         .inc();

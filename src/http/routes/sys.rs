@@ -21,10 +21,13 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// `GET /metrics` for `metrics:read` principals.
+/// `GET /metrics` for global `metrics:read` principals: the figures span every tenant, so a
+/// tenant-scoped principal gets 403 (use the loopback listener for a local scraper).
 pub async fn metrics(auth: Authenticated) -> Result<HttpResponse, ApiError> {
-    authorize(&auth.0, Permission::MetricsRead)?;
-    Ok(metrics_response())
+    match authorize(&auth.0, Permission::MetricsRead)? {
+        crate::ids::TenantScope::All => Ok(metrics_response()),
+        crate::ids::TenantScope::One(_) => Err(ApiError::Forbidden),
+    }
 }
 
 pub fn metrics_response() -> HttpResponse {
