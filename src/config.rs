@@ -56,6 +56,8 @@ pub struct FileConfig {
     pub audit: FileAudit,
     #[serde(default)]
     pub metrics: FileMetrics,
+    #[serde(default)]
+    pub limits: FileLimits,
     /// Base URL clients reach this server at (written into CRL distribution points).
     pub public_url: Option<String>,
     pub log_format: Option<String>,
@@ -69,6 +71,22 @@ pub struct FileTls {
     pub key_file: Option<PathBuf>,
     /// Lifetime of the server certificate Tessera issues itself.
     pub server_cert_lifetime_seconds: Option<u64>,
+    /// `"1.3"` (default) or `"1.2"` to also accept TLS 1.2 (ECDHE + AEAD suites only).
+    pub min_version: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub requests_per_second: Option<u32>,
+    pub burst: Option<u32>,
+    pub unauthenticated_per_second: Option<u32>,
+    pub unauthenticated_burst: Option<u32>,
+    pub lockout_threshold: Option<u32>,
+    pub lockout_window_seconds: Option<u64>,
+    pub lockout_seconds: Option<u64>,
+    pub lockout_max_seconds: Option<u64>,
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -107,6 +125,10 @@ pub struct FileServer {
     pub shutdown_timeout_seconds: Option<u64>,
     pub workers: Option<usize>,
     pub store_cache_bytes: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub keep_alive_seconds: Option<u64>,
+    pub client_request_timeout_ms: Option<u64>,
+    pub tls_handshake_timeout_ms: Option<u64>,
 }
 
 /// Values from flags and the environment (clap fills these in `main.rs`).
@@ -149,6 +171,26 @@ pub struct Config {
     pub audit_file: Option<PathBuf>,
     pub audit_checkpoint_secs: u64,
     pub metrics_listen: Option<SocketAddr>,
+    pub limits: Limits,
+    pub allow_tls12: bool,
+}
+
+/// Throttles, lockouts and connection limits.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub principal_rps: u32,
+    pub principal_burst: u32,
+    pub anonymous_rps: u32,
+    pub anonymous_burst: u32,
+    pub lockout_threshold: u32,
+    pub lockout_window_secs: u64,
+    pub lockout_secs: u64,
+    pub lockout_max_secs: u64,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub max_connections: usize,
+    pub keep_alive_secs: u64,
+    pub client_request_timeout_ms: u64,
+    pub tls_handshake_timeout_ms: u64,
 }
 
 impl Config {
@@ -318,6 +360,59 @@ impl Config {
             },
         };
 
+        let l = &file.limits;
+        let nonzero = |v: Option<u32>, default: u32, setting: &str| match v {
+            Some(0) => Err(err(setting, "must be at least 1")),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        let mut trusted_proxies = Vec::new();
+        for p in l.trusted_proxies.iter().flatten() {
+            trusted_proxies.push(p.parse().map_err(|_| {
+                err(
+                    "limits.trusted_proxies",
+                    format!("`{p}` is not an IP address"),
+                )
+            })?);
+        }
+        let limits = Limits {
+            principal_rps: nonzero(l.requests_per_second, 500, "limits.requests_per_second")?,
+            principal_burst: nonzero(l.burst, 1000, "limits.burst")?,
+            anonymous_rps: nonzero(
+                l.unauthenticated_per_second,
+                20,
+                "limits.unauthenticated_per_second",
+            )?,
+            anonymous_burst: nonzero(l.unauthenticated_burst, 40, "limits.unauthenticated_burst")?,
+            lockout_threshold: nonzero(l.lockout_threshold, 20, "limits.lockout_threshold")?,
+            lockout_window_secs: l.lockout_window_seconds.unwrap_or(300).max(1),
+            lockout_secs: l.lockout_seconds.unwrap_or(60).max(1),
+            lockout_max_secs: l.lockout_max_seconds.unwrap_or(3600).max(1),
+            trusted_proxies,
+            max_connections: file.server.max_connections.unwrap_or(10_000).max(1),
+            keep_alive_secs: file.server.keep_alive_seconds.unwrap_or(30).clamp(1, 3600),
+            client_request_timeout_ms: file
+                .server
+                .client_request_timeout_ms
+                .unwrap_or(5_000)
+                .clamp(100, 120_000),
+            tls_handshake_timeout_ms: file
+                .server
+                .tls_handshake_timeout_ms
+                .unwrap_or(5_000)
+                .clamp(100, 120_000),
+        };
+        let allow_tls12 = match file.tls.min_version.as_deref() {
+            None | Some("1.3") => false,
+            Some("1.2") => true,
+            Some(other) => {
+                return Err(err(
+                    "tls.min_version",
+                    format!("`{other}` is not one of 1.2, 1.3"),
+                ));
+            }
+        };
+
         Ok(Self {
             listen,
             data_dir,
@@ -337,6 +432,8 @@ impl Config {
             audit_file: file.audit.file,
             audit_checkpoint_secs,
             metrics_listen,
+            limits,
+            allow_tls12,
         })
     }
 }

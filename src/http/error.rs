@@ -45,6 +45,11 @@ pub enum ApiError {
     Conflict(String),
     PayloadTooLarge,
     UnsupportedMediaType,
+    /// Too many requests (throttled, or the source is locked out); retry after so many
+    /// seconds.
+    TooManyRequests {
+        retry_after: u64,
+    },
     /// Storage cannot accept writes right now; nothing was changed.
     Unavailable,
     /// A bug or corrupted data. Logged; the client gets fixed text.
@@ -76,6 +81,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::Unavailable => "unavailable",
             ApiError::Internal => "internal",
         }
@@ -91,6 +97,7 @@ impl ApiError {
             ApiError::Conflict(m) => m.clone(),
             ApiError::PayloadTooLarge => "the request body is too large".into(),
             ApiError::UnsupportedMediaType => "the body must be application/json".into(),
+            ApiError::TooManyRequests { .. } => "too many requests; retry later".into(),
             ApiError::Unavailable => "the service cannot accept this request right now".into(),
             ApiError::Internal => "internal error".into(),
         }
@@ -114,6 +121,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -132,6 +140,9 @@ impl ResponseError for ApiError {
         res.insert_header((header::CACHE_CONTROL, "no-store"));
         if let ApiError::MethodNotAllowed(allow) = self {
             res.insert_header((header::ALLOW, *allow));
+        }
+        if let ApiError::TooManyRequests { retry_after } = self {
+            res.insert_header((header::RETRY_AFTER, retry_after.to_string()));
         }
         if let ApiError::Unauthenticated = self {
             res.insert_header((header::WWW_AUTHENTICATE, "Bearer, mTLS"));

@@ -10,7 +10,7 @@ use rustls_pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use super::{error::ApiError, state::AppState};
+use super::{abuse::Decision, error::ApiError, state::AppState};
 use crate::{
     access::{Credential, PermSet, Permission, Principal},
     audit::{AuditContext, Event},
@@ -338,43 +338,41 @@ async fn authenticate(req: &HttpRequest) -> Result<(Principal, Option<PeerCert>)
         .ok_or(ApiError::Internal)?;
     let now = state.clock.now();
     let peer = req.conn_data::<PeerCert>().cloned();
+    let source = state.guard.source(req);
     let principal = match req.headers().get(header::AUTHORIZATION) {
         Some(h) => {
-            let token = h
-                .to_str()
-                .ok()
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .ok_or(ApiError::Unauthenticated)?;
-            let key = ApiKey::parse(token).map_err(|_| ApiError::Unauthenticated)?;
-            if key.prefix() != ROOT_KEY_PREFIX {
-                return Err(ApiError::Unauthenticated);
+            // A bearer credential is refused at once while its source is locked out.
+            if let Some(ip) = source
+                && let Some(secs) = state.guard.locked(ip)
+            {
+                return Err(ApiError::TooManyRequests { retry_after: secs });
             }
-            let k = state
-                .keys
-                .authenticate_root(&key, now)
-                .await?
-                .ok_or(ApiError::Unauthenticated)?;
-            let permissions = k
-                .scopes
-                .iter()
-                .filter_map(|s| Permission::parse(s.as_str()))
-                .filter(|p| *p != Permission::Admin)
-                .fold(PermSet::EMPTY, |acc, p| acc.union(PermSet::of(&[p])));
-            Principal {
-                credential: Credential::RootKey { id: k.id },
-                tenant: Some(k.tenant),
-                roles: Vec::new(),
-                permissions,
+            match bearer_principal(state, h, now).await? {
+                Some(p) => p,
+                None => {
+                    if let Some(ip) = source {
+                        state.guard.failed(ip, "bearer root key refused");
+                    }
+                    return Err(ApiError::Unauthenticated);
+                }
             }
         }
         None => {
             let peer = peer.as_ref().ok_or(ApiError::Unauthenticated)?;
-            if peer.not_after <= now || state.pki.is_revoked(&peer.serial) {
+            let usable = peer.not_after > now && !state.pki.is_revoked(&peer.serial);
+            let id = peer
+                .uri
+                .as_deref()
+                .and_then(|u| SpiffeId::parse(u, &state.config.trust_domain).ok());
+            let Some(id) = id.filter(|_| usable) else {
+                // A certificate presented and refused (revoked or expired since the connection
+                // opened) counts against its source.
+                if let Some(ip) = source {
+                    state.guard.failed(ip, "client certificate refused");
+                }
                 return Err(ApiError::Unauthenticated);
-            }
-            let uri = peer.uri.as_deref().ok_or(ApiError::Unauthenticated)?;
-            let id = SpiffeId::parse(uri, &state.config.trust_domain)
-                .map_err(|_| ApiError::Unauthenticated)?;
+            };
+            // A valid client certificate is never refused for other credentials' failures.
             state
                 .access
                 .principal_for_cert(id, peer.serial.clone(), peer.fingerprint.clone())
@@ -382,12 +380,78 @@ async fn authenticate(req: &HttpRequest) -> Result<(Principal, Option<PeerCert>)
         }
     };
     let name = principal.name();
+    match state.guard.principal(&name) {
+        Decision::Allow { limit, remaining } => {
+            req.extensions_mut().insert(RateLimitInfo {
+                limit,
+                remaining,
+                reset: 0,
+            });
+        }
+        Decision::Deny { limit, retry_after } => {
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            req.extensions_mut().insert(RateLimitInfo {
+                limit,
+                remaining: 0,
+                reset: secs,
+            });
+            return Err(ApiError::TooManyRequests {
+                retry_after: secs.max(1),
+            });
+        }
+    }
     let tenant = principal.tenant.as_ref().map(|t| t.as_str().to_owned());
     if let Some(ctx) = req.extensions().get::<Arc<AuditContext>>() {
         ctx.set_principal(name.clone(), tenant.clone());
     }
     req.extensions_mut().insert(PrincipalName(name, tenant));
     Ok((principal, peer))
+}
+
+/// The principal of a bearer root key; `None` if the header or the key is refused. A
+/// malformed key is refused before any hashing or look-up.
+async fn bearer_principal(
+    state: &AppState,
+    header_value: &header::HeaderValue,
+    now: Timestamp,
+) -> Result<Option<Principal>, ApiError> {
+    let Some(token) = header_value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return Ok(None);
+    };
+    let Ok(key) = ApiKey::parse(token) else {
+        return Ok(None);
+    };
+    if key.prefix() != ROOT_KEY_PREFIX {
+        return Ok(None);
+    }
+    let Some(k) = state.keys.authenticate_root(&key, now).await? else {
+        return Ok(None);
+    };
+    let permissions = k
+        .scopes
+        .iter()
+        .filter_map(|s| Permission::parse(s.as_str()))
+        .filter(|p| *p != Permission::Admin)
+        .fold(PermSet::EMPTY, |acc, p| acc.union(PermSet::of(&[p])));
+    Ok(Some(Principal {
+        credential: Credential::RootKey { id: k.id },
+        tenant: Some(k.tenant),
+        roles: Vec::new(),
+        permissions,
+    }))
+}
+
+/// The throttle's state for this request, turned into `RateLimit-*` headers.
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimitInfo {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Seconds until a request would be allowed again (0: now).
+    pub reset: u64,
 }
 
 /// The request's audit context: handlers pass it to the domain, which records a successful

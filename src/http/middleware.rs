@@ -14,8 +14,9 @@ use actix_web::{
 use tracing::Instrument;
 
 use super::{
+    abuse::Decision,
     error::{ApiError, REQUEST_ID},
-    extract::base_event,
+    extract::{PeerCert, RateLimitInfo, base_event},
     state::AppState,
 };
 use crate::crypto::random;
@@ -50,70 +51,133 @@ pub async fn request_context(
         .scope(
             id.clone(),
             async move {
+                // Requests that carry no credential at all are throttled per source here;
+                // the others per principal once authenticated (`extract::authenticate`).
+                if let Some(secs) = state.as_ref().and_then(|s| throttle_anonymous(s, &req)) {
+                    let res = req.error_response(ApiError::TooManyRequests { retry_after: secs });
+                    return Ok(finish(res, &id, started, state.as_ref()));
+                }
                 // Handlers and extractors turn their errors into responses inside the routing
                 // service, so an error here comes from the framework itself: replace its body
                 // (which could carry library text) with ours.
-                let mut res = match next.call(req).await {
-                    Ok(res) => res.map_into_boxed_body(),
+                match next.call(req).await {
+                    Ok(res) => Ok(finish(
+                        res.map_into_boxed_body(),
+                        &id,
+                        started,
+                        state.as_ref(),
+                    )),
                     Err(e) => {
                         let status = e.as_response_error().status_code();
                         tracing::error!(error = %e, %status, "error outside a handler");
-                        return Err(if status.is_server_error() {
+                        Err(if status.is_server_error() {
                             ApiError::Internal
                         } else {
                             ApiError::bad_body("the request could not be processed")
                         }
-                        .into());
+                        .into())
                     }
-                };
-                if let Some(state) = &state {
-                    audit_response(state, &res);
                 }
-                let route = res
-                    .request()
-                    .match_pattern()
-                    .unwrap_or_else(|| "unmatched".to_owned());
-                let method_label = match method.as_str() {
-                    m @ ("GET" | "POST" | "PATCH" | "PUT" | "DELETE" | "HEAD") => m,
-                    _ => "other",
-                };
-                metrics::HTTP_REQUESTS
-                    .with_label_values(&[route.as_str(), method_label, res.status().as_str()])
-                    .inc();
-                metrics::HTTP_DURATION
-                    .with_label_values(&[route.as_str(), method_label])
-                    .observe(started.elapsed().as_secs_f64());
-                let h = res.headers_mut();
-                if let Ok(v) = HeaderValue::from_str(&id) {
-                    h.insert(X_REQUEST_ID, v);
-                }
-                h.insert(
-                    header::STRICT_TRANSPORT_SECURITY,
-                    HeaderValue::from_static("max-age=63072000"),
-                );
-                h.insert(
-                    header::X_CONTENT_TYPE_OPTIONS,
-                    HeaderValue::from_static("nosniff"),
-                );
-                h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-                h.insert(
-                    header::CONTENT_SECURITY_POLICY,
-                    HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-                );
-                if !h.contains_key(header::CACHE_CONTROL) {
-                    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                }
-                tracing::info!(
-                    status = res.status().as_u16(),
-                    micros = started.elapsed().as_micros() as u64,
-                    "served"
-                );
-                Ok(res)
             }
             .instrument(span),
         )
         .await
 }
+
+/// Throttles a request that carries no credential, by source. Returns the seconds to wait
+/// when it is refused.
+fn throttle_anonymous(state: &web::Data<AppState>, req: &ServiceRequest) -> Option<u64> {
+    let anonymous =
+        req.conn_data::<PeerCert>().is_none() && !req.headers().contains_key(header::AUTHORIZATION);
+    if !anonymous {
+        return None;
+    }
+    let ip = state.guard.source(req.request())?;
+    match state.guard.anonymous(ip) {
+        Decision::Allow { limit, remaining } => {
+            req.extensions_mut().insert(RateLimitInfo {
+                limit,
+                remaining,
+                reset: 0,
+            });
+            None
+        }
+        Decision::Deny { limit, retry_after } => {
+            let secs = (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1);
+            req.extensions_mut().insert(RateLimitInfo {
+                limit,
+                remaining: 0,
+                reset: secs,
+            });
+            Some(secs)
+        }
+    }
+}
+
+/// Everything every response gets: its audit entry if it needs one, metrics, the request
+/// id, security headers, the throttle's `RateLimit-*` headers, one log line.
+fn finish(
+    mut res: ServiceResponse<BoxBody>,
+    id: &str,
+    started: Instant,
+    state: Option<&web::Data<AppState>>,
+) -> ServiceResponse<BoxBody> {
+    if let Some(state) = state {
+        audit_response(state, &res);
+    }
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = res.request().method().as_str();
+    let method_label = match method {
+        m @ ("GET" | "POST" | "PATCH" | "PUT" | "DELETE" | "HEAD") => m,
+        _ => "other",
+    };
+    metrics::HTTP_REQUESTS
+        .with_label_values(&[route.as_str(), method_label, res.status().as_str()])
+        .inc();
+    metrics::HTTP_DURATION
+        .with_label_values(&[route.as_str(), method_label])
+        .observe(started.elapsed().as_secs_f64());
+    let rate = res.request().extensions().get::<RateLimitInfo>().copied();
+    let status = res.status().as_u16();
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(id) {
+        h.insert(X_REQUEST_ID, v);
+    }
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=63072000"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    if let Some(r) = rate {
+        h.insert(RATELIMIT_LIMIT, HeaderValue::from(r.limit));
+        h.insert(RATELIMIT_REMAINING, HeaderValue::from(r.remaining));
+        h.insert(RATELIMIT_RESET, HeaderValue::from(r.reset));
+    }
+    tracing::info!(
+        status,
+        micros = started.elapsed().as_micros() as u64,
+        "served"
+    );
+    res
+}
+
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// Read-only routes that never write entries even though they are POSTs: verification is the
 /// hot path, counted per key and outcome instead (see `keys::usage`).

@@ -8,7 +8,10 @@ use std::{
 use actix_web::{App, HttpServer, middleware::from_fn, web};
 
 use super::{
+    abuse::{LockoutPolicy, Throttle},
+    guard::Guard,
     idempotency::Idempotency,
+    listener::{self, Tuning},
     middleware::request_context,
     routes,
     state::AppState,
@@ -36,10 +39,27 @@ pub async fn serve(app: Application) -> Result<(), AppError> {
         bootstrap::ensure_server_cert(&app.pki, &app.paths, &app.config.server_cert, now).await?;
     let resolver = Arc::new(CertResolver::new(&cred)?);
     let verifier = Arc::new(ClientVerifier::new(app.pki.clone()));
-    let tls_config = tls::server_config(resolver.clone(), verifier)?;
+    let tls_config = tls::server_config(resolver.clone(), verifier, app.config.allow_tls12)?;
 
     let config = app.config.clone();
+    let l = &config.limits;
+    let guard = Arc::new(Guard::new(
+        Throttle::new(
+            (l.principal_rps, l.principal_burst),
+            (l.anonymous_rps, l.anonymous_burst),
+        ),
+        LockoutPolicy {
+            threshold: l.lockout_threshold,
+            window_secs: l.lockout_window_secs,
+            base_secs: l.lockout_secs,
+            max_secs: l.lockout_max_secs,
+        },
+        l.trusted_proxies.clone(),
+        app.audit.clone(),
+        app.clock.clone(),
+    ));
     let state = web::Data::new(AppState {
+        guard,
         keys: Keys::new(app.store.clone(), app.keyring.clone()),
         config: app.config.clone(),
         clock: app.clock.clone(),
@@ -63,27 +83,33 @@ pub async fn serve(app: Application) -> Result<(), AppError> {
     })?;
 
     let shared = state.clone();
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(shared.clone())
-            .wrap(from_fn(request_context))
-            .configure(routes::configure)
-            .default_service(web::to(routes::not_found))
-    })
-    .on_connect(tls::on_connect)
-    .workers(config.workers)
-    .shutdown_timeout(config.shutdown_timeout_secs)
-    .client_request_timeout(Duration::from_secs(10))
-    .tls_handshake_timeout(Duration::from_secs(10))
-    .keep_alive(Duration::from_secs(30))
-    .max_connections(10_000)
-    .listen_rustls_0_23(listener, tls_config)
+    let l = &config.limits;
+    let tuning = Tuning {
+        workers: config.workers,
+        max_connections: l.max_connections,
+        keep_alive: Duration::from_secs(l.keep_alive_secs),
+        client_request_timeout: Duration::from_millis(l.client_request_timeout_ms),
+        tls_handshake_timeout: Duration::from_millis(l.tls_handshake_timeout_ms),
+        shutdown_timeout_secs: config.shutdown_timeout_secs,
+    };
+    let server = listener::https(
+        listener,
+        Arc::new(tls_config),
+        tuning,
+        state.guard.clone(),
+        move || {
+            App::new()
+                .app_data(shared.clone())
+                .wrap(from_fn(request_context))
+                .configure(routes::configure)
+                .default_service(web::to(routes::not_found))
+        },
+    )
     .map_err(|source| AppError::Io {
         what: "cannot serve on",
         path: addr.to_string(),
         source,
-    })?
-    .run();
+    })?;
 
     if app.config.public_url.is_none() {
         app.pki
@@ -105,6 +131,7 @@ pub async fn serve(app: Application) -> Result<(), AppError> {
         actix_web::rt::spawn(tidy(state.clone())),
         actix_web::rt::spawn(checkpoints(state.clone())),
         actix_web::rt::spawn(gauges(state.clone())),
+        actix_web::rt::spawn(housekeeping(state.clone())),
     ];
     if let Some(addr) = config.metrics_listen {
         // Plain HTTP on loopback only (checked by the configuration), serving /metrics alone.
@@ -225,6 +252,15 @@ async fn keep_crls(state: web::Data<AppState>) {
         if let Err(e) = state.pki.refresh_crls(state.clock.now(), false).await {
             tracing::error!(error = %e, "CRL refresh failed");
         }
+    }
+}
+
+/// Keeps limiter and lockout state bounded.
+async fn housekeeping(state: web::Data<AppState>) {
+    let mut tick = actix_web::rt::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        state.guard.housekeeping();
     }
 }
 

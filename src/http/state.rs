@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
-use super::{idempotency::Idempotency, tls::CertResolver};
+use super::{guard::Guard, idempotency::Idempotency, tls::CertResolver};
 use crate::{
     access::Access, audit::Audit, clock::Clock, config::Config, keys::Keys, pki::Pki, store::Store,
 };
 
 pub struct AppState {
+    pub guard: Arc<Guard>,
     pub config: Config,
     pub clock: Arc<dyn Clock>,
     pub store: Arc<dyn Store>,

@@ -10,7 +10,6 @@
 
 use std::sync::{Arc, RwLock};
 
-use actix_tls::accept::rustls_0_23::TlsStream;
 use actix_web::{dev::Extensions, rt::net::TcpStream};
 use rustls::{
     DistinguishedName, ServerConfig, SignatureScheme,
@@ -23,6 +22,7 @@ use rustls::{
     sign::CertifiedKey,
 };
 use rustls_pki_types::{CertificateDer, UnixTime};
+use tokio_rustls::server::TlsStream;
 
 use super::extract::PeerCert;
 use crate::pki::{Pki, bootstrap::ServerCredential};
@@ -151,12 +151,20 @@ impl ClientCertVerifier for ClientVerifier {
 }
 
 /// The server's rustls configuration.
+/// The server's rustls configuration: TLS 1.3 only unless `allow_tls12` (then TLS 1.2 with
+/// rustls' suites, all ECDHE with AEAD); no compression (rustls has none); no 0-RTT.
 pub fn server_config(
     resolver: Arc<CertResolver>,
     verifier: Arc<ClientVerifier>,
+    allow_tls12: bool,
 ) -> Result<ServerConfig, TlsError> {
+    let versions: &[&'static rustls::SupportedProtocolVersion] = if allow_tls12 {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
     let mut cfg = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
+        .with_protocol_versions(versions)
         .map_err(TlsError::Config)?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(resolver);
@@ -164,14 +172,12 @@ pub fn server_config(
     cfg.session_storage = Arc::new(NoServerSessionStorage {});
     cfg.send_tls13_tickets = 0;
     cfg.max_early_data_size = 0;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }
 
-/// Records the client certificate of a new connection (actix `on_connect`). Never panics.
-pub fn on_connect(conn: &dyn std::any::Any, ext: &mut Extensions) {
-    let Some(tls) = conn.downcast_ref::<TlsStream<TcpStream>>() else {
-        return;
-    };
+/// Records the client certificate of a new connection. Never panics.
+pub fn on_connect(tls: &TlsStream<TcpStream>, ext: &mut Extensions) {
     let (_, session) = tls.get_ref();
     if let Some(leaf) = session.peer_certificates().and_then(|c| c.first())
         && let Some(peer) = PeerCert::from_leaf(leaf)
