@@ -129,6 +129,10 @@ pub struct FileServer {
     pub keep_alive_seconds: Option<u64>,
     pub client_request_timeout_ms: Option<u64>,
     pub tls_handshake_timeout_ms: Option<u64>,
+    /// Offer HTTP/2 (off by default: actix-http cannot bound HTTP/2 header lists below
+    /// 16 MiB; HTTP/1.1 heads are bounded at 128 KiB and 96 headers).
+    pub http2: Option<bool>,
+    pub max_header_bytes: Option<usize>,
 }
 
 /// Values from flags and the environment (clap fills these in `main.rs`).
@@ -191,6 +195,8 @@ pub struct Limits {
     pub keep_alive_secs: u64,
     pub client_request_timeout_ms: u64,
     pub tls_handshake_timeout_ms: u64,
+    pub http2: bool,
+    pub max_header_bytes: usize,
 }
 
 impl Config {
@@ -401,6 +407,12 @@ impl Config {
                 .tls_handshake_timeout_ms
                 .unwrap_or(5_000)
                 .clamp(100, 120_000),
+            http2: file.server.http2.unwrap_or(false),
+            max_header_bytes: file
+                .server
+                .max_header_bytes
+                .unwrap_or(16 * 1024)
+                .clamp(1024, 128 * 1024),
         };
         let allow_tls12 = match file.tls.min_version.as_deref() {
             None | Some("1.3") => false,

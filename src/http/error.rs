@@ -44,6 +44,8 @@ pub enum ApiError {
     /// The object's state forbids the change.
     Conflict(String),
     PayloadTooLarge,
+    /// The request's headers are larger than allowed.
+    HeadersTooLarge,
     UnsupportedMediaType,
     /// Too many requests (throttled, or the source is locked out); retry after so many
     /// seconds.
@@ -80,6 +82,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::HeadersTooLarge => "headers_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::Unavailable => "unavailable",
@@ -96,6 +99,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method not allowed".into(),
             ApiError::Conflict(m) => m.clone(),
             ApiError::PayloadTooLarge => "the request body is too large".into(),
+            ApiError::HeadersTooLarge => "the request headers are too large".into(),
             ApiError::UnsupportedMediaType => "the body must be application/json".into(),
             ApiError::TooManyRequests { .. } => "too many requests; retry later".into(),
             ApiError::Unavailable => "the service cannot accept this request right now".into(),
@@ -120,6 +124,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -53,6 +53,18 @@ pub async fn request_context(
             async move {
                 // Requests that carry no credential at all are throttled per source here;
                 // the others per principal once authenticated (`extract::authenticate`).
+                let header_bytes: usize = req
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| k.as_str().len() + v.len())
+                    .sum();
+                let max_header_bytes = state
+                    .as_ref()
+                    .map_or(16 * 1024, |s| s.config.limits.max_header_bytes);
+                if header_bytes > max_header_bytes {
+                    let res = req.error_response(ApiError::HeadersTooLarge);
+                    return Ok(finish(res, &id, started, state.as_ref()));
+                }
                 if let Some(secs) = state.as_ref().and_then(|s| throttle_anonymous(s, &req)) {
                     let res = req.error_response(ApiError::TooManyRequests { retry_after: secs });
                     return Ok(finish(res, &id, started, state.as_ref()));

@@ -39,7 +39,12 @@ pub async fn serve(app: Application) -> Result<(), AppError> {
         bootstrap::ensure_server_cert(&app.pki, &app.paths, &app.config.server_cert, now).await?;
     let resolver = Arc::new(CertResolver::new(&cred)?);
     let verifier = Arc::new(ClientVerifier::new(app.pki.clone()));
-    let tls_config = tls::server_config(resolver.clone(), verifier, app.config.allow_tls12)?;
+    let tls_config = tls::server_config(
+        resolver.clone(),
+        verifier,
+        app.config.allow_tls12,
+        app.config.limits.http2,
+    )?;
 
     let config = app.config.clone();
     let l = &config.limits;

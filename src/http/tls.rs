@@ -157,6 +157,7 @@ pub fn server_config(
     resolver: Arc<CertResolver>,
     verifier: Arc<ClientVerifier>,
     allow_tls12: bool,
+    http2: bool,
 ) -> Result<ServerConfig, TlsError> {
     let versions: &[&'static rustls::SupportedProtocolVersion] = if allow_tls12 {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
@@ -172,7 +173,11 @@ pub fn server_config(
     cfg.session_storage = Arc::new(NoServerSessionStorage {});
     cfg.send_tls13_tickets = 0;
     cfg.max_early_data_size = 0;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(cfg)
 }
 

@@ -1,13 +1,13 @@
 //! The life of an API key: issue, read, update, rotate with grace, revoke.
 
-use serde::{Deserialize, de::IgnoredAny};
+use serde::Deserialize;
 
 use super::{
     BLIND_KEY, IDX_KEY_ENDS, IDX_KEY_HASH, IDX_KEYS_BY_API, IDX_ROOT_KEYS, Keys, KeysError,
     RETRIES,
     model::{
-        Api, ApiKeysMarker, BoundTo, Key, KeyView, MAX_GRACE_SECS, MAX_TTL_SECS, Metadata, Scopes,
-        Text, UsageRecord, double_option,
+        Api, ApiKeysMarker, BoundTo, Key, KeyView, MAX_GRACE_SECS, MAX_TTL_SECS, Metadata,
+        RateLimit, Refill, Scopes, Text, UsageRecord, double_option,
     },
     ordered,
 };
@@ -41,12 +41,12 @@ pub struct NewKey {
     /// present the key.
     #[serde(default)]
     pub bound_to: Option<BoundTo>,
-    /// Not available in this version: refused, never ignored.
+    /// At most `limit` VALID answers per `window_seconds` (default: the API's).
     #[serde(default)]
-    pub ratelimit: Option<IgnoredAny>,
-    /// Not available in this version: refused, never ignored.
+    pub ratelimit: Option<RateLimit>,
+    /// Resets `remaining` to `amount` every `interval_seconds` (needs `remaining`).
     #[serde(default)]
-    pub refill: Option<IgnoredAny>,
+    pub refill: Option<Refill>,
 }
 
 /// `PATCH /v1/keys/{id}`: absent fields stay; `null` clears `name`, `expires_at`,
@@ -68,10 +68,10 @@ pub struct KeyPatch {
     pub remaining: Option<Option<u64>>,
     #[serde(default, deserialize_with = "double_option")]
     pub bound_to: Option<Option<BoundTo>>,
-    #[serde(default)]
-    pub ratelimit: Option<IgnoredAny>,
-    #[serde(default)]
-    pub refill: Option<IgnoredAny>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub ratelimit: Option<Option<RateLimit>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub refill: Option<Option<Refill>>,
 }
 
 /// `POST /v1/root-keys`: a root key's name, permissions (as scopes) and lifetime. The tenant
@@ -97,7 +97,7 @@ pub struct RotateKey {
     pub ttl_seconds: Option<u64>,
 }
 
-const NOT_YET: &str = "rate limits and refills are not available in this version";
+const REFILL_NEEDS_REMAINING: &str = "needs a remaining quota to refill";
 
 /// The expiry a new key gets from an explicit time or lifetime.
 fn expiry(
@@ -206,6 +206,8 @@ impl Keys {
             replaces: None,
             root: api.internal,
             bound_to: None,
+            ratelimit: None,
+            refill: None,
         })
     }
 
@@ -218,11 +220,8 @@ impl Keys {
         input: NewKey,
         now: Timestamp,
     ) -> Result<(KeyView, ApiKey), KeysError> {
-        if input.ratelimit.is_some() {
-            return Err(KeysError::invalid("ratelimit", NOT_YET));
-        }
-        if input.refill.is_some() {
-            return Err(KeysError::invalid("refill", NOT_YET));
+        if input.refill.is_some() && input.remaining.is_none() {
+            return Err(KeysError::invalid("refill", REFILL_NEEDS_REMAINING));
         }
         for _ in 0..RETRIES {
             let (api_rev, api) = self.visible_api(scope, api_id).await?;
@@ -283,6 +282,8 @@ impl Keys {
         key.enabled = input.enabled.unwrap_or(true);
         key.expires_at = expires_at;
         key.bound_to = input.bound_to.clone();
+        key.ratelimit = input.ratelimit.or(api.key_defaults.ratelimit);
+        key.refill = input.refill;
         let mut b = Batch::new();
         self.add_new_key(&mut b, (api, api_rev), &key, &secret, input.remaining)?;
         rec.record(&mut b, key.id.as_str(), Some(&key.tenant))?;
@@ -316,7 +317,7 @@ impl Keys {
         now: Timestamp,
     ) -> Result<KeyView, KeysError> {
         let (_, k) = self.visible_key(scope, id, root).await?;
-        let usage = self.usage.snapshot(&k.id).await?;
+        let usage = self.usage.current(&k, now).await?;
         Ok(KeyView::new(&k, &usage, now))
     }
 
@@ -375,7 +376,7 @@ impl Keys {
                 && scope.allows(&k.tenant)
                 && k.root == root
             {
-                let usage = self.usage.snapshot(&k.id).await?;
+                let usage = self.usage.current(&k, now).await?;
                 items.push(KeyView::new(&k, &usage, now));
             }
             last = Some(e.key);
@@ -397,12 +398,6 @@ impl Keys {
         patch: KeyPatch,
         now: Timestamp,
     ) -> Result<KeyView, KeysError> {
-        if patch.ratelimit.is_some() {
-            return Err(KeysError::invalid("ratelimit", NOT_YET));
-        }
-        if patch.refill.is_some() {
-            return Err(KeysError::invalid("refill", NOT_YET));
-        }
         if let Some(Some(t)) = patch.expires_at {
             check_future(t, now, "expires_at")?;
         }
@@ -430,6 +425,19 @@ impl Keys {
             if let Some(v) = &patch.bound_to {
                 k.bound_to = v.clone();
             }
+            if let Some(v) = patch.ratelimit {
+                k.ratelimit = v;
+            }
+            if let Some(v) = patch.refill {
+                let remaining = match patch.remaining {
+                    Some(r) => r,
+                    None => self.usage.current(&k, now).await?.remaining,
+                };
+                if v.is_some() && remaining.is_none() {
+                    return Err(KeysError::invalid("refill", REFILL_NEEDS_REMAINING));
+                }
+                k.refill = v;
+            }
             k.updated_at = now;
             let mut b = Batch::new();
             b.put_record(id.as_str(), &k, Expect::Rev(rev))?;
@@ -440,7 +448,7 @@ impl Keys {
                     if let Some(r) = patch.remaining {
                         self.usage.set_remaining(&k.id, r).await?;
                     }
-                    let usage = self.usage.snapshot(&k.id).await?;
+                    let usage = self.usage.current(&k, now).await?;
                     return Ok(KeyView::new(&k, &usage, now));
                 }
                 Err(StoreError::Conflict) => continue,
@@ -489,6 +497,8 @@ impl Keys {
             new.enabled = old.enabled;
             new.replaces = Some(old.id.clone());
             new.bound_to = old.bound_to.clone();
+            new.ratelimit = old.ratelimit;
+            new.refill = old.refill;
             // Without an explicit expiry the new key gets the old one's original lifetime.
             new.expires_at = explicit.or_else(|| {
                 old.expires_at.map(|e| {
@@ -496,7 +506,7 @@ impl Keys {
                     Timestamp::from_unix_millis(now.unix_millis().saturating_add(lifetime.max(0)))
                 })
             });
-            let remaining = self.usage.snapshot(&old.id).await?.remaining;
+            let remaining = self.usage.current(&old, now).await?.remaining;
 
             let before = old.clone();
             old.superseded_by = Some(new.id.clone());
@@ -548,7 +558,7 @@ impl Keys {
                     Err(e) => return Err(e.into()),
                 }
             }
-            let usage = self.usage.snapshot(&k.id).await?;
+            let usage = self.usage.current(&k, now).await?;
             return Ok(KeyView::new(&k, &usage, now));
         }
         Err(KeysError::Conflict("too many concurrent changes; retry"))

@@ -166,6 +166,62 @@ pub const MAX_TTL_SECS: u64 = 10 * 365 * 86_400;
 /// Longest rotation grace accepted (30 days).
 pub const MAX_GRACE_SECS: u64 = 30 * 86_400;
 
+/// A key's rate limit: at most `limit` VALID answers per window of `window_seconds`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    #[serde(deserialize_with = "limit_value")]
+    pub limit: u32,
+    #[serde(deserialize_with = "window_value")]
+    pub window_seconds: u32,
+}
+
+fn limit_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = u32::deserialize(d)?;
+    if (1..=1_000_000).contains(&v) {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom("must be between 1 and 1000000"))
+    }
+}
+
+fn window_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = u32::deserialize(d)?;
+    if (1..=86_400).contains(&v) {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom("must be between 1 and 86400"))
+    }
+}
+
+/// A quota refill: every `interval_seconds`, `remaining` is reset to `amount`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refill {
+    #[serde(deserialize_with = "amount_value")]
+    pub amount: u64,
+    #[serde(deserialize_with = "interval_value")]
+    pub interval_seconds: u64,
+}
+
+fn amount_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = u64::deserialize(d)?;
+    if v >= 1 {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom("must be at least 1"))
+    }
+}
+
+fn interval_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = u64::deserialize(d)?;
+    if (1..=366 * 86_400).contains(&v) {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom("must be between 1 and 31622400"))
+    }
+}
+
 /// Defaults an API gives to the keys issued under it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -176,6 +232,9 @@ pub struct KeyDefaults {
     /// Scopes of a new key when the request gives none.
     #[serde(default)]
     pub scopes: Scopes,
+    /// Rate limit of a new key when the request gives none.
+    #[serde(default)]
+    pub ratelimit: Option<RateLimit>,
 }
 
 /// An API in the registry.
@@ -246,6 +305,10 @@ pub struct Key {
     /// Sender constraint: the identity that must present this key.
     #[serde(default)]
     pub bound_to: Option<BoundTo>,
+    #[serde(default)]
+    pub ratelimit: Option<RateLimit>,
+    #[serde(default)]
+    pub refill: Option<Refill>,
 }
 
 impl Record for Key {
@@ -334,6 +397,12 @@ pub struct UsageRecord {
     /// Answers about this key by code (`VALID`, `REVOKED`, ...).
     #[serde(default)]
     pub verify_counts: std::collections::BTreeMap<String, u64>,
+    /// When `remaining` was last refilled.
+    #[serde(default)]
+    pub last_refill_at: Option<Timestamp>,
+    /// The current rate-limit window (memory only: a restart starts a fresh window).
+    #[serde(skip)]
+    pub window: Option<(i64, u32)>,
 }
 
 impl Record for UsageRecord {
@@ -370,6 +439,8 @@ pub struct KeyView {
     pub verify_counts: std::collections::BTreeMap<String, u64>,
     pub rotation: Option<Rotation>,
     pub bound_to: Option<BoundTo>,
+    pub ratelimit: Option<RateLimit>,
+    pub refill: Option<Refill>,
 }
 
 impl KeyView {
@@ -407,6 +478,8 @@ impl KeyView {
             verify_counts: usage.verify_counts.clone(),
             rotation,
             bound_to: k.bound_to.clone(),
+            ratelimit: k.ratelimit,
+            refill: k.refill,
         }
     }
 }

@@ -12,20 +12,110 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use super::model::UsageRecord;
+use serde::Serialize;
+
+use super::model::{Key, RateLimit, Refill, UsageRecord};
 use crate::{
     clock::Timestamp,
     ids::KeyId,
     store::{self, Batch, Expect, Store, StoreError},
 };
 
+/// What governs a key's use, from its record.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub ratelimit: Option<RateLimit>,
+    pub refill: Option<Refill>,
+    /// When the key was created (the first refill period starts then).
+    pub since: Timestamp,
+}
+
+impl Limits {
+    pub fn of(key: &Key) -> Self {
+        Self {
+            ratelimit: key.ratelimit,
+            refill: key.refill,
+            since: key.created_at,
+        }
+    }
+}
+
+/// A rate limit's state as verify reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RateLimitState {
+    pub limit: u32,
+    pub remaining: u32,
+    /// When the current window ends, unix milliseconds.
+    pub reset: i64,
+}
+
 /// Outcome of spending one use of a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Spend {
     /// Allowed; the quota left afterwards (`None`: unlimited).
-    Ok(Option<u64>),
+    Ok {
+        remaining: Option<u64>,
+        ratelimit: Option<RateLimitState>,
+    },
+    /// The key's rate limit is reached for this window.
+    RateLimited(RateLimitState),
     /// The quota is used up.
-    Exhausted,
+    Exhausted { ratelimit: Option<RateLimitState> },
+}
+
+/// Resets `remaining` to the refill amount for every whole interval elapsed.
+fn apply_refill(e: &mut UsageRecord, limits: &Limits, now: Timestamp) -> bool {
+    let (Some(refill), Some(_)) = (limits.refill, e.remaining) else {
+        return false;
+    };
+    let base = e.last_refill_at.unwrap_or(limits.since);
+    let interval = i64::try_from(refill.interval_seconds)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1000);
+    let elapsed = now.unix_millis() - base.unix_millis();
+    if elapsed < interval {
+        return false;
+    }
+    let periods = elapsed / interval;
+    e.remaining = Some(refill.amount);
+    e.last_refill_at = Some(Timestamp::from_unix_millis(
+        base.unix_millis()
+            .saturating_add(periods.saturating_mul(interval)),
+    ));
+    true
+}
+
+/// Takes one request from the key's fixed rate-limit window, if it has a limit.
+fn take_rate(
+    e: &mut UsageRecord,
+    limits: &Limits,
+    now: Timestamp,
+) -> Result<Option<RateLimitState>, RateLimitState> {
+    let Some(rl) = limits.ratelimit else {
+        return Ok(None);
+    };
+    let window = i64::from(rl.window_seconds) * 1000;
+    let now = now.unix_millis();
+    let start = now - now.rem_euclid(window);
+    let count = match e.window {
+        Some((s, c)) if s == start => c,
+        _ => 0,
+    };
+    let reset = start + window;
+    if count >= rl.limit {
+        e.window = Some((start, count));
+        return Err(RateLimitState {
+            limit: rl.limit,
+            remaining: 0,
+            reset,
+        });
+    }
+    e.window = Some((start, count + 1));
+    Ok(Some(RateLimitState {
+        limit: rl.limit,
+        remaining: rl.limit - count - 1,
+        reset,
+    }))
 }
 
 #[derive(Default)]
@@ -70,21 +160,39 @@ impl Usage {
         Ok(())
     }
 
-    /// Spends one use (called only for an answer that is otherwise VALID).
-    pub async fn spend(&self, id: &KeyId, now: Timestamp) -> Result<Spend, StoreError> {
+    /// Spends one use (called only for an answer that is otherwise VALID): the rate limit
+    /// first (RATE_LIMITED outranks USAGE_EXCEEDED), then the quota, refilled when due.
+    pub async fn spend(
+        &self,
+        id: &KeyId,
+        limits: &Limits,
+        now: Timestamp,
+    ) -> Result<Spend, StoreError> {
         self.load(id).await?;
         let mut t = self.table();
         let Table { entries, dirty } = &mut *t;
         let Some(e) = entries.get_mut(id) else {
-            return Ok(Spend::Exhausted);
+            return Ok(Spend::Exhausted { ratelimit: None });
         };
-        let left = match e.remaining {
-            Some(0) => {
-                *e.verify_counts
-                    .entry("USAGE_EXCEEDED".to_owned())
-                    .or_default() += 1;
+        if apply_refill(e, limits, now) {
+            dirty.insert(id.clone());
+        }
+        let count = |e: &mut UsageRecord, code: &str| {
+            *e.verify_counts.entry(code.to_owned()).or_default() += 1;
+        };
+        let ratelimit = match take_rate(e, limits, now) {
+            Ok(r) => r,
+            Err(state) => {
+                count(e, "RATE_LIMITED");
                 dirty.insert(id.clone());
-                return Ok(Spend::Exhausted);
+                return Ok(Spend::RateLimited(state));
+            }
+        };
+        let remaining = match e.remaining {
+            Some(0) => {
+                count(e, "USAGE_EXCEEDED");
+                dirty.insert(id.clone());
+                return Ok(Spend::Exhausted { ratelimit });
             }
             Some(n) => {
                 e.remaining = Some(n - 1);
@@ -94,28 +202,46 @@ impl Usage {
         };
         e.last_used_at = Some(now);
         e.valid_count += 1;
-        *e.verify_counts.entry("VALID".to_owned()).or_default() += 1;
+        count(e, "VALID");
         dirty.insert(id.clone());
-        Ok(Spend::Ok(left))
+        Ok(Spend::Ok {
+            remaining,
+            ratelimit,
+        })
     }
 
     /// Counts an answer other than VALID about the key; returns its quota left.
-    pub async fn note(&self, id: &KeyId, code: &'static str) -> Result<Option<u64>, StoreError> {
+    pub async fn note(
+        &self,
+        id: &KeyId,
+        code: &'static str,
+        limits: &Limits,
+        now: Timestamp,
+    ) -> Result<Option<u64>, StoreError> {
         self.load(id).await?;
         let mut t = self.table();
         let Table { entries, dirty } = &mut *t;
         let Some(e) = entries.get_mut(id) else {
             return Ok(None);
         };
+        apply_refill(e, limits, now);
         *e.verify_counts.entry(code.to_owned()).or_default() += 1;
         dirty.insert(id.clone());
         Ok(e.remaining)
     }
 
-    /// The key's current counters.
-    pub async fn snapshot(&self, id: &KeyId) -> Result<UsageRecord, StoreError> {
-        self.load(id).await?;
-        Ok(self.table().entries.get(id).cloned().unwrap_or_default())
+    /// The key's counters now (a due refill applied).
+    pub async fn current(&self, key: &Key, now: Timestamp) -> Result<UsageRecord, StoreError> {
+        self.load(&key.id).await?;
+        let mut t = self.table();
+        let Table { entries, dirty } = &mut *t;
+        let Some(e) = entries.get_mut(&key.id) else {
+            return Ok(UsageRecord::default());
+        };
+        if apply_refill(e, &Limits::of(key), now) {
+            dirty.insert(key.id.clone());
+        }
+        Ok(e.clone())
     }
 
     /// Sets the quota (`None`: unlimited) and returns once it is durable.
@@ -167,5 +293,130 @@ impl Usage {
             return Err(e);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{crypto::keyring::MasterKey, store::sled::SledStore};
+
+    fn usage() -> (tempfile::TempDir, Arc<Usage>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = SledStore::open(
+            dir.path(),
+            &MasterKey::generate().unwrap(),
+            &Default::default(),
+        )
+        .unwrap();
+        (dir, Arc::new(Usage::new(Arc::new(store))))
+    }
+
+    fn limits(rl: Option<(u32, u32)>, refill: Option<(u64, u64)>) -> Limits {
+        Limits {
+            ratelimit: rl.map(|(limit, window_seconds)| RateLimit {
+                limit,
+                window_seconds,
+            }),
+            refill: refill.map(|(amount, interval_seconds)| Refill {
+                amount,
+                interval_seconds,
+            }),
+            since: Timestamp::from_unix(1_000),
+        }
+    }
+
+    #[tokio::test]
+    async fn rate_limit_windows_reset_on_time() {
+        let (_d, u) = usage();
+        let id = KeyId::generate().unwrap();
+        let l = limits(Some((2, 10)), None);
+        let t = Timestamp::from_unix(1_000);
+        assert!(matches!(
+            u.spend(&id, &l, t).await.unwrap(),
+            Spend::Ok {
+                ratelimit: Some(RateLimitState { remaining: 1, .. }),
+                ..
+            }
+        ));
+        assert!(matches!(
+            u.spend(&id, &l, t).await.unwrap(),
+            Spend::Ok {
+                ratelimit: Some(RateLimitState { remaining: 0, .. }),
+                ..
+            }
+        ));
+        match u.spend(&id, &l, t.plus_secs(9)).await.unwrap() {
+            Spend::RateLimited(s) => assert_eq!(s.reset, Timestamp::from_unix(1_010).unix_millis()),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            u.spend(&id, &l, t.plus_secs(10)).await.unwrap(),
+            Spend::Ok { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn refills_restore_the_quota_each_interval() {
+        let (_d, u) = usage();
+        let id = KeyId::generate().unwrap();
+        u.set_remaining(&id, Some(1)).await.unwrap();
+        let l = limits(None, Some((3, 60)));
+        let t = Timestamp::from_unix(1_000);
+        assert!(matches!(
+            u.spend(&id, &l, t).await.unwrap(),
+            Spend::Ok {
+                remaining: Some(0),
+                ..
+            }
+        ));
+        assert!(matches!(
+            u.spend(&id, &l, t.plus_secs(59)).await.unwrap(),
+            Spend::Exhausted { .. }
+        ));
+        // Two intervals later: refilled once to the amount, not twice.
+        for left in [2, 1, 0] {
+            assert_eq!(
+                u.spend(&id, &l, t.plus_secs(130)).await.unwrap(),
+                Spend::Ok {
+                    remaining: Some(left),
+                    ratelimit: None
+                }
+            );
+        }
+        assert!(matches!(
+            u.spend(&id, &l, t.plus_secs(170)).await.unwrap(),
+            Spend::Exhausted { .. }
+        ));
+        assert!(matches!(
+            u.spend(&id, &l, t.plus_secs(180)).await.unwrap(),
+            Spend::Ok { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn concurrent_spends_are_exact() {
+        let (_d, u) = usage();
+        let id = KeyId::generate().unwrap();
+        u.set_remaining(&id, Some(100)).await.unwrap();
+        let l = limits(Some((150, 3600)), None);
+        let t = Timestamp::from_unix(3_600);
+        let mut tasks = Vec::new();
+        for _ in 0..400 {
+            let u = u.clone();
+            let id = id.clone();
+            tasks.push(tokio::spawn(
+                async move { u.spend(&id, &l, t).await.unwrap() },
+            ));
+        }
+        let (mut ok, mut limited, mut exhausted) = (0, 0, 0);
+        for task in tasks {
+            match task.await.unwrap() {
+                Spend::Ok { .. } => ok += 1,
+                Spend::RateLimited(_) => limited += 1,
+                Spend::Exhausted { .. } => exhausted += 1,
+            }
+        }
+        assert_eq!((ok, exhausted, limited), (100, 50, 250));
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     BLIND_KEY, IDX_KEY_HASH, Keys, KeysError,
     model::{BoundTo, Key, Metadata, Scopes},
-    usage::Spend,
+    usage::{Limits, RateLimitState, Spend},
 };
 use crate::{
     clock::Timestamp,
@@ -59,6 +59,7 @@ pub enum Code {
     Disabled,
     IdentityMismatch,
     InsufficientScopes,
+    RateLimited,
     UsageExceeded,
 }
 
@@ -72,6 +73,7 @@ impl Code {
             Code::Disabled => "DISABLED",
             Code::IdentityMismatch => "IDENTITY_MISMATCH",
             Code::InsufficientScopes => "INSUFFICIENT_SCOPES",
+            Code::RateLimited => "RATE_LIMITED",
             Code::UsageExceeded => "USAGE_EXCEEDED",
         }
     }
@@ -89,6 +91,8 @@ pub struct Verdict {
     pub metadata: Option<Metadata>,
     pub expires_at: Option<Timestamp>,
     pub remaining: Option<u64>,
+    /// The key's rate limit: `{limit, remaining, reset}` (reset in unix milliseconds).
+    pub ratelimit: Option<RateLimitState>,
 }
 
 impl Verdict {
@@ -103,10 +107,16 @@ impl Verdict {
             metadata: None,
             expires_at: None,
             remaining: None,
+            ratelimit: None,
         }
     }
 
-    fn about(key: &Key, code: Code, remaining: Option<u64>) -> Self {
+    fn about(
+        key: &Key,
+        code: Code,
+        remaining: Option<u64>,
+        ratelimit: Option<RateLimitState>,
+    ) -> Self {
         Self {
             valid: code == Code::Valid,
             code,
@@ -117,6 +127,7 @@ impl Verdict {
             metadata: Some(key.metadata.clone()),
             expires_at: key.expires_at,
             remaining,
+            ratelimit,
         }
     }
 }
@@ -180,7 +191,7 @@ impl Keys {
         if !key.root || check_state(&key, None, None, now).is_some() {
             return Ok(None);
         }
-        self.usage.spend(&key.id, now).await?;
+        self.usage.spend(&key.id, &Limits::of(&key), now).await?;
         Ok(Some(key))
     }
 
@@ -212,13 +223,26 @@ impl Keys {
             (None, Some(_)) => caller.spiffe.as_deref(),
             (None, None) => None,
         };
+        let limits = Limits::of(&key);
         if let Some(code) = check_state(&key, req.scopes.as_ref(), presenter, now) {
-            let remaining = self.usage.note(&key.id, code.as_str()).await?;
-            return Ok(Verdict::about(&key, code, remaining));
+            let remaining = self
+                .usage
+                .note(&key.id, code.as_str(), &limits, now)
+                .await?;
+            return Ok(Verdict::about(&key, code, remaining, None));
         }
-        Ok(match self.usage.spend(&key.id, now).await? {
-            Spend::Ok(left) => Verdict::about(&key, Code::Valid, left),
-            Spend::Exhausted => Verdict::about(&key, Code::UsageExceeded, Some(0)),
+        Ok(match self.usage.spend(&key.id, &limits, now).await? {
+            Spend::Ok {
+                remaining,
+                ratelimit,
+            } => Verdict::about(&key, Code::Valid, remaining, ratelimit),
+            Spend::RateLimited(rl) => {
+                let remaining = self.usage.current(&key, now).await?.remaining;
+                Verdict::about(&key, Code::RateLimited, remaining, Some(rl))
+            }
+            Spend::Exhausted { ratelimit } => {
+                Verdict::about(&key, Code::UsageExceeded, Some(0), ratelimit)
+            }
         })
     }
 }
@@ -249,6 +273,8 @@ mod tests {
             replaces: None,
             root: false,
             bound_to: None,
+            ratelimit: None,
+            refill: None,
         }
     }
 

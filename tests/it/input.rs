@@ -72,15 +72,23 @@ async fn bad_input_is_refused_and_changes_nothing() {
         .await
         .expect(400);
     assert_eq!(r["error"]["field"], "owner");
-    // Rate limits are not silently ignored before they exist.
+    // Rate limits and refills are validated, named.
     let r = admin
         .post(
             &keys_path,
-            json!({"ratelimit": {"limit": 10, "window_seconds": 1}}),
+            json!({"ratelimit": {"limit": 0, "window_seconds": 1}}),
         )
         .await
         .expect(400);
-    assert_eq!(r["error"]["field"], "ratelimit");
+    assert_eq!(r["error"]["field"], "ratelimit.limit");
+    let r = admin
+        .post(
+            &keys_path,
+            json!({"refill": {"amount": 5, "interval_seconds": 60}}),
+        )
+        .await
+        .expect(400);
+    assert_eq!(r["error"]["field"], "refill");
     // Oversized body: 413.
     let big = format!("{{\"name\": \"{}\"}}", "x".repeat(70 * 1024));
     admin
