@@ -455,3 +455,49 @@ async fn testssl_finds_nothing_medium_or_worse() {
         offered("TLS1_3")
     );
 }
+
+#[tokio::test]
+async fn silent_handshakes_and_idle_connections_are_closed() {
+    let home = Home::new();
+    let server = Server::start_with_config(
+        &home,
+        "[server]\ntls_handshake_timeout_ms = 1000\nkeep_alive_seconds = 1\n",
+    );
+    // A client that opens TCP and never says hello.
+    let started = Instant::now();
+    let mut tcp = TcpStream::connect(server.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    let n = tcp.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "closed without a word");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A kept-alive connection left idle past the keep-alive time is closed.
+    let mut tls = tls_stream(&server);
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    assert!(tls.read(&mut buf).unwrap() > 0);
+    std::thread::sleep(Duration::from_millis(2500));
+    let again = tls
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .and_then(|_| tls.read(&mut buf));
+    assert!(
+        !matches!(again, Ok(n) if n > 0),
+        "an idle connection was kept: {again:?}"
+    );
+    // An oversized CSR is refused by its size.
+    let admin = server.admin();
+    let r = admin
+        .post(
+            "/v1/certs",
+            json!({"identity": "x", "csr": "A".repeat(20_000)}),
+        )
+        .await
+        .expect(400);
+    assert_eq!(r["error"]["field"], "csr");
+}
