@@ -1,7 +1,13 @@
-//! Assembly: from a validated [`Config`] to open services. Used by `serve` and by the offline
-//! commands (which take the same database lock, so they refuse a data dir a server holds).
+//! Assembly. A [`Vault`] is a data directory opened without keys: it holds the database lock,
+//! knows how the master key is obtained (the environment, the key file, or Shamir shares) and
+//! can check and combine unseal shares. [`Vault::unseal`] turns a master key into a [`Core`]:
+//! every service, with the keys in memory. Dropping the `Core` (sealing) drops them.
 
 use std::{path::Path, sync::Arc};
+
+use ring::digest;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use crate::{
     access::Access,
@@ -14,20 +20,22 @@ use crate::{
         secret::Key256,
     },
     files,
+    keys::Keys,
     pki::{
         Pki, PkiError, Policy,
         bootstrap::{self, CertPaths},
     },
     store::{
         Store, StoreError,
-        sled::{SledOptions, SledStore},
+        sled::{SledDb, SledOptions, SledStore},
     },
 };
 
 /// The environment variable that may carry the master key (64 hex digits).
 pub const MASTER_KEY_ENV: &str = "TESSERA_MASTER_KEY";
+const SEAL_META: &str = "seal";
 
-/// Errors while starting up. Each says what to do.
+/// Errors while starting up or unsealing. Each says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("{what} {path}: {source}")]
@@ -48,6 +56,8 @@ pub enum AppError {
     Audit(#[from] crate::audit::CheckpointError),
     #[error("tls: {0}")]
     Tls(#[from] crate::http::tls::TlsError),
+    #[error("unseal: {0}")]
+    Share(&'static str),
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> AppError + 'a {
@@ -58,80 +68,280 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-/// Open services over one data directory.
-pub struct Application {
-    pub config: Config,
-    pub clock: Arc<dyn Clock>,
-    pub store: Arc<dyn Store>,
-    pub keyring: Arc<Keyring>,
-    pub pki: Arc<Pki>,
-    pub access: Arc<Access>,
-    pub audit: Arc<Audit>,
-    pub paths: CertPaths,
-    /// Whether this start created the CA (and so the admin credential).
-    pub first_start: bool,
+/// How a Shamir-sealed data directory is unsealed: the threshold and a hash of every share,
+/// so that each share is checked on arrival.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SealConfig {
+    pub threshold: u8,
+    pub shares: u8,
+    /// SHA-256("tessera-share-v1" || share) per share, hex, in share order.
+    pub share_hashes: Vec<String>,
 }
 
-impl Application {
-    pub async fn open(config: Config) -> Result<Self, AppError> {
+fn share_hash(share: &[u8]) -> String {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(b"tessera-share-v1");
+    ctx.update(share);
+    hex::encode(ctx.finish().as_ref())
+}
+
+/// Where the master key comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeySource {
+    Environment,
+    KeyFile,
+    Shares,
+}
+
+/// A data directory opened without keys.
+pub struct Vault {
+    pub config: Config,
+    pub db: SledDb,
+    pub paths: CertPaths,
+    pub clock: Arc<dyn Clock>,
+    pub seal: Option<SealConfig>,
+}
+
+impl Vault {
+    /// Creates the directories if needed and opens the database (taking its lock).
+    pub fn open(config: Config) -> Result<Self, AppError> {
         files::ensure_dir(&config.data_dir, 0o700)
             .map_err(io("cannot create", &config.data_dir))?;
         files::ensure_dir(&config.certs_dir, 0o755)
             .map_err(io("cannot create", &config.certs_dir))?;
-        let master = master_key(&config.data_dir)?;
-        let (store, keyring) = SledStore::open(
+        let db = SledDb::open(
             &config.data_dir.join("db"),
-            &master,
             &SledOptions {
                 cache_capacity: config.store_cache_bytes,
             },
         )?;
-        drop(master);
-        let store: Arc<dyn Store> = Arc::new(store);
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let policy = Policy {
-            default_ttl_secs: config.cert_default_ttl_secs,
-            max_ttl_secs: config.cert_max_ttl_secs,
+        let seal = db
+            .meta(SEAL_META)?
+            .map(|v| serde_json::from_slice::<SealConfig>(&v))
+            .transpose()
+            .map_err(|_| StoreError::Corrupt {
+                kind: "seal",
+                id: String::new(),
+            })?;
+        let paths = CertPaths::new(&config.certs_dir);
+        Ok(Self {
+            config,
+            db,
+            paths,
+            clock: Arc::new(SystemClock),
+            seal,
+        })
+    }
+
+    /// Where the master key comes from here.
+    pub fn key_source(&self) -> KeySource {
+        if std::env::var_os(MASTER_KEY_ENV).is_some() {
+            KeySource::Environment
+        } else if self.seal.is_some() {
+            KeySource::Shares
+        } else {
+            KeySource::KeyFile
+        }
+    }
+
+    /// The master key without human help: from `TESSERA_MASTER_KEY`, else `data/master.key`,
+    /// else (on a fresh data directory without a seal) a new one written to `data/master.key`
+    /// with mode 0600. `None` when the directory is sealed with Shamir shares.
+    pub fn automatic_master(&self) -> Result<Option<MasterKey>, AppError> {
+        let parse = |text: &str, source: &str| {
+            let raw = hex::decode(text.trim())
+                .and_then(|b| Key256::from_slice(&b))
+                .ok_or_else(|| AppError::MasterKey(format!("{source} must hold 64 hex digits")))?;
+            MasterKey::new(raw).map_err(|e| AppError::MasterKey(e.to_string()))
         };
+        if let Ok(v) = std::env::var(MASTER_KEY_ENV) {
+            let v = Zeroizing::new(v);
+            return parse(&v, MASTER_KEY_ENV).map(Some);
+        }
+        let path = self.config.data_dir.join("master.key");
+        if path.exists() {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path)
+                .map_err(io("cannot read", &path))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(AppError::MasterKey(format!(
+                    "{} is readable by group or others (mode {:o}); run chmod 600 on it",
+                    path.display(),
+                    mode & 0o777
+                )));
+            }
+            let text =
+                Zeroizing::new(std::fs::read_to_string(&path).map_err(io("cannot read", &path))?);
+            return parse(&text, &path.display().to_string()).map(Some);
+        }
+        if self.seal.is_some() {
+            return Ok(None);
+        }
+        if self.db.initialized()? {
+            return Err(AppError::MasterKey(format!(
+                "{} is missing but the data directory holds a database; restore the key file or set {MASTER_KEY_ENV}",
+                path.display()
+            )));
+        }
+        let key = MasterKey::generate().map_err(|e| AppError::MasterKey(e.to_string()))?;
+        write_key_file(&path, &key)?;
+        Ok(Some(key))
+    }
+
+    /// Seals a fresh data directory with Shamir shares of a new master key: stores the
+    /// threshold and the share hashes, writes no key file, and returns the master key and the
+    /// shares (`share-<n>: <hex>`).
+    pub fn init_shares(
+        &mut self,
+        shares: u8,
+        threshold: u8,
+    ) -> Result<(MasterKey, Vec<Zeroizing<String>>), AppError> {
+        if self.db.initialized()? || self.config.data_dir.join("master.key").exists() {
+            return Err(AppError::Share("the data directory is already initialised"));
+        }
+        if threshold < 2 || shares < threshold {
+            return Err(AppError::Share(
+                "need 2 <= threshold <= shares <= 255 (--threshold, --shares)",
+            ));
+        }
+        let master = MasterKey::generate().map_err(|e| AppError::MasterKey(e.to_string()))?;
+        let dealt: Vec<blahaj::Share> = blahaj::Sharks(threshold)
+            .dealer(master.expose())
+            .take(usize::from(shares))
+            .collect();
+        let mut texts = Vec::new();
+        let mut hashes = Vec::new();
+        for s in &dealt {
+            let bytes = Zeroizing::new(Vec::from(s));
+            hashes.push(share_hash(&bytes));
+            texts.push(Zeroizing::new(format!(
+                "share-{}: {}",
+                bytes[0],
+                hex::encode(&bytes)
+            )));
+        }
+        let seal = SealConfig {
+            threshold,
+            shares,
+            share_hashes: hashes,
+        };
+        self.db.put_meta(
+            SEAL_META,
+            &serde_json::to_vec(&seal).map_err(|_| AppError::Share("encoding"))?,
+        )?;
+        self.seal = Some(seal);
+        Ok((master, texts))
+    }
+
+    /// Checks one unseal share against the stored hashes; returns its bytes and number.
+    pub fn check_share(&self, text: &str) -> Result<(u8, Zeroizing<Vec<u8>>), AppError> {
+        let seal = self
+            .seal
+            .as_ref()
+            .ok_or(AppError::Share("not sealed with shares"))?;
+        let hex_part = text.rsplit(':').next().unwrap_or(text).trim();
+        let bytes = Zeroizing::new(
+            hex::decode(hex_part).ok_or(AppError::Share("a share is hex, as printed by init"))?,
+        );
+        if bytes.len() != 33 || !seal.share_hashes.contains(&share_hash(&bytes)) {
+            return Err(AppError::Share(
+                "the share is not one of this data directory's",
+            ));
+        }
+        Ok((bytes[0], bytes))
+    }
+
+    /// Combines checked shares into the master key.
+    pub fn combine(&self, shares: &[Zeroizing<Vec<u8>>]) -> Result<MasterKey, AppError> {
+        let seal = self
+            .seal
+            .as_ref()
+            .ok_or(AppError::Share("not sealed with shares"))?;
+        let parsed: Vec<blahaj::Share> = shares
+            .iter()
+            .filter_map(|s| blahaj::Share::try_from(s.as_slice()).ok())
+            .collect();
+        let secret = Zeroizing::new(
+            blahaj::Sharks(seal.threshold)
+                .recover(&parsed)
+                .map_err(|_| AppError::Share("not enough valid shares"))?,
+        );
+        let key = Key256::from_slice(&secret).ok_or(AppError::Share("bad share set"))?;
+        MasterKey::new(key).map_err(|e| AppError::MasterKey(e.to_string()))
+    }
+
+    /// Unseals: the keyring, the CA, the services.
+    pub async fn unseal(&self, master: MasterKey) -> Result<Core, AppError> {
+        let (sled, keyring) = self.db.unseal(&master)?;
+        let store: Arc<dyn Store> = Arc::new(sled.clone());
         let audit = Arc::new(Audit::open(store.clone()).await?);
-        let access = Arc::new(Access::new(store.clone(), config.trust_domain.clone()));
-        access.ensure_default_tenant(clock.now()).await?;
+        let access = Arc::new(Access::new(store.clone(), self.config.trust_domain.clone()));
+        access.ensure_default_tenant(self.clock.now()).await?;
+        let policy = Policy {
+            default_ttl_secs: self.config.cert_default_ttl_secs,
+            max_ttl_secs: self.config.cert_max_ttl_secs,
+        };
         let (pki, first_start) = Pki::open(
             store.clone(),
-            config.trust_domain.clone(),
+            self.config.trust_domain.clone(),
             policy,
-            Some(config.certs_dir.clone()),
-            clock.now(),
+            Some(self.config.certs_dir.clone()),
+            self.clock.now(),
         )
         .await?;
         let pki = Arc::new(pki);
-        let paths = CertPaths::new(&config.certs_dir);
         pki.set_public_url(
-            config
+            self.config
                 .public_url
                 .clone()
-                .unwrap_or_else(|| format!("https://localhost:{}", config.listen.port())),
+                .unwrap_or_else(|| format!("https://localhost:{}", self.config.listen.port())),
         );
         if first_start {
-            let rec = AuditContext::system("issue bootstrap admin credential", clock.now());
-            bootstrap::issue_admin_cert(&*rec, &pki, &paths, clock.now()).await?;
+            let rec = AuditContext::system("issue bootstrap admin credential", self.clock.now());
+            bootstrap::issue_admin_cert(&*rec, &pki, &self.paths, self.clock.now()).await?;
         }
-        Ok(Self {
-            config,
-            clock,
+        let keys = Keys::new(store.clone(), keyring.clone());
+        Ok(Core {
             store,
+            sled,
             keyring,
+            master,
             pki,
             access,
             audit,
-            paths,
+            keys,
             first_start,
         })
     }
 }
 
+/// Writes a master key file (0600, atomically).
+pub fn write_key_file(path: &Path, key: &MasterKey) -> Result<(), AppError> {
+    let mut text = Zeroizing::new(hex::encode(key.expose()));
+    text.push('\n');
+    files::write_atomic(path, text.as_bytes(), files::PRIVATE).map_err(io("cannot write", path))
+}
+
+/// Every service of an unsealed server. Dropping it drops the keys.
+pub struct Core {
+    pub store: Arc<dyn Store>,
+    pub sled: SledStore,
+    pub keyring: Arc<Keyring>,
+    /// Kept for keyring rotation; zeroized when the core is dropped (sealing).
+    pub master: MasterKey,
+    pub pki: Arc<Pki>,
+    pub access: Arc<Access>,
+    pub audit: Arc<Audit>,
+    pub keys: Keys,
+    /// Whether this unseal created the CA (and so the admin credential).
+    pub first_start: bool,
+}
+
 /// Opens only the store of an existing data directory (for offline checks that must write
-/// nothing): the master key must already exist.
+/// nothing): the master key must be available without help.
 pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
     if !config.data_dir.join("db").exists() {
         return Err(AppError::MasterKey(format!(
@@ -139,59 +349,12 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
             config.data_dir.display()
         )));
     }
-    let master = master_key(&config.data_dir)?;
-    let (store, _) = SledStore::open(
-        &config.data_dir.join("db"),
-        &master,
-        &SledOptions {
-            cache_capacity: config.store_cache_bytes,
-        },
-    )?;
+    let vault = Vault::open(config.clone())?;
+    let master = vault
+        .automatic_master()?
+        .ok_or(AppError::MasterKey(format!(
+            "the data directory is sealed with shares; set {MASTER_KEY_ENV} for offline commands"
+        )))?;
+    let (store, _) = vault.db.unseal(&master)?;
     Ok(Arc::new(store))
-}
-
-/// The master key: from `TESSERA_MASTER_KEY`, else `data/master.key`, else (on a fresh data
-/// directory only) a new one written to `data/master.key` with mode 0600.
-fn master_key(data_dir: &Path) -> Result<MasterKey, AppError> {
-    let parse = |text: &str, source: &str| {
-        let raw = hex::decode(text.trim())
-            .and_then(|b| Key256::from_slice(&b))
-            .ok_or_else(|| AppError::MasterKey(format!("{source} must hold 64 hex digits")))?;
-        MasterKey::new(raw).map_err(|e| AppError::MasterKey(e.to_string()))
-    };
-    if let Ok(v) = std::env::var(MASTER_KEY_ENV) {
-        let v = zeroize::Zeroizing::new(v);
-        return parse(&v, MASTER_KEY_ENV);
-    }
-    let path = data_dir.join("master.key");
-    if path.exists() {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&path)
-            .map_err(io("cannot read", &path))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            return Err(AppError::MasterKey(format!(
-                "{} is readable by group or others (mode {:o}); run chmod 600 on it",
-                path.display(),
-                mode & 0o777
-            )));
-        }
-        let text = zeroize::Zeroizing::new(
-            std::fs::read_to_string(&path).map_err(io("cannot read", &path))?,
-        );
-        return parse(&text, &path.display().to_string());
-    }
-    if data_dir.join("db").exists() {
-        return Err(AppError::MasterKey(format!(
-            "{} is missing but the data directory holds a database; restore the key file or set {MASTER_KEY_ENV}",
-            path.display()
-        )));
-    }
-    let key = MasterKey::generate().map_err(|e| AppError::MasterKey(e.to_string()))?;
-    let mut text = zeroize::Zeroizing::new(hex::encode(key.expose()));
-    text.push('\n');
-    files::write_atomic(&path, text.as_bytes(), files::PRIVATE)
-        .map_err(io("cannot write", &path))?;
-    Ok(key)
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tessera::{
-    app::Application,
+    app::{Core, Vault},
     audit::AuditContext,
     config::{Config, LogFormat, Overrides},
     pki::bootstrap,
@@ -26,6 +26,10 @@ struct Cli {
 enum Command {
     /// Start the server (creates data/ and certs/ on first start).
     Serve(ServeArgs),
+    /// Initialise a fresh data directory sealed with Shamir shares of the master key (no key
+    /// file): creates the CA, the server certificate and the admin credential, and prints the
+    /// shares, one per line. Give each to a different custodian.
+    Init(InitArgs),
     /// Re-issue the bootstrap admin credential (certs/admin.pem, certs/admin.key) offline,
     /// with the server stopped: the way back in when it is lost or expired.
     AdminCert(DirArgs),
@@ -58,6 +62,21 @@ struct DirArgs {
     /// Directory of public trust material and local credentials.
     #[arg(long, env = "TESSERA_CERTS")]
     certs: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct InitArgs {
+    #[command(flatten)]
+    dirs: DirArgs,
+    /// Number of shares to make.
+    #[arg(long)]
+    shares: u8,
+    /// Number of shares needed to unseal.
+    #[arg(long)]
+    threshold: u8,
+    /// SPIFFE trust domain of issued identities.
+    #[arg(long, env = "TESSERA_TRUST_DOMAIN")]
+    trust_domain: Option<String>,
 }
 
 #[derive(Args)]
@@ -115,8 +134,43 @@ fn main() -> anyhow::Result<()> {
             let config = Config::load(&o)?;
             init_logging(config.log_format);
             actix_web::rt::System::new().block_on(async move {
-                let app = Application::open(config).await?;
-                tessera::http::server::serve(app).await?;
+                let vault = Vault::open(config)?;
+                let core = match vault.automatic_master()? {
+                    Some(master) => Some(vault.unseal(master).await?),
+                    None => None,
+                };
+                tessera::http::server::serve(vault, core).await?;
+                Ok(())
+            })
+        }
+        Command::Init(args) => {
+            let mut o = args.dirs.overrides();
+            o.trust_domain = args.trust_domain;
+            let config = Config::load(&o)?;
+            init_logging(config.log_format);
+            actix_web::rt::System::new().block_on(async move {
+                let mut vault = Vault::open(config)?;
+                let (master, shares) = vault.init_shares(args.shares, args.threshold)?;
+                let core = vault.unseal(master).await?;
+                bootstrap::ensure_server_cert(
+                    &core.pki,
+                    &vault.paths,
+                    &vault.config.server_cert,
+                    vault.clock.now(),
+                )
+                .await?;
+                drop(core);
+                println!(
+                    "Initialised {} sealed with {} shares, {} needed to unseal. No key file was written.",
+                    vault.config.data_dir.display(),
+                    args.shares,
+                    args.threshold
+                );
+                println!("  trust anchor: {}", vault.paths.ca.display());
+                println!("  admin cert:   {}", vault.paths.admin_cert.display());
+                for s in &shares {
+                    println!("{}", s.as_str());
+                }
                 Ok(())
             })
         }
@@ -130,23 +184,30 @@ fn main() -> anyhow::Result<()> {
             let config = Config::load(&dirs.overrides())?;
             init_logging(config.log_format);
             actix_web::rt::System::new().block_on(async move {
-                let app = Application::open(config)
-                    .await
+                let vault = Vault::open(config)
                     .context("opening the data directory (is a server running on it?)")?;
-                let issued = if app.first_start {
+                let core = unseal_offline(&vault).await?;
+                let issued = if core.first_start {
                     None
                 } else {
-                    let rec =
-                        AuditContext::system("reissue admin credential (offline)", app.clock.now());
+                    let rec = AuditContext::system(
+                        "reissue admin credential (offline)",
+                        vault.clock.now(),
+                    );
                     Some(
-                        bootstrap::issue_admin_cert(&*rec, &app.pki, &app.paths, app.clock.now())
-                            .await?,
+                        bootstrap::issue_admin_cert(
+                            &*rec,
+                            &core.pki,
+                            &vault.paths,
+                            vault.clock.now(),
+                        )
+                        .await?,
                     )
                 };
                 println!(
                     "admin credential written: {} (key {})",
-                    app.paths.admin_cert.display(),
-                    app.paths.admin_key.display()
+                    vault.paths.admin_cert.display(),
+                    vault.paths.admin_key.display()
                 );
                 if let Some(i) = issued {
                     println!("  serial {}, valid until {}", i.serial, i.not_after);
@@ -192,4 +253,31 @@ async fn audit_verify(config: Config, checkpoint: Option<PathBuf>) -> anyhow::Re
         );
         Ok(1)
     }
+}
+
+/// Unseals for an offline command: the key file or `TESSERA_MASTER_KEY`, or shares read from
+/// standard input, one per line, as `tessera init` printed them.
+async fn unseal_offline(vault: &Vault) -> anyhow::Result<Core> {
+    if let Some(master) = vault.automatic_master()? {
+        return Ok(vault.unseal(master).await?);
+    }
+    let threshold = vault.seal.as_ref().map_or(0, |s| usize::from(s.threshold));
+    eprintln!("the data directory is sealed: enter {threshold} shares, one per line");
+    let mut shares = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for line in std::io::stdin().lines() {
+        let line = zeroize::Zeroizing::new(line?);
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (n, bytes) = vault.check_share(&line)?;
+        if seen.insert(n) {
+            shares.push(bytes);
+        }
+        if shares.len() == threshold {
+            break;
+        }
+    }
+    let master = vault.combine(&shares)?;
+    Ok(vault.unseal(master).await?)
 }

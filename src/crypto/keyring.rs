@@ -124,6 +124,10 @@ impl Keyring {
         self.current
     }
 
+    pub fn versions(&self) -> Vec<u32> {
+        self.data_keys.keys().copied().collect()
+    }
+
     /// Seals with the current data key; returns the version used.
     pub fn seal(&self, nonce: [u8; NONCE_BYTES], aad: &[u8], plaintext: &[u8]) -> (u32, Vec<u8>) {
         // `current` is always present: both constructors check it.
@@ -150,6 +154,40 @@ impl Keyring {
 
     pub fn pepper(&self) -> &Pepper {
         &self.pepper
+    }
+}
+
+impl WrappedKeyring {
+    /// The keyring with one more data-key version, which becomes current. The pepper is
+    /// unchanged (a new one would invalidate every stored hash).
+    pub fn with_new_version(&self, master: &MasterKey) -> Result<Self, CryptoError> {
+        let next = self.data_keys.keys().max().copied().unwrap_or(0) + 1;
+        let key = Key256::generate()?;
+        let mut w = self.clone();
+        w.data_keys
+            .insert(next, master.wrap(&data_key_label(next), &key)?);
+        w.current = next;
+        Ok(w)
+    }
+
+    /// The keyring without the data-key versions other than the current one.
+    pub fn retire_old(&self) -> Self {
+        let mut w = self.clone();
+        let current = w.current;
+        w.data_keys.retain(|v, _| *v == current);
+        w
+    }
+
+    /// The same keys wrapped by another master key (master-key rotation).
+    pub fn rewrapped(&self, old: &MasterKey, new: &MasterKey) -> Result<Self, CryptoError> {
+        let mut w = self.clone();
+        for (v, wrapped) in w.data_keys.iter_mut() {
+            let key = old.unwrap(&data_key_label(*v), wrapped)?;
+            *wrapped = new.wrap(&data_key_label(*v), &key)?;
+        }
+        let pepper = old.unwrap(PEPPER_LABEL, &self.pepper)?;
+        w.pepper = new.wrap(PEPPER_LABEL, &pepper)?;
+        Ok(w)
     }
 }
 
@@ -182,6 +220,29 @@ mod tests {
             Keyring::unwrap(&other, &wrapped),
             Err(CryptoError::Tampered)
         ));
+    }
+
+    #[test]
+    fn rotation_keeps_old_versions_readable_and_the_pepper() {
+        let m = MasterKey::generate().unwrap();
+        let (ring, wrapped) = Keyring::generate(&m).unwrap();
+        let n = [0u8; NONCE_BYTES];
+        let (v1, ct) = ring.seal(n, b"a", b"old");
+        let h = ring.pepper().verification_hash(b"k");
+        let next = wrapped.with_new_version(&m).unwrap();
+        let ring2 = Keyring::unwrap(&m, &next).unwrap();
+        assert_eq!(ring2.current_version(), 2);
+        assert_eq!(ring2.open(v1, n, b"a", &ct).unwrap().expose(), b"old");
+        assert!(ring2.pepper().verify(b"k", &h));
+        let retired = Keyring::unwrap(&m, &next.retire_old()).unwrap();
+        assert!(retired.open(v1, n, b"a", &ct).is_err());
+        // A new master key wraps the same keys.
+        let m2 = MasterKey::generate().unwrap();
+        let moved = next.rewrapped(&m, &m2).unwrap();
+        assert!(Keyring::unwrap(&m, &moved).is_err());
+        let ring3 = Keyring::unwrap(&m2, &moved).unwrap();
+        assert_eq!(ring3.open(v1, n, b"a", &ct).unwrap().expose(), b"old");
+        assert!(ring3.pepper().verify(b"k", &h));
     }
 
     #[test]

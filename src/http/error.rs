@@ -54,6 +54,8 @@ pub enum ApiError {
     },
     /// Storage cannot accept writes right now; nothing was changed.
     Unavailable,
+    /// The server is sealed: unseal it first.
+    Sealed,
     /// A bug or corrupted data. Logged; the client gets fixed text.
     Internal,
 }
@@ -86,6 +88,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::Unavailable => "unavailable",
+            ApiError::Sealed => "sealed",
             ApiError::Internal => "internal",
         }
     }
@@ -103,6 +106,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "the body must be application/json".into(),
             ApiError::TooManyRequests { .. } => "too many requests; retry later".into(),
             ApiError::Unavailable => "the service cannot accept this request right now".into(),
+            ApiError::Sealed => "the server is sealed".into(),
             ApiError::Internal => "internal error".into(),
         }
     }
@@ -127,7 +131,7 @@ impl ResponseError for ApiError {
             ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Sealed => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

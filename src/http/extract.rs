@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::{abuse::Decision, error::ApiError, state::AppState};
+use crate::app::Core;
 use crate::{
     access::{Credential, PermSet, Permission, Principal},
     audit::{AuditContext, Event},
@@ -336,6 +337,7 @@ async fn authenticate(req: &HttpRequest) -> Result<(Principal, Option<PeerCert>)
     let state = req
         .app_data::<web::Data<AppState>>()
         .ok_or(ApiError::Internal)?;
+    let core = state.core()?;
     let now = state.clock.now();
     let peer = req.conn_data::<PeerCert>().cloned();
     let source = state.guard.source(req);
@@ -347,7 +349,7 @@ async fn authenticate(req: &HttpRequest) -> Result<(Principal, Option<PeerCert>)
             {
                 return Err(ApiError::TooManyRequests { retry_after: secs });
             }
-            match bearer_principal(state, h, now).await? {
+            match bearer_principal(&core, h, now).await? {
                 Some(p) => p,
                 None => {
                     if let Some(ip) = source {
@@ -359,7 +361,7 @@ async fn authenticate(req: &HttpRequest) -> Result<(Principal, Option<PeerCert>)
         }
         None => {
             let peer = peer.as_ref().ok_or(ApiError::Unauthenticated)?;
-            let usable = peer.not_after > now && !state.pki.is_revoked(&peer.serial);
+            let usable = peer.not_after > now && !core.pki.is_revoked(&peer.serial);
             let id = peer
                 .uri
                 .as_deref()
@@ -373,8 +375,7 @@ async fn authenticate(req: &HttpRequest) -> Result<(Principal, Option<PeerCert>)
                 return Err(ApiError::Unauthenticated);
             };
             // A valid client certificate is never refused for other credentials' failures.
-            state
-                .access
+            core.access
                 .principal_for_cert(id, peer.serial.clone(), peer.fingerprint.clone())
                 .await?
         }
@@ -411,7 +412,7 @@ async fn authenticate(req: &HttpRequest) -> Result<(Principal, Option<PeerCert>)
 /// The principal of a bearer root key; `None` if the header or the key is refused. A
 /// malformed key is refused before any hashing or look-up.
 async fn bearer_principal(
-    state: &AppState,
+    core: &Core,
     header_value: &header::HeaderValue,
     now: Timestamp,
 ) -> Result<Option<Principal>, ApiError> {
@@ -428,7 +429,7 @@ async fn bearer_principal(
     if key.prefix() != ROOT_KEY_PREFIX {
         return Ok(None);
     }
-    let Some(k) = state.keys.authenticate_root(&key, now).await? else {
+    let Some(k) = core.keys.authenticate_root(&key, now).await? else {
         return Ok(None);
     };
     let permissions = k

@@ -16,7 +16,7 @@ pub struct Guard {
     pub throttle: Throttle,
     lockouts: Lockouts,
     trusted_proxies: Vec<IpAddr>,
-    audit: Arc<Audit>,
+    audit: std::sync::RwLock<Option<Arc<Audit>>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -25,16 +25,20 @@ impl Guard {
         throttle: Throttle,
         policy: LockoutPolicy,
         trusted_proxies: Vec<IpAddr>,
-        audit: Arc<Audit>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             throttle,
             lockouts: Lockouts::new(policy),
             trusted_proxies,
-            audit,
+            audit: std::sync::RwLock::new(None),
             clock,
         }
+    }
+
+    /// Where lockouts are recorded (none while sealed: they are still logged).
+    pub fn set_audit(&self, audit: Option<Arc<Audit>>) {
+        *self.audit.write().unwrap_or_else(|e| e.into_inner()) = audit;
     }
 
     /// The request's source: the TCP peer, unless the peer is a trusted proxy, in which case
@@ -85,7 +89,9 @@ impl Guard {
             source: ip.to_string(),
             detail: Some(format!("until {until}; last failure: {what}")),
         };
-        let audit = self.audit.clone();
+        let Some(audit) = self.audit.read().unwrap_or_else(|e| e.into_inner()).clone() else {
+            return;
+        };
         actix_web::rt::spawn(async move {
             if let Err(e) = audit.write(&event).await {
                 tracing::error!(error = %e, "could not write the lockout to the audit log");

@@ -207,6 +207,9 @@ fn audit_response(state: &web::Data<AppState>, res: &ServiceResponse<BoxBody>) {
     if !(mutation || status == 401 || status == 403) {
         return;
     }
+    let Some(core) = state.try_core() else {
+        return;
+    };
     let ctx = req
         .extensions()
         .get::<std::sync::Arc<AuditContext>>()
@@ -221,9 +224,8 @@ fn audit_response(state: &web::Data<AppState>, res: &ServiceResponse<BoxBody>) {
             e
         }
     };
-    let state = state.clone();
     actix_web::rt::spawn(async move {
-        if let Err(e) = state.audit.write(&event).await {
+        if let Err(e) = core.audit.write(&event).await {
             tracing::error!(error = %e, "could not write an audit entry");
         }
     });

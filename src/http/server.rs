@@ -10,7 +10,6 @@ use actix_web::{App, HttpServer, middleware::from_fn, web};
 use super::{
     abuse::{LockoutPolicy, Throttle},
     guard::Guard,
-    idempotency::Idempotency,
     listener::{self, Tuning},
     middleware::request_context,
     routes,
@@ -18,8 +17,7 @@ use super::{
     tls::{self, CertResolver, ClientVerifier},
 };
 use crate::{
-    app::{AppError, Application},
-    keys::Keys,
+    app::{AppError, Core, Vault},
     pki::bootstrap::{self, ServerCertSource},
 };
 
@@ -32,21 +30,28 @@ const GAUGES_EVERY: Duration = Duration::from_secs(30);
 /// How often CRLs are checked for re-signing.
 const CRL_CHECK_EVERY: Duration = Duration::from_secs(600);
 
-/// Serves until SIGTERM or SIGINT, then shuts down gracefully.
-pub async fn serve(app: Application) -> Result<(), AppError> {
-    let now = app.clock.now();
-    let cred =
-        bootstrap::ensure_server_cert(&app.pki, &app.paths, &app.config.server_cert, now).await?;
+/// Serves until SIGTERM or SIGINT, then shuts down gracefully. With `core` the server starts
+/// unsealed; without, sealed (TLS works, only the public routes and unseal answer).
+pub async fn serve(vault: Vault, core: Option<Core>) -> Result<(), AppError> {
+    let config = vault.config.clone();
+    let clock = vault.clock.clone();
+    let now = clock.now();
+    // TLS works while sealed: the server's own key is a 0600 file outside the seal.
+    let cred = match &core {
+        Some(c) => {
+            bootstrap::ensure_server_cert(&c.pki, &vault.paths, &config.server_cert, now).await?
+        }
+        None => bootstrap::server_cert_from_files(&vault.paths, &config.server_cert)?,
+    };
     let resolver = Arc::new(CertResolver::new(&cred)?);
-    let verifier = Arc::new(ClientVerifier::new(app.pki.clone()));
+    let verifier = Arc::new(ClientVerifier::new(tls::files_verifier(&vault.paths)?));
     let tls_config = tls::server_config(
         resolver.clone(),
-        verifier,
-        app.config.allow_tls12,
-        app.config.limits.http2,
+        verifier.clone(),
+        config.allow_tls12,
+        config.limits.http2,
     )?;
 
-    let config = app.config.clone();
     let l = &config.limits;
     let guard = Arc::new(Guard::new(
         Throttle::new(
@@ -60,21 +65,22 @@ pub async fn serve(app: Application) -> Result<(), AppError> {
             max_secs: l.lockout_max_secs,
         },
         l.trusted_proxies.clone(),
-        app.audit.clone(),
-        app.clock.clone(),
+        clock.clone(),
     ));
-    let state = web::Data::new(AppState {
+    let paths = vault.paths.clone();
+    let state = web::Data::new(AppState::new(
+        config.clone(),
+        clock.clone(),
         guard,
-        keys: Keys::new(app.store.clone(), app.keyring.clone()),
-        config: app.config.clone(),
-        clock: app.clock.clone(),
-        store: app.store.clone(),
-        pki: app.pki.clone(),
-        access: app.access.clone(),
-        audit: app.audit.clone(),
         resolver,
-        idempotency: Idempotency::default(),
-    });
+        verifier,
+        vault,
+    ));
+    crate::metrics::init();
+    crate::metrics::SEALED.set(1);
+    if let Some(core) = core {
+        state.install(core);
+    }
 
     let listener = std::net::TcpListener::bind(config.listen).map_err(|source| AppError::Io {
         what: "cannot listen on",
@@ -88,7 +94,6 @@ pub async fn serve(app: Application) -> Result<(), AppError> {
     })?;
 
     let shared = state.clone();
-    let l = &config.limits;
     let tuning = Tuning {
         workers: config.workers,
         max_connections: l.max_connections,
@@ -116,20 +121,20 @@ pub async fn serve(app: Application) -> Result<(), AppError> {
         source,
     })?;
 
-    if app.config.public_url.is_none() {
-        app.pki
+    if config.public_url.is_none()
+        && let Some(core) = state.try_core()
+    {
+        core.pki
             .set_public_url(format!("https://localhost:{}", addr.port()));
     }
-    print_banner(&app, addr);
-    crate::metrics::init();
-    crate::metrics::SEALED.set(0);
+    print_banner(&state, &paths, addr);
     let mut metrics_handle = None;
 
     let tasks = [
         actix_web::rt::spawn(flush_usage(state.clone())),
         actix_web::rt::spawn(keep_server_cert(
             state.clone(),
-            app.paths.clone(),
+            paths.clone(),
             cred.not_after,
         )),
         actix_web::rt::spawn(keep_crls(state.clone())),
@@ -137,6 +142,7 @@ pub async fn serve(app: Application) -> Result<(), AppError> {
         actix_web::rt::spawn(checkpoints(state.clone())),
         actix_web::rt::spawn(gauges(state.clone())),
         actix_web::rt::spawn(housekeeping(state.clone())),
+        actix_web::rt::spawn(rewrap(state.clone())),
     ];
     if let Some(addr) = config.metrics_listen {
         // Plain HTTP on loopback only (checked by the configuration), serving /metrics alone.
@@ -169,7 +175,9 @@ pub async fn serve(app: Application) -> Result<(), AppError> {
     for t in &tasks {
         t.abort();
     }
-    if let Err(e) = state.keys.usage().flush().await {
+    if let Some(core) = state.try_core()
+        && let Err(e) = core.keys.usage().flush().await
+    {
         tracing::error!(error = %e, "could not persist usage counters at shutdown");
     }
     tracing::info!("stopped");
@@ -182,11 +190,13 @@ pub async fn serve(app: Application) -> Result<(), AppError> {
 
 /// Persists usage counters about once a second.
 async fn flush_usage(state: web::Data<AppState>) {
-    let usage = state.keys.usage();
     let mut tick = actix_web::rt::time::interval(USAGE_FLUSH_EVERY);
     loop {
         tick.tick().await;
-        if let Err(e) = usage.flush().await {
+        let Some(core) = state.try_core() else {
+            continue;
+        };
+        if let Err(e) = core.keys.usage().flush().await {
             tracing::error!(error = %e, "could not persist usage counters; will retry");
         }
     }
@@ -230,12 +240,14 @@ async fn keep_server_cert(
         if !due && !forced {
             continue;
         }
-        let renewed = match &source {
-            ServerCertSource::Managed { .. } => {
-                bootstrap::renew_server_cert(&state.pki, &paths, &source, now).await
+        let renewed = match (&source, state.try_core()) {
+            (ServerCertSource::Managed { .. }, Some(core)) => {
+                bootstrap::renew_server_cert(&core.pki, &paths, &source, now).await
             }
-            ServerCertSource::Files { .. } => {
-                bootstrap::ensure_server_cert(&state.pki, &paths, &source, now).await
+            // Sealed: no CA to renew with; try again on the next check.
+            (ServerCertSource::Managed { .. }, None) => continue,
+            (ServerCertSource::Files { .. }, _) => {
+                bootstrap::server_cert_from_files(&paths, &source)
             }
         };
         match renewed.map(|cred| (state.resolver.swap(&cred), cred.not_after)) {
@@ -254,8 +266,51 @@ async fn keep_crls(state: web::Data<AppState>) {
     let mut tick = actix_web::rt::time::interval(CRL_CHECK_EVERY);
     loop {
         tick.tick().await;
-        if let Err(e) = state.pki.refresh_crls(state.clock.now(), false).await {
+        let Some(core) = state.try_core() else {
+            continue;
+        };
+        if let Err(e) = core.pki.refresh_crls(state.clock.now(), false).await {
             tracing::error!(error = %e, "CRL refresh failed");
+        }
+    }
+}
+
+/// Moves records sealed under older data keys to the current one (after a keyring rotation,
+/// and at start if a rotation was interrupted), then retires the old keys.
+async fn rewrap(state: web::Data<AppState>) {
+    let mut tick = actix_web::rt::time::interval(Duration::from_secs(1));
+    let mut clean_since: Option<Instant> = None;
+    loop {
+        tick.tick().await;
+        let Some(core) = state.try_core() else {
+            continue;
+        };
+        let (_, versions) = core.sled.key_versions();
+        if versions.len() < 2 {
+            clean_since = None;
+            continue;
+        }
+        let sled = core.sled.clone();
+        let started = Instant::now();
+        match actix_web::rt::task::spawn_blocking(move || sled.rewrap_pass()).await {
+            Ok(Ok(0)) => {
+                // Retire only after a clean pass that began well after the rotation, so a
+                // write still using the old key when the pass began cannot be missed.
+                let since = *clean_since.get_or_insert(started);
+                if since.elapsed() >= Duration::from_secs(2) {
+                    match core.sled.retire_old_keys(&core.master) {
+                        Ok(()) => tracing::info!("old data keys retired"),
+                        Err(e) => tracing::error!(error = %e, "could not retire old data keys"),
+                    }
+                    clean_since = None;
+                }
+            }
+            Ok(Ok(n)) => {
+                clean_since = None;
+                tracing::info!(rewrapped = n, "records moved to the current data key");
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "rewrap pass failed"),
+            Err(_) => tracing::error!("rewrap task failed"),
         }
     }
 }
@@ -274,13 +329,16 @@ async fn gauges(state: web::Data<AppState>) {
     let mut tick = actix_web::rt::time::interval(GAUGES_EVERY);
     loop {
         tick.tick().await;
+        let Some(core) = state.try_core() else {
+            continue;
+        };
         let now = state.clock.now();
-        if let Ok(k) = state.keys.count_states(now).await {
+        if let Ok(k) = core.keys.count_states(now).await {
             let m = &crate::metrics::KEYS_BY_STATE;
             m.with_label_values(&["active"]).set(k.active as i64);
             m.with_label_values(&["ended"]).set(k.ended as i64);
         }
-        if let Ok(c) = state.pki.count_states(now).await {
+        if let Ok(c) = core.pki.count_states(now).await {
             let m = &crate::metrics::CERTS_BY_STATE;
             m.with_label_values(&["valid"]).set(c.valid as i64);
             m.with_label_values(&["expired"]).set(c.expired as i64);
@@ -299,8 +357,11 @@ async fn checkpoints(state: web::Data<AppState>) {
     let mut tick = actix_web::rt::time::interval(ship_every);
     loop {
         tick.tick().await;
+        let Some(core) = state.try_core() else {
+            continue;
+        };
         if let Some(path) = &state.config.audit_file
-            && let Err(e) = crate::audit::sink::ship(&state.audit, path).await
+            && let Err(e) = crate::audit::sink::ship(&core.audit, path).await
         {
             tracing::error!(error = %e, "could not ship audit entries");
         }
@@ -308,12 +369,12 @@ async fn checkpoints(state: web::Data<AppState>) {
             continue;
         }
         last_cp = Instant::now();
-        let latest = state.audit.latest_checkpoint().await.ok().flatten();
-        let head = state.store.log_head(crate::audit::LOG).await.ok();
+        let latest = core.audit.latest_checkpoint().await.ok().flatten();
+        let head = core.store.log_head(crate::audit::LOG).await.ok();
         if latest.as_ref().map(|c| c.seq) == head.map(|h| h.seq) {
             continue;
         }
-        if let Err(e) = state.audit.checkpoint(state.clock.now()).await {
+        if let Err(e) = core.audit.checkpoint(state.clock.now()).await {
             tracing::error!(error = %e, "could not sign an audit checkpoint");
         }
     }
@@ -326,18 +387,20 @@ async fn tidy(state: web::Data<AppState>) {
     let mut tick = actix_web::rt::time::interval(every);
     loop {
         tick.tick().await;
+        let Some(core) = state.try_core() else {
+            continue;
+        };
         let now = state.clock.now();
-        if let Err(e) = state.pki.tidy(now, retention).await {
+        if let Err(e) = core.pki.tidy(now, retention).await {
             tracing::error!(error = %e, "certificate tidy failed");
         }
-        if let Err(e) = state.keys.tidy(now, retention).await {
+        if let Err(e) = core.keys.tidy(now, retention).await {
             tracing::error!(error = %e, "key tidy failed");
         }
     }
 }
 
-fn print_banner(app: &Application, addr: std::net::SocketAddr) {
-    let p = &app.paths;
+fn print_banner(state: &AppState, p: &bootstrap::CertPaths, addr: std::net::SocketAddr) {
     let host = if addr.ip().is_loopback() {
         format!("localhost:{}", addr.port())
     } else {
@@ -347,7 +410,12 @@ fn print_banner(app: &Application, addr: std::net::SocketAddr) {
         "Tessera {} listening on https://{addr}",
         env!("CARGO_PKG_VERSION")
     );
-    println!("  data:         {}", app.config.data_dir.display());
+    if state.sealed() {
+        println!(
+            "  SEALED: unseal with POST /v1/sys/unseal {{\"share\": \"...\"}} (or `tessera unseal`)"
+        );
+    }
+    println!("  data:         {}", state.config.data_dir.display());
     println!("  trust anchor: {}", p.ca.display());
     println!(
         "  server cert:  {} (key {})",

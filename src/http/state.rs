@@ -1,21 +1,89 @@
-//! What every handler shares: the domain services, the clock, the configuration.
+//! What every handler shares. The services live in a [`Core`] that exists only while the
+//! server is unsealed; [`AppState::core`] answers 503 otherwise.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 
-use super::{guard::Guard, idempotency::Idempotency, tls::CertResolver};
+use zeroize::Zeroizing;
+
+use super::{
+    error::ApiError,
+    guard::Guard,
+    idempotency::Idempotency,
+    tls::{CertResolver, ClientVerifier},
+};
 use crate::{
-    access::Access, audit::Audit, clock::Clock, config::Config, keys::Keys, pki::Pki, store::Store,
+    app::{Core, Vault},
+    clock::Clock,
+    config::Config,
+    metrics,
 };
 
 pub struct AppState {
-    pub guard: Arc<Guard>,
     pub config: Config,
     pub clock: Arc<dyn Clock>,
-    pub store: Arc<dyn Store>,
-    pub keys: Keys,
-    pub pki: Arc<Pki>,
-    pub access: Arc<Access>,
-    pub audit: Arc<Audit>,
+    pub guard: Arc<Guard>,
     pub resolver: Arc<CertResolver>,
+    pub verifier: Arc<ClientVerifier>,
+    pub vault: Vault,
+    core: RwLock<Option<Arc<Core>>>,
+    /// Unseal shares received so far (memory only), by share number.
+    pub(super) unseal_progress: Mutex<Vec<(u8, Zeroizing<Vec<u8>>)>>,
     pub(super) idempotency: Idempotency,
+}
+
+impl AppState {
+    pub fn new(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        guard: Arc<Guard>,
+        resolver: Arc<CertResolver>,
+        verifier: Arc<ClientVerifier>,
+        vault: Vault,
+    ) -> Self {
+        Self {
+            config,
+            clock,
+            guard,
+            resolver,
+            verifier,
+            vault,
+            core: RwLock::new(None),
+            unseal_progress: Mutex::new(Vec::new()),
+            idempotency: Idempotency::default(),
+        }
+    }
+
+    /// The services, or 503 while sealed.
+    pub fn core(&self) -> Result<Arc<Core>, ApiError> {
+        self.try_core().ok_or(ApiError::Sealed)
+    }
+
+    pub fn try_core(&self) -> Option<Arc<Core>> {
+        self.core.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn sealed(&self) -> bool {
+        self.try_core().is_none()
+    }
+
+    /// Puts an unsealed core in service: handshakes verify against its CA and CRLs, the
+    /// guard writes lockouts to its audit log.
+    pub fn install(&self, core: Core) -> Arc<Core> {
+        let core = Arc::new(core);
+        self.verifier.set_pki(Some(core.pki.clone()));
+        self.guard.set_audit(Some(core.audit.clone()));
+        *self.core.write().unwrap_or_else(|e| e.into_inner()) = Some(core.clone());
+        metrics::SEALED.set(0);
+        core
+    }
+
+    /// Seals: takes the core out of service. Its keys are dropped (zeroized) as soon as the
+    /// requests still holding it finish.
+    pub fn seal(&self) -> Option<Arc<Core>> {
+        let core = self.core.write().unwrap_or_else(|e| e.into_inner()).take();
+        self.verifier.set_pki(None);
+        self.guard.set_audit(None);
+        metrics::SEALED.set(1);
+        core
+    }
 }

@@ -34,6 +34,8 @@ pub enum TlsError {
     Key(rustls::Error),
     #[error("TLS configuration failed: {0}")]
     Config(rustls::Error),
+    #[error("the public trust files are unusable: {0}")]
+    Files(String),
 }
 
 pub fn provider() -> Arc<CryptoProvider> {
@@ -78,23 +80,37 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// Verifies client certificates with the PKI's current verifier (root + every CA's CRL),
-/// which the PKI replaces on every revocation and CA change.
+/// Verifies client certificates with the PKI's current verifier (root + every CA's CRL, which
+/// the PKI replaces on every revocation and CA change), or, while sealed, with one built from
+/// the public files in the certs directory.
 #[derive(Debug)]
 pub struct ClientVerifier {
-    pki: Arc<Pki>,
+    pki: RwLock<Option<Arc<Pki>>>,
+    files: Arc<dyn ClientCertVerifier>,
     hints: Vec<DistinguishedName>,
 }
 
 impl ClientVerifier {
-    pub fn new(pki: Arc<Pki>) -> Self {
+    /// `files` verifies from the public trust material (used while sealed).
+    pub fn new(files: Arc<dyn ClientCertVerifier>) -> Self {
         // The root never changes, so the hints computed now stay right.
-        let hints = pki.verifier().root_hint_subjects().to_vec();
-        Self { pki, hints }
+        let hints = files.root_hint_subjects().to_vec();
+        Self {
+            pki: RwLock::new(None),
+            files,
+            hints,
+        }
+    }
+
+    pub fn set_pki(&self, pki: Option<Arc<Pki>>) {
+        *self.pki.write().unwrap_or_else(|e| e.into_inner()) = pki;
     }
 
     fn current(&self) -> Arc<dyn ClientCertVerifier> {
-        self.pki.verifier()
+        match &*self.pki.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(p) => p.verifier(),
+            None => self.files.clone(),
+        }
     }
 }
 
@@ -151,6 +167,29 @@ impl ClientCertVerifier for ClientVerifier {
 }
 
 /// The server's rustls configuration.
+/// A client verifier from the public files of the certs directory (the trust bundle's root
+/// and every published CRL), used while sealed.
+pub fn files_verifier(
+    paths: &crate::pki::bootstrap::CertPaths,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let bundle = std::fs::read_to_string(&paths.ca)
+        .map_err(|e| TlsError::Files(format!("{}: {e}", paths.ca.display())))?;
+    let root = ::pem::parse_many(&bundle)
+        .ok()
+        .and_then(|b| b.into_iter().next())
+        .map(|b| CertificateDer::from(b.into_contents()))
+        .ok_or_else(|| TlsError::Files(format!("{} holds no certificate", paths.ca.display())))?;
+    let crls: Vec<Vec<u8>> = std::fs::read_to_string(paths.dir.join("crls.pem"))
+        .ok()
+        .and_then(|t| ::pem::parse_many(&t).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|b| b.tag() == "X509 CRL")
+        .map(|b| b.into_contents())
+        .collect();
+    crate::pki::verify::build_verifier(&root, &crls).map_err(|e| TlsError::Files(e.to_string()))
+}
+
 /// The server's rustls configuration: TLS 1.3 only unless `allow_tls12` (then TLS 1.2 with
 /// rustls' suites, all ECDHE with AEAD); no compression (rustls has none); no 0-RTT.
 pub fn server_config(

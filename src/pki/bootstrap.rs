@@ -192,6 +192,24 @@ fn write_pair(cert: &Path, key: &Path, cert_pem: &str, key_pem: &str) -> Result<
     Ok(())
 }
 
+/// The server credential from its files alone (while sealed, no CA is at hand to check or
+/// renew it; renewal happens after unsealing).
+pub fn server_cert_from_files(
+    paths: &CertPaths,
+    source: &ServerCertSource,
+) -> Result<ServerCredential, PkiError> {
+    let (cert, key) = match source {
+        ServerCertSource::Files { cert, key } => (cert.as_path(), key.as_path()),
+        ServerCertSource::Managed { .. } => {
+            (paths.server_cert.as_path(), paths.server_key.as_path())
+        }
+    };
+    load_pair(cert, key).ok_or(PkiError::Invalid {
+        field: "tls.cert_file",
+        message: "no usable server certificate and key: run `tessera init` (or start unsealed once)",
+    })
+}
+
 /// Reads a certificate chain and its key; `None` unless both parse and the key matches.
 pub fn load_pair(cert: &Path, key: &Path) -> Option<ServerCredential> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)

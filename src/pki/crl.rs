@@ -164,9 +164,13 @@ impl Pki {
             .iter()
             .map(|(id, c)| (id.clone(), pem("X509 CRL", &c.der)))
             .collect();
+        let current = self.authority().issuing.id.clone();
         let mut all = String::new();
         for (id, text) in &crls {
             self.publish(&format!("crl-{id}.pem"), text.as_bytes())?;
+            if *id == current {
+                self.publish("crl.pem", text.as_bytes())?;
+            }
             all.push_str(text);
         }
         self.publish("crls.pem", all.as_bytes())

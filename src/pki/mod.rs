@@ -348,6 +348,24 @@ async fn load_revoked(
     }
 }
 
+/// A CRL as last written to the certs directory (served while sealed): the current issuing
+/// CA's (`crl.pem`) or a named CA's (`crl-<id>.pem`).
+pub fn published_crl(
+    certs_dir: &std::path::Path,
+    issuer: Option<&CaId>,
+    format: CrlFormat,
+) -> Option<Vec<u8>> {
+    let name = match issuer {
+        Some(id) => format!("crl-{id}.pem"),
+        None => "crl.pem".to_owned(),
+    };
+    let text = std::fs::read_to_string(certs_dir.join(name)).ok()?;
+    match format {
+        CrlFormat::Pem => Some(text.into_bytes()),
+        CrlFormat::Der => ::pem::parse(&text).ok().map(|p| p.into_contents()),
+    }
+}
+
 /// Certificates as DER from PEM text: at most `max` of them, each `CERTIFICATE` block.
 pub fn parse_pem_certs(
     text: &str,

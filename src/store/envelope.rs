@@ -13,10 +13,10 @@ use crate::crypto::{aead::NONCE_BYTES, keyring::Keyring, secret::SecretBytes};
 const FORMAT: u8 = 1;
 pub const HEADER_LEN: usize = 1 + 4 + 8 + NONCE_BYTES;
 
-fn aad(kind: Kind, id: &str, header: &[u8]) -> Vec<u8> {
-    let mut a = Vec::with_capacity(16 + kind.0.len() + id.len() + header.len() + 2);
+fn aad(kind: &str, id: &str, header: &[u8]) -> Vec<u8> {
+    let mut a = Vec::with_capacity(16 + kind.len() + id.len() + header.len() + 2);
     a.extend_from_slice(b"tessera/record/");
-    a.extend_from_slice(kind.0.as_bytes());
+    a.extend_from_slice(kind.as_bytes());
     a.push(b'/');
     a.extend_from_slice(id.as_bytes());
     a.push(b'/');
@@ -37,7 +37,7 @@ pub fn seal(
     header[1..5].copy_from_slice(&keyring.current_version().to_be_bytes());
     header[5..13].copy_from_slice(&rev.0.to_be_bytes());
     header[13..].copy_from_slice(&nonce);
-    let (_, ct) = keyring.seal(nonce, &aad(kind, id, &header), plaintext);
+    let (_, ct) = keyring.seal(nonce, &aad(kind.0, id, &header), plaintext);
     let mut out = Vec::with_capacity(HEADER_LEN + ct.len());
     out.extend_from_slice(&header);
     out.extend_from_slice(&ct);
@@ -69,9 +69,47 @@ pub fn open(
     let mut nonce = [0u8; NONCE_BYTES];
     nonce.copy_from_slice(&header[13..]);
     let plain = keyring
-        .open(version, nonce, &aad(kind, id, header), ct)
+        .open(version, nonce, &aad(kind.0, id, header), ct)
         .map_err(|_| corrupt())?;
     Ok((rev, plain))
+}
+
+/// The data-key version that sealed a value.
+pub fn version_of(sealed: &[u8]) -> Option<u32> {
+    let b: [u8; 4] = sealed.get(1..5)?.try_into().ok()?;
+    Some(u32::from_be_bytes(b))
+}
+
+/// Re-seals a record under the keyring's current data key, keeping its revision (a rewrap
+/// changes no content). `kind` and `id` are read from the record's key.
+pub fn reseal(
+    keyring: &Keyring,
+    kind: &str,
+    id: &str,
+    sealed: &[u8],
+    nonce: [u8; NONCE_BYTES],
+) -> Option<Vec<u8>> {
+    if sealed.len() < HEADER_LEN || sealed[0] != FORMAT {
+        return None;
+    }
+    let (header, ct) = sealed.split_at(HEADER_LEN);
+    let version = version_of(sealed)?;
+    let rev = rev_of(sealed)?;
+    let mut old_nonce = [0u8; NONCE_BYTES];
+    old_nonce.copy_from_slice(&header[13..]);
+    let plain = keyring
+        .open(version, old_nonce, &aad(kind, id, header), ct)
+        .ok()?;
+    let mut new_header = [0u8; HEADER_LEN];
+    new_header[0] = FORMAT;
+    new_header[1..5].copy_from_slice(&keyring.current_version().to_be_bytes());
+    new_header[5..13].copy_from_slice(&rev.0.to_be_bytes());
+    new_header[13..].copy_from_slice(&nonce);
+    let (_, ct) = keyring.seal(nonce, &aad(kind, id, &new_header), plain.expose());
+    let mut out = Vec::with_capacity(HEADER_LEN + ct.len());
+    out.extend_from_slice(&new_header);
+    out.extend_from_slice(&ct);
+    Some(out)
 }
 
 #[cfg(test)]

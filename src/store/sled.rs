@@ -74,6 +74,9 @@ fn io(e: sled::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// One raw key/value pair of the database (a sealed record, an index entry, metadata).
+pub type RawEntry = (Vec<u8>, Vec<u8>);
+
 /// Options for opening the database.
 #[derive(Clone, Debug)]
 pub struct SledOptions {
@@ -103,13 +106,15 @@ struct Flushed {
 
 struct Shared {
     db: sled::Db,
-    keyring: Arc<Keyring>,
+    keyring: std::sync::RwLock<Arc<Keyring>>,
     /// Generations of applied batches; a batch's generation is taken after it is applied.
     applied: AtomicU64,
     requests: Mutex<FlushState>,
     wake: Condvar,
     flushed: watch::Sender<Flushed>,
     healthy: AtomicBool,
+    /// Commits hold it shared; a snapshot holds it alone, so it sees no half-applied batch.
+    gate: std::sync::RwLock<()>,
 }
 
 /// The sled-backed store. Cloning shares the database.
@@ -136,13 +141,16 @@ impl Drop for FlusherHandle {
     }
 }
 
-impl SledStore {
-    /// Opens (or creates) the database in `dir` and unwraps (or creates) its keyring.
-    pub fn open(
-        dir: &Path,
-        master: &MasterKey,
-        opts: &SledOptions,
-    ) -> Result<(Self, Arc<Keyring>), StoreError> {
+/// The database opened without any key: it holds the one-process lock and reads and writes
+/// plaintext metadata (the wrapped keyring, the seal configuration). Records need
+/// [`SledDb::unseal`].
+#[derive(Clone)]
+pub struct SledDb {
+    db: sled::Db,
+}
+
+impl SledDb {
+    pub fn open(dir: &Path, opts: &SledOptions) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(opts.cache_capacity)
@@ -155,21 +163,56 @@ impl SledStore {
                 _ if e.to_string().contains("lock") => StoreError::Locked,
                 _ => io(e),
             })?;
+        Ok(Self { db })
+    }
 
-        let keyring = match db.get(KEYRING_KEY).map_err(io)? {
-            Some(bytes) => {
-                let wrapped = decode_keyring(&bytes).ok_or(StoreError::Corrupt {
+    /// Whether the database holds a keyring (it was initialised).
+    pub fn initialized(&self) -> Result<bool, StoreError> {
+        Ok(self.db.get(KEYRING_KEY).map_err(io)?.is_some())
+    }
+
+    /// A metadata value (`m/<name>`), plaintext.
+    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(meta_key(name)).map_err(io)?.map(|v| v.to_vec()))
+    }
+
+    /// Writes a metadata value durably.
+    pub fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.db.insert(meta_key(name), value).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+
+    /// The persisted (wrapped) keyring.
+    pub fn wrapped_keyring(&self) -> Result<Option<WrappedKeyring>, StoreError> {
+        match self.db.get(KEYRING_KEY).map_err(io)? {
+            Some(bytes) => Ok(Some(decode_keyring(&bytes).ok_or(StoreError::Corrupt {
+                kind: "keyring",
+                id: String::new(),
+            })?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Replaces the persisted keyring (durably).
+    pub fn put_wrapped_keyring(&self, w: &WrappedKeyring) -> Result<(), StoreError> {
+        self.db.insert(KEYRING_KEY, encode_keyring(w)).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+
+    /// Unwraps the keyring with `master` (creating it in a fresh database) and returns the
+    /// store that can read and write records.
+    pub fn unseal(&self, master: &MasterKey) -> Result<(SledStore, Arc<Keyring>), StoreError> {
+        let db = self.db.clone();
+        let keyring = match self.wrapped_keyring()? {
+            Some(wrapped) => Keyring::unwrap(master, &wrapped).map_err(|e| match e {
+                crate::crypto::CryptoError::Tampered => StoreError::WrongMasterKey,
+                _ => StoreError::Corrupt {
                     kind: "keyring",
                     id: String::new(),
-                })?;
-                Keyring::unwrap(master, &wrapped).map_err(|e| match e {
-                    crate::crypto::CryptoError::Tampered => StoreError::WrongMasterKey,
-                    _ => StoreError::Corrupt {
-                        kind: "keyring",
-                        id: String::new(),
-                    },
-                })?
-            }
+                },
+            })?,
             None => {
                 let (ring, wrapped) = Keyring::generate(master).map_err(|_| StoreError::Crypto)?;
                 db.insert(KEYRING_KEY, encode_keyring(&wrapped))
@@ -188,7 +231,7 @@ impl SledStore {
         let (flushed, _) = watch::channel(Flushed::default());
         let shared = Arc::new(Shared {
             db,
-            keyring: keyring.clone(),
+            keyring: std::sync::RwLock::new(keyring.clone()),
             applied: AtomicU64::new(0),
             requests: Mutex::new(FlushState {
                 wanted: 0,
@@ -197,6 +240,7 @@ impl SledStore {
             wake: Condvar::new(),
             flushed,
             healthy: AtomicBool::new(true),
+            gate: std::sync::RwLock::new(()),
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
@@ -208,16 +252,141 @@ impl SledStore {
             thread: Mutex::new(Some(thread)),
         });
         Ok((
-            Self {
+            SledStore {
                 shared,
                 _flusher: handle,
             },
             keyring,
         ))
     }
+}
+
+fn meta_key(name: &str) -> Vec<u8> {
+    let mut k = b"m/".to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in `dir` and unwraps (or creates) its keyring.
+    pub fn open(
+        dir: &Path,
+        master: &MasterKey,
+        opts: &SledOptions,
+    ) -> Result<(Self, Arc<Keyring>), StoreError> {
+        SledDb::open(dir, opts)?.unseal(master)
+    }
+
+    /// The data-key versions in the keyring and the current one.
+    pub fn key_versions(&self) -> (u32, Vec<u32>) {
+        let k = self.keyring();
+        (k.current_version(), k.versions())
+    }
+
+    /// Adds a data-key version (wrapped by `master`) and makes new writes use it. Durable
+    /// when it returns. Old records are moved over by [`SledStore::rewrap_pass`].
+    pub fn rotate_keyring(&self, master: &MasterKey) -> Result<u32, StoreError> {
+        let db = SledDb {
+            db: self.shared.db.clone(),
+        };
+        let _one = self
+            .shared
+            .requests
+            .lock()
+            .map_err(|_| StoreError::Unavailable("poisoned".into()))?;
+        let wrapped = db.wrapped_keyring()?.ok_or(StoreError::Corrupt {
+            kind: "keyring",
+            id: String::new(),
+        })?;
+        let next = wrapped
+            .with_new_version(master)
+            .map_err(|_| StoreError::Crypto)?;
+        let ring = Keyring::unwrap(master, &next).map_err(|_| StoreError::WrongMasterKey)?;
+        db.put_wrapped_keyring(&next)?;
+        *self
+            .shared
+            .keyring
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
+        Ok(next.current)
+    }
+
+    /// One pass over every record: those sealed under an older data key are re-sealed under
+    /// the current one (compare-and-swap, so a concurrent write simply wins). Returns how many
+    /// old-version records the pass found. Idempotent, so a crash mid-pass loses nothing:
+    /// the next pass continues.
+    pub fn rewrap_pass(&self) -> Result<usize, StoreError> {
+        let keyring = self.keyring();
+        let current = keyring.current_version();
+        let mut found = 0;
+        for item in self.shared.db.scan_prefix(b"r/") {
+            let (k, v) = item.map_err(io)?;
+            if envelope::version_of(&v) == Some(current) {
+                continue;
+            }
+            found += 1;
+            let key = String::from_utf8_lossy(&k[2..]).into_owned();
+            let Some((kind, id)) = key.split_once('/') else {
+                continue;
+            };
+            let nonce = crate::crypto::random::bytes().map_err(|_| StoreError::Crypto)?;
+            let Some(resealed) = envelope::reseal(&keyring, kind, id, &v, nonce) else {
+                return Err(StoreError::Corrupt {
+                    kind: "record",
+                    id: key.clone(),
+                });
+            };
+            let _ = self
+                .shared
+                .db
+                .compare_and_swap(&k, Some(&v), Some(resealed))
+                .map_err(io)?;
+        }
+        self.shared.db.flush().map_err(io)?;
+        Ok(found)
+    }
+
+    /// Drops data-key versions other than the current one from the keyring (call only after
+    /// a pass found no record sealed under them).
+    pub fn retire_old_keys(&self, master: &MasterKey) -> Result<(), StoreError> {
+        let db = SledDb {
+            db: self.shared.db.clone(),
+        };
+        let wrapped = db.wrapped_keyring()?.ok_or(StoreError::Corrupt {
+            kind: "keyring",
+            id: String::new(),
+        })?;
+        let retired = wrapped.retire_old();
+        let ring = Keyring::unwrap(master, &retired).map_err(|_| StoreError::WrongMasterKey)?;
+        db.put_wrapped_keyring(&retired)?;
+        *self
+            .shared
+            .keyring
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
+        Ok(())
+    }
+
+    /// A consistent copy of every entry (still sealed), taken while commits wait: reads go on.
+    pub fn snapshot(&self) -> Result<Vec<RawEntry>, StoreError> {
+        let _pause = self.shared.gate.write().unwrap_or_else(|e| e.into_inner());
+        self.shared
+            .db
+            .iter()
+            .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io))
+            .collect()
+    }
+
+    fn keyring(&self) -> Arc<Keyring> {
+        self.shared
+            .keyring
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 
     fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
-        let keyring = &self.shared.keyring;
+        let keyring = &self.keyring();
         let result = self.shared.db.transaction(|tx| {
             for op in &batch.ops {
                 match op {
@@ -464,7 +633,7 @@ impl Store for SledStore {
             let Some(sealed) = self.shared.db.get(record_key(kind, id)).map_err(io)? else {
                 return Ok(None);
             };
-            let (rev, plaintext) = envelope::open(&self.shared.keyring, kind, id, &sealed)?;
+            let (rev, plaintext) = envelope::open(&self.keyring(), kind, id, &sealed)?;
             Ok(Some(Stored { rev, plaintext }))
         })
     }
@@ -549,7 +718,7 @@ impl Store for SledStore {
                     break;
                 }
                 let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                let (rev, plaintext) = envelope::open(&self.shared.keyring, kind, &id, &v)?;
+                let (rev, plaintext) = envelope::open(&self.keyring(), kind, &id, &v)?;
                 out.push((id, Stored { rev, plaintext }));
             }
             Ok(out)
@@ -561,7 +730,10 @@ impl Store for SledStore {
             if batch.is_empty() {
                 return Ok(());
             }
-            self.apply(&batch)?;
+            {
+                let _shared = self.shared.gate.read().unwrap_or_else(|e| e.into_inner());
+                self.apply(&batch)?;
+            }
             self.durable().await
         })
     }
@@ -594,13 +766,12 @@ impl Store for SledStore {
                 }
                 let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
                 let position = id.parse::<u64>().unwrap_or(0);
-                let entry =
-                    envelope::open(&self.shared.keyring, log, &id, &v).and_then(|(_, p)| {
-                        log::Entry::decode(p.expose()).ok_or(StoreError::Corrupt {
-                            kind: log.0,
-                            id: id.clone(),
-                        })
-                    });
+                let entry = envelope::open(&self.keyring(), log, &id, &v).and_then(|(_, p)| {
+                    log::Entry::decode(p.expose()).ok_or(StoreError::Corrupt {
+                        kind: log.0,
+                        id: id.clone(),
+                    })
+                });
                 out.push(log::Read { position, entry });
             }
             Ok(out)

@@ -22,6 +22,7 @@ pub async fn create(
     req: HttpRequest,
     body: Json<NewApi>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     authorize(&auth.0, Permission::ApisWrite)?;
     let idem = idempotency::key_from(&req)?;
     let now = state.clock.now();
@@ -29,13 +30,13 @@ pub async fn create(
     let mut input = body.value;
     let tenant =
         target_tenant(&auth.0, input.tenant.take()).map_err(|m| ApiError::bad("tenant", m))?;
-    if state.access.tenant(&tenant).await?.is_none() {
+    if core.access.tenant(&tenant).await?.is_none() {
         return Err(ApiError::bad("tenant", "must name an existing tenant"));
     }
     state
         .idempotency
         .run(&auth.0.name(), req.path(), idem, digest, || async {
-            let api = state.keys.create_api(&*audit, tenant, input, now).await?;
+            let api = core.keys.create_api(&*audit, tenant, input, now).await?;
             Reply::json(StatusCode::CREATED, &api)
         })
         .await
@@ -46,8 +47,9 @@ pub async fn list(
     state: web::Data<AppState>,
     q: Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let scope = authorize(&auth.0, Permission::ApisRead)?;
-    let page = state.keys.list_apis(&scope, &q.0.page()?).await?;
+    let page = core.keys.list_apis(&scope, &q.0.page()?).await?;
     Ok(HttpResponse::Ok().json(page))
 }
 
@@ -56,9 +58,10 @@ pub async fn get(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let scope = authorize(&auth.0, Permission::ApisRead)?;
     let id = path_param(&id, "id", ApiId::parse)?;
-    Ok(HttpResponse::Ok().json(state.keys.get_api(&scope, &id).await?))
+    Ok(HttpResponse::Ok().json(core.keys.get_api(&scope, &id).await?))
 }
 
 pub async fn update(
@@ -68,9 +71,10 @@ pub async fn update(
     id: web::Path<String>,
     body: Json<ApiPatch>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let scope = authorize(&auth.0, Permission::ApisWrite)?;
     let id = path_param(&id, "id", ApiId::parse)?;
-    let api = state
+    let api = core
         .keys
         .update_api(&*audit, &scope, &id, body.value, state.clock.now())
         .await?;
@@ -83,10 +87,10 @@ pub async fn delete(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let scope = authorize(&auth.0, Permission::ApisWrite)?;
     let id = path_param(&id, "id", ApiId::parse)?;
-    state
-        .keys
+    core.keys
         .delete_api(&*audit, &scope, &id, state.clock.now())
         .await?;
     Ok(HttpResponse::NoContent().finish())

@@ -31,6 +31,7 @@ pub async fn list(
     state: web::Data<AppState>,
     q: Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let scope = authorize(&auth.0, Permission::AuditRead)?;
     let limit = match q.0.limit {
         None => DEFAULT_LIMIT,
@@ -38,7 +39,7 @@ pub async fn list(
         Some(_) => return Err(ApiError::bad("limit", "must be between 1 and 100")),
     };
     let after = q.0.after_seq.or(q.0.cursor).unwrap_or(0);
-    let (items, last) = state.audit.list_scoped(&scope, after, limit).await?;
+    let (items, last) = core.audit.list_scoped(&scope, after, limit).await?;
     let next = (items.len() == limit)
         .then(|| last.map(|s| s.to_string()))
         .flatten();
@@ -49,8 +50,9 @@ pub async fn verify(
     auth: Authenticated,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     authorize(&auth.0, Permission::AuditRead)?;
-    let report = state.audit.verify(None).await?;
+    let report = core.audit.verify(None).await?;
     Ok(HttpResponse::Ok().json(report))
 }
 
@@ -67,10 +69,11 @@ pub async fn checkpoint(
     state: web::Data<AppState>,
     q: Query<CheckpointQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     authorize(&auth.0, Permission::AuditRead)?;
-    let cp = match state.audit.latest_checkpoint().await? {
+    let cp = match core.audit.latest_checkpoint().await? {
         Some(cp) if !q.0.fresh => cp,
-        _ => state
+        _ => core
             .audit
             .checkpoint(state.clock.now())
             .await

@@ -115,6 +115,7 @@ pub async fn issue(
     req: HttpRequest,
     body: Json<IssueBody>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     authorize(&auth.0, Permission::CertsIssue)?;
     let idem = idempotency::key_from(&req)?;
     let now = state.clock.now();
@@ -131,18 +132,18 @@ pub async fn issue(
         }
         (None, false) => return Err(ApiError::bad("csr", "is required unless generate is true")),
     };
-    let ttl = state.pki.ttl(b.ttl_seconds)?;
+    let ttl = core.pki.ttl(b.ttl_seconds)?;
     let tenant = target_tenant(&auth.0, b.tenant).map_err(|m| ApiError::bad("tenant", m))?;
-    if state.access.tenant(&tenant).await?.is_none() {
+    if core.access.tenant(&tenant).await?.is_none() {
         return Err(ApiError::bad("tenant", "must name an existing tenant"));
     }
     // No escalation: the identity's bindings may grant nothing the issuer lacks.
-    let granted = state.access.granted_to(&tenant, &b.identity).await?;
+    let granted = core.access.granted_to(&tenant, &b.identity).await?;
     may_grant(&auth.0, granted)?;
     state
         .idempotency
         .run(&auth.0.name(), req.path(), idem, digest, || async {
-            let (issued, private_key) = state
+            let (issued, private_key) = core
                 .pki
                 .issue_service(&*audit, tenant, b.identity, key, ttl, now)
                 .await?;
@@ -161,6 +162,7 @@ pub async fn renew(
     state: web::Data<AppState>,
     body: OptionalJson<RenewBody>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let AuthenticatedCert(principal, peer) = auth;
     // The bootstrap admin credential is never issued (or renewed) through the API.
     if matches!(&principal.credential, Credential::Cert { id, .. } if id.identity == Identity::Admin)
@@ -168,7 +170,7 @@ pub async fn renew(
         return Err(ApiError::Forbidden);
     }
     let b = body.0.value;
-    let issued = state
+    let issued = core
         .pki
         .renew(
             &*audit,
@@ -188,6 +190,7 @@ pub async fn list(
     state: web::Data<AppState>,
     q: Query<CertListQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let scope = authorize(&auth.0, Permission::CertsRead)?;
     let q = q.0;
     let page = ListQuery {
@@ -198,7 +201,7 @@ pub async fn list(
     let identity = match q.identity {
         None => None,
         Some(i) if i.starts_with("spiffe://") => Some(
-            SpiffeId::parse(&i, state.pki.trust_domain())
+            SpiffeId::parse(&i, core.pki.trust_domain())
                 .map_err(|m| ApiError::bad("identity", m))?
                 .uri(),
         ),
@@ -206,7 +209,7 @@ pub async fn list(
             let name = ServiceName::parse(&name).map_err(|m| ApiError::bad("identity", m))?;
             Some(
                 SpiffeId::new(
-                    state.pki.trust_domain().clone(),
+                    core.pki.trust_domain().clone(),
                     Identity::Service {
                         tenant: TenantName::default_tenant(),
                         name,
@@ -216,7 +219,7 @@ pub async fn list(
             )
         }
     };
-    let page = state
+    let page = core
         .pki
         .list(&scope, identity.as_deref(), &page, state.clock.now())
         .await?;
@@ -228,9 +231,10 @@ pub async fn get(
     state: web::Data<AppState>,
     serial: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let scope = authorize(&auth.0, Permission::CertsRead)?;
     let serial = path_param(&serial, "serial", Serial::parse)?;
-    let rec = state.pki.get(&scope, &serial).await?;
+    let rec = core.pki.get(&scope, &serial).await?;
     Ok(HttpResponse::Ok().json(CertView::new(&rec, state.clock.now())))
 }
 
@@ -241,11 +245,12 @@ pub async fn revoke(
     serial: web::Path<String>,
     body: OptionalJson<RevokeBody>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let scope = authorize(&auth.0, Permission::CertsRevoke)?;
     let serial = path_param(&serial, "serial", Serial::parse)?;
     let reason = body.0.value.reason.unwrap_or(RevocationReason::Unspecified);
     let now = state.clock.now();
-    let rec = state
+    let rec = core
         .pki
         .revoke(&*audit, &scope, &serial, reason, now)
         .await?;
@@ -257,10 +262,10 @@ pub async fn verify(
     state: web::Data<AppState>,
     body: Json<VerifyBody>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let scope = authorize(&auth.0, Permission::CertsVerify)?;
     let verdict =
-        state
-            .pki
+        core.pki
             .verify_certificate(&scope, &body.value.certificate, state.clock.now())?;
     metrics::CERT_VERIFY
         .with_label_values(&[verdict.code.as_str()])

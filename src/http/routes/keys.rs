@@ -33,6 +33,7 @@ pub async fn create(
     api_id: web::Path<String>,
     body: Json<NewKey>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let scope = authorize(&auth.0, Permission::KeysCreate)?;
     let api_id = path_param(&api_id, "api_id", ApiId::parse)?;
     let idem = idempotency::key_from(&req)?;
@@ -40,7 +41,7 @@ pub async fn create(
     state
         .idempotency
         .run(&auth.0.name(), req.path(), idem, body.digest, || async {
-            let (view, secret) = state
+            let (view, secret) = core
                 .keys
                 .issue_key(&*audit, &scope, &api_id, body.value, now)
                 .await?;
@@ -62,9 +63,10 @@ pub async fn list(
     api_id: web::Path<String>,
     q: Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let scope = authorize(&auth.0, Permission::KeysRead)?;
     let api_id = path_param(&api_id, "api_id", ApiId::parse)?;
-    let page = state
+    let page = core
         .keys
         .list_keys(&scope, &api_id, &q.0.page()?, state.clock.now())
         .await?;
@@ -76,9 +78,10 @@ pub async fn get(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let scope = authorize(&auth.0, Permission::KeysRead)?;
     let id = path_param(&id, "id", KeyId::parse)?;
-    let view = state
+    let view = core
         .keys
         .get_key(&scope, false, &id, state.clock.now())
         .await?;
@@ -92,9 +95,10 @@ pub async fn update(
     id: web::Path<String>,
     body: Json<KeyPatch>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let scope = authorize(&auth.0, Permission::KeysUpdate)?;
     let id = path_param(&id, "id", KeyId::parse)?;
-    let view = state
+    let view = core
         .keys
         .update_key(&*audit, &scope, false, &id, body.value, state.clock.now())
         .await?;
@@ -126,13 +130,14 @@ pub(super) async fn rotate_in(
     id: &KeyId,
     body: OptionalJson<RotateKey>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let idem = idempotency::key_from(req)?;
     let now = state.clock.now();
     let body = body.0;
     state
         .idempotency
         .run(&auth.0.name(), req.path(), idem, body.digest, || async {
-            let (view, secret) = state
+            let (view, secret) = core
                 .keys
                 .rotate_key(&**audit, scope, root, id, body.value, now)
                 .await?;
@@ -166,9 +171,10 @@ pub async fn revoke(
     id: web::Path<String>,
     _body: OptionalJson<RevokeBody>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let scope = authorize(&auth.0, Permission::KeysRevoke)?;
     let id = path_param(&id, "id", KeyId::parse)?;
-    let view = state
+    let view = core
         .keys
         .revoke_key(&*audit, &scope, false, &id, state.clock.now())
         .await?;
@@ -180,6 +186,7 @@ pub async fn verify(
     state: web::Data<AppState>,
     body: Json<VerifyRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let scope = authorize(&auth.0, Permission::KeysVerify)?;
     let caller = match &auth.0.credential {
         Credential::Cert {
@@ -190,7 +197,7 @@ pub async fn verify(
         },
         Credential::RootKey { .. } => CallerIdentity::default(),
     };
-    let verdict = state
+    let verdict = core
         .keys
         .verify(&scope, &body.value, &caller, state.clock.now())
         .await?;

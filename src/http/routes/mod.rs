@@ -5,6 +5,7 @@
 mod apis;
 mod audit;
 mod certs;
+mod custody;
 mod keys;
 mod pki;
 mod rootkeys;
@@ -30,6 +31,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/pki/crl", "GET").route(web::get().to(pki::crl)))
         .service(resource("/v1/pki/rotate", "POST").route(web::post().to(pki::rotate)))
         .service(resource("/v1/whoami", "GET").route(web::get().to(sys::whoami)))
+        .service(resource("/v1/sys/status", "GET").route(web::get().to(custody::status)))
+        .service(resource("/v1/sys/unseal", "POST").route(web::post().to(custody::unseal)))
+        .service(resource("/v1/sys/seal", "POST").route(web::post().to(custody::seal)))
+        .service(
+            resource("/v1/sys/rotate-keyring", "POST")
+                .route(web::post().to(custody::rotate_keyring)),
+        )
         .service(resource("/metrics", "GET").route(web::get().to(sys::metrics)))
         .service(resource("/v1/audit", "GET").route(web::get().to(audit::list)))
         .service(resource("/v1/audit/verify", "GET").route(web::get().to(audit::verify)))

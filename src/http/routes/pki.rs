@@ -15,11 +15,16 @@ use crate::{
     pki::CrlFormat,
 };
 
-pub async fn ca_bundle(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
+/// The trust bundle; while sealed, from the public file in the certs directory.
+pub async fn ca_bundle(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let pem = match state.try_core() {
+        Some(core) => core.pki.ca_bundle_pem(),
+        None => std::fs::read_to_string(&state.vault.paths.ca).map_err(|_| ApiError::Sealed)?,
+    };
+    Ok(HttpResponse::Ok()
         .content_type("application/pem-certificate-chain")
         .insert_header(("cache-control", "no-cache"))
-        .body(state.pki.ca_bundle_pem())
+        .body(pem))
 }
 
 /// `GET /v1/pki/crl?issuer=&format=`.
@@ -44,10 +49,15 @@ pub async fn crl(state: web::Data<AppState>, q: Query<CrlQuery>) -> Result<HttpR
         None | Some(Format::Der) => CrlFormat::Der,
         Some(Format::Pem) => CrlFormat::Pem,
     };
-    let body = state
-        .pki
-        .crl(q.0.issuer.as_ref(), format)
-        .ok_or(ApiError::NotFound)?;
+    let body = match state.try_core() {
+        Some(core) => core
+            .pki
+            .crl(q.0.issuer.as_ref(), format)
+            .ok_or(ApiError::NotFound)?,
+        // Sealed: the CRLs as last published to the certs directory.
+        None => crate::pki::published_crl(&state.config.certs_dir, q.0.issuer.as_ref(), format)
+            .ok_or(ApiError::NotFound)?,
+    };
     let ctype = match format {
         CrlFormat::Der => "application/pkix-crl",
         CrlFormat::Pem => "application/x-pem-file",
@@ -64,9 +74,10 @@ pub async fn rotate(
     audit: Audited,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     authorize(&auth.0, Permission::Admin)?;
-    let id = state.pki.rotate_issuing(&*audit, state.clock.now()).await?;
-    let a = state.pki.authority();
+    let id = core.pki.rotate_issuing(&*audit, state.clock.now()).await?;
+    let a = core.pki.authority();
     Ok(HttpResponse::Created().json(json!({
         "issuing": id,
         "retired": a.retired.iter().map(|(c, until)| json!({"id": c.id, "until": until})).collect::<Vec<_>>(),

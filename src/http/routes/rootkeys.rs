@@ -84,12 +84,13 @@ pub async fn create(
     req: HttpRequest,
     body: Json<NewRootKeyBody>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     authorize(&auth.0, Permission::TenantsAdmin)?;
     let idem = idempotency::key_from(&req)?;
     let digest = body.digest;
     let b = body.value;
     let tenant = target_tenant(&auth.0, b.tenant).map_err(|m| ApiError::bad("tenant", m))?;
-    if state.access.tenant(&tenant).await?.is_none() {
+    if core.access.tenant(&tenant).await?.is_none() {
         return Err(ApiError::bad("tenant", "must name an existing tenant"));
     }
     if b.permissions.contains(Permission::Admin) {
@@ -120,7 +121,7 @@ pub async fn create(
     state
         .idempotency
         .run(&auth.0.name(), req.path(), idem, digest, || async {
-            let (view, secret) = state
+            let (view, secret) = core
                 .keys
                 .issue_root_key(&*audit, &tenant, input, now)
                 .await?;
@@ -140,8 +141,9 @@ pub async fn list(
     state: web::Data<AppState>,
     q: Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let scope = authorize(&auth.0, Permission::TenantsAdmin)?;
-    let page = state
+    let page = core
         .keys
         .list_root_keys(&scope, &q.0.page()?, state.clock.now())
         .await?;
@@ -156,9 +158,10 @@ pub async fn get(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let scope = authorize(&auth.0, Permission::TenantsAdmin)?;
     let id = path_param(&id, "id", KeyId::parse)?;
-    let view = state
+    let view = core
         .keys
         .get_key(&scope, true, &id, state.clock.now())
         .await?;
@@ -185,9 +188,10 @@ pub async fn revoke(
     id: web::Path<String>,
     _body: OptionalJson<RevokeBody>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let scope = authorize(&auth.0, Permission::TenantsAdmin)?;
     let id = path_param(&id, "id", KeyId::parse)?;
-    let view = state
+    let view = core
         .keys
         .revoke_key(&*audit, &scope, true, &id, state.clock.now())
         .await?;

@@ -14,7 +14,7 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    if state.store.healthy() {
+    if state.try_core().is_some_and(|c| c.store.healthy()) {
         HttpResponse::Ok().json(json!({"status": "ready"}))
     } else {
         HttpResponse::ServiceUnavailable().json(json!({"status": "unavailable"}))

@@ -28,11 +28,12 @@ pub async fn create(
     state: web::Data<AppState>,
     body: Json<NewTenant>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     authorize(&auth.0, Permission::Admin)?;
     if !auth.0.is_global_admin() {
         return Err(ApiError::Forbidden);
     }
-    let t = state
+    let t = core
         .access
         .create_tenant(&*audit, body.value.name, state.clock.now())
         .await?;
@@ -44,8 +45,9 @@ pub async fn list(
     state: web::Data<AppState>,
     q: Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let scope = authorize(&auth.0, Permission::TenantsAdmin)?;
-    let page = state.access.list_tenants(&scope, &q.0.page()?).await?;
+    let page = core.access.list_tenants(&scope, &q.0.page()?).await?;
     Ok(HttpResponse::Ok().json(page))
 }
 
@@ -55,9 +57,10 @@ async fn tenant_in_scope(
     state: &AppState,
     t: &str,
 ) -> Result<(TenantScope, TenantName), ApiError> {
+    let core = state.core()?;
     let scope = authorize(&auth.0, Permission::TenantsAdmin)?;
     let name = path_param(t, "tenant", TenantName::parse)?;
-    state.access.visible_tenant(&scope, &name).await?;
+    core.access.visible_tenant(&scope, &name).await?;
     Ok((scope, name))
 }
 
@@ -66,9 +69,10 @@ pub async fn get(
     state: web::Data<AppState>,
     t: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let scope = authorize(&auth.0, Permission::TenantsAdmin)?;
     let name = path_param(&t, "tenant", TenantName::parse)?;
-    Ok(HttpResponse::Ok().json(state.access.visible_tenant(&scope, &name).await?))
+    Ok(HttpResponse::Ok().json(core.access.visible_tenant(&scope, &name).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,8 +93,9 @@ pub async fn list_roles(
     state: web::Data<AppState>,
     t: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
-    let roles = state.access.list_roles(&tenant).await?;
+    let roles = core.access.list_roles(&tenant).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"items": roles, "next_cursor": null})))
 }
 
@@ -101,9 +106,10 @@ pub async fn create_role(
     t: web::Path<String>,
     body: Json<NewRole>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
     let b = body.value;
-    if state
+    if core
         .access
         .role_permissions(&tenant, &b.name)
         .await?
@@ -111,7 +117,7 @@ pub async fn create_role(
     {
         return Err(ApiError::Conflict("a role with this name exists".into()));
     }
-    let role = state
+    let role = core
         .access
         .put_role(
             &*audit,
@@ -132,10 +138,11 @@ pub async fn put_role(
     path: web::Path<(String, String)>,
     body: Json<RolePermissions>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let (t, r) = path.into_inner();
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
     let name = path_param(&r, "role", RoleName::parse)?;
-    let role = state
+    let role = core
         .access
         .put_role(
             &*audit,
@@ -154,10 +161,11 @@ pub async fn get_role(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let (t, r) = path.into_inner();
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
     let name = path_param(&r, "role", RoleName::parse)?;
-    let roles = state.access.list_roles(&tenant).await?;
+    let roles = core.access.list_roles(&tenant).await?;
     let role = roles
         .into_iter()
         .find(|x| x.name == name.as_str())
@@ -171,10 +179,11 @@ pub async fn delete_role(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let (t, r) = path.into_inner();
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
     let name = path_param(&r, "role", RoleName::parse)?;
-    state.access.delete_role(&*audit, &tenant, &name).await?;
+    core.access.delete_role(&*audit, &tenant, &name).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -189,8 +198,9 @@ pub async fn list_bindings(
     state: web::Data<AppState>,
     t: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
-    let items = state.access.list_bindings(&tenant).await?;
+    let items = core.access.list_bindings(&tenant).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"items": items, "next_cursor": null})))
 }
 
@@ -201,10 +211,11 @@ pub async fn put_binding(
     path: web::Path<(String, String)>,
     body: Json<BindingBody>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let (t, i) = path.into_inner();
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
     let identity = path_param(&i, "identity", ServiceName::parse)?;
-    let view = state
+    let view = core
         .access
         .put_binding(
             &*audit,
@@ -223,10 +234,11 @@ pub async fn get_binding(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let (t, i) = path.into_inner();
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
     let identity = path_param(&i, "identity", ServiceName::parse)?;
-    Ok(HttpResponse::Ok().json(state.access.get_binding(&tenant, &identity).await?))
+    Ok(HttpResponse::Ok().json(core.access.get_binding(&tenant, &identity).await?))
 }
 
 pub async fn delete_binding(
@@ -235,11 +247,11 @@ pub async fn delete_binding(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
     let (t, i) = path.into_inner();
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
     let identity = path_param(&i, "identity", ServiceName::parse)?;
-    state
-        .access
+    core.access
         .delete_binding(&*audit, &tenant, &identity)
         .await?;
     Ok(HttpResponse::NoContent().finish())

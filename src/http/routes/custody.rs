@@ -1,0 +1,168 @@
+//! `/v1/sys/...`: seal status, unseal with Shamir shares, seal, keyring rotation, backup.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{
+    access::{Permission, authorize},
+    crypto::secret::SecretString,
+    http::{
+        error::ApiError,
+        extract::{Audited, Authenticated, Json},
+        state::AppState,
+    },
+    store::{Batch, Recorder},
+};
+
+fn admin_only(auth: &Authenticated) -> Result<(), ApiError> {
+    authorize(&auth.0, Permission::Admin)?;
+    if auth.0.is_global_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden)
+    }
+}
+
+/// `GET /v1/sys/status` (anyone).
+pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let seal = state.vault.seal.as_ref();
+    let progress = state
+        .unseal_progress
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .len();
+    let keyring = state.try_core().map(|c| {
+        let (current, versions) = c.sled.key_versions();
+        json!({"current": current, "versions": versions})
+    });
+    Ok(HttpResponse::Ok().json(json!({
+        "sealed": state.sealed(),
+        "initialized": state.vault.db.initialized().unwrap_or(false),
+        "key_source": state.vault.key_source(),
+        "threshold": seal.map(|s| s.threshold),
+        "shares": seal.map(|s| s.shares),
+        "progress": progress,
+        "keyring": keyring,
+        "version": env!("CARGO_PKG_VERSION"),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnsealBody {
+    share: SecretString,
+}
+
+/// `POST /v1/sys/unseal {share}` (anyone). Each share is checked on arrival against the hash
+/// stored at init; a wrong or repeated share is refused without resetting the others'
+/// progress. At the threshold the server unseals.
+pub async fn unseal(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: Json<UnsealBody>,
+) -> Result<HttpResponse, ApiError> {
+    if !state.sealed() {
+        return Ok(HttpResponse::Ok().json(json!({"sealed": false})));
+    }
+    let Some(seal) = state.vault.seal.as_ref() else {
+        return Err(ApiError::Conflict(
+            "this data directory is not sealed with shares".into(),
+        ));
+    };
+    let threshold = usize::from(seal.threshold);
+    let (n, bytes) = match state.vault.check_share(body.value.share.expose()) {
+        Ok(v) => v,
+        Err(_) => {
+            if let Some(ip) = state.guard.source(&req) {
+                state.guard.failed(ip, "unseal share refused");
+            }
+            return Err(ApiError::bad(
+                "share",
+                "must be one of this data directory's shares",
+            ));
+        }
+    };
+    let ready = {
+        let mut p = state
+            .unseal_progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if p.iter().any(|(m, _)| *m == n) {
+            return Err(ApiError::bad("share", "was already given"));
+        }
+        p.push((n, bytes));
+        if p.len() < threshold {
+            return Ok(HttpResponse::Ok().json(json!({
+                "sealed": true, "progress": p.len(), "threshold": threshold,
+            })));
+        }
+        std::mem::take(&mut *p)
+    };
+    let shares: Vec<_> = ready.into_iter().map(|(_, b)| b).collect();
+    let master = state.vault.combine(&shares).map_err(|e| {
+        tracing::error!(error = %e, "unseal failed");
+        ApiError::Internal
+    })?;
+    let core = state.vault.unseal(master).await.map_err(|e| {
+        tracing::error!(error = %e, "unseal failed");
+        ApiError::Internal
+    })?;
+    let core = state.install(core);
+    let mut b = Batch::new();
+    let rec = crate::audit::AuditContext::system("unseal", state.clock.now());
+    rec.record(&mut b, "sys", None)?;
+    core.store.commit(b).await?;
+    tracing::info!("unsealed");
+    Ok(HttpResponse::Ok()
+        .json(json!({"sealed": false, "progress": threshold, "threshold": threshold})))
+}
+
+/// `POST /v1/sys/seal` (global admin): every key leaves memory at once.
+pub async fn seal(
+    auth: Authenticated,
+    audit: Audited,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    admin_only(&auth)?;
+    let core = state.core()?;
+    if state.vault.seal.is_none() && state.vault.key_source() != crate::app::KeySource::Shares {
+        // Sealing a key-file server is allowed (the key file unseals it at the next start);
+        // say so in the answer.
+        tracing::warn!("sealed a server whose master key is a file or the environment");
+    }
+    // Usage counters are flushed first; the entry is written while the store is still open.
+    let _ = core.keys.usage().flush().await;
+    let mut b = Batch::new();
+    audit.record(&mut b, "sys", None)?;
+    core.store.commit(b).await?;
+    drop(core);
+    state.seal();
+    state
+        .unseal_progress
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    tracing::info!("sealed");
+    Ok(HttpResponse::Ok().json(json!({"sealed": true})))
+}
+
+/// `POST /v1/sys/rotate-keyring` (global admin): a new data-key version for new writes; a
+/// background pass moves old records over, then retires old versions.
+pub async fn rotate_keyring(
+    auth: Authenticated,
+    audit: Audited,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    admin_only(&auth)?;
+    let core = state.core()?;
+    let c = core.clone();
+    let current = actix_web::rt::task::spawn_blocking(move || c.sled.rotate_keyring(&c.master))
+        .await
+        .map_err(|_| ApiError::Internal)??;
+    let mut b = Batch::new();
+    audit.record(&mut b, &format!("data-key-{current}"), None)?;
+    core.store.commit(b).await?;
+    let (_, versions) = core.sled.key_versions();
+    Ok(HttpResponse::Ok().json(json!({"current": current, "versions": versions})))
+}
