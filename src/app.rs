@@ -26,7 +26,7 @@ use crate::{
         bootstrap::{self, CertPaths},
     },
     store::{
-        Store, StoreError,
+        Recorder, Store, StoreError,
         sled::{SledDb, SledOptions, SledStore},
     },
 };
@@ -34,6 +34,8 @@ use crate::{
 /// The environment variable that may carry the master key (64 hex digits).
 pub const MASTER_KEY_ENV: &str = "TESSERA_MASTER_KEY";
 const SEAL_META: &str = "seal";
+/// Set by `tessera restore`: the first unseal writes the new audit epoch's entry.
+pub const RESTORE_META: &str = "restore";
 
 /// Errors while starting up or unsealing. Each says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -302,6 +304,15 @@ impl Vault {
         if first_start {
             let rec = AuditContext::system("issue bootstrap admin credential", self.clock.now());
             bootstrap::issue_admin_cert(&*rec, &pki, &self.paths, self.clock.now()).await?;
+        }
+        if let Some(restore) = self.db.meta(RESTORE_META)? {
+            // The first unseal after a restore opens a new audit epoch, in the chain.
+            let rec = AuditContext::system("restore: new audit epoch", self.clock.now());
+            let mut b = crate::store::Batch::new();
+            let _ = restore;
+            rec.record(&mut b, "restore", None)?;
+            store.commit(b).await?;
+            self.db.delete_meta(RESTORE_META)?;
         }
         let keys = Keys::new(store.clone(), keyring.clone());
         Ok(Core {

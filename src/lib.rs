@@ -5,6 +5,7 @@
 pub mod access;
 pub mod app;
 pub mod audit;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod crypto;

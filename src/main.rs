@@ -36,6 +36,79 @@ enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Download an online backup from a running server (GET /v1/sys/backup, admin).
+    Backup {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Where to write the backup (mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into an empty data directory (server stopped). The master key is not
+    /// in a backup: bring the key file, the environment variable, or the shares.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        #[command(flatten)]
+        dirs: DirArgs,
+        /// A JSON-lines copy of the audit log, to name key revocations made after the backup.
+        #[arg(long)]
+        audit_log: Option<PathBuf>,
+    },
+    /// Send one unseal share to a sealed server (the share is read from standard input).
+    Unseal {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+}
+
+/// Which server, and with which credential.
+#[derive(Args, Clone)]
+struct TargetArgs {
+    /// The server's base URL.
+    #[arg(
+        long = "server",
+        env = "TESSERA_ADDR",
+        default_value = "https://localhost:8443"
+    )]
+    addr: String,
+    /// The CA bundle to trust.
+    #[arg(long = "ca", env = "TESSERA_CACERT", default_value = "certs/ca.pem")]
+    ca: PathBuf,
+    /// Client certificate (PEM chain).
+    #[arg(long, env = "TESSERA_CLIENT_CERT")]
+    cert: Option<PathBuf>,
+    /// Client key (PEM).
+    #[arg(long, env = "TESSERA_CLIENT_KEY")]
+    key: Option<PathBuf>,
+    /// A root key, sent as a bearer token (prefer the environment variable).
+    #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl TargetArgs {
+    fn target(self) -> tessera::client::Target {
+        // Without any credential, the bootstrap admin's files next to the CA bundle.
+        let dir = self
+            .ca
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let (cert, key) = match (self.cert, self.key, &self.token) {
+            (Some(c), Some(k), _) => (Some(c), Some(k)),
+            (None, None, None) if dir.join("admin.pem").exists() => {
+                (Some(dir.join("admin.pem")), Some(dir.join("admin.key")))
+            }
+            _ => (None, None),
+        };
+        tessera::client::Target {
+            addr: self.addr,
+            ca: self.ca,
+            cert,
+            key,
+            token: self.token.map(tessera::crypto::secret::SecretString::new),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -180,6 +253,47 @@ fn main() -> anyhow::Result<()> {
             let code = actix_web::rt::System::new().block_on(audit_verify(config, checkpoint))?;
             std::process::exit(code);
         }
+        Command::Backup { target, out } => actix_web::rt::System::new().block_on(async move {
+            let client = tessera::client::Client::new(&target.target())?;
+            let answer = client
+                .call(reqwest::Method::GET, "/v1/sys/backup", None)
+                .await?
+                .ok()?;
+            tessera::store::backup::decode(&answer.body)
+                .context("the server's backup does not check out")?;
+            tessera::files::write_atomic(&out, &answer.body, tessera::files::PRIVATE)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "backup written: {} ({} bytes)",
+                out.display(),
+                answer.body.len()
+            );
+            Ok(())
+        }),
+        Command::Restore {
+            file,
+            dirs,
+            audit_log,
+        } => {
+            let config = Config::load(&dirs.overrides())?;
+            init_logging(config.log_format);
+            restore(&config, &file, audit_log.as_deref())
+        }
+        Command::Unseal { target } => actix_web::rt::System::new().block_on(async move {
+            let mut t = target.target();
+            t.cert = None;
+            t.key = None;
+            let client = tessera::client::Client::new(&t)?;
+            let mut line = zeroize::Zeroizing::new(String::new());
+            std::io::stdin().read_line(&mut line)?;
+            let body = serde_json::json!({"share": line.trim()});
+            let answer = client
+                .call(reqwest::Method::POST, "/v1/sys/unseal", Some(&body))
+                .await?
+                .ok()?;
+            println!("{}", answer.json());
+            Ok(())
+        }),
         Command::AdminCert(dirs) => {
             let config = Config::load(&dirs.overrides())?;
             init_logging(config.log_format);
@@ -280,4 +394,101 @@ async fn unseal_offline(vault: &Vault) -> anyhow::Result<Core> {
     }
     let master = vault.combine(&shares)?;
     Ok(vault.unseal(master).await?)
+}
+
+/// Restores a backup into an empty data directory, and names the revocations made after the
+/// backup that it lost (from the certs directory's published CRLs, and the shipped audit log).
+fn restore(
+    config: &Config,
+    file: &std::path::Path,
+    audit_log: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let (header, entries) = tessera::store::backup::decode(&bytes)
+        .with_context(|| format!("{} is not a usable backup", file.display()))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).context("the backup header is unreadable")?;
+    tessera::files::ensure_dir(&config.data_dir, 0o700)?;
+    let db = tessera::store::sled::SledDb::open(
+        &config.data_dir.join("db"),
+        &tessera::store::sled::SledOptions::default(),
+    )
+    .context("opening the target data directory (is a server running on it?)")?;
+    if !db.is_empty() {
+        anyhow::bail!(
+            "{} already holds a database: restore only into an empty data directory",
+            config.data_dir.display()
+        );
+    }
+    db.import(&entries)?;
+    let summary = serde_json::json!({
+        "backup_created_at": header["created_at"],
+        "backup_audit_head_seq": header["audit_head_seq"],
+    });
+    db.put_meta(tessera::app::RESTORE_META, summary.to_string().as_bytes())?;
+    println!(
+        "restored {} entries from a backup made at {} into {}",
+        entries.len(),
+        header["created_at"].as_str().unwrap_or("?"),
+        config.data_dir.display()
+    );
+    println!("The first unseal opens a new audit epoch. The master key is not in the backup.");
+
+    // Revocations made after the backup are not in it: name them.
+    let in_backup: std::collections::BTreeSet<String> = header["revoked_serials"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect();
+    let mut lost: Vec<String> = Vec::new();
+    if let Ok(text) = std::fs::read_to_string(config.certs_dir.join("crls.pem")) {
+        for block in pem::parse_many(&text).unwrap_or_default() {
+            if let Ok((_, crl)) = x509_parser::parse_x509_crl(block.contents()) {
+                for r in crl.iter_revoked_certificates() {
+                    let serial = tessera::pki::serial::Serial::from_bytes(r.raw_serial());
+                    if !in_backup.contains(serial.as_str()) {
+                        lost.push(format!("certificate {serial} (in the published CRL)"));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(path) = audit_log {
+        let head = header["audit_head_seq"].as_u64().unwrap_or(0);
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        for line in text.lines() {
+            let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let action = e["action"].as_str().unwrap_or("");
+            if e["seq"].as_u64().unwrap_or(0) > head
+                && e["outcome"] == "success"
+                && action.ends_with("/revoke")
+            {
+                lost.push(format!(
+                    "{} {} (audit seq {})",
+                    if action.contains("/certs/") {
+                        "certificate"
+                    } else {
+                        "key"
+                    },
+                    e["object"].as_str().unwrap_or("?"),
+                    e["seq"]
+                ));
+            }
+        }
+    }
+    lost.sort();
+    lost.dedup();
+    if lost.is_empty() {
+        println!("No revocation made after the backup is known to be lost.");
+    } else {
+        println!("Revocations made after the backup, LOST by this restore (revoke them again):");
+        for l in &lost {
+            println!("  {l}");
+        }
+    }
+    Ok(())
 }

@@ -231,6 +231,19 @@ impl Pki {
             .contains_key(serial)
     }
 
+    /// The revoked, unexpired serials (public: the CRLs list them).
+    pub fn revoked_serials(&self) -> Vec<Serial> {
+        let mut v: Vec<Serial> = self
+            .revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
     /// The trust bundle: the root, then every issuing CA whose certificates may be live.
     pub fn ca_bundle_pem(&self) -> String {
         let a = self.authority();

@@ -3,6 +3,7 @@
 //! No sled type appears in it, so a second implementation on a networked SQL engine can
 //! serve the same domain code.
 
+pub mod backup;
 mod envelope;
 pub mod log;
 pub mod record;

@@ -183,6 +183,34 @@ impl SledDb {
         Ok(())
     }
 
+    /// Whether the database holds nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.db.is_empty()
+    }
+
+    /// Loads raw entries (a restore) into an empty database, durably.
+    pub fn import(&self, entries: &[RawEntry]) -> Result<(), StoreError> {
+        if !self.db.is_empty() {
+            return Err(StoreError::Unavailable(
+                "the target database is not empty".into(),
+            ));
+        }
+        let mut batch = sled::Batch::default();
+        for (k, v) in entries {
+            batch.insert(k.as_slice(), v.as_slice());
+        }
+        self.db.apply_batch(batch).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+
+    /// Removes a metadata value durably.
+    pub fn delete_meta(&self, name: &str) -> Result<(), StoreError> {
+        self.db.remove(meta_key(name)).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+
     /// The persisted (wrapped) keyring.
     pub fn wrapped_keyring(&self) -> Result<Option<WrappedKeyring>, StoreError> {
         match self.db.get(KEYRING_KEY).map_err(io)? {

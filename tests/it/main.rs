@@ -8,6 +8,7 @@ mod access;
 mod audit;
 mod auth;
 mod certs;
+mod custody;
 mod durability;
 mod helpers;
 mod input;

@@ -34,6 +34,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/sys/status", "GET").route(web::get().to(custody::status)))
         .service(resource("/v1/sys/unseal", "POST").route(web::post().to(custody::unseal)))
         .service(resource("/v1/sys/seal", "POST").route(web::post().to(custody::seal)))
+        .service(resource("/v1/sys/backup", "GET").route(web::get().to(custody::backup)))
         .service(
             resource("/v1/sys/rotate-keyring", "POST")
                 .route(web::post().to(custody::rotate_keyring)),

@@ -1,0 +1,441 @@
+//! Key custody: Shamir init, unseal and seal; keyring rotation with rewrap (also across a
+//! kill -9); backup and restore; tampered records detected, never served.
+
+use std::{process::Command, time::Duration};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{BIN, Home, Server};
+
+fn run(home: &Home, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    use std::io::Write;
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .arg("--data")
+        .arg(home.data())
+        .arg("--certs")
+        .arg(home.certs())
+        .env_remove("TESSERA_MASTER_KEY")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn init(home: &Home) -> Vec<String> {
+    let (ok, out, err) = run(home, &["init", "--shares", "5", "--threshold", "3"], None);
+    assert!(ok, "{out}{err}");
+    let shares: Vec<String> = out
+        .lines()
+        .filter(|l| l.starts_with("share-"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(shares.len(), 5, "{out}");
+    assert!(!home.data().join("master.key").exists(), "no key file");
+    for f in [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "admin.pem",
+        "admin.key",
+        "crls.pem",
+    ] {
+        assert!(home.certs().join(f).exists(), "{f}");
+    }
+    shares
+}
+
+#[tokio::test]
+async fn init_unseal_seal_cycle() {
+    let home = Home::new();
+    let shares = init(&home);
+    // A second init refuses.
+    let (ok, _, _) = run(&home, &["init", "--shares", "5", "--threshold", "3"], None);
+    assert!(!ok);
+
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let anon = server.anonymous();
+    // Sealed: only the public routes answer.
+    anon.get("/healthz").await.expect(200);
+    anon.get("/readyz").await.expect(503);
+    let status = anon.get("/v1/sys/status").await.expect(200);
+    assert_eq!(status["sealed"], true);
+    assert_eq!(status["threshold"], 3);
+    assert_eq!(status["key_source"], "shares");
+    assert!(
+        anon.get("/v1/pki/ca")
+            .await
+            .expect_text(200)
+            .contains("BEGIN CERTIFICATE")
+    );
+    anon.get("/v1/pki/crl").await.expect(200);
+    for path in [
+        "/v1/apis",
+        "/v1/whoami",
+        "/v1/certs",
+        "/metrics",
+        "/v1/audit",
+    ] {
+        let r = admin.get(path).await;
+        assert_eq!(r.status, 503, "{path}: {}", r.text);
+        assert_eq!(r.json()["error"]["code"], "sealed");
+        anon.get(path).await.expect(503);
+    }
+    admin
+        .post("/v1/keys/verify", json!({"key": "x"}))
+        .await
+        .expect(503);
+
+    let unseal = |s: &str| json!({ "share": s });
+    // A wrong share is refused and resets nothing.
+    let wrong = format!("share-1: {}", "ab".repeat(33));
+    let r = anon
+        .post("/v1/sys/unseal", unseal(&wrong))
+        .await
+        .expect(400);
+    assert_eq!(r["error"]["field"], "share");
+    let r = anon
+        .post("/v1/sys/unseal", unseal(&shares[0]))
+        .await
+        .expect(200);
+    assert_eq!(
+        (r["sealed"].clone(), r["progress"].clone()),
+        (json!(true), json!(1))
+    );
+    anon.post("/v1/sys/unseal", unseal(&shares[0]))
+        .await
+        .expect(400);
+    anon.post("/v1/sys/unseal", unseal(&wrong))
+        .await
+        .expect(400);
+    let r = anon
+        .post("/v1/sys/unseal", unseal(&shares[3]))
+        .await
+        .expect(200);
+    assert_eq!(r["progress"], 2);
+    assert_eq!(anon.get("/v1/sys/status").await.expect(200)["sealed"], true);
+    let r = anon
+        .post("/v1/sys/unseal", unseal(&shares[4]))
+        .await
+        .expect(200);
+    assert_eq!(r["sealed"], false);
+
+    // Unsealed: everything works.
+    anon.get("/readyz").await.expect(200);
+    let api = admin.create_api("custody").await;
+    let (_, key) = admin.issue(&api, json!({})).await;
+    assert_eq!(admin.verify(&key).await, "VALID");
+
+    // Seal: at once, everything but the public routes is 503 again.
+    admin.post("/v1/sys/seal", json!({})).await.expect(200);
+    admin
+        .post("/v1/keys/verify", json!({"key": key}))
+        .await
+        .expect(503);
+    assert_eq!(anon.get("/v1/sys/status").await.expect(200)["sealed"], true);
+    // Any three shares unseal it again; the data is intact.
+    for s in [&shares[1], &shares[2], &shares[3]] {
+        anon.post("/v1/sys/unseal", unseal(s)).await.expect(200);
+    }
+    assert_eq!(admin.verify(&key).await, "VALID");
+    // Sealing needs the admin.
+    server
+        .anonymous()
+        .post("/v1/sys/seal", json!({}))
+        .await
+        .expect(401);
+    drop(server);
+
+    // A restart comes up sealed (there is no key file).
+    let server = Server::start(&home);
+    assert_eq!(
+        server.anonymous().get("/v1/sys/status").await.expect(200)["sealed"],
+        true
+    );
+    // The CLI unseals with shares on standard input.
+    for s in &shares[..3] {
+        let out = Command::new(BIN)
+            .args(["unseal", "--server", &server.url(""), "--ca"])
+            .arg(home.certs().join("ca.pem"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin
+                    .take()
+                    .unwrap()
+                    .write_all(format!("{s}\n").as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        assert!(out.status.success());
+    }
+    assert_eq!(server.admin().verify(&key).await, "VALID");
+    // Unseal and seal are in the audit log.
+    let log = server.admin().get("/v1/audit?limit=100").await.expect(200);
+    let actions: Vec<String> = log["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(actions.iter().any(|a| a == "unseal"), "{actions:?}");
+    assert!(
+        actions.iter().any(|a| a == "POST /v1/sys/seal"),
+        "{actions:?}"
+    );
+}
+
+async fn wait_versions(admin: &crate::helpers::Api, want: usize) -> Value {
+    for _ in 0..100 {
+        let s = admin.get("/v1/sys/status").await.expect(200);
+        if s["keyring"]["versions"].as_array().map(Vec::len) == Some(want) {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("keyring never reached {want} versions");
+}
+
+#[tokio::test]
+async fn keyring_rotation_rewraps_under_load_and_after_kill9() {
+    let home = Home::new();
+    let mut server = Server::start(&home);
+    let admin = server.admin();
+    let api = admin.create_api("rotation").await;
+    let mut keys = Vec::new();
+    for i in 0..60 {
+        keys.push(admin.issue(&api, json!({"name": format!("k{i}")})).await.1);
+    }
+    let r = admin
+        .post("/v1/sys/rotate-keyring", json!({}))
+        .await
+        .expect(200);
+    assert_eq!(r["current"], 2);
+    // Reads and writes go on during the rewrap.
+    for i in 0..20 {
+        keys.push(
+            admin
+                .issue(&api, json!({"name": format!("during{i}")}))
+                .await
+                .1,
+        );
+        assert_eq!(admin.verify(&keys[i]).await, "VALID");
+    }
+    let s = wait_versions(&admin, 1).await;
+    assert_eq!(s["keyring"]["current"], 2);
+    for k in &keys {
+        assert_eq!(admin.verify(k).await, "VALID");
+    }
+
+    // Rotate again and die at once: the rewrap resumes after the restart.
+    admin
+        .post("/v1/sys/rotate-keyring", json!({}))
+        .await
+        .expect(200);
+    server.kill9();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let s = wait_versions(&admin, 1).await;
+    assert_eq!(s["keyring"]["current"], 3);
+    for k in &keys {
+        assert_eq!(admin.verify(k).await, "VALID");
+    }
+    assert_eq!(
+        admin.get("/v1/audit/verify").await.expect(200)["valid"],
+        true
+    );
+}
+
+#[tokio::test]
+async fn backup_while_writing_then_restore() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let api = admin.create_api("backup").await;
+    let mut keys = Vec::new();
+    for i in 0..20 {
+        keys.push(admin.issue(&api, json!({"name": format!("k{i}")})).await);
+    }
+    let cert = admin
+        .post("/v1/certs", json!({"identity": "svc", "generate": true}))
+        .await
+        .expect(201);
+    let serial = cert["serial"].as_str().unwrap().to_owned();
+    admin
+        .post(&format!("/v1/keys/{}/revoke", keys[0].0), json!({}))
+        .await
+        .expect(200);
+
+    // Writes go on while the backup is taken.
+    let writer = {
+        let admin = admin.clone();
+        let api = api.clone();
+        tokio::spawn(async move {
+            let mut more = Vec::new();
+            for i in 0..15 {
+                more.push(admin.issue(&api, json!({"name": format!("w{i}")})).await);
+            }
+            more
+        })
+    };
+    let backup = home.tmp.path().join("t.backup");
+    let (ok, out, err) = {
+        let out = Command::new(BIN)
+            .args(["backup", "--server", &server.url(""), "--ca"])
+            .arg(home.certs().join("ca.pem"))
+            .arg("--out")
+            .arg(&backup)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(ok, "{out}{err}");
+    writer.await.unwrap();
+    let bytes = std::fs::read(&backup).unwrap();
+    // No plaintext secret and no master key in the backup.
+    let master = std::fs::read_to_string(home.data().join("master.key")).unwrap();
+    let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(!contains(master.trim().as_bytes()));
+    for (_, k) in &keys {
+        assert!(!contains(&k.as_bytes()[4..]));
+    }
+    assert!(!contains(b"PRIVATE KEY"));
+
+    // A revocation after the backup: the restore must say it is lost.
+    admin
+        .post(&format!("/v1/certs/{serial}/revoke"), json!({}))
+        .await
+        .expect(200);
+    drop(server);
+
+    // Restore into a fresh directory, with the master key brought separately.
+    let target = Home::new();
+    std::fs::create_dir_all(target.data()).unwrap();
+    std::fs::copy(
+        home.data().join("master.key"),
+        target.data().join("master.key"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(target.certs()).unwrap();
+    for f in [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "admin.pem",
+        "admin.key",
+        "crls.pem",
+    ] {
+        std::fs::copy(home.certs().join(f), target.certs().join(f)).unwrap();
+    }
+    let (ok, out, err) = run(&target, &["restore", backup.to_str().unwrap()], None);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("LOST"), "{out}");
+    assert!(out.contains(&serial), "{out}");
+    // Restoring over a database refuses.
+    let (ok, _, _) = run(&target, &["restore", backup.to_str().unwrap()], None);
+    assert!(!ok);
+
+    let restored = Server::start(&target);
+    let admin = restored.admin();
+    assert_eq!(admin.verify(&keys[0].1).await, "REVOKED");
+    for (_, k) in &keys[1..] {
+        assert_eq!(admin.verify(k).await, "VALID");
+    }
+    let log = admin
+        .get("/v1/audit?limit=100&after_seq=0")
+        .await
+        .expect(200);
+    let all = admin.get("/v1/audit/verify").await.expect(200);
+    assert_eq!(all["valid"], true, "{all}");
+    let mut found = false;
+    let mut after = 0;
+    loop {
+        let page = admin
+            .get(&format!("/v1/audit?limit=100&after_seq={after}"))
+            .await
+            .expect(200);
+        let items = page["items"].as_array().unwrap().clone();
+        if items.is_empty() {
+            break;
+        }
+        found |= items
+            .iter()
+            .any(|e| e["action"] == "restore: new audit epoch");
+        after = items.last().unwrap()["seq"].as_u64().unwrap();
+    }
+    assert!(found, "{log}");
+
+    // A corrupted backup is refused with a clear error.
+    let mut bad = bytes.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    std::fs::write(&backup, &bad).unwrap();
+    let other = Home::new();
+    let (ok, out, err) = run(&other, &["restore", backup.to_str().unwrap()], None);
+    assert!(!ok);
+    assert!(format!("{out}{err}").contains("corrupt"), "{out}{err}");
+}
+
+#[tokio::test]
+async fn tampered_records_are_detected_not_served() {
+    let home = Home::new();
+    let mut server = Server::start(&home);
+    let admin = server.admin();
+    let api = admin.create_api("tamper").await;
+    let (id_a, key_a) = admin.issue(&api, json!({})).await;
+    let (id_b, key_b) = admin.issue(&api, json!({})).await;
+    let (_, key_c) = admin.issue(&api, json!({})).await;
+    server.terminate();
+    {
+        let db = sled::open(home.data().join("db")).unwrap();
+        let ka = format!("r/key/{id_a}").into_bytes();
+        let kb = format!("r/key/{id_b}").into_bytes();
+        // Flip a byte of A; swap B with A's original.
+        let a = db.get(&ka).unwrap().unwrap().to_vec();
+        let b = db.get(&kb).unwrap().unwrap().to_vec();
+        let mut flipped = a.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        db.insert(&ka, flipped).unwrap();
+        db.insert(&kb, a).unwrap();
+        db.flush().unwrap();
+        let _ = b;
+    }
+    let server = Server::start(&home);
+    let admin = server.admin();
+    for key in [&key_a, &key_b] {
+        let r = admin.post("/v1/keys/verify", json!({"key": key})).await;
+        assert_eq!(r.status, 500, "{}", r.text);
+        assert_eq!(r.json()["error"]["code"], "internal");
+        assert!(!r.text.contains("key_"), "no detail leaks: {}", r.text);
+    }
+    assert_eq!(admin.verify(&key_c).await, "VALID");
+    let log = std::fs::read_to_string(home.log()).unwrap();
+    assert!(
+        log.contains("integrity"),
+        "the corruption is reported in the log"
+    );
+}
