@@ -281,6 +281,25 @@ impl Api {
         Self { http, base }
     }
 
+    /// Like [`Api::send`], but a transport failure is `None` (the server may be gone).
+    pub async fn try_post(&self, path: &str, body: Value) -> Option<Resp> {
+        let r = self
+            .http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .ok()?;
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await.ok()?;
+        Some(Resp {
+            status,
+            headers,
+            text,
+        })
+    }
+
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Resp {
         let r = req.send().await.unwrap();
         let status = r.status().as_u16();

@@ -8,6 +8,7 @@ mod access;
 mod audit;
 mod auth;
 mod certs;
+mod crash;
 mod custody;
 mod durability;
 mod helpers;
