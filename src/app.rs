@@ -99,7 +99,7 @@ pub enum KeySource {
 /// A data directory opened without keys.
 pub struct Vault {
     pub config: Config,
-    pub db: SledDb,
+    db: std::sync::RwLock<Option<SledDb>>,
     pub paths: CertPaths,
     pub clock: Arc<dyn Clock>,
     pub seal: Option<SealConfig>,
@@ -129,11 +129,47 @@ impl Vault {
         let paths = CertPaths::new(&config.certs_dir);
         Ok(Self {
             config,
-            db,
+            db: std::sync::RwLock::new(Some(db)),
             paths,
             clock: Arc::new(SystemClock),
             seal,
         })
+    }
+
+    /// The database handle (absent only while [`Vault::reopen`] swaps it).
+    pub fn db(&self) -> Result<SledDb, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Unavailable(
+                "the database is being reopened".into(),
+            ))
+    }
+
+    /// Closes and reopens the database (after an I/O error sled stays failed; reopening from
+    /// disk is the recovery). Every other handle must be gone: the old core dropped.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        drop(slot.take());
+        let mut last = StoreError::Locked;
+        // sled's own threads let go of the files a moment after the last handle drops.
+        for _ in 0..100 {
+            match SledDb::open(
+                &self.config.data_dir.join("db"),
+                &SledOptions {
+                    cache_capacity: self.config.store_cache_bytes,
+                },
+            ) {
+                Ok(db) => {
+                    *slot = Some(db);
+                    return Ok(());
+                }
+                Err(e) => last = e,
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Err(last)
     }
 
     /// Where the master key comes from here.
@@ -182,7 +218,7 @@ impl Vault {
         if self.seal.is_some() {
             return Ok(None);
         }
-        if self.db.initialized()? {
+        if self.db()?.initialized()? {
             return Err(AppError::MasterKey(format!(
                 "{} is missing but the data directory holds a database; restore the key file or set {MASTER_KEY_ENV}",
                 path.display()
@@ -201,7 +237,7 @@ impl Vault {
         shares: u8,
         threshold: u8,
     ) -> Result<(MasterKey, Vec<Zeroizing<String>>), AppError> {
-        if self.db.initialized()? || self.config.data_dir.join("master.key").exists() {
+        if self.db()?.initialized()? || self.config.data_dir.join("master.key").exists() {
             return Err(AppError::Share("the data directory is already initialised"));
         }
         if threshold < 2 || shares < threshold {
@@ -210,32 +246,60 @@ impl Vault {
             ));
         }
         let master = MasterKey::generate().map_err(|e| AppError::MasterKey(e.to_string()))?;
-        let dealt: Vec<blahaj::Share> = blahaj::Sharks(threshold)
-            .dealer(master.expose())
-            .take(usize::from(shares))
-            .collect();
-        let mut texts = Vec::new();
-        let mut hashes = Vec::new();
-        for s in &dealt {
-            let bytes = Zeroizing::new(Vec::from(s));
-            hashes.push(share_hash(&bytes));
-            texts.push(Zeroizing::new(format!(
-                "share-{}: {}",
-                bytes[0],
-                hex::encode(&bytes)
-            )));
-        }
-        let seal = SealConfig {
-            threshold,
-            shares,
-            share_hashes: hashes,
-        };
-        self.db.put_meta(
+        let (texts, seal) = deal(&master, shares, threshold)?;
+        self.db()?.put_meta(
             SEAL_META,
             &serde_json::to_vec(&seal).map_err(|_| AppError::Share("encoding"))?,
         )?;
         self.seal = Some(seal);
         Ok((master, texts))
+    }
+
+    /// Rotates the master key (server stopped): the keyring is rewrapped under a new key.
+    /// Key-file mode writes the new file; with `shares`, new shares are returned (and new
+    /// hashes stored, the key file removed); environment mode returns the new key for the
+    /// operator to put in place. Crash-safe: the rewrapped keyring is staged first, the key
+    /// switched, then the keyring promoted; an unseal finishes or drops an interrupted one.
+    pub fn rotate_master(
+        &mut self,
+        old: &MasterKey,
+        shares: Option<(u8, u8)>,
+    ) -> Result<(MasterKey, Vec<Zeroizing<String>>), AppError> {
+        let db = self.db()?;
+        let wrapped = db.wrapped_keyring()?.ok_or(AppError::MasterKey(
+            "the data directory is not initialised".into(),
+        ))?;
+        let new = MasterKey::generate().map_err(|e| AppError::MasterKey(e.to_string()))?;
+        let rewrapped = wrapped.rewrapped(old, &new).map_err(|_| {
+            AppError::MasterKey("the current master key does not open the keyring".into())
+        })?;
+        db.stage_keyring(&rewrapped)?;
+        match (self.key_source(), shares) {
+            (KeySource::Environment, _) => {
+                db.promote_keyring(None)?;
+                Ok((new, Vec::new()))
+            }
+            (_, Some((n, k))) => {
+                let (texts, seal) = deal(&new, n, k)?;
+                let meta = serde_json::to_vec(&seal).map_err(|_| AppError::Share("encoding"))?;
+                db.promote_keyring(Some((SEAL_META, &meta)))?;
+                let key_file = self.config.data_dir.join("master.key");
+                if key_file.exists() {
+                    std::fs::remove_file(&key_file).map_err(io("cannot remove", &key_file))?;
+                }
+                self.seal = Some(seal);
+                Ok((new, texts))
+            }
+            (KeySource::Shares, None) => Err(AppError::Share(
+                "a data directory sealed with shares needs --shares and --threshold",
+            )),
+            (KeySource::KeyFile, None) => {
+                let path = self.config.data_dir.join("master.key");
+                write_key_file(&path, &new)?;
+                db.promote_keyring(None)?;
+                Ok((new, Vec::new()))
+            }
+        }
     }
 
     /// Checks one unseal share against the stored hashes; returns its bytes and number.
@@ -277,7 +341,7 @@ impl Vault {
 
     /// Unseals: the keyring, the CA, the services.
     pub async fn unseal(&self, master: MasterKey) -> Result<Core, AppError> {
-        let (sled, keyring) = self.db.unseal(&master)?;
+        let (sled, keyring) = self.db()?.unseal(&master)?;
         let store: Arc<dyn Store> = Arc::new(sled.clone());
         let audit = Arc::new(Audit::open(store.clone()).await?);
         let access = Arc::new(Access::new(store.clone(), self.config.trust_domain.clone()));
@@ -305,14 +369,14 @@ impl Vault {
             let rec = AuditContext::system("issue bootstrap admin credential", self.clock.now());
             bootstrap::issue_admin_cert(&*rec, &pki, &self.paths, self.clock.now()).await?;
         }
-        if let Some(restore) = self.db.meta(RESTORE_META)? {
+        if let Some(restore) = self.db()?.meta(RESTORE_META)? {
             // The first unseal after a restore opens a new audit epoch, in the chain.
             let rec = AuditContext::system("restore: new audit epoch", self.clock.now());
             let mut b = crate::store::Batch::new();
             let _ = restore;
             rec.record(&mut b, "restore", None)?;
             store.commit(b).await?;
-            self.db.delete_meta(RESTORE_META)?;
+            self.db()?.delete_meta(RESTORE_META)?;
         }
         let keys = Keys::new(store.clone(), keyring.clone());
         Ok(Core {
@@ -327,6 +391,42 @@ impl Vault {
             first_start,
         })
     }
+}
+
+/// Splits a master key into `shares` Shamir shares, `threshold` of which recover it.
+fn deal(
+    master: &MasterKey,
+    shares: u8,
+    threshold: u8,
+) -> Result<(Vec<Zeroizing<String>>, SealConfig), AppError> {
+    if threshold < 2 || shares < threshold {
+        return Err(AppError::Share(
+            "need 2 <= threshold <= shares <= 255 (--threshold, --shares)",
+        ));
+    }
+    let dealt: Vec<blahaj::Share> = blahaj::Sharks(threshold)
+        .dealer(master.expose())
+        .take(usize::from(shares))
+        .collect();
+    let mut texts = Vec::new();
+    let mut hashes = Vec::new();
+    for s in &dealt {
+        let bytes = Zeroizing::new(Vec::from(s));
+        hashes.push(share_hash(&bytes));
+        texts.push(Zeroizing::new(format!(
+            "share-{}: {}",
+            bytes[0],
+            hex::encode(&bytes)
+        )));
+    }
+    Ok((
+        texts,
+        SealConfig {
+            threshold,
+            shares,
+            share_hashes: hashes,
+        },
+    ))
 }
 
 /// Writes a master key file (0600, atomically).
@@ -366,6 +466,6 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
         .ok_or(AppError::MasterKey(format!(
             "the data directory is sealed with shares; set {MASTER_KEY_ENV} for offline commands"
         )))?;
-    let (store, _) = vault.db.unseal(&master)?;
+    let (store, _) = vault.db()?.unseal(&master)?;
     Ok(Arc::new(store))
 }

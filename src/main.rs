@@ -55,6 +55,17 @@ enum Command {
         #[arg(long)]
         audit_log: Option<PathBuf>,
     },
+    /// Rotate the master key offline (server stopped): the keyring is rewrapped; the key file
+    /// is replaced, or new shares are printed with --shares/--threshold (which also moves a
+    /// key-file directory to shares). Shares mode reads the current shares from stdin.
+    RotateMaster {
+        #[command(flatten)]
+        dirs: DirArgs,
+        #[arg(long, requires = "threshold")]
+        shares: Option<u8>,
+        #[arg(long, requires = "shares")]
+        threshold: Option<u8>,
+    },
     /// Send one unseal share to a sealed server (the share is read from standard input).
     Unseal {
         #[command(flatten)]
@@ -279,6 +290,43 @@ fn main() -> anyhow::Result<()> {
             init_logging(config.log_format);
             restore(&config, &file, audit_log.as_deref())
         }
+        Command::RotateMaster {
+            dirs,
+            shares,
+            threshold,
+        } => {
+            let config = Config::load(&dirs.overrides())?;
+            init_logging(config.log_format);
+            actix_web::rt::System::new().block_on(async move {
+                let mut vault = Vault::open(config)
+                    .context("opening the data directory (is a server running on it?)")?;
+                let old = match vault.automatic_master()? {
+                    Some(m) => m,
+                    None => read_shares(&vault)?,
+                };
+                let source = vault.key_source();
+                let (new, texts) = vault.rotate_master(&old, shares.zip(threshold))?;
+                // The new key must open everything before this reports success.
+                drop(vault.unseal(new.duplicate()?).await?);
+                println!("master key rotated (the data keys and the pepper are unchanged)");
+                if texts.is_empty() {
+                    match source {
+                        tessera::app::KeySource::Environment => println!(
+                            "set TESSERA_MASTER_KEY to: {}",
+                            tessera::crypto::hex::encode(new.expose())
+                        ),
+                        _ => println!(
+                            "new key written to {}",
+                            vault.config.data_dir.join("master.key").display()
+                        ),
+                    }
+                }
+                for t in &texts {
+                    println!("{}", t.as_str());
+                }
+                Ok(())
+            })
+        }
         Command::Unseal { target } => actix_web::rt::System::new().block_on(async move {
             let mut t = target.target();
             t.cert = None;
@@ -372,9 +420,15 @@ async fn audit_verify(config: Config, checkpoint: Option<PathBuf>) -> anyhow::Re
 /// Unseals for an offline command: the key file or `TESSERA_MASTER_KEY`, or shares read from
 /// standard input, one per line, as `tessera init` printed them.
 async fn unseal_offline(vault: &Vault) -> anyhow::Result<Core> {
-    if let Some(master) = vault.automatic_master()? {
-        return Ok(vault.unseal(master).await?);
-    }
+    let master = match vault.automatic_master()? {
+        Some(m) => m,
+        None => read_shares(vault)?,
+    };
+    Ok(vault.unseal(master).await?)
+}
+
+/// Reads shares from standard input until the threshold is reached.
+fn read_shares(vault: &Vault) -> anyhow::Result<tessera::crypto::keyring::MasterKey> {
     let threshold = vault.seal.as_ref().map_or(0, |s| usize::from(s.threshold));
     eprintln!("the data directory is sealed: enter {threshold} shares, one per line");
     let mut shares = Vec::new();
@@ -392,8 +446,7 @@ async fn unseal_offline(vault: &Vault) -> anyhow::Result<Core> {
             break;
         }
     }
-    let master = vault.combine(&shares)?;
-    Ok(vault.unseal(master).await?)
+    Ok(vault.combine(&shares)?)
 }
 
 /// Restores a backup into an empty data directory, and names the revocations made after the

@@ -32,6 +32,12 @@ impl MasterKey {
         Self::new(Key256::generate()?)
     }
 
+    /// A second handle on the same key (the first stays usable), for reopening the store
+    /// after a storage fault.
+    pub fn duplicate(&self) -> Result<Self, CryptoError> {
+        Self::new(self.raw.clone())
+    }
+
     /// The raw key, for writing the key file.
     pub fn expose(&self) -> &[u8; 32] {
         self.raw.expose()

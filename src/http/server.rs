@@ -143,6 +143,7 @@ pub async fn serve(vault: Vault, core: Option<Core>) -> Result<(), AppError> {
         actix_web::rt::spawn(gauges(state.clone())),
         actix_web::rt::spawn(housekeeping(state.clone())),
         actix_web::rt::spawn(rewrap(state.clone())),
+        actix_web::rt::spawn(store_doctor(state.clone())),
     ];
     if let Some(addr) = config.metrics_listen {
         // Plain HTTP on loopback only (checked by the configuration), serving /metrics alone.
@@ -311,6 +312,81 @@ async fn rewrap(state: web::Data<AppState>) {
             }
             Ok(Err(e)) => tracing::error!(error = %e, "rewrap pass failed"),
             Err(_) => tracing::error!("rewrap task failed"),
+        }
+    }
+}
+
+/// Whether the data directory accepts a small durable write.
+fn writable(dir: &std::path::Path) -> bool {
+    use std::io::Write;
+    let path = dir.join(".tessera-probe");
+    let ok = std::fs::File::create(&path)
+        .and_then(|mut f| {
+            f.write_all(&[0u8; 64 * 1024])?;
+            f.sync_all()
+        })
+        .is_ok();
+    let _ = std::fs::remove_file(&path);
+    ok
+}
+
+/// After a storage fault (disk full, read-only, I/O error) writes answer 503 and reads go on;
+/// sled stays failed after an I/O error, so once the data directory accepts writes again the
+/// store is closed and reopened from disk, and the core rebuilt. Requests get 503 for the
+/// moment of the swap.
+async fn store_doctor(state: web::Data<AppState>) {
+    let mut tick = actix_web::rt::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(core) = state.try_core() else {
+            continue;
+        };
+        if core.store.healthy() {
+            continue;
+        }
+        let dir = state.config.data_dir.clone();
+        let ready = actix_web::rt::task::spawn_blocking(move || writable(&dir))
+            .await
+            .unwrap_or(false);
+        if !ready {
+            continue;
+        }
+        let Ok(master) = core.master.duplicate() else {
+            continue;
+        };
+        drop(core);
+        tracing::warn!("the data directory accepts writes again: reopening the store");
+        let Some(old) = state.take_core() else {
+            continue;
+        };
+        for _ in 0..200 {
+            if Arc::strong_count(&old) == 1 {
+                break;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(old);
+        // Until the store is back, keep trying: the master key stays in this task meanwhile.
+        loop {
+            let st = state.clone();
+            let reopened = actix_web::rt::task::spawn_blocking(move || st.vault.reopen()).await;
+            if matches!(reopened, Ok(Ok(()))) {
+                match state
+                    .vault
+                    .unseal(master.duplicate().unwrap_or_else(|_| std::process::abort()))
+                    .await
+                {
+                    Ok(core) => {
+                        state.install(core);
+                        tracing::info!("store reopened; writes accepted again");
+                        break;
+                    }
+                    Err(e) => tracing::error!(error = %e, "could not reopen the store; will retry"),
+                }
+            } else {
+                tracing::error!("could not reopen the store; will retry");
+            }
+            actix_web::rt::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }

@@ -77,6 +77,14 @@ impl AppState {
         core
     }
 
+    /// Takes the core out of service to reopen the store (requests get 503 meanwhile).
+    pub fn take_core(&self) -> Option<Arc<Core>> {
+        let core = self.core.write().unwrap_or_else(|e| e.into_inner()).take();
+        self.verifier.set_pki(None);
+        self.guard.set_audit(None);
+        core
+    }
+
     /// Seals: takes the core out of service. Its keys are dropped (zeroized) as soon as the
     /// requests still holding it finish.
     pub fn seal(&self) -> Option<Arc<Core>> {

@@ -45,6 +45,8 @@ const MIGRATIONS: &[(u32, Migration)] = &[];
 
 const FORMAT_KEY: &[u8] = b"m/format";
 const KEYRING_KEY: &[u8] = b"m/keyring";
+/// A keyring wrapped by the next master key, during a master-key rotation.
+const NEXT_KEYRING: &str = "keyring_next";
 
 fn record_key(kind: Kind, id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(3 + kind.0.len() + id.len());
@@ -229,18 +231,64 @@ impl SledDb {
         Ok(())
     }
 
+    /// Stages the keyring wrapped by a new master key (master-key rotation, step one).
+    pub fn stage_keyring(&self, w: &WrappedKeyring) -> Result<(), StoreError> {
+        self.put_meta(NEXT_KEYRING, &encode_keyring(w))
+    }
+
+    /// Makes the staged keyring the keyring, with `meta` (e.g. a new seal configuration)
+    /// in the same atomic, durable write.
+    pub fn promote_keyring(&self, meta: Option<(&str, &[u8])>) -> Result<(), StoreError> {
+        let staged = self.meta(NEXT_KEYRING)?.ok_or(StoreError::Corrupt {
+            kind: "keyring",
+            id: "no staged keyring".into(),
+        })?;
+        let mut b = sled::Batch::default();
+        b.insert(KEYRING_KEY, staged);
+        b.remove(meta_key(NEXT_KEYRING));
+        if let Some((name, value)) = meta {
+            b.insert(meta_key(name), value);
+        }
+        self.db.apply_batch(b).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+
+    /// Unwraps the keyring with `master`, finishing or abandoning an interrupted master-key
+    /// rotation: if only the staged keyring opens with this key, the rotation got as far as
+    /// switching keys and is completed; if the current one opens, a staged one is dropped.
+    fn unwrap_keyring(&self, master: &MasterKey) -> Result<Option<Keyring>, StoreError> {
+        let Some(wrapped) = self.wrapped_keyring()? else {
+            return Ok(None);
+        };
+        let staged = self.meta(NEXT_KEYRING)?.and_then(|b| decode_keyring(&b));
+        match Keyring::unwrap(master, &wrapped) {
+            Ok(ring) => {
+                if staged.is_some() {
+                    self.delete_meta(NEXT_KEYRING)?;
+                }
+                Ok(Some(ring))
+            }
+            Err(crate::crypto::CryptoError::Tampered) => {
+                let ring = staged
+                    .and_then(|s| Keyring::unwrap(master, &s).ok())
+                    .ok_or(StoreError::WrongMasterKey)?;
+                self.promote_keyring(None)?;
+                Ok(Some(ring))
+            }
+            Err(_) => Err(StoreError::Corrupt {
+                kind: "keyring",
+                id: String::new(),
+            }),
+        }
+    }
+
     /// Unwraps the keyring with `master` (creating it in a fresh database) and returns the
     /// store that can read and write records.
     pub fn unseal(&self, master: &MasterKey) -> Result<(SledStore, Arc<Keyring>), StoreError> {
         let db = self.db.clone();
-        let keyring = match self.wrapped_keyring()? {
-            Some(wrapped) => Keyring::unwrap(master, &wrapped).map_err(|e| match e {
-                crate::crypto::CryptoError::Tampered => StoreError::WrongMasterKey,
-                _ => StoreError::Corrupt {
-                    kind: "keyring",
-                    id: String::new(),
-                },
-            })?,
+        let keyring = match self.unwrap_keyring(master)? {
+            Some(ring) => ring,
             None => {
                 let (ring, wrapped) = Keyring::generate(master).map_err(|_| StoreError::Crypto)?;
                 db.insert(KEYRING_KEY, encode_keyring(&wrapped))

@@ -439,3 +439,94 @@ async fn tampered_records_are_detected_not_served() {
         "the corruption is reported in the log"
     );
 }
+
+#[tokio::test]
+async fn master_key_rotation_key_file_shares_and_interrupted() {
+    let home = Home::new();
+    let mut server = Server::start(&home);
+    let admin = server.admin();
+    let api = admin.create_api("remaster").await;
+    let (_, key) = admin.issue(&api, json!({})).await;
+    server.terminate();
+
+    // Key-file mode: a new key file; everything opens with it.
+    let before = std::fs::read_to_string(home.data().join("master.key")).unwrap();
+    let (ok, out, err) = run(&home, &["rotate-master"], None);
+    assert!(ok, "{out}{err}");
+    let after = std::fs::read_to_string(home.data().join("master.key")).unwrap();
+    assert_ne!(before, after);
+    let mut server = Server::start(&home);
+    assert_eq!(server.admin().verify(&key).await, "VALID");
+    server.terminate();
+
+    // Move to shares: the key file goes, shares come.
+    let (ok, out, err) = run(
+        &home,
+        &["rotate-master", "--shares", "3", "--threshold", "2"],
+        None,
+    );
+    assert!(ok, "{out}{err}");
+    let shares: Vec<String> = out
+        .lines()
+        .filter(|l| l.starts_with("share-"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(shares.len(), 3);
+    assert!(!home.data().join("master.key").exists());
+    // Shares to new shares, the old ones given on stdin; the old ones stop working.
+    let (ok, out, err) = run(
+        &home,
+        &["rotate-master", "--shares", "3", "--threshold", "2"],
+        Some(&format!("{}\n{}\n", shares[0], shares[2])),
+    );
+    assert!(ok, "{out}{err}");
+    let fresh: Vec<String> = out
+        .lines()
+        .filter(|l| l.starts_with("share-"))
+        .map(str::to_owned)
+        .collect();
+    let server = Server::start(&home);
+    let anon = server.anonymous();
+    anon.post("/v1/sys/unseal", json!({"share": shares[0]}))
+        .await
+        .expect(400);
+    anon.post("/v1/sys/unseal", json!({"share": fresh[1]}))
+        .await
+        .expect(200);
+    anon.post("/v1/sys/unseal", json!({"share": fresh[2]}))
+        .await
+        .expect(200);
+    assert_eq!(server.admin().verify(&key).await, "VALID");
+    drop(server);
+
+    // A rotation interrupted after the key switched but before the keyring was promoted is
+    // finished by the next unseal.
+    let home = Home::new();
+    let mut server = Server::start(&home);
+    let api = server.admin().create_api("interrupted").await;
+    let (_, key) = server.admin().issue(&api, json!({})).await;
+    server.terminate();
+    {
+        use tessera::{
+            crypto::{hex, keyring::MasterKey, secret::Key256},
+            store::sled::{SledDb, SledOptions},
+        };
+        let old_hex = std::fs::read_to_string(home.data().join("master.key")).unwrap();
+        let old =
+            MasterKey::new(Key256::from_slice(&hex::decode(old_hex.trim()).unwrap()).unwrap())
+                .unwrap();
+        let new = MasterKey::generate().unwrap();
+        let db = SledDb::open(&home.data().join("db"), &SledOptions::default()).unwrap();
+        let staged = db
+            .wrapped_keyring()
+            .unwrap()
+            .unwrap()
+            .rewrapped(&old, &new)
+            .unwrap();
+        db.stage_keyring(&staged).unwrap();
+        drop(db);
+        tessera::app::write_key_file(&home.data().join("master.key"), &new).unwrap();
+    }
+    let server = Server::start(&home);
+    assert_eq!(server.admin().verify(&key).await, "VALID");
+}

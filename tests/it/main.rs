@@ -11,6 +11,7 @@ mod certs;
 mod crash;
 mod custody;
 mod durability;
+mod faults;
 mod helpers;
 mod input;
 mod lifecycle;

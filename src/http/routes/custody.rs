@@ -38,7 +38,7 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     });
     Ok(HttpResponse::Ok().json(json!({
         "sealed": state.sealed(),
-        "initialized": state.vault.db.initialized().unwrap_or(false),
+        "initialized": state.vault.db().and_then(|d| d.initialized()).unwrap_or(false),
         "key_source": state.vault.key_source(),
         "threshold": seal.map(|s| s.threshold),
         "shares": seal.map(|s| s.shares),
