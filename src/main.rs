@@ -66,6 +66,17 @@ enum Command {
         #[arg(long, requires = "shares")]
         threshold: Option<u8>,
     },
+    /// Benchmark helper: fill a data directory with `keys` API keys under one API (offline,
+    /// batched) and write their secrets, one per line, to `out`.
+    #[command(hide = true)]
+    BenchPreload {
+        #[command(flatten)]
+        dirs: DirArgs,
+        #[arg(long)]
+        keys: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Send one unseal share to a sealed server (the share is read from standard input).
     Unseal {
         #[command(flatten)]
@@ -324,6 +335,37 @@ fn main() -> anyhow::Result<()> {
                 for t in &texts {
                     println!("{}", t.as_str());
                 }
+                Ok(())
+            })
+        }
+        Command::BenchPreload { dirs, keys, out } => {
+            let config = Config::load(&dirs.overrides())?;
+            actix_web::rt::System::new().block_on(async move {
+                let vault = Vault::open(config)?;
+                let core = unseal_offline(&vault).await?;
+                let now = vault.clock.now();
+                let api = core
+                    .keys
+                    .create_api(
+                        &tessera::store::NoRecord,
+                        tessera::ids::TenantName::default_tenant(),
+                        serde_json::from_value(serde_json::json!({
+                            "name": "bench", "purpose": "benchmark", "owner": "bench", "risk": "low"
+                        }))?,
+                        now,
+                    )
+                    .await?;
+                let secrets = core
+                    .keys
+                    .bulk_issue(&tessera::ids::TenantScope::All, &api.id, keys, 2000, now)
+                    .await?;
+                let mut text = String::with_capacity(secrets.len() * 48);
+                for s in &secrets {
+                    text.push_str(s.expose());
+                    text.push('\n');
+                }
+                tessera::files::write_atomic(&out, text.as_bytes(), tessera::files::PRIVATE)?;
+                println!("{}", api.id);
                 Ok(())
             })
         }

@@ -1,0 +1,1008 @@
+//! The load benchmark: starts the real server on loopback (pinned to core 0) and drives it from
+//! its own async rustls client (pinned to core 1) over HTTP/1.1 keep-alive with a client
+//! certificate. It prints one table: requests/s, p50, p99 and server CPU-seconds per request
+//! (from /proc/<pid>/stat), each scenario next to its baseline from the same run.
+//!
+//! ```text
+//! cargo bench --bench load                      # 10k and 1M keys, 10 s per scenario
+//! cargo bench --bench load -- --quick           # smoke: 1k keys, about 30 s in all
+//! cargo bench --bench load -- --keys 10000 --duration 5 --connections 32
+//! ```
+//!
+//! Only 2xx answers are counted. Throttles are raised explicitly for the run.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use rustls::{ClientConfig, RootCertStore, client::Resumption, pki_types::ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_rustls::{TlsConnector, client::TlsStream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+
+struct Opts {
+    keys: Vec<usize>,
+    duration: Duration,
+    connections: usize,
+    quick: bool,
+    /// Run only the scenarios whose name contains this (`--only create`).
+    only: Option<String>,
+}
+
+impl Opts {
+    fn wants(&self, scenario: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| scenario.contains(o))
+    }
+}
+
+fn opts() -> Opts {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let quick = args.iter().any(|a| a == "--quick");
+    Opts {
+        keys: get("--keys")
+            .map(|v| v.split(',').map(|n| n.parse().unwrap()).collect())
+            .unwrap_or_else(|| {
+                if quick {
+                    vec![1_000]
+                } else {
+                    vec![10_000, 1_000_000]
+                }
+            }),
+        duration: Duration::from_secs_f64(
+            get("--duration")
+                .map(|v| v.parse().unwrap())
+                .unwrap_or(if quick { 2.0 } else { 10.0 }),
+        ),
+        connections: get("--connections")
+            .map(|v| v.parse().unwrap())
+            .unwrap_or(32),
+        quick,
+        only: get("--only"),
+    }
+}
+
+// ---- processes ----
+
+fn pin_self(core: usize) {
+    let _ = Command::new("taskset")
+        .args(["-cp", &core.to_string(), &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status();
+}
+
+/// utime + stime of a process and its children threads, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// Resident and peak resident memory of a process, MiB.
+fn memory_mib(pid: u32) -> (f64, f64) {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    home: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const CONFIG: &str = "[limits]\nrequests_per_second = 100000000\nburst = 100000000\n\
+unauthenticated_per_second = 100000000\nunauthenticated_burst = 100000000\n\
+lockout_threshold = 100000000\n[server]\nworkers = 1\nmax_connections = 100000\n\
+store_cache_bytes = 134217728\n";
+
+fn start_server(home: &Path) -> Server {
+    fs::write(home.join("tessera.toml"), CONFIG).unwrap();
+    let mut child = Command::new("taskset")
+        .args([
+            "-c",
+            "0",
+            BIN,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shutdown-timeout",
+            "1",
+        ])
+        .arg("--data")
+        .arg(home.join("data"))
+        .arg("--certs")
+        .arg(home.join("certs"))
+        .arg("--config")
+        .arg(home.join("tessera.toml"))
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut addr = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("listening on https://").nth(1) {
+            addr = Some(rest.trim().parse().unwrap());
+            break;
+        }
+    }
+    Server {
+        child,
+        addr: addr.expect("the server started"),
+        home: home.to_owned(),
+    }
+}
+
+/// Fills a data directory with `n` keys (offline, in a separate process: its peak memory is
+/// the ingest peak). Returns the API id, the secrets and the ingest peak (MiB).
+fn preload(home: &Path, n: usize) -> (String, Vec<String>, f64) {
+    let out = home.join("secrets.txt");
+    let child = Command::new(BIN)
+        .args(["bench-preload", "--keys", &n.to_string(), "--out"])
+        .arg(&out)
+        .arg("--data")
+        .arg(home.join("data"))
+        .arg("--certs")
+        .arg(home.join("certs"))
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let peak = Arc::new(std::sync::Mutex::new(0.0f64));
+    let watch = {
+        let peak = peak.clone();
+        std::thread::spawn(move || {
+            while fs::metadata(format!("/proc/{pid}")).is_ok() {
+                let (_, hwm) = memory_mib(pid);
+                let mut p = peak.lock().unwrap();
+                *p = p.max(hwm);
+                drop(p);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let output = child.wait_with_output().unwrap();
+    watch.join().unwrap();
+    assert!(output.status.success(), "preload failed");
+    let api = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let secrets = fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let peak = *peak.lock().unwrap();
+    (api, secrets, peak)
+}
+
+// ---- the client ----
+
+fn client_config(certs: &Path, client_cert: bool, resume: bool) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(certs.join("ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let b = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut cfg = if client_cert {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(certs.join("admin.pem"))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+        let key = PrivateKeyDer::from_pem_file(certs.join("admin.key")).unwrap();
+        b.with_client_auth_cert(chain, key).unwrap()
+    } else {
+        b.with_no_client_auth()
+    };
+    if !resume {
+        cfg.resumption = Resumption::disabled();
+    }
+    Arc::new(cfg)
+}
+
+struct Conn {
+    tls: TlsStream<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr, cfg: Arc<ClientConfig>) -> std::io::Result<Self> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let tls = TlsConnector::from(cfg)
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await?;
+        Ok(Self {
+            tls,
+            buf: Vec::with_capacity(8192),
+        })
+    }
+
+    /// Sends one prepared request; returns the status.
+    async fn call(&mut self, req: &[u8]) -> std::io::Result<u16> {
+        self.tls.write_all(req).await?;
+        self.tls.flush().await?;
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end]).unwrap_or("");
+                let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                while self.buf.len() < end + 4 + len {
+                    self.fill().await?;
+                }
+                self.buf.drain(..end + 4 + len);
+                return Ok(status);
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn fill(&mut self) -> std::io::Result<()> {
+        let mut chunk = [0u8; 16384];
+        let n = self.tls.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+}
+
+fn request(method: &str, path: &str, body: Option<&str>, close: bool) -> Vec<u8> {
+    let mut r = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\n");
+    if close {
+        r.push_str("connection: close\r\n");
+    }
+    if let Some(b) = body {
+        r.push_str(&format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n\r\n{b}",
+            b.len()
+        ));
+    } else {
+        r.push_str("\r\n");
+    }
+    r.into_bytes()
+}
+
+/// What one scenario measured.
+struct Measured {
+    ok: u64,
+    seconds: f64,
+    p50_us: f64,
+    p99_us: f64,
+    cpu_per_req: f64,
+}
+
+impl Measured {
+    fn rps(&self) -> f64 {
+        self.ok as f64 / self.seconds
+    }
+
+    /// Requests per server CPU-second.
+    fn per_cpu_second(&self) -> f64 {
+        if self.cpu_per_req > 0.0 {
+            1.0 / self.cpu_per_req
+        } else {
+            0.0
+        }
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize] as f64
+}
+
+/// Runs `connections` keep-alive clients for `duration`, each sending `pick(i)`'s request.
+async fn keepalive(
+    addr: SocketAddr,
+    cfg: Arc<ClientConfig>,
+    pids: &[u32],
+    connections: usize,
+    duration: Duration,
+    requests: Arc<Vec<Vec<u8>>>,
+) -> Measured {
+    let cpu0: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let cfg = cfg.clone();
+        let requests = requests.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(addr, cfg).await.unwrap();
+            let mut lat = Vec::with_capacity(100_000);
+            let mut ok = 0u64;
+            let mut i = c.wrapping_mul(7919);
+            while Instant::now() < deadline {
+                i = i.wrapping_add(104_729);
+                let req = &requests[i % requests.len()];
+                let t = Instant::now();
+                let status = conn.call(req).await.unwrap();
+                if (200..300).contains(&status) {
+                    ok += 1;
+                    lat.push(t.elapsed().as_micros() as u64);
+                }
+            }
+            (ok, lat)
+        }));
+    }
+    let mut ok = 0;
+    let mut lat = Vec::new();
+    for t in tasks {
+        let (o, l) = t.await.unwrap();
+        ok += o;
+        lat.extend(l);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu0;
+    lat.sort_unstable();
+    Measured {
+        ok,
+        seconds,
+        p50_us: percentile(&lat, 0.5),
+        p99_us: percentile(&lat, 0.99),
+        cpu_per_req: if ok > 0 { cpu / ok as f64 } else { 0.0 },
+    }
+}
+
+/// Full handshakes: a new connection (no resumption) per request.
+async fn handshakes(
+    addr: SocketAddr,
+    cfg: Arc<ClientConfig>,
+    pids: &[u32],
+    connections: usize,
+    duration: Duration,
+    req: Arc<Vec<u8>>,
+) -> Measured {
+    let cpu0: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let cfg = cfg.clone();
+        let req = req.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut ok = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let Ok(mut conn) = Conn::open(addr, cfg.clone()).await else {
+                    continue;
+                };
+                if let Ok(s) = conn.call(&req).await
+                    && (200..300).contains(&s)
+                {
+                    ok += 1;
+                    lat.push(t.elapsed().as_micros() as u64);
+                }
+            }
+            (ok, lat)
+        }));
+    }
+    let mut ok = 0;
+    let mut lat = Vec::new();
+    for t in tasks {
+        let (o, l) = t.await.unwrap();
+        ok += o;
+        lat.extend(l);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu0;
+    lat.sort_unstable();
+    Measured {
+        ok,
+        seconds,
+        p50_us: percentile(&lat, 0.5),
+        p99_us: percentile(&lat, 0.99),
+        cpu_per_req: if ok > 0 { cpu / ok as f64 } else { 0.0 },
+    }
+}
+
+// ---- outside peers ----
+
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("pkill")
+            .args(["-f", "tessera-bench-nginx"])
+            .status();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// nginx with `ssl_verify_client on`, the same certificates, no tickets, no session cache.
+fn start_nginx(home: &Path) -> Option<Nginx> {
+    let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())?;
+    let port = free_port();
+    let dir = home.join("nginx");
+    fs::create_dir_all(&dir).unwrap();
+    let certs = home.join("certs");
+    let conf = format!(
+        "# tessera-bench-nginx\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
+events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {dir};\n\
+  proxy_temp_path {dir};\n  fastcgi_temp_path {dir};\n  uwsgi_temp_path {dir};\n  scgi_temp_path {dir};\n\
+  server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_protocols TLSv1.3;\n\
+    ssl_certificate {c}/server.pem;\n    ssl_certificate_key {c}/server.key;\n\
+    ssl_client_certificate {c}/ca.pem;\n    ssl_verify_client on;\n    ssl_verify_depth 2;\n\
+    ssl_session_tickets off;\n    ssl_session_cache off;\n    keepalive_requests 100000;\n\
+    location / {{ return 204; }}\n  }}\n}}\n",
+        dir = dir.display(),
+        c = certs.display()
+    );
+    fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let child = Command::new("taskset")
+        .args(["-c", "0", bin, "-c"])
+        .arg(dir.join("nginx.conf"))
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(Nginx {
+                child,
+                addr: ([127, 0, 0, 1], port).into(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// The pids of a process and its children (nginx's master and worker).
+fn family(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    if let Ok(o) = Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+    {
+        out.extend(
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.trim().parse::<u32>().ok()),
+        );
+    }
+    out
+}
+
+// ---- the raw baseline for issuance ----
+
+/// One ECDSA P-256 signature verification plus one signing (what issuing from a CSR must
+/// do), per second on one core, measured in this process.
+fn raw_verify_plus_sign_per_second() -> f64 {
+    use ring::{
+        rand::SystemRandom,
+        signature::{
+            self, ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair,
+        },
+    };
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let msg = [7u8; 300];
+    let sig = pair.sign(&rng, &msg).unwrap();
+    let pk = signature::UnparsedPublicKey::new(
+        &ECDSA_P256_SHA256_ASN1,
+        pair.public_key().as_ref().to_vec(),
+    );
+    let n = 3000;
+    let t = Instant::now();
+    for _ in 0..n {
+        pk.verify(&msg, sig.as_ref()).unwrap();
+        let _ = pair.sign(&rng, &msg).unwrap();
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+fn csrs(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name
+                .push(rcgen::DnType::CommonName, format!("bench-{i}"));
+            p.serialize_request(&key).unwrap().pem().unwrap()
+        })
+        .collect()
+}
+
+struct Cfssl {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Cfssl {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Debian's `cfssl serve` with its own P-256 CA (made here with rcgen), plain HTTP.
+fn start_cfssl(home: &Path) -> Option<Cfssl> {
+    let bin = ["/usr/bin/cfssl"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())?;
+    let dir = home.join("cfssl");
+    fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "cfssl bench CA");
+    let cert = p.self_signed(&key).unwrap();
+    fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+    // cfssl 1.2 reads SEC1 EC keys.
+    let sec1 = ring_pkcs8_to_sec1(&key.serialize_der())?;
+    fs::write(
+        dir.join("ca-key.pem"),
+        pem::encode(&pem::Pem::new("EC PRIVATE KEY", sec1)),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("config.json"),
+        r#"{"signing":{"default":{"expiry":"24h","usages":["digital signature","client auth"]}}}"#,
+    )
+    .unwrap();
+    let port = free_port();
+    let child = Command::new("taskset")
+        .args([
+            "-c",
+            "0",
+            bin,
+            "serve",
+            "-address",
+            "127.0.0.1",
+            "-port",
+            &port.to_string(),
+        ])
+        .arg(format!("-ca={}", dir.join("ca.pem").display()))
+        .arg(format!("-ca-key={}", dir.join("ca-key.pem").display()))
+        .arg(format!("-config={}", dir.join("config.json").display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(Cfssl {
+                child,
+                addr: ([127, 0, 0, 1], port).into(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// Extracts the SEC1 `ECPrivateKey` inside a PKCS#8 P-256 key (an OCTET STRING at a fixed
+/// place in ring's encoding).
+fn ring_pkcs8_to_sec1(pkcs8: &[u8]) -> Option<Vec<u8>> {
+    let pos = pkcs8
+        .windows(3)
+        .position(|w| w == [0x04, 0x6d, 0x30])
+        .or_else(|| pkcs8.windows(2).position(|w| w[0] == 0x04 && w[1] > 0x40))?;
+    let len = pkcs8[pos + 1] as usize;
+    Some(pkcs8.get(pos + 2..pos + 2 + len)?.to_vec())
+}
+
+/// Plain-HTTP keep-alive load for cfssl.
+async fn cfssl_load(
+    addr: SocketAddr,
+    pid: u32,
+    connections: usize,
+    duration: Duration,
+    csrs: Arc<Vec<String>>,
+) -> Measured {
+    let cpu0 = family(pid).iter().map(|p| cpu_seconds(*p)).sum::<f64>();
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let csrs = csrs.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let mut buf = Vec::new();
+            let mut ok = 0u64;
+            let mut lat = Vec::new();
+            let mut i = c;
+            while Instant::now() < deadline {
+                i += 1;
+                let body = serde_json::json!({"certificate_request": csrs[i % csrs.len()]}).to_string();
+                let req = format!(
+                    "POST /api/v1/cfssl/sign HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let t = Instant::now();
+                s.write_all(req.as_bytes()).await.unwrap();
+                let status;
+                loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        status = head.get(9..12).and_then(|x| x.parse::<u16>().ok()).unwrap_or(0);
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+                            })
+                            .unwrap_or(0);
+                        while buf.len() < end + 4 + len {
+                            let mut chunk = [0u8; 16384];
+                            let n = s.read(&mut chunk).await.unwrap();
+                            buf.extend_from_slice(&chunk[..n]);
+                        }
+                        buf.drain(..end + 4 + len);
+                        break;
+                    }
+                    let mut chunk = [0u8; 16384];
+                    let n = s.read(&mut chunk).await.unwrap();
+                    if n == 0 {
+                        return (ok, lat);
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                if status == 200 {
+                    ok += 1;
+                    lat.push(t.elapsed().as_micros() as u64);
+                }
+            }
+            (ok, lat)
+        }));
+    }
+    let mut ok = 0;
+    let mut lat = Vec::new();
+    for t in tasks {
+        let (o, l) = t.await.unwrap();
+        ok += o;
+        lat.extend(l);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = family(pid).iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu0;
+    lat.sort_unstable();
+    Measured {
+        ok,
+        seconds,
+        p50_us: percentile(&lat, 0.5),
+        p99_us: percentile(&lat, 0.99),
+        cpu_per_req: if ok > 0 { cpu / ok as f64 } else { 0.0 },
+    }
+}
+
+// ---- the run ----
+
+struct Row {
+    name: String,
+    m: Measured,
+    note: String,
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!(
+        "| {:<46} | {:>10} | {:>9} | {:>9} | {:>11} | {:>12} | {}",
+        "scenario", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "req/CPU-s", "note"
+    );
+    println!(
+        "|{:-<48}|{:-<12}|{:-<11}|{:-<11}|{:-<13}|{:-<14}|------",
+        "", "", "", "", "", ""
+    );
+    for r in rows {
+        println!(
+            "| {:<46} | {:>10.0} | {:>9.0} | {:>9.0} | {:>11.1} | {:>12.0} | {}",
+            r.name,
+            r.m.rps(),
+            r.m.p50_us,
+            r.m.p99_us,
+            r.m.cpu_per_req * 1e6,
+            r.m.per_cpu_second(),
+            r.note
+        );
+    }
+}
+
+fn main() {
+    let o = opts();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    pin_self(1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut memory = Vec::new();
+    let d = o.duration;
+    let c = o.connections;
+
+    for (round, &n) in o.keys.iter().enumerate() {
+        let home = tempfile::tempdir().unwrap();
+        // First start creates the CA and credentials; then the offline preload; then a fresh
+        // server process.
+        drop(start_server(home.path()));
+        eprintln!("preloading {n} keys ...");
+        let t = Instant::now();
+        let (api, secrets, ingest_peak) = preload(home.path(), n);
+        eprintln!(
+            "preloaded in {:.1} s (ingest peak {ingest_peak:.0} MiB)",
+            t.elapsed().as_secs_f64()
+        );
+        let server = start_server(home.path());
+        let pid = server.child.id();
+        let certs = server.home.join("certs");
+        let mtls = client_config(&certs, true, true);
+
+        rt.block_on(async {
+            if o.wants("verify") {
+                let whoami = Arc::new(vec![request("GET", "/v1/whoami", None, false)]);
+                if round == 0 {
+                    // Warm up, then the baseline.
+                    keepalive(server.addr, mtls.clone(), &[pid], c, d / 4, whoami.clone()).await;
+                }
+                let base = keepalive(server.addr, mtls.clone(), &[pid], c, d, whoami.clone()).await;
+                let verify: Vec<Vec<u8>> = secrets
+                    .iter()
+                    .map(|k| {
+                        request(
+                            "POST",
+                            "/v1/keys/verify",
+                            Some(&format!("{{\"key\":\"{k}\"}}")),
+                            false,
+                        )
+                    })
+                    .collect();
+                let verify = Arc::new(verify);
+                keepalive(server.addr, mtls.clone(), &[pid], c, d / 4, verify.clone()).await;
+                let v = keepalive(server.addr, mtls.clone(), &[pid], c, d, verify.clone()).await;
+                let ratio = v.per_cpu_second() / base.per_cpu_second();
+                rows.push(Row {
+                    name: format!("baseline: GET /v1/whoami ({n} keys stored)"),
+                    note: "the trivial authenticated route".into(),
+                    m: base,
+                });
+                // p99 at half of saturation: a paced run at half the measured rate.
+                let half =
+                    half_load(server.addr, mtls.clone(), v.rps() / 2.0, d, verify.clone()).await;
+                rows.push(Row {
+                    name: format!("verify, keys drawn from {n}"),
+                    note: format!(
+                        "{ratio:.2}x baseline per CPU-s; p99 at half load {:.0} µs",
+                        half
+                    ),
+                    m: v,
+                });
+            }
+            let (rss, _) = memory_mib(pid);
+            memory.push((n, rss, ingest_peak));
+
+            if round == 0 && o.wants("create") {
+                // Durable key creation with concurrent clients (group commit).
+                let create = Arc::new(vec![request(
+                    "POST",
+                    &format!("/v1/apis/{api}/keys"),
+                    Some("{}"),
+                    false,
+                )]);
+                let k = keepalive(server.addr, mtls.clone(), &[pid], c, d, create).await;
+                rows.push(Row {
+                    name: format!("durable key creation, {c} clients"),
+                    note: "acknowledged after flush".into(),
+                    m: k,
+                });
+            }
+            if round == 0 && o.wants("issue") {
+                // Issuance from CSRs.
+                let list = csrs(if o.quick { 50 } else { 400 });
+                let issue: Vec<Vec<u8>> = list
+                    .iter()
+                    .map(|csr| {
+                        let body = serde_json::json!({"identity": "bench", "csr": csr}).to_string();
+                        request("POST", "/v1/certs", Some(&body), false)
+                    })
+                    .collect();
+                let i = keepalive(server.addr, mtls.clone(), &[pid], c, d, Arc::new(issue)).await;
+                let raw = raw_verify_plus_sign_per_second();
+                let ratio = i.per_cpu_second() / raw;
+                rows.push(Row {
+                    name: "certificate issuance from CSRs".into(),
+                    note: format!("{ratio:.2}x raw P-256 verify+sign ({raw:.0}/CPU-s)"),
+                    m: i,
+                });
+                if let Some(cf) = start_cfssl(home.path()) {
+                    let cpid = cf.child.id();
+                    let csrs = Arc::new(list.clone());
+                    let m = cfssl_load(cf.addr, cpid, c, d, csrs).await;
+                    rows.push(Row {
+                        name: "cfssl serve: /api/v1/cfssl/sign (Debian)".into(),
+                        note: format!(
+                            "plain HTTP; Tessera/cfssl per CPU-s: {:.2}x",
+                            rows.last().map_or(0.0, |r| r.m.per_cpu_second())
+                                / m.per_cpu_second().max(1e-9)
+                        ),
+                        m,
+                    });
+                }
+            }
+            if round == 0 && o.wants("handshake") {
+                // Full mTLS handshakes: a new connection per request, no resumption.
+                let fresh = client_config(&certs, true, false);
+                let hs = handshakes(
+                    server.addr,
+                    fresh.clone(),
+                    &[pid],
+                    c,
+                    d,
+                    Arc::new(request("GET", "/healthz", None, true)),
+                )
+                .await;
+                rows.push(Row {
+                    name: "full mTLS handshakes (Tessera)".into(),
+                    note: "new connection per request, resumption off".into(),
+                    m: hs,
+                });
+                if let Some(nginx) = start_nginx(home.path()) {
+                    let pids = family(nginx.child.id());
+                    let m = handshakes(
+                        nginx.addr,
+                        fresh.clone(),
+                        &pids,
+                        c,
+                        d,
+                        Arc::new(request("GET", "/", None, true)),
+                    )
+                    .await;
+                    let tessera = rows.last().map_or(0.0, |r| r.m.per_cpu_second());
+                    rows.push(Row {
+                        name: "full mTLS handshakes (nginx, ssl_verify_client on)".into(),
+                        note: format!(
+                            "Tessera/nginx per CPU-s: {:.2}x",
+                            tessera / m.per_cpu_second().max(1e-9)
+                        ),
+                        m,
+                    });
+                }
+            }
+        });
+        drop(server);
+    }
+    print_table(&rows);
+    println!();
+    for (n, rss, ingest) in &memory {
+        let per_m = rss / (*n as f64) * 1e6;
+        println!(
+            "memory with {n} keys: steady RSS {rss:.0} MiB ({per_m:.0} MiB per million keys), ingest peak {ingest:.0} MiB ({:.2}x steady)",
+            ingest / rss.max(1.0)
+        );
+    }
+    if o.keys.len() >= 2 {
+        let find = |n: usize| {
+            rows.iter()
+                .find(|r| r.name == format!("verify, keys drawn from {n}"))
+        };
+        if let (Some(a), Some(b)) = (find(o.keys[0]), find(o.keys[o.keys.len() - 1])) {
+            println!(
+                "verify at {} vs {} keys: throughput {:.2}x, p99 {:.2}x",
+                o.keys[o.keys.len() - 1],
+                o.keys[0],
+                b.m.rps() / a.m.rps(),
+                b.m.p99_us / a.m.p99_us.max(1.0)
+            );
+        }
+    }
+}
+
+/// A paced load at `rate` requests/s; returns the p99 latency in µs.
+async fn half_load(
+    addr: SocketAddr,
+    cfg: Arc<ClientConfig>,
+    rate: f64,
+    duration: Duration,
+    requests: Arc<Vec<Vec<u8>>>,
+) -> f64 {
+    let connections = 8usize;
+    let per_conn = rate / connections as f64;
+    let deadline = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let cfg = cfg.clone();
+        let requests = requests.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(addr, cfg).await.unwrap();
+            let gap = Duration::from_secs_f64(1.0 / per_conn.max(1.0));
+            let mut next = Instant::now();
+            let mut lat = Vec::new();
+            let mut i = c * 31;
+            while Instant::now() < deadline {
+                next += gap;
+                i += 1;
+                let t = Instant::now();
+                if let Ok(s) = conn.call(&requests[(i * 7919) % requests.len()]).await
+                    && (200..300).contains(&s)
+                {
+                    lat.push(t.elapsed().as_micros() as u64);
+                }
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    lat.sort_unstable();
+    percentile(&lat, 0.99)
+}
