@@ -11,7 +11,7 @@
 //!
 //! Only 2xx answers are counted. Throttles are raised explicitly for the run.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_literal)]
 
 use std::{
     fs,
