@@ -378,7 +378,11 @@ impl Vault {
             store.commit(b).await?;
             self.db()?.delete_meta(RESTORE_META)?;
         }
-        let keys = Keys::new(store.clone(), keyring.clone());
+        let keys = Keys::with_cache(
+            store.clone(),
+            keyring.clone(),
+            self.config.verify_cache_keys,
+        );
         Ok(Core {
             store,
             sled,

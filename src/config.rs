@@ -58,6 +58,8 @@ pub struct FileConfig {
     pub metrics: FileMetrics,
     #[serde(default)]
     pub limits: FileLimits,
+    #[serde(default)]
+    pub forward_auth: FileForwardAuth,
     /// Base URL clients reach this server at (written into CRL distribution points).
     pub public_url: Option<String>,
     pub log_format: Option<String>,
@@ -87,6 +89,17 @@ pub struct FileLimits {
     pub lockout_seconds: Option<u64>,
     pub lockout_max_seconds: Option<u64>,
     pub trusted_proxies: Option<Vec<String>>,
+}
+
+/// `GET /v1/auth/check`, the gateway forward-auth endpoint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileForwardAuth {
+    /// The header the gateway passes the end client's API key in (default `X-Api-Key`).
+    pub key_header: Option<String>,
+    /// The header the gateway passes the end client's URL-escaped PEM certificate in
+    /// (nginx `$ssl_client_escaped_cert`; default `X-Client-Cert`).
+    pub cert_header: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +138,8 @@ pub struct FileServer {
     pub shutdown_timeout_seconds: Option<u64>,
     pub workers: Option<usize>,
     pub store_cache_bytes: Option<u64>,
+    /// How many key records the verification cache holds (default 1048576).
+    pub verify_cache_keys: Option<usize>,
     pub max_connections: Option<usize>,
     pub keep_alive_seconds: Option<u64>,
     pub client_request_timeout_ms: Option<u64>,
@@ -167,6 +182,8 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     pub workers: usize,
     pub store_cache_bytes: u64,
+    pub verify_cache_keys: usize,
+    pub forward_auth: ForwardAuth,
     pub log_format: LogFormat,
     pub server_cert: ServerCertSource,
     pub tidy_retention_secs: u64,
@@ -177,6 +194,33 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub limits: Limits,
     pub allow_tls12: bool,
+}
+
+/// Where the forward-auth endpoint reads the end client's credentials (lower-case names).
+#[derive(Clone, Debug)]
+pub struct ForwardAuth {
+    pub key_header: actix_web::http::header::HeaderName,
+    pub cert_header: actix_web::http::header::HeaderName,
+}
+
+fn header_name(
+    value: Option<String>,
+    default: &'static str,
+    field: &'static str,
+) -> Result<actix_web::http::header::HeaderName, ConfigError> {
+    use actix_web::http::header::HeaderName;
+    let Some(v) = value else {
+        return Ok(HeaderName::from_static(default));
+    };
+    let name = HeaderName::from_bytes(v.as_bytes())
+        .map_err(|_| err(field, format!("`{v}` is not a header name")))?;
+    if name == actix_web::http::header::AUTHORIZATION {
+        return Err(err(
+            field,
+            "Authorization carries the gateway's own credential",
+        ));
+    }
+    Ok(name)
 }
 
 /// Throttles, lockouts and connection limits.
@@ -291,6 +335,25 @@ impl Config {
         if store_cache_bytes < 1024 * 1024 {
             return Err(err("server.store_cache_bytes", "must be at least 1048576"));
         }
+        let verify_cache_keys = file
+            .server
+            .verify_cache_keys
+            .unwrap_or(crate::keys::cache::DEFAULT_CAPACITY);
+        if verify_cache_keys == 0 {
+            return Err(err("server.verify_cache_keys", "must be at least 1"));
+        }
+        let forward_auth = ForwardAuth {
+            key_header: header_name(
+                file.forward_auth.key_header,
+                "x-api-key",
+                "forward_auth.key_header",
+            )?,
+            cert_header: header_name(
+                file.forward_auth.cert_header,
+                "x-client-cert",
+                "forward_auth.cert_header",
+            )?,
+        };
         let log_format = match o.log_format.clone().or(file.log_format).as_deref() {
             None | Some("human") => LogFormat::Human,
             Some("json") => LogFormat::Json,
@@ -436,6 +499,8 @@ impl Config {
             shutdown_timeout_secs,
             workers,
             store_cache_bytes,
+            verify_cache_keys,
+            forward_auth,
             log_format,
             server_cert,
             tidy_retention_secs,

@@ -472,6 +472,7 @@ impl Keys {
             rec.record(&mut b, k.id.as_str(), Some(&k.tenant))?;
             match self.store.commit(b).await {
                 Ok(()) => {
+                    self.changed(&k);
                     if let Some(r) = patch.remaining {
                         self.usage.set_remaining(&k.id, r).await?;
                     }
@@ -547,6 +548,7 @@ impl Keys {
             rec.record(&mut b, new.id.as_str(), Some(&new.tenant))?;
             match self.store.commit(b).await {
                 Ok(()) => {
+                    self.changed(&old);
                     let usage = UsageRecord {
                         remaining,
                         ..UsageRecord::default()
@@ -580,7 +582,7 @@ impl Keys {
                 track_end(&mut b, Some(&before), &k);
                 rec.record(&mut b, k.id.as_str(), Some(&k.tenant))?;
                 match self.store.commit(b).await {
-                    Ok(()) => {}
+                    Ok(()) => self.changed(&k),
                     Err(StoreError::Conflict) => continue,
                     Err(e) => return Err(e.into()),
                 }

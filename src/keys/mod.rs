@@ -1,6 +1,7 @@
 //! The API registry and the API-key domain: issue, list, update, rotate with grace, revoke,
 //! verify, usage quotas. No HTTP here; the caller passes the tenants it may see and `now`.
 
+pub mod cache;
 mod lifecycle;
 pub mod model;
 mod registry;
@@ -78,16 +79,28 @@ pub struct Keys {
     store: Arc<dyn Store>,
     keyring: Arc<Keyring>,
     usage: Arc<usage::Usage>,
+    cache: cache::VerifyCache,
 }
 
 impl Keys {
     pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>) -> Self {
+        Self::with_cache(store, keyring, cache::DEFAULT_CAPACITY)
+    }
+
+    /// `cache_keys`: how many key records the verification cache holds.
+    pub fn with_cache(store: Arc<dyn Store>, keyring: Arc<Keyring>, cache_keys: usize) -> Self {
         let usage = Arc::new(usage::Usage::new(store.clone()));
         Self {
             store,
             keyring,
             usage,
+            cache: cache::VerifyCache::new(cache_keys),
         }
+    }
+
+    /// Drops a changed key's cached record: after the commit, before the acknowledgement.
+    fn changed(&self, key: &model::Key) {
+        self.cache.invalidate(&key.lookup);
     }
 
     /// The usage counters, for the background flusher.

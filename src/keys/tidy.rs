@@ -34,7 +34,7 @@ impl Keys {
                 break;
             }
             let mut b = Batch::new();
-            let mut ids = Vec::new();
+            let mut dead = Vec::new();
             for e in &due {
                 b.index_delete(IDX_KEY_ENDS, &e.key);
                 let Some((rev, k)) = store::record::get::<Key>(&*self.store, &e.id).await? else {
@@ -51,18 +51,18 @@ impl Keys {
                 if k.root {
                     b.index_delete(super::IDX_ROOT_KEYS, root_position(&k).as_bytes());
                 }
-                ids.push(k.id);
+                dead.push(k);
             }
             match self.store.commit(b).await {
-                Ok(()) => {}
+                Ok(()) => dead.iter().for_each(|k| self.changed(k)),
                 // A concurrent change to one of these keys: try again on the next run.
                 Err(store::StoreError::Conflict) => break,
                 Err(e) => return Err(e.into()),
             }
-            for id in &ids {
-                self.usage.forget(id);
+            for k in &dead {
+                self.usage.forget(&k.id);
             }
-            removed += ids.len();
+            removed += dead.len();
         }
         if removed > 0 {
             tracing::info!(removed, "tidied dead key records");

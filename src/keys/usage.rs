@@ -2,10 +2,12 @@
 //!
 //! These are the one documented exception to "acknowledged means durable": they are exact in
 //! memory (every decrement happens under a lock, so N concurrent verifies of a key with
-//! `remaining = k` give exactly `min(N, k)` VALID answers) and persisted in batches at most
-//! about a second behind. A crash can therefore re-grant at most ~1 s of usage. Verify never
-//! waits for a disk flush. An explicit change of `remaining` (PATCH) is flushed before it is
-//! acknowledged.
+//! `remaining = k` give exactly `min(N, k)` VALID answers) and persisted in batches. A change
+//! to a quota is at most about a second behind, so a crash can re-grant at most ~1 s of usage;
+//! statistics alone (`last_used_at`, answer counts, the rate-limit window) are written every
+//! [`STATS_EVERY`] flushes, so a busy verifier does not rewrite every key it sees each second.
+//! Verify never waits for a disk flush. An explicit change of `remaining` (PATCH) is flushed
+//! before it is acknowledged.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -63,6 +65,23 @@ pub enum Spend {
     Exhausted { ratelimit: Option<RateLimitState> },
 }
 
+/// Counts one answer with `code` (no allocation once the code has been seen).
+fn count(e: &mut UsageRecord, code: &str) {
+    match e.verify_counts.get_mut(code) {
+        Some(n) => *n += 1,
+        None => {
+            e.verify_counts.insert(code.to_owned(), 1);
+        }
+    }
+}
+
+/// Marks a key's counters for the next flush (no allocation if already marked).
+fn mark(dirty: &mut HashSet<KeyId>, id: &KeyId) {
+    if !dirty.contains(id) {
+        dirty.insert(id.clone());
+    }
+}
+
 /// Resets `remaining` to the refill amount for every whole interval elapsed.
 fn apply_refill(e: &mut UsageRecord, limits: &Limits, now: Timestamp) -> bool {
     let (Some(refill), Some(_)) = (limits.refill, e.remaining) else {
@@ -118,10 +137,16 @@ fn take_rate(
     }))
 }
 
+/// How many quota flushes go by between two writes of statistics-only changes.
+pub const STATS_EVERY: u32 = 30;
+
 #[derive(Default)]
 struct Table {
     entries: HashMap<KeyId, UsageRecord>,
+    /// Keys whose quota changed: written by the next flush.
     dirty: HashSet<KeyId>,
+    /// Keys whose statistics alone changed: written by the next full flush.
+    stats: HashSet<KeyId>,
 }
 
 /// The in-memory counters and their persistence.
@@ -170,32 +195,34 @@ impl Usage {
     ) -> Result<Spend, StoreError> {
         self.load(id).await?;
         let mut t = self.table();
-        let Table { entries, dirty } = &mut *t;
+        let Table {
+            entries,
+            dirty,
+            stats,
+        } = &mut *t;
         let Some(e) = entries.get_mut(id) else {
             return Ok(Spend::Exhausted { ratelimit: None });
         };
         if apply_refill(e, limits, now) {
-            dirty.insert(id.clone());
+            mark(dirty, id);
         }
-        let count = |e: &mut UsageRecord, code: &str| {
-            *e.verify_counts.entry(code.to_owned()).or_default() += 1;
-        };
         let ratelimit = match take_rate(e, limits, now) {
             Ok(r) => r,
             Err(state) => {
                 count(e, "RATE_LIMITED");
-                dirty.insert(id.clone());
+                mark(stats, id);
                 return Ok(Spend::RateLimited(state));
             }
         };
         let remaining = match e.remaining {
             Some(0) => {
                 count(e, "USAGE_EXCEEDED");
-                dirty.insert(id.clone());
+                mark(stats, id);
                 return Ok(Spend::Exhausted { ratelimit });
             }
             Some(n) => {
                 e.remaining = Some(n - 1);
+                mark(dirty, id);
                 Some(n - 1)
             }
             None => None,
@@ -203,7 +230,7 @@ impl Usage {
         e.last_used_at = Some(now);
         e.valid_count += 1;
         count(e, "VALID");
-        dirty.insert(id.clone());
+        mark(stats, id);
         Ok(Spend::Ok {
             remaining,
             ratelimit,
@@ -220,13 +247,19 @@ impl Usage {
     ) -> Result<Option<u64>, StoreError> {
         self.load(id).await?;
         let mut t = self.table();
-        let Table { entries, dirty } = &mut *t;
+        let Table {
+            entries,
+            dirty,
+            stats,
+        } = &mut *t;
         let Some(e) = entries.get_mut(id) else {
             return Ok(None);
         };
-        apply_refill(e, limits, now);
-        *e.verify_counts.entry(code.to_owned()).or_default() += 1;
-        dirty.insert(id.clone());
+        if apply_refill(e, limits, now) {
+            mark(dirty, id);
+        }
+        count(e, code);
+        mark(stats, id);
         Ok(e.remaining)
     }
 
@@ -234,7 +267,7 @@ impl Usage {
     pub async fn current(&self, key: &Key, now: Timestamp) -> Result<UsageRecord, StoreError> {
         self.load(&key.id).await?;
         let mut t = self.table();
-        let Table { entries, dirty } = &mut *t;
+        let Table { entries, dirty, .. } = &mut *t;
         let Some(e) = entries.get_mut(&key.id) else {
             return Ok(UsageRecord::default());
         };
@@ -266,16 +299,33 @@ impl Usage {
         let mut t = self.table();
         t.entries.remove(id);
         t.dirty.remove(id);
+        t.stats.remove(id);
     }
 
-    /// Persists every changed counter in one durable batch.
+    /// Persists every changed counter, statistics included, in one durable batch (the
+    /// periodic full flush, and at shutdown or sealing).
     pub async fn flush(&self) -> Result<(), StoreError> {
+        self.flush_some(true).await
+    }
+
+    /// Persists the changed quotas (and any statistics of the same keys).
+    pub async fn flush_quotas(&self) -> Result<(), StoreError> {
+        self.flush_some(false).await
+    }
+
+    async fn flush_some(&self, with_stats: bool) -> Result<(), StoreError> {
         let _one_at_a_time = self.flushing.lock().await;
         let snapshot: Vec<(KeyId, UsageRecord)> = {
             let mut t = self.table();
-            let dirty = std::mem::take(&mut t.dirty);
-            dirty
-                .into_iter()
+            let mut ids = std::mem::take(&mut t.dirty);
+            if with_stats {
+                ids.extend(std::mem::take(&mut t.stats));
+            } else {
+                for id in &ids {
+                    t.stats.remove(id);
+                }
+            }
+            ids.into_iter()
                 .filter_map(|id| t.entries.get(&id).cloned().map(|r| (id, r)))
                 .collect()
         };

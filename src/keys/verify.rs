@@ -6,10 +6,13 @@
 //! NOT_FOUND > REVOKED > EXPIRED > DISABLED > INSUFFICIENT_SCOPES > USAGE_EXCEEDED.
 //! Only a VALID answer spends quota.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::{
     BLIND_KEY, IDX_KEY_HASH, Keys, KeysError,
+    cache::Cached,
     model::{BoundTo, Key, Metadata, Scopes},
     usage::{Limits, RateLimitState, Spend},
 };
@@ -165,17 +168,29 @@ pub fn check_state(
 impl Keys {
     /// The key record a presented secret belongs to: one blind-index look-up, then the
     /// stored HMAC compared in constant time.
-    async fn find(&self, presented: &ApiKey) -> Result<Option<Key>, KeysError> {
+    ///
+    /// The record comes from the verification cache when it is there.
+    async fn find(&self, presented: &ApiKey) -> Result<Option<Arc<Cached>>, KeysError> {
         let secret = presented.expose().as_bytes();
         let pepper = self.keyring.pepper();
         let blind = pepper.blind_index(BLIND_KEY, secret);
-        let Some(id) = self.store.lookup(IDX_KEY_HASH, &blind).await? else {
-            return Ok(None);
+        let entry = match self.cache.get(&blind) {
+            Some(e) => e,
+            None => {
+                let epoch = self.cache.epoch();
+                let Some(id) = self.store.lookup(IDX_KEY_HASH, &blind).await? else {
+                    return Ok(None);
+                };
+                let Some((_, key)) = store::record::get::<Key>(&*self.store, &id).await? else {
+                    return Ok(None);
+                };
+                if key.lookup != blind {
+                    return Ok(None);
+                }
+                self.cache.insert(epoch, key)
+            }
         };
-        let Some((_, key)) = store::record::get::<Key>(&*self.store, &id).await? else {
-            return Ok(None);
-        };
-        Ok(pepper.verify(secret, &key.hash).then_some(key))
+        Ok(pepper.verify(secret, &entry.key().hash).then_some(entry))
     }
 
     /// Authenticates a root key presented as a bearer credential: found, a root key, and
@@ -185,14 +200,15 @@ impl Keys {
         presented: &ApiKey,
         now: Timestamp,
     ) -> Result<Option<Key>, KeysError> {
-        let Some(key) = self.find(presented).await? else {
+        let Some(entry) = self.find(presented).await? else {
             return Ok(None);
         };
-        if !key.root || check_state(&key, None, None, now).is_some() {
+        let key = entry.key();
+        if !key.root || check_state(key, None, None, now).is_some() {
             return Ok(None);
         }
-        self.usage.spend(&key.id, &Limits::of(&key), now).await?;
-        Ok(Some(key))
+        self.usage.spend(&key.id, &Limits::of(key), now).await?;
+        Ok(Some(key.clone()))
     }
 
     pub async fn verify(
@@ -208,9 +224,10 @@ impl Keys {
         let Ok(presented) = ApiKey::parse(req.key.expose()) else {
             return Ok(Verdict::not_found());
         };
-        let Some(key) = self.find(&presented).await? else {
+        let Some(entry) = self.find(&presented).await? else {
             return Ok(Verdict::not_found());
         };
+        let key = entry.key();
         let mine = !key.root
             && scope.allows(&key.tenant)
             && req.api_id.as_ref().is_none_or(|a| *a == key.api_id);
@@ -223,25 +240,25 @@ impl Keys {
             (None, Some(_)) => caller.spiffe.as_deref(),
             (None, None) => None,
         };
-        let limits = Limits::of(&key);
-        if let Some(code) = check_state(&key, req.scopes.as_ref(), presenter, now) {
+        let limits = Limits::of(key);
+        if let Some(code) = check_state(key, req.scopes.as_ref(), presenter, now) {
             let remaining = self
                 .usage
                 .note(&key.id, code.as_str(), &limits, now)
                 .await?;
-            return Ok(Verdict::about(&key, code, remaining, None));
+            return Ok(Verdict::about(key, code, remaining, None));
         }
         Ok(match self.usage.spend(&key.id, &limits, now).await? {
             Spend::Ok {
                 remaining,
                 ratelimit,
-            } => Verdict::about(&key, Code::Valid, remaining, ratelimit),
+            } => Verdict::about(key, Code::Valid, remaining, ratelimit),
             Spend::RateLimited(rl) => {
-                let remaining = self.usage.current(&key, now).await?.remaining;
-                Verdict::about(&key, Code::RateLimited, remaining, Some(rl))
+                let remaining = self.usage.current(key, now).await?.remaining;
+                Verdict::about(key, Code::RateLimited, remaining, Some(rl))
             }
             Spend::Exhausted { ratelimit } => {
-                Verdict::about(&key, Code::UsageExceeded, Some(0), ratelimit)
+                Verdict::about(key, Code::UsageExceeded, Some(0), ratelimit)
             }
         })
     }

@@ -8,7 +8,7 @@
 use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
 
 use super::{
-    Pki, PkiError, pem,
+    CrlSelect, Pki, PkiError, pem,
     records::{CertRecord, CrlRecord, IDX_REVOKED_BY_CA},
 };
 use crate::{
@@ -142,12 +142,24 @@ impl Pki {
     }
 
     /// The current CRL of a CA (default: the current issuing CA).
-    pub fn crl(&self, issuer: Option<&CaId>, format: CrlFormat) -> Option<Vec<u8>> {
-        let id = match issuer {
-            Some(i) => i.clone(),
-            None => self.authority().issuing.id.clone(),
-        };
+    pub fn crl(&self, which: &CrlSelect, format: CrlFormat) -> Option<Vec<u8>> {
         let crls = self.crls.read().unwrap_or_else(|e| e.into_inner());
+        let id = match which {
+            CrlSelect::One(i) => i.clone(),
+            CrlSelect::Current => self.authority().issuing.id.clone(),
+            // Every CA's CRL, root included, as one PEM file (nginx's `ssl_crl`).
+            CrlSelect::All => {
+                return match format {
+                    CrlFormat::Pem => Some(
+                        crls.values()
+                            .map(|c| pem("X509 CRL", &c.der))
+                            .collect::<String>()
+                            .into_bytes(),
+                    ),
+                    CrlFormat::Der => None,
+                };
+            }
+        };
         let der = &crls.get(&id)?.der;
         Some(match format {
             CrlFormat::Der => der.clone(),

@@ -361,21 +361,33 @@ async fn load_revoked(
     }
 }
 
+/// Which CRLs `GET /v1/pki/crl` answers with.
+#[derive(Clone, Debug)]
+pub enum CrlSelect {
+    /// The current issuing CA's.
+    Current,
+    One(CaId),
+    /// Every CA's, root included (PEM only).
+    All,
+}
+
 /// A CRL as last written to the certs directory (served while sealed): the current issuing
-/// CA's (`crl.pem`) or a named CA's (`crl-<id>.pem`).
+/// CA's (`crl.pem`), a named CA's (`crl-<id>.pem`) or all of them (`crls.pem`).
 pub fn published_crl(
     certs_dir: &std::path::Path,
-    issuer: Option<&CaId>,
+    which: &CrlSelect,
     format: CrlFormat,
 ) -> Option<Vec<u8>> {
-    let name = match issuer {
-        Some(id) => format!("crl-{id}.pem"),
-        None => "crl.pem".to_owned(),
+    let name = match which {
+        CrlSelect::One(id) => format!("crl-{id}.pem"),
+        CrlSelect::Current => "crl.pem".to_owned(),
+        CrlSelect::All => "crls.pem".to_owned(),
     };
     let text = std::fs::read_to_string(certs_dir.join(name)).ok()?;
-    match format {
-        CrlFormat::Pem => Some(text.into_bytes()),
-        CrlFormat::Der => ::pem::parse(&text).ok().map(|p| p.into_contents()),
+    match (format, which) {
+        (CrlFormat::Pem, _) => Some(text.into_bytes()),
+        (CrlFormat::Der, CrlSelect::All) => None,
+        (CrlFormat::Der, _) => ::pem::parse(&text).ok().map(|p| p.into_contents()),
     }
 }
 

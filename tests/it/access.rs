@@ -1,56 +1,11 @@
 //! Tenants, roles, bindings and root keys: every route against every kind of caller, the
 //! no-escalation rules, root keys as portal credentials, sender-constrained keys.
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Api, Home, Server, client_config};
-
-/// Makes a service identity `name` in `tenant` with `roles`, and a client holding its
-/// certificate.
-async fn service(
-    server: &Server,
-    admin: &Api,
-    dir: &Path,
-    tenant: &str,
-    name: &str,
-    roles: &[&str],
-) -> Api {
-    if !roles.is_empty() {
-        admin
-            .send(
-                admin
-                    .http
-                    .put(admin.url(&format!("/v1/tenants/{tenant}/bindings/{name}")))
-                    .json(&json!({ "roles": roles })),
-            )
-            .await
-            .expect(200);
-    }
-    let v = admin
-        .post(
-            "/v1/certs",
-            json!({"identity": name, "tenant": tenant, "generate": true}),
-        )
-        .await
-        .expect(201);
-    let cert = dir.join(format!("{tenant}-{name}.pem"));
-    let key = dir.join(format!("{tenant}-{name}.key"));
-    let chain: String = v["chain"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap())
-        .collect();
-    std::fs::write(
-        &cert,
-        format!("{}{}", v["certificate"].as_str().unwrap(), chain),
-    )
-    .unwrap();
-    std::fs::write(&key, v["private_key"].as_str().unwrap()).unwrap();
-    server.client(&cert, &key)
-}
+use crate::helpers::{Api, Home, Server, client_config, service};
 
 /// A client authenticating with a bearer root key (no client certificate).
 fn bearer(server: &Server, key: &str) -> Api {

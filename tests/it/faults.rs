@@ -102,9 +102,20 @@ async fn full_and_read_only_disks_refuse_writes_keep_reads_and_recover() {
         }
     }
     assert!(recovered, "writes come back when space returns");
-    // Nothing refused was stored: one more key than before the fault (the recovery probe).
-    assert_eq!(count(admin.clone(), api.clone()).await, before + 1);
+    // Nothing refused was stored: the keys acknowledged before the disk refused, plus the
+    // recovery probe.
+    assert_eq!(
+        count(admin.clone(), api.clone()).await,
+        before + acked.len() + 1
+    );
     assert_eq!(admin.verify(&key).await, "VALID");
+    for k in &acked {
+        assert_eq!(
+            admin.verify(k).await,
+            "VALID",
+            "an acknowledged key is kept"
+        );
+    }
 
     server.anonymous().get("/readyz").await.expect(200);
     drop(server);

@@ -368,3 +368,65 @@ impl Api {
         self.post("/v1/keys/verify", body).await.expect(200)
     }
 }
+
+/// A certificate and key for service `name` in `tenant`, written to `dir`; returns the
+/// certificate (with its chain) and key paths and the serial.
+pub async fn identity_files(
+    admin: &Api,
+    dir: &Path,
+    tenant: &str,
+    name: &str,
+) -> (PathBuf, PathBuf, String) {
+    let v = admin
+        .post(
+            "/v1/certs",
+            json!({"identity": name, "tenant": tenant, "generate": true}),
+        )
+        .await
+        .expect(201);
+    let cert = dir.join(format!("{tenant}-{name}.pem"));
+    let key = dir.join(format!("{tenant}-{name}.key"));
+    let chain: String = v["chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    fs::write(
+        &cert,
+        format!("{}{}", v["certificate"].as_str().unwrap(), chain),
+    )
+    .unwrap();
+    fs::write(&key, v["private_key"].as_str().unwrap()).unwrap();
+    (cert, key, v["serial"].as_str().unwrap().to_owned())
+}
+
+/// Binds service identity `name` in `tenant` to `roles`.
+pub async fn bind(admin: &Api, tenant: &str, name: &str, roles: &[&str]) {
+    admin
+        .send(
+            admin
+                .http
+                .put(admin.url(&format!("/v1/tenants/{tenant}/bindings/{name}")))
+                .json(&json!({ "roles": roles })),
+        )
+        .await
+        .expect(200);
+}
+
+/// Makes a service identity `name` in `tenant` with `roles`, and a client holding its
+/// certificate.
+pub async fn service(
+    server: &Server,
+    admin: &Api,
+    dir: &Path,
+    tenant: &str,
+    name: &str,
+    roles: &[&str],
+) -> Api {
+    if !roles.is_empty() {
+        bind(admin, tenant, name, roles).await;
+    }
+    let (cert, key, _) = identity_files(admin, dir, tenant, name).await;
+    server.client(&cert, &key)
+}

@@ -195,6 +195,50 @@ async fn remaining_counts_down_exactly_under_concurrency() {
     assert_eq!(admin.verify(&key).await, "VALID");
 }
 
+/// The verification cache never answers from a copy older than an acknowledged change:
+/// keys verified in a tight loop (so they are cached, and some look-ups race the change) are
+/// REVOKED by every verify that starts after the revocation's acknowledgement.
+#[tokio::test]
+async fn a_revoked_key_never_verifies_from_the_cache() {
+    let home = Home::new();
+    let server = Server::start_with_config(
+        &home,
+        "[limits]\nrequests_per_second = 100000\nburst = 100000\n",
+    );
+    let admin = server.admin();
+    let api = admin.create_api("cache").await;
+    let mut keys = Vec::new();
+    for _ in 0..5 {
+        keys.push(admin.issue(&api, json!({})).await);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut hammers = Vec::new();
+    for (_, key) in &keys {
+        for _ in 0..2 {
+            let (admin, key, stop) = (admin.clone(), key.clone(), stop.clone());
+            hammers.push(tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    admin.verify(&key).await;
+                }
+            }));
+        }
+    }
+    for (id, key) in &keys {
+        assert_eq!(admin.verify(key).await, "VALID");
+        admin
+            .post(&format!("/v1/keys/{id}/revoke"), json!({}))
+            .await
+            .expect(200);
+        for _ in 0..20 {
+            assert_eq!(admin.verify(key).await, "REVOKED");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in hammers {
+        h.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn concurrent_rotations_have_exactly_one_winner() {
     let home = Home::new();

@@ -12,6 +12,7 @@ mod crash;
 mod custody;
 mod durability;
 mod faults;
+mod gateway;
 mod helpers;
 mod input;
 mod lifecycle;

@@ -6,6 +6,7 @@ mod apis;
 mod audit;
 mod certs;
 mod custody;
+mod forward_auth;
 mod keys;
 mod pki;
 mod rootkeys;
@@ -25,7 +26,17 @@ fn resource(path: &str, allow: &'static str) -> Resource {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/healthz", "GET").route(web::get().to(sys::healthz)))
+    // The hot paths first: the router tries resources in order, and every dynamic one it
+    // passes costs a pattern match.
+    cfg.service(resource("/v1/keys/verify", "POST").route(web::post().to(keys::verify)))
+        .service(resource("/v1/certs/verify", "POST").route(web::post().to(certs::verify)))
+        // Forward auth answers any method: gateways pass the original request's.
+        .service(web::resource("/v1/auth/check").route(web::route().to(forward_auth::check)))
+        .service(
+            web::resource("/v1/auth/check/{path:.*}")
+                .route(web::route().to(forward_auth::check_prefixed)),
+        )
+        .service(resource("/healthz", "GET").route(web::get().to(sys::healthz)))
         .service(resource("/readyz", "GET").route(web::get().to(sys::readyz)))
         .service(resource("/v1/pki/ca", "GET").route(web::get().to(pki::ca_bundle)))
         .service(resource("/v1/pki/crl", "GET").route(web::get().to(pki::crl)))
@@ -59,7 +70,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(keys::list))
                 .route(web::post().to(keys::create)),
         )
-        .service(resource("/v1/keys/verify", "POST").route(web::post().to(keys::verify)))
         .service(
             resource("/v1/keys/{id}", "GET, PATCH")
                 .route(web::get().to(keys::get))
@@ -72,7 +82,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(certs::list))
                 .route(web::post().to(certs::issue)),
         )
-        .service(resource("/v1/certs/verify", "POST").route(web::post().to(certs::verify)))
         .service(resource("/v1/certs/renew", "POST").route(web::post().to(certs::renew)))
         .service(resource("/v1/certs/{serial}", "GET").route(web::get().to(certs::get)))
         .service(

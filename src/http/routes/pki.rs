@@ -8,11 +8,11 @@ use crate::{
     access::{Permission, authorize},
     http::{
         error::ApiError,
-        extract::{Audited, Authenticated, Query},
+        extract::{Audited, Authenticated, Query, path_param},
         state::AppState,
     },
     ids::CaId,
-    pki::CrlFormat,
+    pki::{CrlFormat, CrlSelect},
 };
 
 /// The trust bundle; while sealed, from the public file in the certs directory.
@@ -31,8 +31,9 @@ pub async fn ca_bundle(state: web::Data<AppState>) -> Result<HttpResponse, ApiEr
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CrlQuery {
+    /// A CA id, or `all` for every CA's CRL in one PEM file.
     #[serde(default)]
-    issuer: Option<CaId>,
+    issuer: Option<String>,
     #[serde(default)]
     format: Option<Format>,
 }
@@ -49,13 +50,23 @@ pub async fn crl(state: web::Data<AppState>, q: Query<CrlQuery>) -> Result<HttpR
         None | Some(Format::Der) => CrlFormat::Der,
         Some(Format::Pem) => CrlFormat::Pem,
     };
+    let which = match q.0.issuer.as_deref() {
+        None => CrlSelect::Current,
+        Some("all") => {
+            if matches!(format, CrlFormat::Der) {
+                return Err(ApiError::bad(
+                    "format",
+                    "issuer=all needs format=pem (DER holds one CRL)",
+                ));
+            }
+            CrlSelect::All
+        }
+        Some(id) => CrlSelect::One(path_param(id, "issuer", CaId::parse)?),
+    };
     let body = match state.try_core() {
-        Some(core) => core
-            .pki
-            .crl(q.0.issuer.as_ref(), format)
-            .ok_or(ApiError::NotFound)?,
+        Some(core) => core.pki.crl(&which, format).ok_or(ApiError::NotFound)?,
         // Sealed: the CRLs as last published to the certs directory.
-        None => crate::pki::published_crl(&state.config.certs_dir, q.0.issuer.as_ref(), format)
+        None => crate::pki::published_crl(&state.config.certs_dir, &which, format)
             .ok_or(ApiError::NotFound)?,
     };
     let ctype = match format {

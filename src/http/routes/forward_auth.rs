@@ -1,0 +1,279 @@
+//! `/v1/auth/check`: forward authentication for gateways (nginx `auth_request`, Envoy
+//! `ext_authz` in HTTP mode, Traefik `ForwardAuth`).
+//!
+//! The gateway calls with its own credential (its mTLS identity, or a root key as
+//! `Authorization: Bearer`) and passes the end client's: an API key in `X-Api-Key` (the name is
+//! configurable) and/or the client certificate it verified, URL-escaped PEM in `X-Client-Cert`
+//! (nginx's `$ssl_client_escaped_cert`). The API and scopes required come from the `api_id` and
+//! `scopes` query parameters or the `X-Tessera-Api-Id` / `X-Tessera-Scopes` headers; a key is
+//! never read from the URL.
+//!
+//! The answer is a status and nothing the end client could learn from: `204` with the identity
+//! headers, or an empty `401` (unknown, revoked, expired, disabled, wrong identity), `403`
+//! (missing scopes, quota used up) or `429` with `Retry-After` (the key's rate limit).
+//!
+//! Envoy appends the original request path to its `path_prefix`, so `/v1/auth/check/<path>`
+//! answers the same way, with any method; its query string belongs to the original request
+//! and is ignored there (pass the API and scopes as headers).
+
+use actix_web::{
+    HttpRequest, HttpResponse,
+    http::{StatusCode, header::HeaderMap},
+    web,
+};
+use serde::Deserialize;
+
+use crate::{
+    access::{Permission, authorize},
+    crypto::secret::SecretString,
+    http::{
+        error::ApiError,
+        extract::{Authenticated, Query},
+        state::AppState,
+    },
+    ids::ApiId,
+    keys::{
+        CallerIdentity, Code, VerifyRequest,
+        model::{Scope, Scopes},
+        verify::MAX_KEY_FIELD,
+    },
+    metrics,
+    pki::{self, PkiError},
+};
+
+/// The identity headers of an allowed request.
+pub const KEY_ID: &str = "x-tessera-key-id";
+pub const API_ID: &str = "x-tessera-api-id";
+pub const TENANT: &str = "x-tessera-tenant";
+pub const IDENTITY: &str = "x-tessera-identity";
+pub const SCOPES: &str = "x-tessera-scopes";
+
+/// Longest forwarded certificate accepted (URL-escaped PEM of a leaf and its chain).
+const MAX_CERT_HEADER: usize = 16 * 1024;
+
+/// `GET /v1/auth/check?api_id=&scopes=`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckQuery {
+    #[serde(default)]
+    api_id: Option<ApiId>,
+    /// Comma-separated.
+    #[serde(default)]
+    scopes: Option<String>,
+}
+
+pub async fn check(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    q: Query<CheckQuery>,
+) -> Result<HttpResponse, ApiError> {
+    decide(auth, state, req, q.0).await
+}
+
+/// The Envoy form, `/v1/auth/check/<original path>`: settings from headers only.
+pub async fn check_prefixed(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    decide(auth, state, req, CheckQuery::default()).await
+}
+
+async fn decide(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    q: CheckQuery,
+) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
+    let now = state.clock.now();
+    let headers = req.headers();
+    let api_id = match q.api_id {
+        Some(a) => Some(a),
+        None => header(headers, API_ID)
+            .map(|v| ApiId::parse(v).map_err(|m| ApiError::bad("api_id", m)))
+            .transpose()?,
+    };
+    let scopes = match q.scopes.as_deref().or_else(|| header(headers, SCOPES)) {
+        Some(list) => Some(parse_scopes(list)?),
+        None => None,
+    };
+    let fa = &state.config.forward_auth;
+    let key = header(headers, fa.key_header.as_str());
+    let cert = header(headers, fa.cert_header.as_str());
+    if key.is_none() && cert.is_none() {
+        return Ok(deny(StatusCode::UNAUTHORIZED));
+    }
+
+    let mut allowed = HttpResponse::NoContent();
+    allowed.insert_header(("cache-control", "no-store"));
+    // The end client's certificate first: it is the identity a bound key must match.
+    let mut caller = CallerIdentity::default();
+    if let Some(escaped) = cert {
+        let scope = authorize(&auth.0, Permission::CertsVerify)?;
+        let Some(pem) = unescape_pem(escaped) else {
+            return Ok(deny(StatusCode::UNAUTHORIZED));
+        };
+        let verdict = match core.pki.verify_certificate(&scope, &pem, now) {
+            Ok(v) => v,
+            Err(PkiError::Invalid { .. }) => return Ok(deny(StatusCode::UNAUTHORIZED)),
+            Err(e) => return Err(e.into()),
+        };
+        metrics::CERT_VERIFY
+            .with_label_values(&[verdict.code.as_str()])
+            .inc();
+        let (true, Some(identity)) = (verdict.valid, verdict.identity) else {
+            return Ok(deny(StatusCode::UNAUTHORIZED));
+        };
+        let leaf = pki::parse_pem_certs(&pem, 8)
+            .ok()
+            .and_then(|c| c.into_iter().next());
+        caller.fingerprint = leaf.map(|der| format!("sha256:{}", pki::fingerprint(&der)));
+        allowed.insert_header((IDENTITY, identity.clone()));
+        if let Some(t) = &verdict.tenant {
+            allowed.insert_header((TENANT, t.as_str()));
+        }
+        caller.spiffe = Some(identity);
+    }
+
+    if let Some(key) = key {
+        let scope = authorize(&auth.0, Permission::KeysVerify)?;
+        if key.len() > MAX_KEY_FIELD {
+            return Ok(deny(StatusCode::UNAUTHORIZED));
+        }
+        let request = VerifyRequest {
+            key: SecretString::new(key.to_owned()),
+            api_id,
+            scopes,
+            presented_identity: None,
+        };
+        let verdict = core.keys.verify(&scope, &request, &caller, now).await?;
+        metrics::KEY_VERIFY
+            .with_label_values(&[verdict.code.as_str()])
+            .inc();
+        match verdict.code {
+            Code::Valid => {}
+            Code::InsufficientScopes | Code::UsageExceeded => {
+                return Ok(deny(StatusCode::FORBIDDEN));
+            }
+            Code::RateLimited => {
+                let reset = verdict.ratelimit.map_or(0, |r| r.reset);
+                let wait_ms = (reset - now.unix_millis()).max(0);
+                let seconds = (wait_ms + 999) / 1000;
+                return Ok(HttpResponse::TooManyRequests()
+                    .insert_header(("retry-after", seconds.max(1).to_string()))
+                    .insert_header(("cache-control", "no-store"))
+                    .finish());
+            }
+            Code::NotFound
+            | Code::Revoked
+            | Code::Expired
+            | Code::Disabled
+            | Code::IdentityMismatch => return Ok(deny(StatusCode::UNAUTHORIZED)),
+        }
+        if let Some(id) = &verdict.key_id {
+            allowed.insert_header((KEY_ID, id.as_str()));
+        }
+        if let Some(id) = &verdict.api_id {
+            allowed.insert_header((API_ID, id.as_str()));
+        }
+        if let Some(t) = &verdict.tenant {
+            allowed.insert_header((TENANT, t.as_str()));
+        }
+        if let Some(s) = &verdict.scopes {
+            let list: Vec<&str> = s.iter().map(Scope::as_str).collect();
+            allowed.insert_header((SCOPES, list.join(",")));
+        }
+    }
+    Ok(allowed.finish())
+}
+
+/// A refusal: the status alone.
+fn deny(status: StatusCode) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header(("cache-control", "no-store"))
+        .finish()
+}
+
+/// A header's value, if present, readable and not empty (nginx sends an empty value when the
+/// client presented no certificate).
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+fn parse_scopes(list: &str) -> Result<Scopes, ApiError> {
+    let v = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| Scope::parse(s).map_err(|m| ApiError::bad("scopes", m)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Scopes::new(v).map_err(|m| ApiError::bad("scopes", m))
+}
+
+/// A forwarded certificate: URL-escaped PEM (nginx, Traefik's `pem` option), or plain PEM with
+/// its line breaks folded into spaces.
+fn unescape_pem(value: &str) -> Option<String> {
+    if value.len() > MAX_CERT_HEADER {
+        return None;
+    }
+    let text = if value.contains('%') {
+        percent_decode(value)?
+    } else {
+        value.to_owned()
+    };
+    let text = text.replace(
+        "-----BEGIN CERTIFICATE----- ",
+        "-----BEGIN CERTIFICATE-----\n",
+    );
+    text.contains("-----BEGIN CERTIFICATE-----").then_some(text)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_certificates_are_unescaped() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let escaped = "-----BEGIN%20CERTIFICATE-----%0AMIIB%0A-----END%20CERTIFICATE-----%0A";
+        assert_eq!(unescape_pem(escaped).as_deref(), Some(pem));
+        assert_eq!(unescape_pem(pem).as_deref(), Some(pem));
+        assert_eq!(unescape_pem("%zz"), None);
+        assert_eq!(unescape_pem("not a certificate"), None);
+        assert_eq!(unescape_pem(&"%41".repeat(MAX_CERT_HEADER)), None);
+    }
+
+    #[test]
+    fn scopes_are_comma_separated() {
+        let s = parse_scopes("read, write,,read").unwrap();
+        let v: Vec<&str> = s.iter().map(Scope::as_str).collect();
+        assert_eq!(v, ["read", "write"]);
+        assert!(parse_scopes("bad scope!").is_err());
+    }
+}

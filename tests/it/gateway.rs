@@ -1,0 +1,459 @@
+//! Forward auth: `/v1/auth/check` called directly the way Envoy and Traefik call it, and a real
+//! nginx (Debian's) in front of a small upstream with the shipped `docs/gateway/nginx.conf`.
+
+use std::{
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{Api, Home, Server, bind, client_config, identity_files, service};
+
+/// A request to the check endpoint with the end client's headers.
+async fn check(gw: &Api, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = gw.http.get(gw.url(path));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
+}
+
+/// A request through the gateway, with a header a client might forge.
+async fn call(client: &Api, key: Option<&str>) -> crate::helpers::Resp {
+    let mut req = client.http.get(client.url("/orders"));
+    if let Some(k) = key {
+        req = req.header("x-api-key", k);
+    }
+    // A client cannot claim an identity: nginx replaces these headers.
+    req = req.header("x-tessera-key-id", "forged");
+    client.send(req).await
+}
+
+/// URL-escaping as nginx's `$ssl_client_escaped_cert` does it (RFC 3986 unreserved kept).
+fn escaped(pem: &str) -> String {
+    pem.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn forward_auth_answers_with_a_status_and_identity_headers() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    let api = admin.create_api("orders").await;
+    let gw = service(&server, &admin, dir.path(), "default", "gw", &["verifier"]).await;
+    let (key_id, key) = admin.issue(&api, json!({"scopes": ["read"]})).await;
+    let (_, write_only) = admin.issue(&api, json!({"scopes": ["write"]})).await;
+    let (_, limited) = admin
+        .issue(
+            &api,
+            json!({"ratelimit": {"limit": 1, "window_seconds": 60}}),
+        )
+        .await;
+
+    // Allowed: 204, the identity in headers, no body.
+    let r = check(
+        &gw,
+        &format!("/v1/auth/check?api_id={api}&scopes=read"),
+        &[("x-api-key", &key)],
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["x-tessera-key-id"], key_id.as_str());
+    assert_eq!(r.headers()["x-tessera-api-id"], api.as_str());
+    assert_eq!(r.headers()["x-tessera-tenant"], "default");
+    assert_eq!(r.headers()["x-tessera-scopes"], "read");
+    assert!(r.bytes().await.unwrap().is_empty());
+
+    // Envoy's form: the original path appended, any method, settings from headers.
+    let r = gw
+        .http
+        .post(gw.url("/v1/auth/check/orders/42?limit=5"))
+        .header("x-api-key", &key)
+        .header("x-tessera-api-id", &api)
+        .header("x-tessera-scopes", "read")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+
+    // Refusals carry nothing that says why.
+    for (headers, query, status) in [
+        (vec![], "", 401),
+        (vec![("x-api-key", "tsk_garbage")], "", 401),
+        (
+            vec![("x-api-key", write_only.as_str())],
+            "?scopes=read",
+            403,
+        ),
+        (vec![("x-api-key", key.as_str())], "?scopes=admin", 403),
+        (
+            vec![("x-api-key", key.as_str())],
+            "?api_id=api_0000000000000000000000",
+            401,
+        ),
+    ] {
+        let r = check(&gw, &format!("/v1/auth/check{query}"), &headers).await;
+        assert_eq!(r.status(), status, "{headers:?} {query}");
+        assert!(r.bytes().await.unwrap().is_empty());
+    }
+    // The rate limit: 429 with Retry-After.
+    assert_eq!(
+        check(&gw, "/v1/auth/check", &[("x-api-key", &limited)])
+            .await
+            .status(),
+        204
+    );
+    let r = check(&gw, "/v1/auth/check", &[("x-api-key", &limited)]).await;
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+
+    // Never the key in a URL; bad settings are the gateway's 400.
+    let r = check(&gw, &format!("/v1/auth/check?key={key}"), &[]).await;
+    assert_eq!(r.status(), 400);
+    let r = check(
+        &gw,
+        "/v1/auth/check?scopes=no%20spaces",
+        &[("x-api-key", &key)],
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+
+    // A forwarded client certificate: its identity; a key bound to it needs it.
+    let (cert, _, _) = identity_files(&admin, dir.path(), "default", "web").await;
+    let pem = fs::read_to_string(&cert).unwrap();
+    let web = "spiffe://tessera.local/tenant/default/svc/web";
+    let r = check(&gw, "/v1/auth/check", &[("x-client-cert", &escaped(&pem))]).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["x-tessera-identity"], web);
+    let (_, bound) = admin.issue(&api, json!({"bound_to": web})).await;
+    let r = check(&gw, "/v1/auth/check", &[("x-api-key", &bound)]).await;
+    assert_eq!(r.status(), 401, "a bound key without its certificate");
+    let r = check(
+        &gw,
+        "/v1/auth/check",
+        &[("x-api-key", &bound), ("x-client-cert", &escaped(&pem))],
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    let r = check(&gw, "/v1/auth/check", &[("x-client-cert", "garbage")]).await;
+    assert_eq!(r.status(), 401);
+
+    // The gateway needs keys:verify / certs:verify; without a credential, the uniform 401.
+    let nobody = service(&server, &admin, dir.path(), "default", "nobody", &[]).await;
+    assert_eq!(
+        check(&nobody, "/v1/auth/check", &[("x-api-key", &key)])
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        check(
+            &server.anonymous(),
+            "/v1/auth/check",
+            &[("x-api-key", &key)]
+        )
+        .await
+        .status(),
+        401
+    );
+}
+
+#[tokio::test]
+async fn the_key_header_is_configurable() {
+    let home = Home::new();
+    let server =
+        Server::start_with_config(&home, "[forward_auth]\nkey_header = \"X-Partner-Key\"\n");
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    let api = admin.create_api("partners").await;
+    let gw = service(&server, &admin, dir.path(), "default", "gw", &["verifier"]).await;
+    let (_, key) = admin.issue(&api, json!({})).await;
+    let r = check(&gw, "/v1/auth/check", &[("x-partner-key", &key)]).await;
+    assert_eq!(r.status(), 204);
+    let r = check(&gw, "/v1/auth/check", &[("x-api-key", &key)]).await;
+    assert_eq!(r.status(), 401);
+    drop(server);
+
+    // Authorization stays the gateway's own credential.
+    let home = Home::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg({
+            let p = home.data().with_file_name("bad.toml");
+            fs::write(&p, "[forward_auth]\nkey_header = \"Authorization\"\n").unwrap();
+            p
+        })
+        .arg("--data")
+        .arg(home.data())
+        .arg("--certs")
+        .arg(home.certs())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("forward_auth.key_header"));
+}
+
+/// nginx, started in its own process group and killed with it.
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    fn start(dir: &Path, conf: &str, addr: SocketAddr) -> Self {
+        use std::os::unix::process::CommandExt;
+        let path = dir.join("nginx.conf");
+        fs::write(&path, conf).unwrap();
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("nginx is not installed (.ci/run installs nginx-light)");
+        let child = Command::new(nginx)
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&path)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let n = Self {
+            child,
+            addr,
+            dir: dir.to_owned(),
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nginx did not start: {}", n.log());
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+
+    /// Re-reads the configuration and its files (new CRLs), as `nginx -s reload` does.
+    async fn reload(&self) {
+        Command::new("kill")
+            .args(["-s", "HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // TERM to the master stops its workers too; if it lingers, KILL its whole group
+        // (`--` first: without it, `kill` reads a negative pid as an option).
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-s", "TERM", &pid]).status();
+        for _ in 0..60 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{pid}")])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// The upstream: answers every request with the `x-tessera-*` and `x-api-key` headers it got.
+async fn upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    let seen: String = head
+                        .lines()
+                        .filter_map(|l| l.split_once(':'))
+                        .map(|(name, value)| (name.to_lowercase(), value.trim()))
+                        .filter(|(n, _)| n.starts_with("x-tessera-") || n == "x-api-key")
+                        .map(|(n, v)| format!("{n}: {v}\n"))
+                        .collect();
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{seen}",
+                        seen.len()
+                    );
+                    if conn.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// An HTTPS client of the gateway, optionally with a client certificate; a new one opens new
+/// connections (a certificate is checked at the handshake).
+fn gateway_client(home: &Home, nginx: &Nginx, identity: Option<(&Path, &Path)>) -> Api {
+    Api::with_base(
+        format!("https://localhost:{}", nginx.addr.port()),
+        client_config(&home.certs().join("ca.pem"), identity),
+    )
+}
+
+async fn fetch_crls(admin: &Api, dir: &Path) {
+    let crls = admin
+        .get("/v1/pki/crl?issuer=all&format=pem")
+        .await
+        .expect_text(200);
+    assert!(
+        crls.matches("BEGIN X509 CRL").count() >= 2,
+        "root and issuing CA"
+    );
+    fs::write(dir.join("crls.pem"), crls).unwrap();
+}
+
+#[tokio::test]
+async fn nginx_in_front_of_an_api_asks_tessera() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let gw_dir = tempfile::tempdir().unwrap();
+    let dir = gw_dir.path();
+    let api = admin.create_api("orders").await;
+
+    // The gateway's files, made the way docs/gateway.md says.
+    bind(&admin, "default", "nginx", &["verifier"]).await;
+    let (gw_cert, gw_key, _) = identity_files(&admin, dir, "default", "nginx").await;
+    fs::rename(gw_cert, dir.join("gateway.pem")).unwrap();
+    fs::rename(gw_key, dir.join("gateway.key")).unwrap();
+    let ca = admin.get("/v1/pki/ca").await.expect_text(200);
+    fs::write(dir.join("ca.pem"), ca).unwrap();
+    fetch_crls(&admin, dir).await;
+    fs::copy(home.certs().join("server.pem"), dir.join("server.pem")).unwrap();
+    fs::copy(home.certs().join("server.key"), dir.join("server.key")).unwrap();
+
+    let app = upstream().await;
+    let addr = free_addr();
+    let shipped = include_str!("../../docs/gateway/nginx.conf");
+    let conf = shipped
+        .replace("/etc/tessera-gateway/", &format!("{}/", dir.display()))
+        .replace(
+            "/run/tessera-gateway.pid",
+            &dir.join("nginx.pid").display().to_string(),
+        )
+        .replace(
+            "/var/log/nginx/tessera-gateway.error.log",
+            &dir.join("error.log").display().to_string(),
+        )
+        .replace("127.0.0.1:8443", &server.addr.to_string())
+        .replace("127.0.0.1:8080", &app.to_string())
+        .replace("127.0.0.1:443", &addr.to_string())
+        .replace("API_ID", &api);
+    let nginx = Nginx::start(dir, &conf, addr);
+
+    let (key_id, key) = admin.issue(&api, json!({"scopes": ["read"]})).await;
+    let (revoked_id, revoked) = admin.issue(&api, json!({"scopes": ["read"]})).await;
+    admin
+        .post(&format!("/v1/keys/{revoked_id}/revoke"), json!({}))
+        .await
+        .expect(200);
+    let (_, write_only) = admin.issue(&api, json!({"scopes": ["write"]})).await;
+    let (_, limited) = admin
+        .issue(
+            &api,
+            json!({"scopes": ["read"], "ratelimit": {"limit": 1, "window_seconds": 60}}),
+        )
+        .await;
+
+    let anon = gateway_client(&home, &nginx, None);
+    // A valid key: the upstream sees the identity, not the key.
+    let r = call(&anon, Some(&key)).await;
+    assert_eq!(r.status, 200, "{}", nginx.log());
+    assert!(
+        r.text.contains(&format!("x-tessera-key-id: {key_id}")),
+        "{}",
+        r.text
+    );
+    assert!(r.text.contains("x-tessera-tenant: default"), "{}", r.text);
+    assert!(r.text.contains("x-tessera-scopes: read"), "{}", r.text);
+    assert!(!r.text.contains("forged"), "{}", r.text);
+    assert!(!r.text.contains(&key), "the key never reaches the upstream");
+
+    assert_eq!(call(&anon, None).await.status, 401);
+    assert_eq!(call(&anon, Some(&revoked)).await.status, 401);
+    assert_eq!(call(&anon, Some(&write_only)).await.status, 403);
+    assert_eq!(call(&anon, Some(&limited)).await.status, 200);
+    let r = call(&anon, Some(&limited)).await;
+    assert_eq!(r.status, 429, "{}", nginx.log());
+    let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait));
+
+    // A client certificate issued by Tessera: nginx verifies it, then Tessera does.
+    let (cert, ckey, serial) = identity_files(&admin, dir, "default", "web").await;
+    let web = gateway_client(&home, &nginx, Some((&cert, &ckey)));
+    let r = call(&web, None).await;
+    assert_eq!(r.status, 200, "{}", nginx.log());
+    assert!(
+        r.text
+            .contains("x-tessera-identity: spiffe://tessera.local/tenant/default/svc/web"),
+        "{}",
+        r.text
+    );
+
+    // Revoked: Tessera refuses it at once; nginx refuses it at the handshake check once its
+    // CRLs are refreshed.
+    admin
+        .post(&format!("/v1/certs/{serial}/revoke"), json!({}))
+        .await
+        .expect(200);
+    let web = gateway_client(&home, &nginx, Some((&cert, &ckey)));
+    assert_eq!(call(&web, None).await.status, 401);
+    fetch_crls(&admin, dir).await;
+    nginx.reload().await;
+    let web = gateway_client(&home, &nginx, Some((&cert, &ckey)));
+    assert_eq!(call(&web, None).await.status, 400, "{}", nginx.log());
+    // A client without a certificate is unaffected.
+    assert_eq!(call(&anon, Some(&key)).await.status, 200);
+}
