@@ -125,16 +125,22 @@ impl Client {
         if let Some(b) = body {
             rb = rb.json(b);
         }
-        let r = rb
-            .send()
-            .await
-            .map_err(|e| ClientError::Connect(e.without_url().to_string()))?;
+        let r = rb.send().await.map_err(connect_error)?;
         let status = r.status().as_u16();
-        let body = r
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Connect(e.without_url().to_string()))?
-            .to_vec();
+        let body = r.bytes().await.map_err(connect_error)?.to_vec();
         Ok(Answer { status, body })
     }
+}
+
+/// A transport error with its causes (a TLS alert is several sources down).
+fn connect_error(e: reqwest::Error) -> ClientError {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    ClientError::Connect(text)
 }

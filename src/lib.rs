@@ -3,6 +3,7 @@
 //! Dependency direction: `http -> (keys, pki, access) -> store -> crypto`.
 
 pub mod access;
+pub mod agent;
 pub mod app;
 pub mod audit;
 pub mod client;

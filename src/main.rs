@@ -77,11 +77,54 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Keep a service's certificate renewed: at 2/3 of its lifetime (with jitter), over mTLS
+    /// with the certificate itself; files replaced atomically, then the reload hook. Exits
+    /// non-zero if the certificate has expired or is refused. SIGHUP renews at once.
+    Agent(AgentArgs),
     /// Send one unseal share to a sealed server (the share is read from standard input).
     Unseal {
         #[command(flatten)]
         target: TargetArgs,
     },
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// The server's base URL.
+    #[arg(
+        long = "server",
+        env = "TESSERA_ADDR",
+        default_value = "https://localhost:8443"
+    )]
+    server: String,
+    /// The CA bundle to trust.
+    #[arg(long, env = "TESSERA_CACERT", default_value = "certs/ca.pem")]
+    ca: PathBuf,
+    /// The certificate to keep renewed (PEM, with its chain); replaced in place.
+    #[arg(long)]
+    cert: PathBuf,
+    /// Its private key (PEM); replaced in place (0600) with --rekey.
+    #[arg(long)]
+    key: PathBuf,
+    /// Run this after each renewal (split like a shell would, run without one), e.g.
+    /// "systemctl reload nginx".
+    #[arg(long)]
+    exec: Option<String>,
+    /// Send SIGHUP to the process whose pid is in this file after each renewal.
+    #[arg(long)]
+    signal_pid: Option<PathBuf>,
+    /// When to renew, as a fraction of the certificate's lifetime.
+    #[arg(long, default_value_t = 2.0 / 3.0)]
+    renew_at: f64,
+    /// A fresh key pair (and CSR) at each renewal.
+    #[arg(long)]
+    rekey: bool,
+    /// Lifetime to ask for, in seconds (default: the server's default lifetime).
+    #[arg(long)]
+    ttl: Option<u64>,
+    /// Renew if due, then exit (for cron).
+    #[arg(long)]
+    once: bool,
 }
 
 /// Which server, and with which credential.
@@ -368,6 +411,31 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", api.id);
                 Ok(())
             })
+        }
+        Command::Agent(a) => {
+            init_logging(LogFormat::Human);
+            let exec = a
+                .exec
+                .as_deref()
+                .map(tessera::agent::split_command)
+                .transpose()?;
+            let opts = tessera::agent::Options {
+                server: a.server,
+                ca: a.ca,
+                cert: a.cert,
+                key: a.key,
+                exec,
+                signal_pid: a.signal_pid,
+                renew_at: a.renew_at,
+                rekey: a.rekey,
+                ttl_seconds: a.ttl,
+                once: a.once,
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(tessera::agent::run(opts))?;
+            Ok(())
         }
         Command::Unseal { target } => actix_web::rt::System::new().block_on(async move {
             let mut t = target.target();

@@ -192,20 +192,12 @@ pub async fn serve(vault: Vault, core: Option<Core>) -> Result<(), AppError> {
 /// Persists usage counters about once a second.
 async fn flush_usage(state: web::Data<AppState>) {
     let mut tick = actix_web::rt::time::interval(USAGE_FLUSH_EVERY);
-    let mut n: u32 = 0;
     loop {
         tick.tick().await;
         let Some(core) = state.try_core() else {
             continue;
         };
-        n = n.wrapping_add(1);
-        let usage = core.keys.usage();
-        let flushed = if n % crate::keys::usage::STATS_EVERY == 0 {
-            usage.flush().await
-        } else {
-            usage.flush_quotas().await
-        };
-        if let Err(e) = flushed {
+        if let Err(e) = core.keys.usage().flush_quotas().await {
             tracing::error!(error = %e, "could not persist usage counters; will retry");
         }
     }

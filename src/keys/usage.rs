@@ -4,10 +4,15 @@
 //! memory (every decrement happens under a lock, so N concurrent verifies of a key with
 //! `remaining = k` give exactly `min(N, k)` VALID answers) and persisted in batches. A change
 //! to a quota is at most about a second behind, so a crash can re-grant at most ~1 s of usage;
-//! statistics alone (`last_used_at`, answer counts, the rate-limit window) are written every
-//! [`STATS_EVERY`] flushes, so a busy verifier does not rewrite every key it sees each second.
-//! Verify never waits for a disk flush. An explicit change of `remaining` (PATCH) is flushed
-//! before it is acknowledged.
+//! statistics alone (`last_used_at`, answer counts, the rate-limit window) are written at most
+//! [`STATS_PER_FLUSH`] keys per flush, so a verifier seeing a million different keys does not
+//! turn each verify into a disk write (they may lag further behind, and are all written at a
+//! graceful shutdown). Writes go in batches of at most [`CHUNK`] records. Verify never waits
+//! for a disk flush. An explicit change of `remaining` (PATCH) is flushed before it is
+//! acknowledged.
+//!
+//! The table is bounded: past [`MAX_ENTRIES`] keys, counters already on disk are dropped from
+//! memory and read back on the key's next use.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -137,8 +142,12 @@ fn take_rate(
     }))
 }
 
-/// How many quota flushes go by between two writes of statistics-only changes.
-pub const STATS_EVERY: u32 = 30;
+/// Statistics-only changes written per periodic flush, at most.
+pub const STATS_PER_FLUSH: usize = 2000;
+/// Records per durable batch.
+pub const CHUNK: usize = 2000;
+/// Keys whose counters are kept in memory, at most (counters not yet written stay).
+pub const MAX_ENTRIES: usize = 1 << 18;
 
 #[derive(Default)]
 struct Table {
@@ -172,17 +181,22 @@ impl Usage {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes sure the key's counters are in memory.
-    async fn load(&self, id: &KeyId) -> Result<(), StoreError> {
-        if self.table().entries.contains_key(id) {
-            return Ok(());
+    /// The table, locked, with the key's counters in it (read from the store if need be).
+    /// Returned locked so a trim cannot drop them before the caller uses them.
+    async fn loaded(&self, id: &KeyId) -> Result<std::sync::MutexGuard<'_, Table>, StoreError> {
+        {
+            let t = self.table();
+            if t.entries.contains_key(id) {
+                return Ok(t);
+            }
         }
         let rec = store::record::get::<UsageRecord>(&*self.store, id.as_str())
             .await?
             .map(|(_, r)| r)
             .unwrap_or_default();
-        self.table().entries.entry(id.clone()).or_insert(rec);
-        Ok(())
+        let mut t = self.table();
+        t.entries.entry(id.clone()).or_insert(rec);
+        Ok(t)
     }
 
     /// Spends one use (called only for an answer that is otherwise VALID): the rate limit
@@ -193,8 +207,7 @@ impl Usage {
         limits: &Limits,
         now: Timestamp,
     ) -> Result<Spend, StoreError> {
-        self.load(id).await?;
-        let mut t = self.table();
+        let mut t = self.loaded(id).await?;
         let Table {
             entries,
             dirty,
@@ -245,8 +258,7 @@ impl Usage {
         limits: &Limits,
         now: Timestamp,
     ) -> Result<Option<u64>, StoreError> {
-        self.load(id).await?;
-        let mut t = self.table();
+        let mut t = self.loaded(id).await?;
         let Table {
             entries,
             dirty,
@@ -265,8 +277,7 @@ impl Usage {
 
     /// The key's counters now (a due refill applied).
     pub async fn current(&self, key: &Key, now: Timestamp) -> Result<UsageRecord, StoreError> {
-        self.load(&key.id).await?;
-        let mut t = self.table();
+        let mut t = self.loaded(&key.id).await?;
         let Table { entries, dirty, .. } = &mut *t;
         let Some(e) = entries.get_mut(&key.id) else {
             return Ok(UsageRecord::default());
@@ -283,9 +294,8 @@ impl Usage {
         id: &KeyId,
         remaining: Option<u64>,
     ) -> Result<(), StoreError> {
-        self.load(id).await?;
         {
-            let mut t = self.table();
+            let mut t = self.loaded(id).await?;
             if let Some(e) = t.entries.get_mut(id) {
                 e.remaining = remaining;
             }
@@ -302,47 +312,85 @@ impl Usage {
         t.stats.remove(id);
     }
 
-    /// Persists every changed counter, statistics included, in one durable batch (the
-    /// periodic full flush, and at shutdown or sealing).
+    /// Persists every changed counter, statistics included (at shutdown or sealing).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.flush_some(true).await
+        self.flush_some(usize::MAX).await
     }
 
-    /// Persists the changed quotas (and any statistics of the same keys).
+    /// The periodic flush: every changed quota, and statistics up to [`STATS_PER_FLUSH`] keys;
+    /// then trims the table to [`MAX_ENTRIES`].
     pub async fn flush_quotas(&self) -> Result<(), StoreError> {
-        self.flush_some(false).await
+        self.flush_some(STATS_PER_FLUSH).await?;
+        self.trim(MAX_ENTRIES);
+        Ok(())
     }
 
-    async fn flush_some(&self, with_stats: bool) -> Result<(), StoreError> {
+    async fn flush_some(&self, stats_budget: usize) -> Result<(), StoreError> {
         let _one_at_a_time = self.flushing.lock().await;
         let snapshot: Vec<(KeyId, UsageRecord)> = {
             let mut t = self.table();
-            let mut ids = std::mem::take(&mut t.dirty);
-            if with_stats {
+            let mut ids: Vec<KeyId> = std::mem::take(&mut t.dirty).into_iter().collect();
+            for id in &ids {
+                t.stats.remove(id);
+            }
+            if t.stats.len() <= stats_budget {
                 ids.extend(std::mem::take(&mut t.stats));
             } else {
-                for id in &ids {
+                let some: Vec<KeyId> = t.stats.iter().take(stats_budget).cloned().collect();
+                for id in &some {
                     t.stats.remove(id);
                 }
+                ids.extend(some);
             }
             ids.into_iter()
                 .filter_map(|id| t.entries.get(&id).cloned().map(|r| (id, r)))
                 .collect()
         };
-        if snapshot.is_empty() {
-            return Ok(());
-        }
-        let mut b = Batch::new();
-        for (id, r) in &snapshot {
-            b.put_record(id.as_str(), r, Expect::Any)?;
-        }
-        if let Err(e) = self.store.commit(b).await {
-            // Put them back so the next flush tries again.
-            let mut t = self.table();
-            t.dirty.extend(snapshot.into_iter().map(|(id, _)| id));
-            return Err(e);
+        let mut rest = snapshot.as_slice();
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(rest.len().min(CHUNK));
+            let mut b = Batch::new();
+            for (id, r) in chunk {
+                b.put_record(id.as_str(), r, Expect::Any)?;
+            }
+            if let Err(e) = self.store.commit(b).await {
+                // Put back what was not written so the next flush tries again.
+                let mut t = self.table();
+                t.dirty.extend(rest.iter().map(|(id, _)| id.clone()));
+                return Err(e);
+            }
+            rest = tail;
         }
         Ok(())
+    }
+
+    /// Drops counters that are already on disk until at most `max` keys are in memory.
+    fn trim(&self, max: usize) {
+        let mut t = self.table();
+        let Table {
+            entries,
+            dirty,
+            stats,
+        } = &mut *t;
+        if entries.len() <= max {
+            return;
+        }
+        let mut excess = entries.len() - max * 3 / 4;
+        entries.retain(|id, _| {
+            if excess == 0 || dirty.contains(id) || stats.contains(id) {
+                return true;
+            }
+            excess -= 1;
+            false
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.table().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -442,6 +490,32 @@ mod tests {
             u.spend(&id, &l, t.plus_secs(180)).await.unwrap(),
             Spend::Ok { .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn the_table_is_bounded_and_trimmed_counters_come_back_from_disk() {
+        let (_d, u) = usage();
+        let l = limits(None, None);
+        let t = Timestamp::from_unix(1_000);
+        let ids: Vec<KeyId> = (0..20).map(|_| KeyId::generate().unwrap()).collect();
+        let quota = &ids[0];
+        u.set_remaining(quota, Some(5)).await.unwrap();
+        for id in &ids {
+            u.spend(id, &l, t).await.unwrap();
+        }
+        // Nothing unwritten is dropped.
+        u.trim(4);
+        assert_eq!(u.len(), 20);
+        u.flush().await.unwrap();
+        u.trim(8);
+        assert!(u.len() <= 6, "{}", u.len());
+        // A dropped key's counters are read back: its quota and counts go on.
+        for id in &ids {
+            u.spend(id, &l, t).await.unwrap();
+        }
+        let k = u.table().entries.get(quota).cloned().unwrap();
+        assert_eq!(k.remaining, Some(3));
+        assert_eq!(k.valid_count, 2);
     }
 
     #[tokio::test]

@@ -183,8 +183,11 @@ impl Pki {
         let authority = self.authority();
         let ca = &authority.issuing;
         let (serial, serial_bytes) = Serial::generate()?;
-        // Backdated a minute for clock skew; never outliving the issuing CA.
-        let not_before = Timestamp::from_unix(now.unix() - 60);
+        // Backdated for clock skew: a minute, or a tenth of a short lifetime (so an agent
+        // renewing at a fraction of the lifetime is not thrown off); never outliving the
+        // issuing CA.
+        let skew = i64::try_from((ttl_secs / 10).min(60)).unwrap_or(60);
+        let not_before = Timestamp::from_unix(now.unix() - skew);
         let not_after = Timestamp::from_unix(now.plus_secs(ttl_secs).unix()).min(ca.not_after);
 
         let mut p = CertificateParams::default();

@@ -72,19 +72,24 @@ impl Server {
             .append(true)
             .open(home.log())
             .unwrap();
+        // An explicit --listen in `extra` replaces the free port.
+        let listen = extra
+            .iter()
+            .position(|a| *a == "--listen")
+            .and_then(|i| extra.get(i + 1))
+            .copied()
+            .unwrap_or("127.0.0.1:0");
+        let extra: Vec<&str> = match extra.iter().position(|a| *a == "--listen") {
+            Some(i) => extra[..i].iter().chain(&extra[i + 2..]).copied().collect(),
+            None => extra.to_vec(),
+        };
         let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--shutdown-timeout",
-                "1",
-            ])
+            .args(["serve", "--listen", listen, "--shutdown-timeout", "1"])
             .arg("--data")
             .arg(home.data())
             .arg("--certs")
             .arg(home.certs())
-            .args(extra)
+            .args(&extra)
             .env_remove("TESSERA_MASTER_KEY")
             .env(
                 "RUST_LOG",
@@ -377,13 +382,22 @@ pub async fn identity_files(
     tenant: &str,
     name: &str,
 ) -> (PathBuf, PathBuf, String) {
-    let v = admin
-        .post(
-            "/v1/certs",
-            json!({"identity": name, "tenant": tenant, "generate": true}),
-        )
-        .await
-        .expect(201);
+    identity_files_ttl(admin, dir, tenant, name, None).await
+}
+
+/// [`identity_files`] with a lifetime (the server's default without one).
+pub async fn identity_files_ttl(
+    admin: &Api,
+    dir: &Path,
+    tenant: &str,
+    name: &str,
+    ttl_seconds: Option<u64>,
+) -> (PathBuf, PathBuf, String) {
+    let mut body = json!({"identity": name, "tenant": tenant, "generate": true});
+    if let Some(t) = ttl_seconds {
+        body["ttl_seconds"] = json!(t);
+    }
+    let v = admin.post("/v1/certs", body).await.expect(201);
     let cert = dir.join(format!("{tenant}-{name}.pem"));
     let key = dir.join(format!("{tenant}-{name}.key"));
     let chain: String = v["chain"]

@@ -5,6 +5,7 @@
 
 mod abuse;
 mod access;
+mod agent;
 mod audit;
 mod auth;
 mod certs;

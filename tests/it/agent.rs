@@ -1,0 +1,236 @@
+//! `tessera agent` against the real server: renewals under live mTLS traffic, an expired
+//! certificate, a server that is down for a while, `--rekey --once`.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+use crate::helpers::{Api, Home, Server, identity_files, identity_files_ttl};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+
+/// A running agent; killed when dropped.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn agent(server: &Server, dir: &Path, name: &str, extra: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("agent")
+        .args(["--server", &server.url("")])
+        .arg("--ca")
+        .arg(server.certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(dir.join(format!("default-{name}.pem")))
+        .arg("--key")
+        .arg(dir.join(format!("default-{name}.key")))
+        .args(extra);
+    c
+}
+
+fn spawn(mut c: Command, log: &Path) -> Agent {
+    let log = fs::File::create(log).unwrap();
+    Agent(c.stdout(Stdio::null()).stderr(log).spawn().unwrap())
+}
+
+/// A client built from the files on disk right now, as a service reloading them would.
+fn from_files(server: &Server, cert: &Path, key: &Path) -> Api {
+    server.client(cert, key)
+}
+
+#[tokio::test]
+async fn the_agent_renews_under_traffic_with_no_failed_call() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, first) =
+        identity_files_ttl(&admin, dir.path(), "default", "worker", Some(30)).await;
+    let hook = dir.path().join("hook.log");
+    let exec = format!("/bin/sh -c 'echo renewed >> {}'", hook.display());
+    let _agent = spawn(
+        {
+            let mut c = agent(
+                &server,
+                dir.path(),
+                "worker",
+                &["--renew-at", "0.5", "--ttl", "30"],
+            );
+            c.args(["--exec", &exec]);
+            c
+        },
+        &dir.path().join("agent.log"),
+    );
+
+    // 30-second certificates renewed at half their life: about every 13 s.
+    let started = Instant::now();
+    let mut serials = BTreeSet::from([first]);
+    let mut calls = 0;
+    while started.elapsed() < Duration::from_secs(50) {
+        // A reader never sees a partial file: both parse whenever they are read.
+        let pem = fs::read_to_string(&cert).unwrap();
+        assert!(
+            pem.trim_end().ends_with("-----END CERTIFICATE-----"),
+            "{pem}"
+        );
+        assert_eq!(
+            pem.matches("BEGIN CERTIFICATE").count(),
+            2,
+            "leaf and chain"
+        );
+        let r = from_files(&server, &cert, &key).get("/v1/whoami").await;
+        assert_eq!(r.status, 200, "call {calls} failed: {}", r.text);
+        calls += 1;
+        let serial = r.json()["serial"].as_str().unwrap().to_owned();
+        if serials.insert(serial) {
+            // Every renewed certificate verifies.
+            let v = admin
+                .post("/v1/certs/verify", json!({ "certificate": pem }))
+                .await
+                .expect(200);
+            assert_eq!(v["code"], "VALID", "{v}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let log = fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    assert!(
+        serials.len() >= 4,
+        "{} certificates; log:\n{log}",
+        serials.len()
+    );
+    let hooks = fs::read_to_string(&hook)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    assert_eq!(
+        hooks,
+        serials.len() - 1,
+        "the hook ran once per renewal; log:\n{log}"
+    );
+    assert!(log.contains("next renewal"), "{log}");
+    assert!(calls > 100);
+}
+
+#[tokio::test]
+async fn expired_refused_down_and_rekey() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+
+    // An expired certificate cannot renew itself: a clear message and a non-zero exit.
+    let v = admin
+        .post(
+            "/v1/certs",
+            json!({"identity": "old", "generate": true, "ttl_seconds": 1}),
+        )
+        .await
+        .expect(201);
+    let chain: String = v["chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    fs::write(
+        dir.path().join("default-old.pem"),
+        format!("{}{chain}", v["certificate"].as_str().unwrap()),
+    )
+    .unwrap();
+    fs::write(
+        dir.path().join("default-old.key"),
+        v["private_key"].as_str().unwrap(),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    for extra in [&["--once"][..], &[][..]] {
+        let out = agent(&server, dir.path(), "old", extra).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("expired"), "{err}");
+    }
+
+    // A revoked certificate is refused: no retry loop.
+    let (_, _, serial) = identity_files(&admin, dir.path(), "default", "gone").await;
+    admin
+        .post(&format!("/v1/certs/{serial}/revoke"), json!({}))
+        .await
+        .expect(200);
+    let out = agent(&server, dir.path(), "gone", &["--renew-at", "0.0001"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused"));
+
+    // --rekey --once: a new key pair, the certificate matches it.
+    let (cert, key, first) = identity_files(&admin, dir.path(), "default", "fresh").await;
+    let old_key = fs::read_to_string(&key).unwrap();
+    let out = agent(
+        &server,
+        dir.path(),
+        "fresh",
+        &["--once", "--rekey", "--renew-at", "0.0001"],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(fs::read_to_string(&key).unwrap(), old_key);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let r = from_files(&server, &cert, &key).get("/v1/whoami").await;
+    assert_eq!(r.status, 200);
+    assert_ne!(r.json()["serial"].as_str().unwrap(), first);
+    // --once when not due: nothing to do.
+    let out = agent(&server, dir.path(), "fresh", &["--once"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not due"));
+
+    // The server is down: the agent backs off, then renews once it is back.
+    identity_files(&admin, dir.path(), "default", "patient").await;
+    let addr = server.addr;
+    let mut server = server;
+    server.terminate();
+    let hook = dir.path().join("patient.hook");
+    let log = dir.path().join("patient.log");
+    let _agent = spawn(
+        {
+            let mut c = agent(&server, dir.path(), "patient", &["--renew-at", "0.0001"]);
+            c.args(["--exec", &format!("touch {}", hook.display())]);
+            c
+        },
+        &log,
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!hook.exists());
+    let _back = Server::start_with(&home, &["--listen", &addr.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !hook.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        hook.exists(),
+        "renewed once the server was back; log:\n{text}"
+    );
+    assert!(text.matches("will retry").count() >= 2, "{text}");
+}
