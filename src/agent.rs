@@ -261,25 +261,99 @@ async fn renew_once(opts: &Options) -> Result<Validity, Attempt> {
         }
         Err(e) => return Err(Attempt::Transient(e.to_string())),
     };
-    let v = answer.json();
+    let pem = chain_pem(&answer.json());
+    if pem.is_empty() {
+        return Err(Attempt::Transient("the answer held no certificate".into()));
+    }
+    write_files(
+        &opts.cert,
+        &opts.key,
+        &pem,
+        new_key.as_deref().map(String::as_str),
+    )
+    .map_err(Attempt::Fatal)?;
+    validity(&opts.cert).map_err(Attempt::Fatal)
+}
+
+/// The certificate and its chain from an issuing answer, as one PEM file.
+fn chain_pem(v: &serde_json::Value) -> String {
     let mut pem = v["certificate"].as_str().unwrap_or_default().to_owned();
     for c in v["chain"].as_array().into_iter().flatten() {
         pem.push_str(c.as_str().unwrap_or_default());
     }
-    if pem.is_empty() {
-        return Err(Attempt::Transient("the answer held no certificate".into()));
-    }
+    pem
+}
+
+/// Replaces the files atomically: the key first (0600), so a reader that sees the new
+/// certificate finds its key already there.
+fn write_files(
+    cert: &Path,
+    key: &Path,
+    pem: &str,
+    new_key: Option<&str>,
+) -> Result<(), AgentError> {
     let write = |path: &Path, bytes: &[u8], mode| {
-        files::write_atomic(path, bytes, mode).map_err(|e| {
-            Attempt::Fatal(AgentError::Write(path.display().to_string(), e.to_string()))
-        })
+        files::write_atomic(path, bytes, mode)
+            .map_err(|e| AgentError::Write(path.display().to_string(), e.to_string()))
     };
-    // The key first: a reader that sees the new certificate finds its key already there.
-    if let Some(key) = &new_key {
-        write(&opts.key, key.as_bytes(), files::PRIVATE)?;
+    if let Some(k) = new_key {
+        write(key, k.as_bytes(), files::PRIVATE)?;
     }
-    write(&opts.cert, pem.as_bytes(), files::PUBLIC)?;
-    validity(&opts.cert).map_err(Attempt::Fatal)
+    write(cert, pem.as_bytes(), files::PUBLIC)
+}
+
+/// `tessera agent bootstrap`: the first certificate, from a single-use enrolment token.
+pub struct Bootstrap {
+    pub server: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub identity: String,
+    pub token: crate::crypto::secret::SecretString,
+    pub ttl_seconds: Option<u64>,
+}
+
+/// A new key pair made here, a CSR, and the token traded for the certificate; returns its
+/// validity.
+pub async fn bootstrap(b: Bootstrap) -> Result<Validity, AgentError> {
+    let setup = |e: String| AgentError::Setup(e);
+    let client = Client::new(&Target {
+        addr: b.server,
+        ca: b.ca,
+        cert: None,
+        key: None,
+        token: None,
+    })
+    .map_err(|e| setup(e.to_string()))?;
+    let pair = rcgen::KeyPair::generate().map_err(|e| setup(e.to_string()))?;
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&pair)
+        .and_then(|c| c.pem())
+        .map_err(|e| setup(e.to_string()))?;
+    let key = Zeroizing::new(pair.serialize_pem());
+    let mut body = json!({ "token": b.token.expose(), "identity": b.identity, "csr": csr });
+    if let Some(t) = b.ttl_seconds {
+        body["ttl_seconds"] = json!(t);
+    }
+    let answer = match client
+        .call(reqwest::Method::POST, "/v1/enrol", Some(&body))
+        .await
+        .and_then(|a| a.ok())
+    {
+        Ok(a) => a,
+        Err(ClientError::Server { status: 401, .. }) => {
+            return Err(AgentError::Refused(
+                "the enrolment token is unknown, used, expired or for another identity".into(),
+            ));
+        }
+        Err(e) => return Err(setup(e.to_string())),
+    };
+    let pem = chain_pem(&answer.json());
+    if pem.is_empty() {
+        return Err(setup("the answer held no certificate".into()));
+    }
+    write_files(&b.cert, &b.key, &pem, Some(key.as_str()))?;
+    validity(&b.cert)
 }
 
 /// Runs the reload hooks; a failing hook is logged, not fatal (the files are in place).

@@ -88,8 +88,39 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Get the first certificate with a single-use enrolment token (read from
+    /// TESSERA_ENROL_TOKEN, else the first line of standard input); a new key pair is made
+    /// here and never leaves this machine.
+    Bootstrap {
+        #[arg(
+            long = "server",
+            env = "TESSERA_ADDR",
+            default_value = "https://localhost:8443"
+        )]
+        server: String,
+        #[arg(long, env = "TESSERA_CACERT", default_value = "certs/ca.pem")]
+        ca: PathBuf,
+        /// The service name the token was made for.
+        #[arg(long)]
+        identity: String,
+        /// Where to write the certificate (with its chain).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Where to write the private key (0600).
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+}
+
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct AgentArgs {
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
     /// The server's base URL.
     #[arg(
         long = "server",
@@ -102,10 +133,10 @@ struct AgentArgs {
     ca: PathBuf,
     /// The certificate to keep renewed (PEM, with its chain); replaced in place.
     #[arg(long)]
-    cert: PathBuf,
+    cert: Option<PathBuf>,
     /// Its private key (PEM); replaced in place (0600) with --rekey.
     #[arg(long)]
-    key: PathBuf,
+    key: Option<PathBuf>,
     /// Run this after each renewal (split like a shell would, run without one), e.g.
     /// "systemctl reload nginx".
     #[arg(long)]
@@ -412,8 +443,51 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
+        Command::Agent(AgentArgs {
+            command:
+                Some(AgentCommand::Bootstrap {
+                    server,
+                    ca,
+                    identity,
+                    cert,
+                    key,
+                    ttl,
+                }),
+            ..
+        }) => {
+            let token = match std::env::var("TESSERA_ENROL_TOKEN") {
+                Ok(t) => zeroize::Zeroizing::new(t),
+                Err(_) => {
+                    let mut line = zeroize::Zeroizing::new(String::new());
+                    std::io::stdin().read_line(&mut line)?;
+                    line
+                }
+            };
+            let b = tessera::agent::Bootstrap {
+                server,
+                ca,
+                cert: cert.clone(),
+                key,
+                identity,
+                token: tessera::crypto::secret::SecretString::new(token.trim().to_owned()),
+                ttl_seconds: ttl,
+            };
+            let v = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(tessera::agent::bootstrap(b))?;
+            println!(
+                "Wrote {} (valid until unix {}) and its key. Keep it renewed with `tessera agent`.",
+                cert.display(),
+                v.not_after
+            );
+            Ok(())
+        }
         Command::Agent(a) => {
             init_logging(LogFormat::Human);
+            let (Some(cert), Some(key)) = (a.cert, a.key) else {
+                anyhow::bail!("--cert and --key are required");
+            };
             let exec = a
                 .exec
                 .as_deref()
@@ -422,8 +496,8 @@ fn main() -> anyhow::Result<()> {
             let opts = tessera::agent::Options {
                 server: a.server,
                 ca: a.ca,
-                cert: a.cert,
-                key: a.key,
+                cert,
+                key,
                 exec,
                 signal_pid: a.signal_pid,
                 renew_at: a.renew_at,

@@ -6,6 +6,7 @@
 pub mod bootstrap;
 pub mod ca;
 mod crl;
+pub mod enrol;
 pub mod identity;
 mod issue;
 pub mod records;

@@ -234,3 +234,127 @@ async fn expired_refused_down_and_rekey() {
     );
     assert!(text.matches("will retry").count() >= 2, "{text}");
 }
+
+/// The first certificate without a long-lived secret: a single-use token for one identity.
+#[tokio::test]
+async fn enrolment_tokens_bootstrap_a_new_workload_once() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    let token = |identity: &'static str, ttl: u64| {
+        let admin = admin.clone();
+        async move {
+            let r = admin
+                .post(
+                    "/v1/enrolment-tokens",
+                    json!({"identity": identity, "ttl_seconds": ttl}),
+                )
+                .await;
+            assert_eq!(r.headers["cache-control"], "no-store");
+            let v = r.expect(201);
+            assert!(v["expires_at"].is_string());
+            v["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let bootstrap = |identity: &str, token: &str, name: &str| {
+        Command::new(BIN)
+            .args(["agent", "bootstrap", "--server", &server.url("")])
+            .arg("--ca")
+            .arg(server.certs.join("ca.pem"))
+            .args(["--identity", identity])
+            .arg("--cert")
+            .arg(dir.path().join(format!("{name}.pem")))
+            .arg("--key")
+            .arg(dir.path().join(format!("{name}.key")))
+            .env("TESSERA_ENROL_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+
+    let t = token("newbie", 60).await;
+    let out = bootstrap("newbie", &t, "newbie");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (cert, key) = (dir.path().join("newbie.pem"), dir.path().join("newbie.key"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let me = from_files(&server, &cert, &key)
+        .get("/v1/whoami")
+        .await
+        .expect(200);
+    assert_eq!(
+        me["identity"],
+        "spiffe://tessera.local/tenant/default/svc/newbie"
+    );
+
+    // Then the agent keeps it: not due for hours, but SIGHUP renews at once.
+    let hook = dir.path().join("newbie.hook");
+    let mut c = Command::new(BIN);
+    c.args(["agent", "--server", &server.url("")])
+        .arg("--ca")
+        .arg(server.certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .args(["--exec", &format!("touch {}", hook.display())]);
+    let running = spawn(c, &dir.path().join("newbie.log"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!hook.exists());
+    Command::new("kill")
+        .args(["-s", "HUP", "--", &running.0.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !hook.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        hook.exists(),
+        "{}",
+        fs::read_to_string(dir.path().join("newbie.log")).unwrap()
+    );
+    drop(running);
+
+    // Single use.
+    let again = bootstrap("newbie", &t, "again");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("enrolment token"));
+
+    // Bound to one identity: the wrong one is refused and does not spend the token.
+    let t = token("alpha", 60).await;
+    assert!(!bootstrap("beta", &t, "beta").status.success());
+    assert!(bootstrap("alpha", &t, "alpha").status.success());
+
+    // Short-lived.
+    let t = token("late", 1).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = server
+        .anonymous()
+        .post(
+            "/v1/enrol",
+            json!({"token": t, "identity": "late", "csr": fs::read_to_string(&cert).unwrap()}),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+
+    // No escalation: an issuer cannot mint a token for an identity bound to more than it has.
+    crate::helpers::bind(&admin, "default", "boss", &["tenant-admin"]).await;
+    let issuer =
+        crate::helpers::service(&server, &admin, dir.path(), "default", "hr", &["issuer"]).await;
+    issuer
+        .post("/v1/enrolment-tokens", json!({"identity": "boss"}))
+        .await
+        .expect(403);
+    issuer
+        .post("/v1/enrolment-tokens", json!({"identity": "intern"}))
+        .await
+        .expect(201);
+}

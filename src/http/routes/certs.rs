@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::ListQuery;
 use crate::{
     access::{Credential, Permission, authorize, may_grant, target_tenant},
+    crypto::secret::SecretString,
     http::{
         error::ApiError,
         extract::{
@@ -17,7 +18,7 @@ use crate::{
     ids::TenantName,
     metrics,
     pki::{
-        Issued, KeySource,
+        Issued, KeySource, enrol,
         identity::{Identity, ServiceName, SpiffeId},
         records::{CertView, RevocationReason},
         serial::Serial,
@@ -271,4 +272,106 @@ pub async fn verify(
         .with_label_values(&[verdict.code.as_str()])
         .inc();
     Ok(HttpResponse::Ok().json(verdict))
+}
+
+/// `POST /v1/enrolment-tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewEnrolmentToken {
+    /// Only the global admin names the tenant (default: the caller's).
+    #[serde(default)]
+    tenant: Option<TenantName>,
+    identity: ServiceName,
+    /// How long the token may be used (default 600, at most 86400).
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+/// Makes a single-use enrolment token for one identity: the same permission and the same
+/// no-escalation rule as issuing that identity a certificate.
+pub async fn create_enrolment_token(
+    auth: Authenticated,
+    audit: Audited,
+    state: web::Data<AppState>,
+    body: Json<NewEnrolmentToken>,
+) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
+    authorize(&auth.0, Permission::CertsIssue)?;
+    let b = body.value;
+    let ttl = enrol::token_ttl(b.ttl_seconds)?;
+    let tenant = target_tenant(&auth.0, b.tenant).map_err(|m| ApiError::bad("tenant", m))?;
+    if core.access.tenant(&tenant).await?.is_none() {
+        return Err(ApiError::bad("tenant", "must name an existing tenant"));
+    }
+    let granted = core.access.granted_to(&tenant, &b.identity).await?;
+    may_grant(&auth.0, granted)?;
+    let (token, secret) = core
+        .pki
+        .create_enrolment_token(
+            &*audit,
+            core.keyring.pepper(),
+            tenant,
+            b.identity,
+            ttl,
+            auth.0.name(),
+            state.clock.now(),
+        )
+        .await?;
+    Ok(HttpResponse::Created()
+        .insert_header(("cache-control", "no-store"))
+        .json(serde_json::json!({
+            "id": token.id,
+            "token": secret.expose(),
+            "tenant": token.tenant,
+            "identity": token.identity,
+            "expires_at": token.expires_at,
+        })))
+}
+
+/// `POST /v1/enrol` (no credential: the token is one).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolBody {
+    token: SecretString,
+    /// The identity the token was made for.
+    identity: ServiceName,
+    csr: String,
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+/// Trades an enrolment token and a CSR for the first certificate. An unknown, used, expired
+/// or other identity's token is the uniform 401 and counts towards the source's lockout.
+pub async fn enrol(
+    audit: Audited,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: Json<EnrolBody>,
+) -> Result<HttpResponse, ApiError> {
+    let core = state.core()?;
+    let b = body.value;
+    let issued = core
+        .pki
+        .enrol(
+            &*audit,
+            core.keyring.pepper(),
+            b.token.expose(),
+            &b.identity,
+            b.csr,
+            b.ttl_seconds,
+            state.clock.now(),
+        )
+        .await?;
+    match issued {
+        Some(issued) => {
+            metrics::CERTS_ISSUED.inc();
+            Ok(HttpResponse::Created().json(issued_body(&issued, None)))
+        }
+        None => {
+            if let Some(ip) = state.guard.source(&req) {
+                state.guard.failed(ip, "enrolment token refused");
+            }
+            Err(ApiError::Unauthenticated)
+        }
+    }
 }

@@ -83,6 +83,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(certs::issue)),
         )
         .service(resource("/v1/certs/renew", "POST").route(web::post().to(certs::renew)))
+        .service(
+            resource("/v1/enrolment-tokens", "POST")
+                .route(web::post().to(certs::create_enrolment_token)),
+        )
+        .service(resource("/v1/enrol", "POST").route(web::post().to(certs::enrol)))
         .service(resource("/v1/certs/{serial}", "GET").route(web::get().to(certs::get)))
         .service(
             resource("/v1/tenants", "GET, POST")

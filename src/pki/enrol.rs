@@ -1,0 +1,173 @@
+//! Enrolment tokens: how a new workload gets its first certificate without a long-lived
+//! secret. An issuer makes a token for one identity (`POST /v1/enrolment-tokens`); the
+//! workload trades it, once, with a CSR for its certificate (`POST /v1/enrol`), then renews
+//! with the certificate itself (`tessera agent`).
+//!
+//! Tokens are stored like API keys: only an HMAC under the pepper, found through a blind
+//! index, compared in constant time. Single use is a conditional write: of two concurrent
+//! enrolments with one token, exactly one consumes it.
+
+use serde::{Deserialize, Serialize};
+
+use super::{KeySource, Pki, PkiError, identity::ServiceName, issue::Issued};
+use crate::{
+    clock::Timestamp,
+    crypto::{
+        apikey::{ApiKey, KeyPrefix},
+        hash::Pepper,
+    },
+    ids::TenantName,
+    store::{self, Batch, Expect, IndexName, Kind, Recorder, record::Record},
+};
+
+/// Prefix of enrolment tokens.
+pub const TOKEN_PREFIX: &str = "tse";
+/// Lifetime of a token unless asked otherwise, and the longest allowed.
+pub const DEFAULT_TTL_SECS: u64 = 600;
+pub const MAX_TTL_SECS: u64 = 86_400;
+
+/// Index: blind(token) -> token id.
+const IDX_ENROL: IndexName = IndexName("enrol_token");
+/// Blind-index domain of enrolment tokens.
+const BLIND_ENROL: &str = "enrol";
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct EnrolmentToken {
+    pub id: String,
+    pub tenant: TenantName,
+    pub identity: ServiceName,
+    /// HMAC-SHA256(pepper, token).
+    #[serde(with = "crate::crypto::serde_hex::array32")]
+    pub hash: [u8; 32],
+    #[serde(with = "crate::crypto::serde_hex::array32")]
+    pub lookup: [u8; 32],
+    pub created_by: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub used_at: Option<Timestamp>,
+}
+
+impl Record for EnrolmentToken {
+    const KIND: Kind = Kind("enrol_token");
+}
+
+impl std::fmt::Debug for EnrolmentToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrolmentToken")
+            .field("id", &self.id)
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A token's lifetime from a request.
+pub fn token_ttl(requested: Option<u64>) -> Result<u64, PkiError> {
+    match requested {
+        None => Ok(DEFAULT_TTL_SECS),
+        Some(t) if (1..=MAX_TTL_SECS).contains(&t) => Ok(t),
+        Some(_) => Err(PkiError::Invalid {
+            field: "ttl_seconds",
+            message: "must be between 1 and 86400",
+        }),
+    }
+}
+
+impl Pki {
+    /// Makes a single-use token for `identity` in `tenant`; returns it with its secret (shown
+    /// once). The caller has checked the creator may issue that identity.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_enrolment_token(
+        &self,
+        rec: &dyn Recorder,
+        pepper: &Pepper,
+        tenant: TenantName,
+        identity: ServiceName,
+        ttl_secs: u64,
+        created_by: String,
+        now: Timestamp,
+    ) -> Result<(EnrolmentToken, ApiKey), PkiError> {
+        let prefix =
+            KeyPrefix::parse(TOKEN_PREFIX).map_err(|_| PkiError::Inconsistent("prefix"))?;
+        let secret = ApiKey::generate(&prefix).map_err(|_| PkiError::Inconsistent("randomness"))?;
+        let bytes = secret.expose().as_bytes();
+        let token = EnrolmentToken {
+            id: crate::crypto::random::id("enr")
+                .map_err(|_| PkiError::Inconsistent("randomness"))?,
+            tenant,
+            identity,
+            hash: pepper.verification_hash(bytes),
+            lookup: pepper.blind_index(BLIND_ENROL, bytes),
+            created_by,
+            created_at: now,
+            expires_at: now.plus_secs(ttl_secs),
+            used_at: None,
+        };
+        let mut b = Batch::new();
+        b.put_record(&token.id, &token, Expect::Absent)?;
+        b.index_put(IDX_ENROL, &token.lookup, &token.id, true);
+        rec.record(&mut b, &token.id, Some(&token.tenant))?;
+        self.store.commit(b).await?;
+        Ok((token, secret))
+    }
+
+    /// Trades a token and a CSR for a certificate. `None`: the token is unknown, used,
+    /// expired or for another identity (the caller answers with the uniform 401).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn enrol(
+        &self,
+        rec: &dyn Recorder,
+        pepper: &Pepper,
+        presented: &str,
+        identity: &ServiceName,
+        csr: String,
+        ttl: Option<u64>,
+        now: Timestamp,
+    ) -> Result<Option<Issued>, PkiError> {
+        let Ok(secret) = ApiKey::parse(presented) else {
+            return Ok(None);
+        };
+        if secret.prefix() != TOKEN_PREFIX {
+            return Ok(None);
+        }
+        let bytes = secret.expose().as_bytes();
+        let blind = pepper.blind_index(BLIND_ENROL, bytes);
+        let Some(id) = self.store.lookup(IDX_ENROL, &blind).await? else {
+            return Ok(None);
+        };
+        let Some((rev, mut token)) =
+            store::record::get::<EnrolmentToken>(&*self.store, &id).await?
+        else {
+            return Ok(None);
+        };
+        if !pepper.verify(bytes, &token.hash)
+            || token.used_at.is_some()
+            || now >= token.expires_at
+            || token.identity != *identity
+        {
+            return Ok(None);
+        }
+        // Check the request before spending the token on it.
+        let ttl = self.ttl(ttl)?;
+        super::issue::csr_public_key(&csr)?;
+        token.used_at = Some(now);
+        let mut b = Batch::new();
+        b.put_record(&token.id, &token, Expect::Rev(rev))?;
+        match self.store.commit(b).await {
+            Ok(()) => {}
+            // Someone else used it first.
+            Err(store::StoreError::Conflict) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let (issued, _) = self
+            .issue_service(
+                rec,
+                token.tenant.clone(),
+                token.identity.clone(),
+                KeySource::Csr(csr),
+                ttl,
+                now,
+            )
+            .await?;
+        Ok(Some(issued))
+    }
+}
