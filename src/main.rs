@@ -1,5 +1,7 @@
 //! The `tessera` command line.
 
+mod cli;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -81,6 +83,40 @@ enum Command {
     /// with the certificate itself; files replaced atomically, then the reload hook. Exits
     /// non-zero if the certificate has expired or is refused. SIGHUP renews at once.
     Agent(AgentArgs),
+    /// Who the server takes you for.
+    Whoami {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, global = true, value_enum, default_value_t)]
+        output: cli::Output,
+    },
+    /// Register and list APIs.
+    Apis {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, global = true, value_enum, default_value_t)]
+        output: cli::Output,
+        #[command(subcommand)]
+        command: cli::Apis,
+    },
+    /// Issue, list, read, rotate, revoke and verify API keys.
+    Keys {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, global = true, value_enum, default_value_t)]
+        output: cli::Output,
+        #[command(subcommand)]
+        command: cli::Keys,
+    },
+    /// Issue, list, revoke and verify client certificates.
+    Certs {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[arg(long, global = true, value_enum, default_value_t)]
+        output: cli::Output,
+        #[command(subcommand)]
+        command: cli::Certs,
+    },
     /// Send one unseal share to a sealed server (the share is read from standard input).
     Unseal {
         #[command(flatten)]
@@ -165,20 +201,26 @@ struct TargetArgs {
     #[arg(
         long = "server",
         env = "TESSERA_ADDR",
-        default_value = "https://localhost:8443"
+        default_value = "https://localhost:8443",
+        global = true
     )]
     addr: String,
     /// The CA bundle to trust.
-    #[arg(long = "ca", env = "TESSERA_CACERT", default_value = "certs/ca.pem")]
+    #[arg(
+        long = "ca",
+        env = "TESSERA_CACERT",
+        default_value = "certs/ca.pem",
+        global = true
+    )]
     ca: PathBuf,
     /// Client certificate (PEM chain).
-    #[arg(long, env = "TESSERA_CLIENT_CERT")]
+    #[arg(long, env = "TESSERA_CLIENT_CERT", global = true)]
     cert: Option<PathBuf>,
     /// Client key (PEM).
-    #[arg(long, env = "TESSERA_CLIENT_KEY")]
+    #[arg(long, env = "TESSERA_CLIENT_KEY", global = true)]
     key: Option<PathBuf>,
     /// A root key, sent as a bearer token (prefer the environment variable).
-    #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
 }
 
@@ -511,6 +553,33 @@ fn main() -> anyhow::Result<()> {
                 .block_on(tessera::agent::run(opts))?;
             Ok(())
         }
+        Command::Whoami { target, output } => {
+            client_verb(target, |c| async move { cli::whoami(&c, output).await })
+        }
+        Command::Apis {
+            target,
+            output,
+            command,
+        } => client_verb(
+            target,
+            |c| async move { cli::apis(&c, command, output).await },
+        ),
+        Command::Keys {
+            target,
+            output,
+            command,
+        } => client_verb(
+            target,
+            |c| async move { cli::keys(&c, command, output).await },
+        ),
+        Command::Certs {
+            target,
+            output,
+            command,
+        } => client_verb(
+            target,
+            |c| async move { cli::certs(&c, command, output).await },
+        ),
         Command::Unseal { target } => actix_web::rt::System::new().block_on(async move {
             let mut t = target.target();
             t.cert = None;
@@ -603,6 +672,19 @@ async fn audit_verify(config: Config, checkpoint: Option<PathBuf>) -> anyhow::Re
 
 /// Unseals for an offline command: the key file or `TESSERA_MASTER_KEY`, or shares read from
 /// standard input, one per line, as `tessera init` printed them.
+/// Runs a client verb on a small runtime.
+fn client_verb<F, Fut>(target: TargetArgs, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(tessera::client::Client) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let client = tessera::client::Client::new(&target.target())?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f(client))
+}
+
 async fn unseal_offline(vault: &Vault) -> anyhow::Result<Core> {
     let master = match vault.automatic_master()? {
         Some(m) => m,

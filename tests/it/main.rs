@@ -9,6 +9,7 @@ mod agent;
 mod audit;
 mod auth;
 mod certs;
+mod cli;
 mod crash;
 mod custody;
 mod durability;

@@ -1,0 +1,202 @@
+//! The client verbs against the real server, in both output formats.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::helpers::{Home, Server};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+
+/// Runs `tessera <args>` as the bootstrap admin (credentials from the environment).
+fn run(server: &Server, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let certs = &server.certs;
+    Command::new(BIN)
+        .args(args)
+        .env("TESSERA_ADDR", server.url(""))
+        .env("TESSERA_CACERT", certs.join("ca.pem"))
+        .env("TESSERA_CLIENT_CERT", certs.join("admin.pem"))
+        .env("TESSERA_CLIENT_KEY", certs.join("admin.key"))
+        .env_remove("TESSERA_TOKEN")
+        .env_remove("TESSERA_KEY")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn json(server: &Server, args: &[&str], env: &[(&str, &str)]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["--output", "json"]);
+    serde_json::from_str(&ok(&run(server, &all, env))).unwrap()
+}
+
+#[tokio::test]
+async fn client_verbs_in_both_formats() {
+    let home = Home::new();
+    let server = Server::start(&home);
+
+    let me = ok(&run(&server, &["whoami"], &[]));
+    assert!(me.contains("spiffe://tessera.local/system/admin"), "{me}");
+
+    let api = json(
+        &server,
+        &[
+            "apis",
+            "create",
+            "--name",
+            "cli",
+            "--purpose",
+            "command line",
+            "--owner",
+            "ops",
+            "--risk",
+            "low",
+        ],
+        &[],
+    );
+    let api_id = api["id"].as_str().unwrap().to_owned();
+    let table = ok(&run(&server, &["apis", "list"], &[]));
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(table.contains(&api_id), "{table}");
+
+    let key = json(
+        &server,
+        &[
+            "keys", "create", "--api", &api_id, "--scope", "read", "--name", "ci",
+        ],
+        &[],
+    );
+    let (id, secret) = (
+        key["id"].as_str().unwrap().to_owned(),
+        key["key"].as_str().unwrap().to_owned(),
+    );
+    let table = ok(&run(&server, &["keys", "list", "--api", &api_id], &[]));
+    assert!(table.contains(&id) && table.contains("read"), "{table}");
+    assert!(!table.contains(&secret), "lists never show the secret");
+    assert_eq!(json(&server, &["keys", "get", &id], &[])["name"], "ci");
+
+    // The key to verify comes from the environment, never from the arguments.
+    let v = json(
+        &server,
+        &["keys", "verify", "--scope", "read"],
+        &[("TESSERA_KEY", &secret)],
+    );
+    assert_eq!(v["code"], "VALID");
+    let table = ok(&run(
+        &server,
+        &["keys", "verify", "--scope", "write"],
+        &[("TESSERA_KEY", &secret)],
+    ));
+    assert!(table.contains("INSUFFICIENT_SCOPES"), "{table}");
+
+    let rotated = json(&server, &["keys", "rotate", &id, "--grace", "60"], &[]);
+    let new_id = rotated["id"].as_str().unwrap().to_owned();
+    assert_ne!(new_id, id);
+    let revoked = ok(&run(&server, &["keys", "revoke", &new_id], &[]));
+    assert!(revoked.contains("revoked"), "{revoked}");
+
+    // Certificates: from a CSR, and generated with the key written to a file.
+    let dir = tempfile::tempdir().unwrap();
+    let csr = dir.path().join("svc.csr");
+    let key = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(
+        &csr,
+        rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap(),
+    )
+    .unwrap();
+    let cert_out = dir.path().join("svc.pem");
+    let issued = json(
+        &server,
+        &[
+            "certs",
+            "issue",
+            "--identity",
+            "svc",
+            "--csr",
+            csr.to_str().unwrap(),
+            "--cert-out",
+            cert_out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let serial = issued["serial"].as_str().unwrap().to_owned();
+    let table = ok(&run(&server, &["certs", "list", "--identity", "svc"], &[]));
+    assert!(table.contains(&serial), "{table}");
+    let verdict = ok(&run(
+        &server,
+        &["certs", "verify", cert_out.to_str().unwrap()],
+        &[],
+    ));
+    assert!(verdict.contains("VALID"), "{verdict}");
+    let key_out = dir.path().join("gen.key");
+    let generated = ok(&run(
+        &server,
+        &[
+            "certs",
+            "issue",
+            "--identity",
+            "gen",
+            "--generate",
+            "--key-out",
+            key_out.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert!(
+        !generated.contains("PRIVATE KEY"),
+        "the key goes to its file only"
+    );
+    assert!(
+        std::fs::read_to_string(&key_out)
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key_out).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let r = json(&server, &["certs", "revoke", &serial], &[]);
+    assert_eq!(r["state"], "revoked");
+
+    // Errors: the server's message, a non-zero exit.
+    let out = run(&server, &["keys", "get", "key_00000000000000000"], &[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(
+        &server,
+        &[
+            "apis",
+            "create",
+            "--name",
+            "x",
+            "--purpose",
+            "p",
+            "--owner",
+            "o",
+            "--risk",
+            "extreme",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("risk"));
+}
