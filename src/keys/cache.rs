@@ -18,6 +18,7 @@ use std::sync::{
 use zeroize::Zeroize;
 
 use super::model::Key;
+use crate::ids::ApiId;
 
 /// How many key records the cache holds by default (about 1 KiB each).
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
@@ -95,12 +96,50 @@ impl VerifyCache {
     }
 }
 
+/// APIs' rotation policies (`max_key_age_seconds`) for verify, with the same epoch rule as
+/// the key records: an update forgets the entry after its commit, and a look-up that raced it
+/// does not put the old value back.
+#[derive(Default)]
+pub struct Policies {
+    entries: std::sync::RwLock<std::collections::HashMap<ApiId, Option<u64>>>,
+    epoch: AtomicU64,
+}
+
+impl Policies {
+    pub fn get(&self, api: &ApiId) -> Option<Option<u64>> {
+        self.entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(api)
+            .copied()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    pub fn insert(&self, epoch: u64, api: ApiId, max_age: Option<u64>) {
+        let mut m = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if self.epoch() == epoch {
+            m.insert(api, max_age);
+        }
+    }
+
+    pub fn forget(&self, api: &ApiId) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(api);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{
         clock::Timestamp,
-        ids::{ApiId, KeyId, TenantName},
+        ids::{KeyId, TenantName},
         keys::model::{Metadata, Scopes},
     };
 

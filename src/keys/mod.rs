@@ -80,6 +80,7 @@ pub struct Keys {
     keyring: Arc<Keyring>,
     usage: Arc<usage::Usage>,
     cache: cache::VerifyCache,
+    policies: cache::Policies,
 }
 
 impl Keys {
@@ -95,6 +96,7 @@ impl Keys {
             keyring,
             usage,
             cache: cache::VerifyCache::new(cache_keys),
+            policies: cache::Policies::default(),
         }
     }
 

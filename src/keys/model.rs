@@ -250,6 +250,9 @@ pub struct Api {
     pub review_by: Day,
     pub key_prefix: KeyPrefix,
     pub key_defaults: KeyDefaults,
+    /// Rotation policy: verify reports `expiring` once a key is past 80 % of this age.
+    #[serde(default)]
+    pub max_key_age_seconds: Option<u64>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     /// The per-tenant API that holds root keys: never listed, read or changed as an API.

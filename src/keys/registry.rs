@@ -36,6 +36,9 @@ pub struct NewApi {
     pub key_prefix: Option<KeyPrefix>,
     #[serde(default)]
     pub key_defaults: KeyDefaults,
+    /// Rotation policy: verify reports `expiring` once a key is past 80 % of this age.
+    #[serde(default)]
+    pub max_key_age_seconds: Option<u64>,
 }
 
 /// `PATCH /v1/apis/{id}`: absent fields stay, `live_date: null` clears.
@@ -58,6 +61,22 @@ pub struct ApiPatch {
     pub key_prefix: Option<KeyPrefix>,
     #[serde(default)]
     pub key_defaults: Option<KeyDefaults>,
+    /// `null` removes the policy.
+    #[serde(default, deserialize_with = "double_option")]
+    pub max_key_age_seconds: Option<Option<u64>>,
+}
+
+/// Longest `max_key_age_seconds`: ten years.
+const MAX_KEY_AGE_SECS: u64 = 10 * 366 * 86_400;
+
+fn check_max_age(v: Option<u64>) -> Result<(), KeysError> {
+    match v {
+        Some(a) if !(1..=MAX_KEY_AGE_SECS).contains(&a) => Err(KeysError::invalid(
+            "max_key_age_seconds",
+            "must be between 1 and 316224000 (ten years)",
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn check_prefix(p: &KeyPrefix) -> Result<(), KeysError> {
@@ -101,6 +120,7 @@ impl Keys {
         let key_prefix = input.key_prefix.unwrap_or_else(KeyPrefix::default_prefix);
         check_prefix(&key_prefix)?;
         check_defaults(&input.key_defaults)?;
+        check_max_age(input.max_key_age_seconds)?;
         let api = Api {
             id: ApiId::generate()?,
             review_by: input
@@ -114,6 +134,7 @@ impl Keys {
             risk: input.risk,
             key_prefix,
             key_defaults: input.key_defaults,
+            max_key_age_seconds: input.max_key_age_seconds,
             created_at: now,
             updated_at: now,
             internal: false,
@@ -229,6 +250,7 @@ impl Keys {
                 review_by: Day::of(now).plus_days(Risk::High.default_review_days()),
                 key_prefix: KeyPrefix::parse(ROOT_KEY_PREFIX).map_err(|_| KeysError::NotFound)?,
                 key_defaults: KeyDefaults::default(),
+                max_key_age_seconds: None,
                 created_at: now,
                 updated_at: now,
                 internal: true,
@@ -265,6 +287,9 @@ impl Keys {
         if let Some(p) = &patch.key_prefix {
             check_prefix(p)?;
         }
+        if let Some(a) = patch.max_key_age_seconds {
+            check_max_age(a)?;
+        }
         if let Some(d) = &patch.key_defaults {
             check_defaults(d)?;
         }
@@ -295,6 +320,9 @@ impl Keys {
             if let Some(v) = &patch.key_defaults {
                 api.key_defaults = v.clone();
             }
+            if let Some(v) = patch.max_key_age_seconds {
+                api.max_key_age_seconds = v;
+            }
             api.updated_at = now;
             let mut b = Batch::new();
             b.put_record(id.as_str(), &api, Expect::Rev(rev))?;
@@ -313,7 +341,10 @@ impl Keys {
             }
             rec.record(&mut b, id.as_str(), Some(&api.tenant))?;
             match self.store.commit(b).await {
-                Ok(()) => return Ok(api),
+                Ok(()) => {
+                    self.policies.forget(&api.id);
+                    return Ok(api);
+                }
                 Err(store::StoreError::Conflict) => {
                     // Either a concurrent update (retry) or a name taken by another API.
                     let taken = renamed
@@ -368,7 +399,10 @@ impl Keys {
             b.index_delete(IDX_APIS, api_position(&api).as_bytes());
             rec.record(&mut b, id.as_str(), Some(&api.tenant))?;
             match self.store.commit(b).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.policies.forget(&api.id);
+                    return Ok(());
+                }
                 Err(store::StoreError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }

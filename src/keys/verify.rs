@@ -96,6 +96,47 @@ pub struct Verdict {
     pub remaining: Option<u64>,
     /// The key's rate limit: `{limit, remaining, reset}` (reset in unix milliseconds).
     pub ratelimit: Option<RateLimitState>,
+    /// Time to move to a new key: past 80 % of the API's `max_key_age_seconds`, or replaced
+    /// and in its grace.
+    pub expiring: bool,
+    /// Where the key is in a rotation, if it took part in one.
+    pub rotation: Option<RotationStage>,
+}
+
+/// A key's place in a rotation, as verify reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RotationStage {
+    /// `previous`: replaced, working until `stops_at`; `current`: the replacement.
+    pub stage: &'static str,
+    pub superseded_by: Option<KeyId>,
+    pub stops_at: Option<Timestamp>,
+}
+
+/// Share of `max_key_age_seconds` after which a key is `expiring`.
+const EXPIRING_AT: f64 = 0.8;
+
+/// Whether the key should be replaced soon, and its rotation stage.
+pub fn rotation_state(
+    key: &Key,
+    max_age: Option<u64>,
+    now: Timestamp,
+) -> (bool, Option<RotationStage>) {
+    let stage = match (&key.superseded_by, &key.replaces) {
+        (Some(next), _) => Some(RotationStage {
+            stage: "previous",
+            superseded_by: Some(next.clone()),
+            stops_at: key.stops_at,
+        }),
+        (None, Some(_)) => Some(RotationStage {
+            stage: "current",
+            superseded_by: None,
+            stops_at: None,
+        }),
+        (None, None) => None,
+    };
+    let age_ms = (now.unix_millis() - key.created_at.unix_millis()).max(0) as f64;
+    let old = max_age.is_some_and(|m| age_ms >= m as f64 * 1000.0 * EXPIRING_AT);
+    (old || key.superseded_by.is_some(), stage)
 }
 
 impl Verdict {
@@ -111,6 +152,8 @@ impl Verdict {
             expires_at: None,
             remaining: None,
             ratelimit: None,
+            expiring: false,
+            rotation: None,
         }
     }
 
@@ -119,6 +162,7 @@ impl Verdict {
         code: Code,
         remaining: Option<u64>,
         ratelimit: Option<RateLimitState>,
+        (expiring, rotation): (bool, Option<RotationStage>),
     ) -> Self {
         Self {
             valid: code == Code::Valid,
@@ -131,6 +175,8 @@ impl Verdict {
             expires_at: key.expires_at,
             remaining,
             ratelimit,
+            expiring,
+            rotation,
         }
     }
 }
@@ -166,6 +212,19 @@ pub fn check_state(
 }
 
 impl Keys {
+    /// The rotation policy of a key's API (cached; see [`super::cache::Policies`]).
+    async fn max_key_age(&self, api: &ApiId) -> Result<Option<u64>, KeysError> {
+        if let Some(v) = self.policies.get(api) {
+            return Ok(v);
+        }
+        let epoch = self.policies.epoch();
+        let v = store::record::get::<super::model::Api>(&*self.store, api.as_str())
+            .await?
+            .and_then(|(_, a)| a.max_key_age_seconds);
+        self.policies.insert(epoch, api.clone(), v);
+        Ok(v)
+    }
+
     /// The key record a presented secret belongs to: one blind-index look-up, then the
     /// stored HMAC compared in constant time.
     ///
@@ -241,24 +300,25 @@ impl Keys {
             (None, None) => None,
         };
         let limits = Limits::of(key);
+        let rotation = rotation_state(key, self.max_key_age(&key.api_id).await?, now);
         if let Some(code) = check_state(key, req.scopes.as_ref(), presenter, now) {
             let remaining = self
                 .usage
                 .note(&key.id, code.as_str(), &limits, now)
                 .await?;
-            return Ok(Verdict::about(key, code, remaining, None));
+            return Ok(Verdict::about(key, code, remaining, None, rotation));
         }
         Ok(match self.usage.spend(&key.id, &limits, now).await? {
             Spend::Ok {
                 remaining,
                 ratelimit,
-            } => Verdict::about(key, Code::Valid, remaining, ratelimit),
+            } => Verdict::about(key, Code::Valid, remaining, ratelimit, rotation),
             Spend::RateLimited(rl) => {
                 let remaining = self.usage.current(key, now).await?.remaining;
-                Verdict::about(key, Code::RateLimited, remaining, Some(rl))
+                Verdict::about(key, Code::RateLimited, remaining, Some(rl), rotation)
             }
             Spend::Exhausted { ratelimit } => {
-                Verdict::about(key, Code::UsageExceeded, Some(0), ratelimit)
+                Verdict::about(key, Code::UsageExceeded, Some(0), ratelimit, rotation)
             }
         })
     }
@@ -348,6 +408,26 @@ mod tests {
         assert_eq!(check_state(&k, None, None, now), Some(Code::Disabled));
         assert!(BoundTo::parse("sha256:ABC").is_err());
         assert!(BoundTo::parse(&format!("sha256:{}", "a".repeat(64))).is_ok());
+    }
+
+    #[test]
+    fn expiring_follows_the_age_policy_and_rotation() {
+        let now = Timestamp::from_unix(1_000_000);
+        let mut k = key(now);
+        assert!(!rotation_state(&k, None, now.plus_secs(10_000)).0);
+        assert!(!rotation_state(&k, Some(100), now.plus_secs(79)).0);
+        assert!(rotation_state(&k, Some(100), now.plus_secs(80)).0);
+        k.replaces = Some(KeyId::generate().unwrap());
+        let (expiring, stage) = rotation_state(&k, None, now);
+        assert!(!expiring);
+        assert_eq!(stage.unwrap().stage, "current");
+        k.superseded_by = Some(KeyId::generate().unwrap());
+        k.stops_at = Some(now.plus_secs(60));
+        let (expiring, stage) = rotation_state(&k, None, now);
+        let stage = stage.unwrap();
+        assert!(expiring);
+        assert_eq!(stage.stage, "previous");
+        assert_eq!(stage.stops_at, Some(now.plus_secs(60)));
     }
 
     #[test]

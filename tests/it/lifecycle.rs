@@ -239,6 +239,75 @@ async fn a_revoked_key_never_verifies_from_the_cache() {
     }
 }
 
+/// An API's rotation policy: verify says when to move to a new key, and where a key is in
+/// a rotation.
+#[tokio::test]
+async fn verify_reports_expiring_keys_and_rotation_stages() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let api = admin
+        .post(
+            "/v1/apis",
+            json!({"name": "aging", "purpose": "tests", "owner": "qa", "risk": "low",
+                   "max_key_age_seconds": 2}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(api["max_key_age_seconds"], 2);
+    let api = api["id"].as_str().unwrap().to_owned();
+    let (id, key) = admin.issue(&api, json!({})).await;
+    let v = admin.verify_with(json!({ "key": key })).await;
+    assert_eq!(
+        (v["code"].as_str(), v["expiring"].as_bool()),
+        (Some("VALID"), Some(false))
+    );
+    assert!(v["rotation"].is_null());
+    // Past 80 % of two seconds.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let v = admin.verify_with(json!({ "key": key })).await;
+    assert_eq!(v["expiring"], true);
+    // The policy can be lifted (and verify sees it at once).
+    admin
+        .patch(
+            &format!("/v1/apis/{api}"),
+            json!({"max_key_age_seconds": null}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(
+        admin.verify_with(json!({ "key": key })).await["expiring"],
+        false
+    );
+    admin
+        .patch(
+            &format!("/v1/apis/{api}"),
+            json!({"max_key_age_seconds": 0}),
+        )
+        .await
+        .expect(400);
+
+    let rotated = admin
+        .post(
+            &format!("/v1/keys/{id}/rotate"),
+            json!({"grace_seconds": 60}),
+        )
+        .await
+        .expect(201);
+    let new_id = rotated["id"].as_str().unwrap();
+    let old = admin.verify_with(json!({ "key": key })).await;
+    assert_eq!(old["code"], "VALID");
+    assert_eq!(old["expiring"], true);
+    assert_eq!(old["rotation"]["stage"], "previous");
+    assert_eq!(old["rotation"]["superseded_by"], new_id);
+    assert!(old["rotation"]["stops_at"].is_string());
+    let new = admin
+        .verify_with(json!({ "key": rotated["key"].as_str().unwrap() }))
+        .await;
+    assert_eq!(new["rotation"]["stage"], "current");
+    assert_eq!(new["expiring"], false);
+}
+
 #[tokio::test]
 async fn concurrent_rotations_have_exactly_one_winner() {
     let home = Home::new();
