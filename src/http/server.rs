@@ -316,13 +316,19 @@ async fn rewrap(state: web::Data<AppState>) {
     }
 }
 
-/// Whether the data directory accepts a small durable write.
+/// Whether the data directory accepts a durable write of a couple of MiB.
 fn writable(dir: &std::path::Path) -> bool {
     use std::io::Write;
+    // Room for a few of sled's segments, not just the bytes sled gave back when its write
+    // failed: a nearly full disk must not make the store flap between reopen and failure.
+    const HEADROOM: usize = 2 * 1024 * 1024;
     let path = dir.join(".tessera-probe");
+    let chunk = [0u8; 64 * 1024];
     let ok = std::fs::File::create(&path)
         .and_then(|mut f| {
-            f.write_all(&[0u8; 64 * 1024])?;
+            for _ in 0..HEADROOM / chunk.len() {
+                f.write_all(&chunk)?;
+            }
             f.sync_all()
         })
         .is_ok();
@@ -467,6 +473,9 @@ async fn tidy(state: web::Data<AppState>) {
             continue;
         };
         let now = state.clock.now();
+        if let Err(e) = core.pki.tidy_enrolment_tokens(now).await {
+            tracing::error!(error = %e, "could not tidy enrolment tokens");
+        }
         if let Err(e) = core.pki.tidy(now, retention).await {
             tracing::error!(error = %e, "certificate tidy failed");
         }

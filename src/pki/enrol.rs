@@ -28,6 +28,14 @@ pub const MAX_TTL_SECS: u64 = 86_400;
 
 /// Index: blind(token) -> token id.
 const IDX_ENROL: IndexName = IndexName("enrol_token");
+/// Index: `<expires millis, 20 digits>/<id>` -> token id (tidying).
+const IDX_ENROL_BY_EXPIRY: IndexName = IndexName("enrol_token_expiry");
+/// Tokens removed per batch.
+const TIDY_BATCH: usize = 500;
+
+fn expiry_position(t: &EnrolmentToken) -> String {
+    format!("{}/{}", super::records::millis20(t.expires_at), t.id)
+}
 /// Blind-index domain of enrolment tokens.
 const BLIND_ENROL: &str = "enrol";
 
@@ -105,6 +113,12 @@ impl Pki {
         let mut b = Batch::new();
         b.put_record(&token.id, &token, Expect::Absent)?;
         b.index_put(IDX_ENROL, &token.lookup, &token.id, true);
+        b.index_put(
+            IDX_ENROL_BY_EXPIRY,
+            expiry_position(&token).as_bytes(),
+            &token.id,
+            false,
+        );
         rec.record(&mut b, &token.id, Some(&token.tenant))?;
         self.store.commit(b).await?;
         Ok((token, secret))
@@ -169,5 +183,121 @@ impl Pki {
             )
             .await?;
         Ok(Some(issued))
+    }
+
+    /// Removes tokens that have expired (used or not: either way they can do nothing more;
+    /// their creation and use stay in the audit log). Returns how many were removed.
+    pub async fn tidy_enrolment_tokens(&self, now: Timestamp) -> Result<usize, PkiError> {
+        let stop = super::records::millis20(now);
+        let mut removed = 0;
+        loop {
+            let page = self
+                .store
+                .scan(IDX_ENROL_BY_EXPIRY, b"", None, TIDY_BATCH)
+                .await?;
+            let due: Vec<_> = page
+                .into_iter()
+                .take_while(|e| e.key.as_slice() < stop.as_bytes())
+                .collect();
+            if due.is_empty() {
+                break;
+            }
+            let mut b = Batch::new();
+            for e in &due {
+                b.index_delete(IDX_ENROL_BY_EXPIRY, &e.key);
+                if let Some((_, t)) =
+                    store::record::get::<EnrolmentToken>(&*self.store, &e.id).await?
+                {
+                    b.delete(EnrolmentToken::KIND, &t.id, Expect::Any);
+                    b.index_delete(IDX_ENROL, &t.lookup);
+                }
+            }
+            self.store.commit(b).await?;
+            removed += due.len();
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        crypto::keyring::{Keyring, MasterKey},
+        store::{NoRecord, Store, sled::SledStore},
+    };
+
+    #[tokio::test]
+    async fn expired_tokens_are_tidied_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::generate().unwrap();
+        let (store, _) = SledStore::open(dir.path(), &master, &Default::default()).unwrap();
+        let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(store);
+        let (keyring, _) = Keyring::generate(&master).unwrap();
+        let now = Timestamp::from_unix(2_000_000_000);
+        let (pki, _) = Pki::open(
+            store.clone(),
+            super::super::identity::TrustDomain::parse("t.local").unwrap(),
+            super::super::Policy {
+                default_ttl_secs: 3600,
+                max_ttl_secs: 7200,
+            },
+            None,
+            now,
+        )
+        .await
+        .unwrap();
+        let name = ServiceName::parse("svc").unwrap();
+        let (short, _) = pki
+            .create_enrolment_token(
+                &NoRecord,
+                keyring.pepper(),
+                TenantName::default_tenant(),
+                name.clone(),
+                10,
+                "t".into(),
+                now,
+            )
+            .await
+            .unwrap();
+        let (long, _) = pki
+            .create_enrolment_token(
+                &NoRecord,
+                keyring.pepper(),
+                TenantName::default_tenant(),
+                name,
+                100,
+                "t".into(),
+                now,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            pki.tidy_enrolment_tokens(now.plus_secs(5)).await.unwrap(),
+            0
+        );
+        assert_eq!(
+            pki.tidy_enrolment_tokens(now.plus_secs(50)).await.unwrap(),
+            1
+        );
+        assert!(
+            store::record::get::<EnrolmentToken>(&*store, &short.id)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store::record::get::<EnrolmentToken>(&*store, &long.id)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            store
+                .lookup(IDX_ENROL, &short.lookup)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }
