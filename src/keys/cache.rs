@@ -137,37 +137,13 @@ impl Policies {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        clock::Timestamp,
-        ids::{KeyId, TenantName},
-        keys::model::{Metadata, Scopes},
-    };
+    use crate::clock::Timestamp;
 
     fn key(lookup: u8) -> Key {
-        let now = Timestamp::from_unix(1_000_000);
-        Key {
-            id: KeyId::generate().unwrap(),
-            tenant: TenantName::default_tenant(),
-            api_id: ApiId::generate().unwrap(),
-            name: None,
-            hash: [9; 32],
-            lookup: [lookup; 32],
-            start: "tsk_abcd".into(),
-            scopes: Scopes::new(vec![]).unwrap(),
-            metadata: Metadata::default(),
-            enabled: true,
-            created_at: now,
-            updated_at: now,
-            expires_at: None,
-            revoked_at: None,
-            superseded_by: None,
-            stops_at: None,
-            replaces: None,
-            root: false,
-            bound_to: None,
-            ratelimit: None,
-            refill: None,
-        }
+        let mut k = crate::keys::model::sample_key(Timestamp::from_unix(1_000_000));
+        k.hash = [9; 32];
+        k.lookup = [lookup; 32];
+        k
     }
 
     #[test]

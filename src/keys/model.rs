@@ -496,6 +496,34 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// A plain, live key record for unit tests.
+#[cfg(test)]
+pub fn sample_key(now: Timestamp) -> Key {
+    Key {
+        id: KeyId::generate().unwrap_or_else(|_| unreachable!()),
+        tenant: TenantName::default_tenant(),
+        api_id: ApiId::generate().unwrap_or_else(|_| unreachable!()),
+        name: None,
+        hash: [0; 32],
+        lookup: [0; 32],
+        start: "tsk_abcd".into(),
+        scopes: Scopes::default(),
+        metadata: Metadata::default(),
+        enabled: true,
+        created_at: now,
+        updated_at: now,
+        expires_at: None,
+        revoked_at: None,
+        superseded_by: None,
+        stops_at: None,
+        replaces: None,
+        root: false,
+        bound_to: None,
+        ratelimit: None,
+        refill: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

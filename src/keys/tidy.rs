@@ -25,11 +25,7 @@ impl Keys {
         let stop = super::ordered(cutoff, "");
         let mut removed = 0;
         loop {
-            let page = self.store.scan(IDX_KEY_ENDS, b"", None, BATCH).await?;
-            let due: Vec<_> = page
-                .into_iter()
-                .take_while(|e| e.key.as_slice() < stop.as_bytes())
-                .collect();
+            let due = store::due(&*self.store, IDX_KEY_ENDS, stop.as_bytes(), BATCH).await?;
             if due.is_empty() {
                 break;
             }

@@ -327,32 +327,12 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::model::{Metadata, Scope};
+    use crate::keys::model::Scope;
 
     fn key(now: Timestamp) -> Key {
-        Key {
-            id: KeyId::generate().unwrap(),
-            tenant: TenantName::default_tenant(),
-            api_id: ApiId::generate().unwrap(),
-            name: None,
-            hash: [0; 32],
-            lookup: [0; 32],
-            start: "tsk_abcd".into(),
-            scopes: Scopes::new(vec![Scope::parse("read").unwrap()]).unwrap(),
-            metadata: Metadata::default(),
-            enabled: true,
-            created_at: now,
-            updated_at: now,
-            expires_at: None,
-            revoked_at: None,
-            superseded_by: None,
-            stops_at: None,
-            replaces: None,
-            root: false,
-            bound_to: None,
-            ratelimit: None,
-            refill: None,
-        }
+        let mut k = crate::keys::model::sample_key(now);
+        k.scopes = Scopes::new(vec![Scope::parse("read").unwrap()]).unwrap();
+        k
     }
 
     #[test]

@@ -191,14 +191,13 @@ impl Pki {
         let stop = super::records::millis20(now);
         let mut removed = 0;
         loop {
-            let page = self
-                .store
-                .scan(IDX_ENROL_BY_EXPIRY, b"", None, TIDY_BATCH)
-                .await?;
-            let due: Vec<_> = page
-                .into_iter()
-                .take_while(|e| e.key.as_slice() < stop.as_bytes())
-                .collect();
+            let due = store::due(
+                &*self.store,
+                IDX_ENROL_BY_EXPIRY,
+                stop.as_bytes(),
+                TIDY_BATCH,
+            )
+            .await?;
             if due.is_empty() {
                 break;
             }

@@ -33,14 +33,7 @@ impl Pki {
         let mut removed = 0;
         let mut crls_to_resign = std::collections::BTreeSet::new();
         loop {
-            let page = self
-                .store
-                .scan(IDX_CERTS_BY_EXPIRY, b"", None, BATCH)
-                .await?;
-            let due: Vec<_> = page
-                .into_iter()
-                .take_while(|e| e.key.as_slice() < stop.as_bytes())
-                .collect();
+            let due = store::due(&*self.store, IDX_CERTS_BY_EXPIRY, stop.as_bytes(), BATCH).await?;
             if due.is_empty() {
                 break;
             }

@@ -42,6 +42,21 @@ pub struct IndexEntry {
     pub id: String,
 }
 
+/// The first entries (at most `limit`) of a time-ordered index whose keys sort before `stop`:
+/// what a tidying pass removes next.
+pub async fn due(
+    store: &dyn Store,
+    index: IndexName,
+    stop: &[u8],
+    limit: usize,
+) -> Result<Vec<IndexEntry>, StoreError> {
+    let page = store.scan(index, b"", None, limit).await?;
+    Ok(page
+        .into_iter()
+        .take_while(|e| e.key.as_slice() < stop)
+        .collect())
+}
+
 /// The condition a write holds on the record's current state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expect {

@@ -130,29 +130,7 @@ async fn expired_refused_down_and_rekey() {
     let dir = tempfile::tempdir().unwrap();
 
     // An expired certificate cannot renew itself: a clear message and a non-zero exit.
-    let v = admin
-        .post(
-            "/v1/certs",
-            json!({"identity": "old", "generate": true, "ttl_seconds": 1}),
-        )
-        .await
-        .expect(201);
-    let chain: String = v["chain"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap())
-        .collect();
-    fs::write(
-        dir.path().join("default-old.pem"),
-        format!("{}{chain}", v["certificate"].as_str().unwrap()),
-    )
-    .unwrap();
-    fs::write(
-        dir.path().join("default-old.key"),
-        v["private_key"].as_str().unwrap(),
-    )
-    .unwrap();
+    identity_files_ttl(&admin, dir.path(), "default", "old", Some(1)).await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     for extra in [&["--once"][..], &[][..]] {
         let out = agent(&server, dir.path(), "old", extra).output().unwrap();
