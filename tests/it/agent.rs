@@ -190,10 +190,16 @@ async fn expired_refused_down_and_rekey() {
     server.terminate();
     let hook = dir.path().join("patient.hook");
     let log = dir.path().join("patient.log");
+    // A process to reload by signal: its pid in a file.
+    let mut reloaded = Command::new("sleep").arg("60").spawn().unwrap();
+    let pid_file = dir.path().join("svc.pid");
+    fs::write(&pid_file, format!("{}\n", reloaded.id())).unwrap();
     let _agent = spawn(
         {
             let mut c = agent(&server, dir.path(), "patient", &["--renew-at", "0.0001"]);
-            c.args(["--exec", &format!("touch {}", hook.display())]);
+            c.args(["--exec", &format!("touch {}", hook.display())])
+                .arg("--signal-pid")
+                .arg(&pid_file);
             c
         },
         &log,
@@ -211,6 +217,18 @@ async fn expired_refused_down_and_rekey() {
         "renewed once the server was back; log:\n{text}"
     );
     assert!(text.matches("will retry").count() >= 2, "{text}");
+    // The process in the pid file got SIGHUP (which ends `sleep`).
+    let mut status = None;
+    for _ in 0..50 {
+        status = reloaded.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = reloaded.kill();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.and_then(|s| s.signal()), Some(1), "{text}");
 }
 
 /// The first certificate without a long-lived secret: a single-use token for one identity.
