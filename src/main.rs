@@ -124,20 +124,29 @@ enum Command {
     },
 }
 
+/// The server the agent talks to, and the CA bundle it trusts.
+#[derive(Args)]
+struct ServerArgs {
+    /// The server's base URL.
+    #[arg(
+        long = "server",
+        env = "TESSERA_ADDR",
+        default_value = "https://localhost:8443"
+    )]
+    server: String,
+    /// The CA bundle to trust.
+    #[arg(long, env = "TESSERA_CACERT", default_value = "certs/ca.pem")]
+    ca: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum AgentCommand {
     /// Get the first certificate with a single-use enrolment token (read from
     /// TESSERA_ENROL_TOKEN, else the first line of standard input); a new key pair is made
     /// here and never leaves this machine.
     Bootstrap {
-        #[arg(
-            long = "server",
-            env = "TESSERA_ADDR",
-            default_value = "https://localhost:8443"
-        )]
-        server: String,
-        #[arg(long, env = "TESSERA_CACERT", default_value = "certs/ca.pem")]
-        ca: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
         /// The service name the token was made for.
         #[arg(long)]
         identity: String,
@@ -157,16 +166,8 @@ enum AgentCommand {
 struct AgentArgs {
     #[command(subcommand)]
     command: Option<AgentCommand>,
-    /// The server's base URL.
-    #[arg(
-        long = "server",
-        env = "TESSERA_ADDR",
-        default_value = "https://localhost:8443"
-    )]
-    server: String,
-    /// The CA bundle to trust.
-    #[arg(long, env = "TESSERA_CACERT", default_value = "certs/ca.pem")]
-    ca: PathBuf,
+    #[command(flatten)]
+    server: ServerArgs,
     /// The certificate to keep renewed (PEM, with its chain); replaced in place.
     #[arg(long)]
     cert: Option<PathBuf>,
@@ -488,8 +489,7 @@ fn main() -> anyhow::Result<()> {
         Command::Agent(AgentArgs {
             command:
                 Some(AgentCommand::Bootstrap {
-                    server,
-                    ca,
+                    server: ServerArgs { server, ca },
                     identity,
                     cert,
                     key,
@@ -536,8 +536,8 @@ fn main() -> anyhow::Result<()> {
                 .map(tessera::agent::split_command)
                 .transpose()?;
             let opts = tessera::agent::Options {
-                server: a.server,
-                ca: a.ca,
+                server: a.server.server,
+                ca: a.server.ca,
                 cert,
                 key,
                 exec,
