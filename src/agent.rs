@@ -33,6 +33,8 @@ const JITTER: f64 = 0.05;
 /// First retry delay, and the cap of the back-off.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_CAP: Duration = Duration::from_secs(300);
+/// The shortest wait between two renewals (unless SIGHUP asks for one).
+const MIN_INTERVAL: Duration = Duration::from_secs(30);
 /// With `--once`, attempts before giving up (cron will try again).
 const ONCE_ATTEMPTS: u32 = 4;
 
@@ -162,6 +164,23 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         renew_with_retry(&opts, v).await?;
         if opts.once {
             return Ok(());
+        }
+        // Never renew in a loop: when a renewed certificate is due at once (a lifetime too
+        // short for --renew-at, or one cut short by the CA's own expiry), wait a little.
+        let next = validity(&opts.cert)?;
+        if next.due(opts.renew_at, 0.0) <= now() {
+            let wait = MIN_INTERVAL
+                .as_secs_f64()
+                .min((next.not_after as f64 - now()) / 2.0)
+                .max(0.0);
+            tracing::warn!(
+                wait_seconds = wait,
+                "the renewed certificate is already due: its lifetime is too short for --renew-at"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
+                _ = hup.recv() => tracing::info!("SIGHUP: renewing now"),
+            }
         }
     }
 }
@@ -296,10 +315,20 @@ fn write_files(
         files::write_atomic(path, bytes, mode)
             .map_err(|e| AgentError::Write(path.display().to_string(), e.to_string()))
     };
-    if let Some(k) = new_key {
-        write(key, k.as_bytes(), files::PRIVATE)?;
+    let Some(k) = new_key else {
+        return write(cert, pem.as_bytes(), files::PUBLIC);
+    };
+    // If the certificate cannot be written, put the old key back: a new key next to the old
+    // certificate would leave the service unable to authenticate.
+    let old = std::fs::read(key).ok().map(Zeroizing::new);
+    write(key, k.as_bytes(), files::PRIVATE)?;
+    if let Err(e) = write(cert, pem.as_bytes(), files::PUBLIC) {
+        if let Some(old) = &old {
+            let _ = files::write_atomic(key, old, files::PRIVATE);
+        }
+        return Err(e);
     }
-    write(cert, pem.as_bytes(), files::PUBLIC)
+    Ok(())
 }
 
 /// `tessera agent bootstrap`: the first certificate, from a single-use enrolment token.

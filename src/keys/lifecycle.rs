@@ -480,7 +480,12 @@ impl Keys {
                     return Ok(KeyView::new(&k, &usage, now));
                 }
                 Err(StoreError::Conflict) => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    // The write may be applied even though it was not acknowledged as
+                    // durable: the cached copy must not outlive it.
+                    self.changed(&k);
+                    return Err(e.into());
+                }
             }
         }
         Err(KeysError::Conflict("too many concurrent changes; retry"))
@@ -556,7 +561,10 @@ impl Keys {
                     return Ok((KeyView::new(&new, &usage, now), secret));
                 }
                 Err(StoreError::Conflict) => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    self.changed(&old);
+                    return Err(e.into());
+                }
             }
         }
         Err(KeysError::Conflict("too many concurrent changes; retry"))
@@ -584,8 +592,15 @@ impl Keys {
                 match self.store.commit(b).await {
                     Ok(()) => self.changed(&k),
                     Err(StoreError::Conflict) => continue,
-                    Err(e) => return Err(e.into()),
+                    Err(e) => {
+                        self.changed(&k);
+                        return Err(e.into());
+                    }
                 }
+            } else {
+                // Already revoked (perhaps by an earlier attempt whose flush failed after the
+                // write was applied): make sure no cached copy says otherwise.
+                self.changed(&k);
             }
             let usage = self.usage.current(&k, now).await?;
             return Ok(KeyView::new(&k, &usage, now));

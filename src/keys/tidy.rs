@@ -49,8 +49,11 @@ impl Keys {
                 }
                 dead.push(k);
             }
-            match self.store.commit(b).await {
-                Ok(()) => dead.iter().for_each(|k| self.changed(k)),
+            let committed = self.store.commit(b).await;
+            // Even a failed flush may have applied the deletions: drop the cached copies.
+            dead.iter().for_each(|k| self.changed(k));
+            match committed {
+                Ok(()) => {}
                 // A concurrent change to one of these keys: try again on the next run.
                 Err(store::StoreError::Conflict) => break,
                 Err(e) => return Err(e.into()),

@@ -70,6 +70,21 @@ pub enum Spend {
     Exhausted { ratelimit: Option<RateLimitState> },
 }
 
+/// Ids taken for a flush and not yet written: marked dirty again when dropped.
+struct Unwritten<'a> {
+    usage: &'a Usage,
+    ids: Vec<KeyId>,
+}
+
+impl Drop for Unwritten<'_> {
+    fn drop(&mut self) {
+        if !self.ids.is_empty() {
+            let mut t = self.usage.table();
+            t.dirty.extend(self.ids.drain(..));
+        }
+    }
+}
+
 /// Counts one answer with `code` (no allocation once the code has been seen).
 fn count(e: &mut UsageRecord, code: &str) {
     match e.verify_counts.get_mut(code) {
@@ -156,6 +171,8 @@ struct Table {
     dirty: HashSet<KeyId>,
     /// Keys whose statistics alone changed: written by the next full flush.
     stats: HashSet<KeyId>,
+    /// How many trims have run: a look-up that spans one reads again.
+    trims: u64,
 }
 
 /// The in-memory counters and their persistence.
@@ -184,19 +201,27 @@ impl Usage {
     /// The table, locked, with the key's counters in it (read from the store if need be).
     /// Returned locked so a trim cannot drop them before the caller uses them.
     async fn loaded(&self, id: &KeyId) -> Result<std::sync::MutexGuard<'_, Table>, StoreError> {
-        {
-            let t = self.table();
-            if t.entries.contains_key(id) {
-                return Ok(t);
+        loop {
+            let trims = {
+                let t = self.table();
+                if t.entries.contains_key(id) {
+                    return Ok(t);
+                }
+                t.trims
+            };
+            let rec = store::record::get::<UsageRecord>(&*self.store, id.as_str())
+                .await?
+                .map(|(_, r)| r)
+                .unwrap_or_default();
+            let mut t = self.table();
+            // A trim while reading may have dropped newer counters of this key after writing
+            // them: what was read may be older than the disk. Read again.
+            if t.trims != trims && !t.entries.contains_key(id) {
+                continue;
             }
+            t.entries.entry(id.clone()).or_insert(rec);
+            return Ok(t);
         }
-        let rec = store::record::get::<UsageRecord>(&*self.store, id.as_str())
-            .await?
-            .map(|(_, r)| r)
-            .unwrap_or_default();
-        let mut t = self.table();
-        t.entries.entry(id.clone()).or_insert(rec);
-        Ok(t)
     }
 
     /// Spends one use (called only for an answer that is otherwise VALID): the rate limit
@@ -212,6 +237,7 @@ impl Usage {
             entries,
             dirty,
             stats,
+            ..
         } = &mut *t;
         let Some(e) = entries.get_mut(id) else {
             return Ok(Spend::Exhausted { ratelimit: None });
@@ -263,6 +289,7 @@ impl Usage {
             entries,
             dirty,
             stats,
+            ..
         } = &mut *t;
         let Some(e) = entries.get_mut(id) else {
             return Ok(None);
@@ -314,19 +341,27 @@ impl Usage {
 
     /// Persists every changed counter, statistics included (at shutdown or sealing).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.flush_some(usize::MAX).await
+        let _one_at_a_time = self.flushing.lock().await;
+        self.flush_locked(usize::MAX).await
     }
 
-    /// The periodic flush: every changed quota, and statistics up to [`STATS_PER_FLUSH`] keys;
-    /// then trims the table to [`MAX_ENTRIES`].
+    /// The periodic flush: every changed quota, and statistics up to [`STATS_PER_FLUSH`] keys
+    /// (more when the backlog would keep the table from its bound); then trims the table to
+    /// [`MAX_ENTRIES`].
     pub async fn flush_quotas(&self) -> Result<(), StoreError> {
-        self.flush_some(STATS_PER_FLUSH).await?;
+        let _one_at_a_time = self.flushing.lock().await;
+        let backlog = self.table().stats.len();
+        let budget = STATS_PER_FLUSH.max(backlog.saturating_sub(MAX_ENTRIES / 2));
+        self.flush_locked(budget).await?;
+        // Under the flush lock: no flush has counters in flight that a trim could drop.
         self.trim(MAX_ENTRIES);
         Ok(())
     }
 
-    async fn flush_some(&self, stats_budget: usize) -> Result<(), StoreError> {
-        let _one_at_a_time = self.flushing.lock().await;
+    /// Writes the changed quotas and up to `stats_budget` statistics. The caller holds
+    /// `flushing`. Whatever is not written (an error, or this future dropped at shutdown) is
+    /// marked dirty again.
+    async fn flush_locked(&self, stats_budget: usize) -> Result<(), StoreError> {
         let snapshot: Vec<(KeyId, UsageRecord)> = {
             let mut t = self.table();
             let mut ids: Vec<KeyId> = std::mem::take(&mut t.dirty).into_iter().collect();
@@ -346,20 +381,17 @@ impl Usage {
                 .filter_map(|id| t.entries.get(&id).cloned().map(|r| (id, r)))
                 .collect()
         };
-        let mut rest = snapshot.as_slice();
-        while !rest.is_empty() {
-            let (chunk, tail) = rest.split_at(rest.len().min(CHUNK));
+        let mut unwritten = Unwritten {
+            usage: self,
+            ids: snapshot.iter().map(|(id, _)| id.clone()).collect(),
+        };
+        for chunk in snapshot.chunks(CHUNK) {
             let mut b = Batch::new();
             for (id, r) in chunk {
                 b.put_record(id.as_str(), r, Expect::Any)?;
             }
-            if let Err(e) = self.store.commit(b).await {
-                // Put back what was not written so the next flush tries again.
-                let mut t = self.table();
-                t.dirty.extend(rest.iter().map(|(id, _)| id.clone()));
-                return Err(e);
-            }
-            rest = tail;
+            self.store.commit(b).await?;
+            unwritten.ids.drain(..chunk.len());
         }
         Ok(())
     }
@@ -371,10 +403,12 @@ impl Usage {
             entries,
             dirty,
             stats,
+            trims,
         } = &mut *t;
         if entries.len() <= max {
             return;
         }
+        *trims += 1;
         let mut excess = entries.len() - max * 3 / 4;
         entries.retain(|id, _| {
             if excess == 0 || dirty.contains(id) || stats.contains(id) {

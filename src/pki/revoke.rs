@@ -32,6 +32,20 @@ impl Pki {
                 _ => return Err(PkiError::NotFound),
             };
         if cert.revoked.is_some() {
+            // An earlier attempt may have been applied without being acknowledged (its flush
+            // failed): make sure it is in force here too.
+            let missing = cert.not_after > now
+                && self
+                    .revoked
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(serial.clone(), cert.not_after)
+                    .is_none();
+            if missing && self.authority().issuers().any(|c| c.id == cert.issuer) {
+                self.sign_crl(&cert.issuer, now).await?;
+                self.rebuild_verifier()?;
+                self.publish_crls()?;
+            }
             return Ok(cert);
         }
         cert.revoked = Some(Revocation { at: now, reason });
@@ -48,7 +62,16 @@ impl Pki {
             Ok(()) => {}
             // Only this function changes a certificate record after issuance, under the lock.
             Err(StoreError::Conflict) => return Err(PkiError::Inconsistent("concurrent revoke")),
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                // Fail closed: the write may be applied; refuse the certificate from now on.
+                if cert.not_after > now {
+                    self.revoked
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(serial.clone(), cert.not_after);
+                }
+                return Err(e.into());
+            }
         }
         if cert.not_after > now {
             self.revoked

@@ -217,6 +217,12 @@ async fn expired_refused_down_and_rekey() {
         "renewed once the server was back; log:\n{text}"
     );
     assert!(text.matches("will retry").count() >= 2, "{text}");
+    // The renewed certificate is due at once for this --renew-at: the agent waits rather than
+    // renewing in a loop.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let text = fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("certificate renewed").count(), 1, "{text}");
+    assert!(text.contains("already due"), "{text}");
     // The process in the pid file got SIGHUP (which ends `sleep`).
     let mut status = None;
     for _ in 0..50 {

@@ -30,7 +30,10 @@ async fn call(client: &Api, key: Option<&str>) -> crate::helpers::Resp {
         req = req.header("x-api-key", k);
     }
     // A client cannot claim an identity: nginx replaces these headers.
-    req = req.header("x-tessera-key-id", "forged");
+    req = req
+        .header("x-tessera-key-id", "forged")
+        .header("x-tessera-api-id", "forged")
+        .header("x-tessera-identity", "forged");
     client.send(req).await
 }
 

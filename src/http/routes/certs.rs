@@ -349,6 +349,11 @@ pub async fn enrol(
     body: Json<EnrolBody>,
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
+    // A source locked out for failed credentials is refused before the token is looked at.
+    let source = state.guard.source(&req);
+    if let Some(retry_after) = source.and_then(|ip| state.guard.locked(ip)) {
+        return Err(ApiError::TooManyRequests { retry_after });
+    }
     let b = body.value;
     let issued = core
         .pki
@@ -368,7 +373,7 @@ pub async fn enrol(
             Ok(HttpResponse::Created().json(issued_body(&issued, None)))
         }
         None => {
-            if let Some(ip) = state.guard.source(&req) {
+            if let Some(ip) = source {
                 state.guard.failed(ip, "enrolment token refused");
             }
             Err(ApiError::Unauthenticated)
