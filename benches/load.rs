@@ -246,28 +246,43 @@ fn client_config(certs: &Path, client_cert: bool, resume: bool) -> Arc<ClientCon
     Arc::new(cfg)
 }
 
-struct Conn {
-    tls: TlsStream<TcpStream>,
+/// One HTTP/1.1 keep-alive connection (TLS, or plain TCP for cfssl).
+struct Conn<S> {
+    stream: S,
     buf: Vec<u8>,
 }
 
-impl Conn {
+impl Conn<TlsStream<TcpStream>> {
     async fn open(addr: SocketAddr, cfg: Arc<ClientConfig>) -> std::io::Result<Self> {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let tls = TlsConnector::from(cfg)
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await?;
-        Ok(Self {
-            tls,
+        Ok(Self::over(tls))
+    }
+}
+
+impl Conn<TcpStream> {
+    async fn plain(addr: SocketAddr) -> std::io::Result<Self> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        Ok(Self::over(tcp))
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
+    fn over(stream: S) -> Self {
+        Self {
+            stream,
             buf: Vec::with_capacity(8192),
-        })
+        }
     }
 
     /// Sends one prepared request; returns the status.
     async fn call(&mut self, req: &[u8]) -> std::io::Result<u16> {
-        self.tls.write_all(req).await?;
-        self.tls.flush().await?;
+        self.stream.write_all(req).await?;
+        self.stream.flush().await?;
         loop {
             if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = std::str::from_utf8(&self.buf[..end]).unwrap_or("");
@@ -292,7 +307,7 @@ impl Conn {
 
     async fn fill(&mut self) -> std::io::Result<()> {
         let mut chunk = [0u8; 16384];
-        let n = self.tls.read(&mut chunk).await?;
+        let n = self.stream.read(&mut chunk).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
@@ -416,39 +431,27 @@ async fn interleaved(
     (sa.measured(), sb.measured())
 }
 
-async fn keepalive_sample(
-    addr: SocketAddr,
-    cfg: Arc<ClientConfig>,
+/// What one client task counted: 2xx answers and their latencies (µs).
+type Counted = (u64, Vec<u64>);
+
+/// Runs `connections` client tasks until `duration` is up and sums what they counted, with
+/// the CPU time `pids` used meanwhile.
+async fn run_clients<F, Fut>(
     pids: &[u32],
     connections: usize,
     duration: Duration,
-    requests: Arc<Vec<Vec<u8>>>,
-) -> Sample {
+    client: F,
+) -> Sample
+where
+    F: Fn(usize, Instant) -> Fut,
+    Fut: std::future::Future<Output = Counted> + Send + 'static,
+{
     let cpu0: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
     let started = Instant::now();
     let deadline = started + duration;
-    let mut tasks = Vec::new();
-    for c in 0..connections {
-        let cfg = cfg.clone();
-        let requests = requests.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::open(addr, cfg).await.unwrap();
-            let mut lat = Vec::with_capacity(100_000);
-            let mut ok = 0u64;
-            let mut i = c.wrapping_mul(7919);
-            while Instant::now() < deadline {
-                i = i.wrapping_add(104_729);
-                let req = &requests[i % requests.len()];
-                let t = Instant::now();
-                let status = conn.call(req).await.unwrap();
-                if (200..300).contains(&status) {
-                    ok += 1;
-                    lat.push(t.elapsed().as_micros() as u64);
-                }
-            }
-            (ok, lat)
-        }));
-    }
+    let tasks: Vec<_> = (0..connections)
+        .map(|c| tokio::spawn(client(c, deadline)))
+        .collect();
     let mut ok = 0;
     let mut lat = Vec::new();
     for t in tasks {
@@ -464,6 +467,37 @@ async fn keepalive_sample(
     }
 }
 
+async fn keepalive_sample(
+    addr: SocketAddr,
+    cfg: Arc<ClientConfig>,
+    pids: &[u32],
+    connections: usize,
+    duration: Duration,
+    requests: Arc<Vec<Vec<u8>>>,
+) -> Sample {
+    run_clients(pids, connections, duration, |c, deadline| {
+        let (cfg, requests) = (cfg.clone(), requests.clone());
+        async move {
+            let mut conn = Conn::open(addr, cfg).await.unwrap();
+            let mut lat = Vec::with_capacity(100_000);
+            let mut ok = 0u64;
+            let mut i = c.wrapping_mul(7919);
+            while Instant::now() < deadline {
+                i = i.wrapping_add(104_729);
+                let req = &requests[i % requests.len()];
+                let t = Instant::now();
+                let status = conn.call(req).await.unwrap();
+                if (200..300).contains(&status) {
+                    ok += 1;
+                    lat.push(t.elapsed().as_micros() as u64);
+                }
+            }
+            (ok, lat)
+        }
+    })
+    .await
+}
+
 /// Full handshakes: a new connection (no resumption) per request.
 async fn handshakes(
     addr: SocketAddr,
@@ -473,14 +507,9 @@ async fn handshakes(
     duration: Duration,
     req: Arc<Vec<u8>>,
 ) -> Measured {
-    let cpu0: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut tasks = Vec::new();
-    for _ in 0..connections {
-        let cfg = cfg.clone();
-        let req = req.clone();
-        tasks.push(tokio::spawn(async move {
+    run_clients(pids, connections, duration, |_, deadline| {
+        let (cfg, req) = (cfg.clone(), req.clone());
+        async move {
             let mut lat = Vec::new();
             let mut ok = 0u64;
             while Instant::now() < deadline {
@@ -496,21 +525,9 @@ async fn handshakes(
                 }
             }
             (ok, lat)
-        }));
-    }
-    let mut ok = 0;
-    let mut lat = Vec::new();
-    for t in tasks {
-        let (o, l) = t.await.unwrap();
-        ok += o;
-        lat.extend(l);
-    }
-    Sample {
-        ok,
-        seconds: started.elapsed().as_secs_f64(),
-        cpu: pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu0,
-        lat,
-    }
+        }
+    })
+    .await
     .measured()
 }
 
@@ -737,79 +754,32 @@ async fn cfssl_load(
     duration: Duration,
     csrs: Arc<Vec<String>>,
 ) -> Measured {
-    let cpu0 = family(pid).iter().map(|p| cpu_seconds(*p)).sum::<f64>();
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut tasks = Vec::new();
-    for c in 0..connections {
+    run_clients(&family(pid), connections, duration, |c, deadline| {
         let csrs = csrs.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut s = TcpStream::connect(addr).await.unwrap();
-            let mut buf = Vec::new();
+        async move {
+            let mut conn = Conn::plain(addr).await.unwrap();
             let mut ok = 0u64;
             let mut lat = Vec::new();
             let mut i = c;
             while Instant::now() < deadline {
                 i += 1;
-                let body = serde_json::json!({"certificate_request": csrs[i % csrs.len()]}).to_string();
-                let req = format!(
-                    "POST /api/v1/cfssl/sign HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                    body.len()
-                );
+                let body = serde_json::json!({"certificate_request": csrs[i % csrs.len()]});
+                let req = request("POST", "/api/v1/cfssl/sign", Some(&body.to_string()), false);
                 let t = Instant::now();
-                s.write_all(req.as_bytes()).await.unwrap();
-                let status;
-                loop {
-                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                        status = head.get(9..12).and_then(|x| x.parse::<u16>().ok()).unwrap_or(0);
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
-                            })
-                            .unwrap_or(0);
-                        while buf.len() < end + 4 + len {
-                            let mut chunk = [0u8; 16384];
-                            let n = s.read(&mut chunk).await.unwrap();
-                            buf.extend_from_slice(&chunk[..n]);
-                        }
-                        buf.drain(..end + 4 + len);
-                        break;
+                match conn.call(&req).await {
+                    Ok(200) => {
+                        ok += 1;
+                        lat.push(t.elapsed().as_micros() as u64);
                     }
-                    let mut chunk = [0u8; 16384];
-                    let n = s.read(&mut chunk).await.unwrap();
-                    if n == 0 {
-                        return (ok, lat);
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                if status == 200 {
-                    ok += 1;
-                    lat.push(t.elapsed().as_micros() as u64);
+                    Ok(_) => {}
+                    Err(_) => break,
                 }
             }
             (ok, lat)
-        }));
-    }
-    let mut ok = 0;
-    let mut lat = Vec::new();
-    for t in tasks {
-        let (o, l) = t.await.unwrap();
-        ok += o;
-        lat.extend(l);
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let cpu = family(pid).iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu0;
-    lat.sort_unstable();
-    Measured {
-        ok,
-        seconds,
-        p50_us: percentile(&lat, 0.5),
-        p99_us: percentile(&lat, 0.99),
-        cpu_per_req: if ok > 0 { cpu / ok as f64 } else { 0.0 },
-    }
+        }
+    })
+    .await
+    .measured()
 }
 
 // ---- the run ----

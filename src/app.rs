@@ -378,7 +378,7 @@ impl Vault {
             store.commit(b).await?;
             self.db()?.delete_meta(RESTORE_META)?;
         }
-        let keys = Keys::with_cache(
+        let keys = Keys::new(
             store.clone(),
             keyring.clone(),
             self.config.verify_cache_keys,

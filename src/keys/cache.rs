@@ -39,13 +39,17 @@ impl Drop for Cached {
     }
 }
 
-pub struct VerifyCache {
-    entries: quick_cache::sync::Cache<[u8; 32], Arc<Cached>>,
+/// A bounded cache in front of the store whose entries never outlive a change: a writer calls
+/// [`EpochCache::invalidate`] after its commit, and a reader that looked the value up before
+/// that commit cannot put the old copy back ([`EpochCache::insert`] with the epoch it read
+/// first).
+pub struct EpochCache<K, V> {
+    entries: quick_cache::sync::Cache<K, V>,
     /// Bumped by every invalidation.
     epoch: AtomicU64,
 }
 
-impl VerifyCache {
+impl<K: Eq + std::hash::Hash + Clone, V: Clone> EpochCache<K, V> {
     pub fn new(capacity: usize) -> Self {
         Self {
             entries: quick_cache::sync::Cache::new(capacity.max(1)),
@@ -53,38 +57,35 @@ impl VerifyCache {
         }
     }
 
-    pub fn get(&self, blind: &[u8; 32]) -> Option<Arc<Cached>> {
-        self.entries.get(blind)
+    pub fn get(&self, k: &K) -> Option<V> {
+        self.entries.get(k)
     }
 
-    /// Read before looking the record up in the store; hand it to [`VerifyCache::insert`].
+    /// Read before looking the value up in the store; hand it to [`EpochCache::insert`].
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)
     }
 
-    /// Caches a record read from the store, unless a key changed since `epoch` was read (the
-    /// record may then be the copy from before the change).
-    pub fn insert(&self, epoch: u64, key: Key) -> Arc<Cached> {
-        let blind = key.lookup;
-        let entry = Arc::new(Cached(key));
+    /// Caches a value read from the store, unless something changed since `epoch` was read
+    /// (the value may then be the copy from before the change).
+    pub fn insert(&self, epoch: u64, k: K, v: V) {
         if self.epoch() != epoch {
-            return entry;
+            return;
         }
-        self.entries.insert(blind, entry.clone());
+        self.entries.insert(k.clone(), v);
         // An invalidation that bumped the epoch between the check and the insert may have run
         // its removal before the insert: take the entry back out. One that bumps it after this
         // check removes the entry itself.
         if self.epoch() != epoch {
-            self.entries.remove(&blind);
+            self.entries.remove(&k);
         }
-        entry
     }
 
-    /// Forgets a key whose record changed. Call after the change is committed and before it
-    /// is acknowledged.
-    pub fn invalidate(&self, blind: &[u8; 32]) {
+    /// Forgets a changed value. Call after the change is committed and before it is
+    /// acknowledged.
+    pub fn invalidate(&self, k: &K) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.entries.remove(blind);
+        self.entries.remove(k);
     }
 
     pub fn len(&self) -> usize {
@@ -96,43 +97,25 @@ impl VerifyCache {
     }
 }
 
-/// APIs' rotation policies (`max_key_age_seconds`) for verify, with the same epoch rule as
-/// the key records: an update forgets the entry after its commit, and a look-up that raced it
-/// does not put the old value back.
-#[derive(Default)]
-pub struct Policies {
-    entries: std::sync::RwLock<std::collections::HashMap<ApiId, Option<u64>>>,
-    epoch: AtomicU64,
-}
+/// Key records by blind index.
+pub type VerifyCache = EpochCache<[u8; 32], Arc<Cached>>;
 
-impl Policies {
-    pub fn get(&self, api: &ApiId) -> Option<Option<u64>> {
-        self.entries
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(api)
-            .copied()
-    }
-
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
-    }
-
-    pub fn insert(&self, epoch: u64, api: ApiId, max_age: Option<u64>) {
-        let mut m = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        if self.epoch() == epoch {
-            m.insert(api, max_age);
-        }
-    }
-
-    pub fn forget(&self, api: &ApiId) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(api);
+impl VerifyCache {
+    /// Caches a key record read from the store (see [`EpochCache::insert`]); returns it for
+    /// the answer at hand either way.
+    pub fn insert_key(&self, epoch: u64, key: Key) -> Arc<Cached> {
+        let blind = key.lookup;
+        let entry = Arc::new(Cached(key));
+        self.insert(epoch, blind, entry.clone());
+        entry
     }
 }
+
+/// APIs' rotation policies (`max_key_age_seconds`) for verify.
+pub type Policies = EpochCache<ApiId, Option<u64>>;
+
+/// How many APIs' policies are held.
+pub const POLICY_CAPACITY: usize = 1 << 16;
 
 #[cfg(test)]
 mod tests {
@@ -150,7 +133,7 @@ mod tests {
     fn a_change_after_the_read_keeps_the_stale_copy_out() {
         let cache = VerifyCache::new(16);
         let e = cache.epoch();
-        cache.insert(e, key(1));
+        cache.insert_key(e, key(1));
         assert!(cache.get(&[1; 32]).is_some());
 
         // A verify reads the record, then a revoke commits and invalidates, then the verify
@@ -158,13 +141,13 @@ mod tests {
         let before = cache.epoch();
         cache.invalidate(&[1; 32]);
         assert!(cache.get(&[1; 32]).is_none());
-        let stale = cache.insert(before, key(1));
+        let stale = cache.insert_key(before, key(1));
         assert!(cache.get(&[1; 32]).is_none());
         // The caller still gets its record for this one answer.
         assert_eq!(stale.key().lookup, [1; 32]);
 
         // A read after the change is cached.
-        cache.insert(cache.epoch(), key(1));
+        cache.insert_key(cache.epoch(), key(1));
         assert!(cache.get(&[1; 32]).is_some());
     }
 
@@ -172,7 +155,7 @@ mod tests {
     fn it_stays_bounded() {
         let cache = VerifyCache::new(64);
         for i in 0..=255u8 {
-            cache.insert(cache.epoch(), key(i));
+            cache.insert_key(cache.epoch(), key(i));
         }
         assert!(cache.len() <= 64, "{}", cache.len());
         assert!(!cache.is_empty());

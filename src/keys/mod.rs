@@ -84,19 +84,15 @@ pub struct Keys {
 }
 
 impl Keys {
-    pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>) -> Self {
-        Self::with_cache(store, keyring, cache::DEFAULT_CAPACITY)
-    }
-
     /// `cache_keys`: how many key records the verification cache holds.
-    pub fn with_cache(store: Arc<dyn Store>, keyring: Arc<Keyring>, cache_keys: usize) -> Self {
+    pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, cache_keys: usize) -> Self {
         let usage = Arc::new(usage::Usage::new(store.clone()));
         Self {
             store,
             keyring,
             usage,
             cache: cache::VerifyCache::new(cache_keys),
-            policies: cache::Policies::default(),
+            policies: cache::Policies::new(cache::POLICY_CAPACITY),
         }
     }
 

@@ -342,7 +342,7 @@ impl Keys {
             rec.record(&mut b, id.as_str(), Some(&api.tenant))?;
             match self.store.commit(b).await {
                 Ok(()) => {
-                    self.policies.forget(&api.id);
+                    self.policies.invalidate(&api.id);
                     return Ok(api);
                 }
                 Err(store::StoreError::Conflict) => {
@@ -400,7 +400,7 @@ impl Keys {
             rec.record(&mut b, id.as_str(), Some(&api.tenant))?;
             match self.store.commit(b).await {
                 Ok(()) => {
-                    self.policies.forget(&api.id);
+                    self.policies.invalidate(&api.id);
                     return Ok(());
                 }
                 Err(store::StoreError::Conflict) => continue,

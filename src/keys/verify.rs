@@ -246,7 +246,7 @@ impl Keys {
                 if key.lookup != blind {
                     return Ok(None);
                 }
-                self.cache.insert(epoch, key)
+                self.cache.insert_key(epoch, key)
             }
         };
         Ok(pepper.verify(secret, &entry.key().hash).then_some(entry))

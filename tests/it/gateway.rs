@@ -37,17 +37,9 @@ async fn call(client: &Api, key: Option<&str>) -> crate::helpers::Resp {
     client.send(req).await
 }
 
-/// URL-escaping as nginx's `$ssl_client_escaped_cert` does it (RFC 3986 unreserved kept).
+/// URL-escaping as nginx's `$ssl_client_escaped_cert` does it.
 fn escaped(pem: &str) -> String {
-    pem.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(pem, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 #[tokio::test]
@@ -223,10 +215,13 @@ struct Nginx {
 }
 
 impl Nginx {
-    fn start(dir: &Path, conf: &str, addr: SocketAddr) -> Self {
+    /// Starts nginx; `None` if it exits at once (its port was taken meanwhile: the caller
+    /// tries another).
+    fn start(dir: &Path, conf: &str, addr: SocketAddr) -> Option<Self> {
         use std::os::unix::process::CommandExt;
         let path = dir.join("nginx.conf");
         fs::write(&path, conf).unwrap();
+        let _ = fs::remove_file(dir.join("nginx.pid"));
         let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -238,18 +233,23 @@ impl Nginx {
             .arg(&path)
             .args(["-g", "daemon off;"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(fs::File::create(dir.join("nginx.stderr")).unwrap())
             .process_group(0)
             .spawn()
             .unwrap();
-        let n = Self {
+        let mut n = Self {
             child,
             addr,
             dir: dir.to_owned(),
         };
         for _ in 0..100 {
-            if std::net::TcpStream::connect(addr).is_ok() {
-                return n;
+            if matches!(n.child.try_wait(), Ok(Some(_))) {
+                eprintln!("nginx exited at start: {}", n.log());
+                return None;
+            }
+            // Listening once it has written its pid file (after binding).
+            if dir.join("nginx.pid").exists() && std::net::TcpStream::connect(addr).is_ok() {
+                return Some(n);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -257,7 +257,10 @@ impl Nginx {
     }
 
     fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+        ["nginx.stderr", "error.log"]
+            .iter()
+            .map(|f| fs::read_to_string(self.dir.join(f)).unwrap_or_default())
+            .collect()
     }
 
     /// Re-reads the configuration and its files (new CRLs), as `nginx -s reload` does.
@@ -378,23 +381,27 @@ async fn nginx_in_front_of_an_api_asks_tessera() {
     fs::copy(home.certs().join("server.key"), dir.join("server.key")).unwrap();
 
     let app = upstream().await;
-    let addr = free_addr();
     let shipped = include_str!("../../docs/gateway/nginx.conf");
-    let conf = shipped
-        .replace("/etc/tessera-gateway/", &format!("{}/", dir.display()))
-        .replace(
-            "/run/tessera-gateway.pid",
-            &dir.join("nginx.pid").display().to_string(),
-        )
-        .replace(
-            "/var/log/nginx/tessera-gateway.error.log",
-            &dir.join("error.log").display().to_string(),
-        )
-        .replace("127.0.0.1:8443", &server.addr.to_string())
-        .replace("127.0.0.1:8080", &app.to_string())
-        .replace("127.0.0.1:443", &addr.to_string())
-        .replace("API_ID", &api);
-    let nginx = Nginx::start(dir, &conf, addr);
+    let nginx = (0..3)
+        .find_map(|_| {
+            let addr = free_addr();
+            let conf = shipped
+                .replace("/etc/tessera-gateway/", &format!("{}/", dir.display()))
+                .replace(
+                    "/run/tessera-gateway.pid",
+                    &dir.join("nginx.pid").display().to_string(),
+                )
+                .replace(
+                    "/var/log/nginx/tessera-gateway.error.log",
+                    &dir.join("error.log").display().to_string(),
+                )
+                .replace("127.0.0.1:8443", &server.addr.to_string())
+                .replace("127.0.0.1:8080", &app.to_string())
+                .replace("127.0.0.1:443", &addr.to_string())
+                .replace("API_ID", &api);
+            Nginx::start(dir, &conf, addr)
+        })
+        .expect("nginx did not start on three free ports");
 
     let (key_id, key) = admin.issue(&api, json!({"scopes": ["read"]})).await;
     let (revoked_id, revoked) = admin.issue(&api, json!({"scopes": ["read"]})).await;

@@ -222,36 +222,15 @@ fn unescape_pem(value: &str) -> Option<String> {
     if value.len() > MAX_CERT_HEADER {
         return None;
     }
-    let text = if value.contains('%') {
-        percent_decode(value)?
-    } else {
-        value.to_owned()
-    };
+    let text = percent_encoding::percent_decode_str(value)
+        .decode_utf8()
+        .ok()?
+        .into_owned();
     let text = text.replace(
         "-----BEGIN CERTIFICATE----- ",
         "-----BEGIN CERTIFICATE-----\n",
     );
     text.contains("-----BEGIN CERTIFICATE-----").then_some(text)
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
