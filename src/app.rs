@@ -88,7 +88,7 @@ fn share_hash(share: &[u8]) -> String {
 }
 
 /// Where the master key comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeySource {
     Environment,

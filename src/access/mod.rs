@@ -22,7 +22,7 @@ use crate::{
 };
 
 pub use roles::RoleName;
-pub use service::{Access, AccessError, Binding, BindingView, CustomRole};
+pub use service::{Access, AccessError, Binding, BindingView, CustomRole, RoleView};
 pub use tenants::Tenant;
 
 /// A permission a route needs.

@@ -44,7 +44,7 @@ pub enum AccessError {
 }
 
 /// A role defined by a tenant.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CustomRole {
     pub tenant: TenantName,
     pub name: RoleName,
@@ -71,7 +71,7 @@ impl Record for Binding {
 }
 
 /// A binding as the API shows it, with the permissions it grants now.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct BindingView {
     pub tenant: TenantName,
     pub identity: ServiceName,
@@ -82,7 +82,7 @@ pub struct BindingView {
 }
 
 /// A role as the API lists it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct RoleView {
     pub name: String,
     pub builtin: bool,

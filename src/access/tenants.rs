@@ -9,7 +9,7 @@ use crate::{
     store::{Kind, Record},
 };
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Tenant {
     pub id: TenantId,
     pub name: TenantName,

@@ -28,7 +28,7 @@ pub enum CheckpointError {
 }
 
 /// A signed checkpoint.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {
     pub seq: u64,

@@ -49,7 +49,7 @@ pub struct Event {
     /// `anonymous`.
     pub principal: String,
     pub tenant: Option<String>,
-    /// `<METHOD> <route pattern>`, e.g. `POST /v1/apis/{id}/keys`, or a system action.
+    /// `<METHOD> <route pattern>`, e.g. `POST /v1/apis/{api_id}/keys`, or a system action.
     pub action: String,
     /// The id of the object acted on, when there is one.
     pub object: Option<String>,
@@ -71,14 +71,44 @@ impl Event {
     }
 }
 
-/// An entry as `GET /v1/audit` shows it.
-#[derive(Clone, Debug, Serialize)]
+/// An entry as `GET /v1/audit` shows it: its place in the chain and its event's fields.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct EntryView {
     pub seq: u64,
+    /// SHA-256 over the previous hash and the canonical event, hex.
     pub hash: String,
     pub prev_hash: String,
-    #[serde(flatten)]
-    pub event: Event,
+    pub time: Timestamp,
+    pub request_id: String,
+    /// The SPIFFE id of the caller, `cert:<serial>` for a refused certificate, a root key's
+    /// id, `system` or `anonymous`.
+    pub principal: String,
+    pub tenant: Option<String>,
+    pub action: String,
+    pub object: Option<String>,
+    pub outcome: String,
+    pub source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl EntryView {
+    fn new(seq: u64, hash: String, prev_hash: String, e: Event) -> Self {
+        Self {
+            seq,
+            hash,
+            prev_hash,
+            time: e.time,
+            request_id: e.request_id,
+            principal: e.principal,
+            tenant: e.tenant,
+            action: e.action,
+            object: e.object,
+            outcome: e.outcome,
+            source: e.source,
+            detail: e.detail,
+        }
+    }
 }
 
 /// The outcome name for an HTTP status.
@@ -207,9 +237,7 @@ impl Audit {
             for e in page {
                 let mine = match scope {
                     crate::ids::TenantScope::All => true,
-                    crate::ids::TenantScope::One(t) => {
-                        e.event.tenant.as_deref() == Some(t.as_str())
-                    }
+                    crate::ids::TenantScope::One(t) => e.tenant.as_deref() == Some(t.as_str()),
                 };
                 cursor = e.seq;
                 if mine {
@@ -233,12 +261,12 @@ impl Audit {
                     kind: LOG.0,
                     id: e.seq.to_string(),
                 })?;
-            out.push(EntryView {
-                seq: e.seq,
-                hash: hex::encode(&e.hash),
-                prev_hash: hex::encode(&e.prev_hash),
+            out.push(EntryView::new(
+                e.seq,
+                hex::encode(&e.hash),
+                hex::encode(&e.prev_hash),
                 event,
-            });
+            ));
         }
         Ok(out)
     }

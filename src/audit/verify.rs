@@ -12,7 +12,7 @@ use crate::{
 };
 
 /// The result of a chain check.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Report {
     pub valid: bool,
     /// Entries checked and found good.

@@ -11,7 +11,7 @@ use actix_web::{
     HttpResponse, ResponseError,
     http::{StatusCode, header},
 };
-use serde_json::json;
+use serde::Serialize;
 
 use crate::{access::Denied, keys::KeysError, pki::PkiError, store::StoreError};
 
@@ -23,6 +23,27 @@ tokio::task_local! {
 /// The current request's id, or empty outside a request.
 pub fn request_id() -> String {
     REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+/// Every error answer's body.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// `invalid_request`, `unauthenticated`, `forbidden`, `not_found`, `method_not_allowed`,
+    /// `conflict`, `payload_too_large`, `headers_too_large`, `unsupported_media_type`,
+    /// `rate_limited`, `unavailable`, `sealed` or `internal`.
+    pub code: &'static str,
+    /// Fixed, safe text.
+    pub message: String,
+    /// The request's id (also in the `X-Request-Id` header and the logs).
+    pub request_id: String,
+    /// The offending field of a 400, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 /// Errors as the client sees them.
@@ -137,14 +158,15 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut error = json!({
-            "code": self.code(),
-            "message": self.message(),
-            "request_id": request_id(),
-        });
-        if let ApiError::BadRequest { field: Some(f), .. } = self {
-            error["field"] = json!(f);
-        }
+        let error = ErrorDetail {
+            code: self.code(),
+            message: self.message(),
+            request_id: request_id(),
+            field: match self {
+                ApiError::BadRequest { field, .. } => field.clone(),
+                _ => None,
+            },
+        };
         let mut res = HttpResponse::build(self.status_code());
         res.insert_header((header::CACHE_CONTROL, "no-store"));
         if let ApiError::MethodNotAllowed(allow) = self {
@@ -156,7 +178,7 @@ impl ResponseError for ApiError {
         if let ApiError::Unauthenticated = self {
             res.insert_header((header::WWW_AUTHENTICATE, "Bearer, mTLS"));
         }
-        res.json(json!({ "error": error }))
+        res.json(ErrorBody { error })
     }
 }
 

@@ -8,6 +8,7 @@ pub mod guard;
 mod idempotency;
 mod listener;
 mod middleware;
+pub mod openapi;
 mod routes;
 pub mod server;
 pub mod state;

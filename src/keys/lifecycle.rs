@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// `POST /v1/apis/{api_id}/keys`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
     #[serde(default)]
@@ -51,7 +51,7 @@ pub struct NewKey {
 
 /// `PATCH /v1/keys/{id}`: absent fields stay; `null` clears `name`, `expires_at`,
 /// `remaining` (unlimited).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyPatch {
     #[serde(default, deserialize_with = "double_option")]
@@ -85,7 +85,7 @@ pub struct NewRootKey {
 }
 
 /// `POST /v1/keys/{id}/rotate`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateKey {
     /// How long the old key keeps working (default 0: it stops now).

@@ -142,7 +142,7 @@ impl<'de> Deserialize<'de> for Metadata {
 }
 
 /// An API's risk level.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Risk {
     Low,
@@ -167,7 +167,7 @@ pub const MAX_TTL_SECS: u64 = 10 * 365 * 86_400;
 pub const MAX_GRACE_SECS: u64 = 30 * 86_400;
 
 /// A key's rate limit: at most `limit` VALID answers per window of `window_seconds`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     #[serde(deserialize_with = "limit_value")]
@@ -195,7 +195,7 @@ fn window_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error>
 }
 
 /// A quota refill: every `interval_seconds`, `remaining` is reset to `amount`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Refill {
     #[serde(deserialize_with = "amount_value")]
@@ -223,7 +223,7 @@ fn interval_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Erro
 }
 
 /// Defaults an API gives to the keys issued under it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyDefaults {
     /// Lifetime of a new key when the request gives none.
@@ -238,7 +238,7 @@ pub struct KeyDefaults {
 }
 
 /// An API in the registry.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Api {
     pub id: ApiId,
     pub tenant: TenantName,
@@ -413,7 +413,7 @@ impl Record for UsageRecord {
 }
 
 /// Where a key stands in a rotation.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Rotation {
     pub superseded_by: Option<KeyId>,
     pub stops_at: Option<Timestamp>,
@@ -421,7 +421,7 @@ pub struct Rotation {
 }
 
 /// A key's public metadata: everything but the secret and its hash.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct KeyView {
     pub id: KeyId,
     pub api_id: ApiId,

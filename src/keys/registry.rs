@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// `POST /v1/apis`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewApi {
     /// Only the global admin names the tenant (default `default`); taken by the caller.
@@ -42,7 +42,7 @@ pub struct NewApi {
 }
 
 /// `PATCH /v1/apis/{id}`: absent fields stay, `live_date: null` clears.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiPatch {
     #[serde(default)]

@@ -48,7 +48,7 @@ impl Limits {
 }
 
 /// A rate limit's state as verify reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RateLimitState {
     pub limit: u32,
     pub remaining: u32,

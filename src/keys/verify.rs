@@ -27,7 +27,7 @@ use crate::{
 pub const MAX_KEY_FIELD: usize = 512;
 
 /// `POST /v1/keys/verify`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
     pub key: SecretString,
@@ -52,7 +52,7 @@ pub struct CallerIdentity {
 }
 
 /// The answer's code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Code {
     Valid,
@@ -83,7 +83,7 @@ impl Code {
 }
 
 /// The answer to a verify request.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Verdict {
     pub valid: bool,
     pub code: Code,
@@ -104,7 +104,7 @@ pub struct Verdict {
 }
 
 /// A key's place in a rotation, as verify reports it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct RotationStage {
     /// `previous`: replaced, working until `stops_at`; `current`: the replacement.
     pub stage: &'static str,

@@ -33,7 +33,7 @@ impl Record for PkiState {
 pub const STATE_ID: &str = "state";
 
 /// What a certificate was issued for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Profile {
     /// The bootstrap administrator's client certificate.
@@ -45,7 +45,7 @@ pub enum Profile {
 }
 
 /// RFC 5280 revocation reasons, as the API spells them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RevocationReason {
     Unspecified,
@@ -118,7 +118,7 @@ impl CertRecord {
 }
 
 /// A certificate's public metadata as the API shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct CertView {
     pub serial: Serial,
     pub identity: String,

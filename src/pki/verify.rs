@@ -50,7 +50,7 @@ pub fn build_verifier(
 }
 
 /// The answer's code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CertCode {
     Valid,
@@ -73,7 +73,7 @@ impl CertCode {
 }
 
 /// The answer to a certificate verification.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct CertVerdict {
     pub valid: bool,
     pub code: CertCode,

@@ -18,5 +18,6 @@ mod gateway;
 mod helpers;
 mod input;
 mod lifecycle;
+mod openapi;
 mod raw;
 mod startup;

@@ -6,15 +6,25 @@ use super::ListQuery;
 use crate::{
     access::{Permission, authorize, target_tenant},
     http::{
-        error::ApiError,
+        error::{ApiError, ErrorBody},
         extract::{Audited, Authenticated, Json, Query, path_param},
         idempotency::{self, Reply},
         state::AppState,
     },
     ids::ApiId,
-    keys::{ApiPatch, NewApi},
+    keys::{ApiPatch, NewApi, model::Api},
+    page::Page,
 };
 
+#[utoipa::path(
+    post, path = "/v1/apis", tag = "apis", operation_id = "createApi",
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Makes a retry safe: the same key, caller and route within 10 minutes returns the first answer.")),
+    request_body = NewApi,
+    responses(
+        (status = 201, description = "The API, registered.", body = Api),
+        (status = 409, description = "Another API of the tenant has this name, or the Idempotency-Key clashes.", body = ErrorBody),
+    ),
+)]
 pub async fn create(
     auth: Authenticated,
     audit: Audited,
@@ -42,6 +52,11 @@ pub async fn create(
         .await
 }
 
+#[utoipa::path(
+    get, path = "/v1/apis", tag = "apis", operation_id = "listApis",
+    params(ListQuery),
+    responses((status = 200, description = "One page of the APIs the caller may see.", body = Page<Api>)),
+)]
 pub async fn list(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -53,6 +68,11 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(page))
 }
 
+#[utoipa::path(
+    get, path = "/v1/apis/{id}", tag = "apis", operation_id = "getApi",
+    params(("id" = ApiId, Path, description = "The API's id.")),
+    responses((status = 200, description = "The API.", body = Api)),
+)]
 pub async fn get(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -64,6 +84,15 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(core.keys.get_api(&scope, &id).await?))
 }
 
+#[utoipa::path(
+    patch, path = "/v1/apis/{id}", tag = "apis", operation_id = "updateApi",
+    params(("id" = ApiId, Path, description = "The API's id.")),
+    request_body = ApiPatch,
+    responses(
+        (status = 200, description = "The API, changed.", body = Api),
+        (status = 409, description = "Another API of the tenant has this name, or a concurrent change won.", body = ErrorBody),
+    ),
+)]
 pub async fn update(
     auth: Authenticated,
     audit: Audited,
@@ -81,6 +110,14 @@ pub async fn update(
     Ok(HttpResponse::Ok().json(api))
 }
 
+#[utoipa::path(
+    delete, path = "/v1/apis/{id}", tag = "apis", operation_id = "deleteApi",
+    params(("id" = ApiId, Path, description = "The API's id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 409, description = "The API still has keys that are not revoked or expired.", body = ErrorBody),
+    ),
+)]
 pub async fn delete(
     auth: Authenticated,
     audit: Audited,

@@ -2,20 +2,21 @@
 
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::{
     access::{Permission, authorize},
+    audit::{Checkpoint, EntryView, Report},
     http::{
         error::ApiError,
         extract::{Authenticated, Query},
         state::AppState,
     },
-    page::{DEFAULT_LIMIT, MAX_LIMIT},
+    page::{DEFAULT_LIMIT, MAX_LIMIT, Page},
 };
 
 /// `GET /v1/audit?after_seq=&limit=` (`cursor` is accepted as a synonym of `after_seq`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     #[serde(default)]
@@ -26,6 +27,11 @@ pub struct AuditQuery {
     limit: Option<u64>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/audit", tag = "audit", operation_id = "listAudit",
+    params(AuditQuery),
+    responses((status = 200, description = "Entries after `after_seq`, oldest first; `next_cursor` is the last seq of a full page.", body = Page<EntryView>)),
+)]
 pub async fn list(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -43,9 +49,16 @@ pub async fn list(
     let next = (items.len() == limit)
         .then(|| last.map(|s| s.to_string()))
         .flatten();
-    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next})))
+    Ok(HttpResponse::Ok().json(Page {
+        items,
+        next_cursor: next,
+    }))
 }
 
+#[utoipa::path(
+    get, path = "/v1/audit/verify", tag = "audit", operation_id = "verifyAudit",
+    responses((status = 200, description = "The whole chain checked.", body = Report)),
+)]
 pub async fn verify(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -57,13 +70,19 @@ pub async fn verify(
 }
 
 /// `GET /v1/audit/checkpoint?fresh=true` signs the current head now.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointQuery {
     #[serde(default)]
     fresh: bool,
 }
 
+#[utoipa::path(
+    get, path = "/v1/audit/checkpoint", tag = "audit", operation_id = "auditCheckpoint",
+    params(CheckpointQuery),
+    responses((status = 200, description = "The latest signed checkpoint (or a fresh one) with the audit public key.", body = Checkpoint)),
+)]
 pub async fn checkpoint(
     auth: Authenticated,
     state: web::Data<AppState>,

@@ -6,9 +6,10 @@ use serde::{Deserialize, Serialize};
 use super::ListQuery;
 use crate::{
     access::{Credential, Permission, authorize, may_grant, target_tenant},
+    clock::Timestamp,
     crypto::secret::SecretString,
     http::{
-        error::ApiError,
+        error::{ApiError, ErrorBody},
         extract::{
             Audited, Authenticated, AuthenticatedCert, Json, OptionalJson, Query, path_param,
         },
@@ -17,8 +18,9 @@ use crate::{
     },
     ids::TenantName,
     metrics,
+    page::Page,
     pki::{
-        Issued, KeySource, enrol,
+        CertVerdict, Issued, KeySource, enrol,
         identity::{Identity, ServiceName, SpiffeId},
         records::{CertView, RevocationReason},
         serial::Serial,
@@ -26,7 +28,7 @@ use crate::{
 };
 
 /// `POST /v1/certs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssueBody {
     /// Only the global admin names the tenant (default `default`).
@@ -43,7 +45,7 @@ pub struct IssueBody {
 }
 
 /// `POST /v1/certs/renew`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenewBody {
     /// A new CSR to rotate the key pair; without it the current public key is kept.
@@ -54,7 +56,7 @@ pub struct RenewBody {
 }
 
 /// `POST /v1/certs/{serial}/revoke`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeBody {
     #[serde(default)]
@@ -62,7 +64,7 @@ pub struct RevokeBody {
 }
 
 /// `POST /v1/certs/verify`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyBody {
     /// PEM: the leaf, optionally followed by its chain.
@@ -70,7 +72,8 @@ pub struct VerifyBody {
 }
 
 /// `GET /v1/certs?identity=&cursor=&limit=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CertListQuery {
     /// A service name (in the `default` tenant) or a full SPIFFE id.
@@ -83,32 +86,57 @@ pub struct CertListQuery {
 }
 
 /// An issued certificate as the API returns it.
-#[derive(Serialize)]
-struct IssuedBody<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct IssuedCert<'a> {
     serial: &'a Serial,
+    /// The SPIFFE id the certificate names.
     identity: &'a str,
     tenant: &'a Option<TenantName>,
+    /// The leaf, PEM.
     certificate: String,
+    /// The issuing CA's certificate (and any intermediate), PEM, leaf's issuer first.
     chain: Vec<String>,
-    not_before: String,
-    not_after: String,
+    not_before: Timestamp,
+    not_after: Timestamp,
+    /// The private key (PKCS#8 PEM), only with `generate: true`: shown this once, never stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     private_key: Option<&'a str>,
 }
 
-fn issued_body<'a>(i: &'a Issued, private_key: Option<&'a str>) -> IssuedBody<'a> {
-    IssuedBody {
+fn issued_body<'a>(i: &'a Issued, private_key: Option<&'a str>) -> IssuedCert<'a> {
+    IssuedCert {
         serial: &i.serial,
         identity: &i.identity,
         tenant: &i.tenant,
         certificate: i.cert_pem(),
         chain: i.chain_pem(),
-        not_before: i.not_before.to_string(),
-        not_after: i.not_after.to_string(),
+        not_before: i.not_before,
+        not_after: i.not_after,
         private_key,
     }
 }
 
+/// A new enrolment token: the token itself is shown this once.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EnrolmentTokenBody<'a> {
+    id: &'a str,
+    /// The single-use token, for `POST /v1/enrol`.
+    token: &'a str,
+    tenant: &'a TenantName,
+    identity: &'a ServiceName,
+    expires_at: Timestamp,
+}
+
+#[utoipa::path(
+    post, path = "/v1/certs", tag = "certs", operation_id = "issueCert",
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Makes a retry safe: the same key, caller and route within 10 minutes returns the first answer.")),
+    request_body = IssueBody,
+    responses(
+        (status = 201, description = "The certificate (and, with `generate`, its private key, once).", body = IssuedCert,
+            headers(("cache-control" = String, description = "`no-store`"))),
+        (status = 409, description = "The Idempotency-Key was used with another request, or its first request is in progress.", body = ErrorBody),
+    ),
+)]
 pub async fn issue(
     auth: Authenticated,
     audit: Audited,
@@ -157,6 +185,14 @@ pub async fn issue(
         .await
 }
 
+#[utoipa::path(
+    post, path = "/v1/certs/renew", tag = "certs", operation_id = "renewCert",
+    request_body(content = RenewBody, description = "Optional: without a CSR the current public key is kept."),
+    responses(
+        (status = 201, description = "A new certificate for the caller's own identity.", body = IssuedCert),
+    ),
+    security(("mtls" = [])),
+)]
 pub async fn renew(
     auth: AuthenticatedCert,
     audit: Audited,
@@ -186,6 +222,11 @@ pub async fn renew(
     Reply::json(StatusCode::CREATED, &issued_body(&issued, None)).map(|r| r.to_response(false))
 }
 
+#[utoipa::path(
+    get, path = "/v1/certs", tag = "certs", operation_id = "listCerts",
+    params(CertListQuery),
+    responses((status = 200, description = "One page of certificates (metadata only).", body = Page<CertView>)),
+)]
 pub async fn list(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -227,6 +268,11 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(page))
 }
 
+#[utoipa::path(
+    get, path = "/v1/certs/{serial}", tag = "certs", operation_id = "getCert",
+    params(("serial" = Serial, Path, description = "The certificate's serial, lowercase hex.")),
+    responses((status = 200, description = "The certificate's metadata.", body = CertView)),
+)]
 pub async fn get(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -239,6 +285,15 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(CertView::new(&rec, state.clock.now())))
 }
 
+#[utoipa::path(
+    post, path = "/v1/certs/{serial}/revoke", tag = "certs", operation_id = "revokeCert",
+    params(("serial" = Serial, Path, description = "The certificate's serial, lowercase hex.")),
+    request_body(content = RevokeBody, description = "Optional: the RFC 5280 reason (default `unspecified`)."),
+    responses(
+        (status = 200, description = "The certificate, revoked; the next CRL lists it and handshakes with it fail at once.", body = CertView),
+        (status = 409, description = "A concurrent change won.", body = ErrorBody),
+    ),
+)]
 pub async fn revoke(
     auth: Authenticated,
     audit: Audited,
@@ -258,6 +313,11 @@ pub async fn revoke(
     Ok(HttpResponse::Ok().json(CertView::new(&rec, now)))
 }
 
+#[utoipa::path(
+    post, path = "/v1/certs/verify", tag = "certs", operation_id = "verifyCert",
+    request_body = VerifyBody,
+    responses((status = 200, description = "The verdict: `valid` and a `code`. An untrusted certificate is still a 200.", body = CertVerdict)),
+)]
 pub async fn verify(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -275,7 +335,7 @@ pub async fn verify(
 }
 
 /// `POST /v1/enrolment-tokens`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewEnrolmentToken {
     /// Only the global admin names the tenant (default: the caller's).
@@ -289,6 +349,14 @@ pub struct NewEnrolmentToken {
 
 /// Makes a single-use enrolment token for one identity: the same permission and the same
 /// no-escalation rule as issuing that identity a certificate.
+#[utoipa::path(
+    post, path = "/v1/enrolment-tokens", tag = "certs", operation_id = "createEnrolmentToken",
+    request_body = NewEnrolmentToken,
+    responses(
+        (status = 201, description = "The token, shown this once.", body = EnrolmentTokenBody,
+            headers(("cache-control" = String, description = "`no-store`"))),
+    ),
+)]
 pub async fn create_enrolment_token(
     auth: Authenticated,
     audit: Audited,
@@ -319,17 +387,17 @@ pub async fn create_enrolment_token(
         .await?;
     Ok(HttpResponse::Created()
         .insert_header(("cache-control", "no-store"))
-        .json(serde_json::json!({
-            "id": token.id,
-            "token": secret.expose(),
-            "tenant": token.tenant,
-            "identity": token.identity,
-            "expires_at": token.expires_at,
-        })))
+        .json(EnrolmentTokenBody {
+            id: &token.id,
+            token: secret.expose(),
+            tenant: &token.tenant,
+            identity: &token.identity,
+            expires_at: token.expires_at,
+        }))
 }
 
 /// `POST /v1/enrol` (no credential: the token is one).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrolBody {
     token: SecretString,
@@ -342,6 +410,15 @@ pub struct EnrolBody {
 
 /// Trades an enrolment token and a CSR for the first certificate. An unknown, used, expired
 /// or other identity's token is the uniform 401 and counts towards the source's lockout.
+#[utoipa::path(
+    post, path = "/v1/enrol", tag = "certs", operation_id = "enrol",
+    request_body = EnrolBody,
+    responses(
+        (status = 201, description = "The workload's first certificate.", body = IssuedCert),
+        (status = 401, description = "The token is unknown, used, expired or for another identity (counts towards the source's lockout).", body = ErrorBody),
+    ),
+    security(()),
+)]
 pub async fn enrol(
     audit: Audited,
     state: web::Data<AppState>,

@@ -1,19 +1,63 @@
 //! `/v1/sys/...`: seal status, unseal with Shamir shares, seal, keyring rotation, backup.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::{
     access::{Permission, authorize},
+    app::KeySource,
     crypto::secret::SecretString,
     http::{
-        error::ApiError,
+        error::{ApiError, ErrorBody},
         extract::{Audited, Authenticated, Json},
         state::AppState,
     },
     store::{Batch, Recorder},
 };
+
+/// `GET /v1/sys/status`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SysStatus {
+    sealed: bool,
+    initialized: bool,
+    key_source: KeySource,
+    /// Shares needed to unseal (servers sealed with shares).
+    threshold: Option<u8>,
+    shares: Option<u8>,
+    /// Shares given so far.
+    progress: usize,
+    /// `null` while sealed.
+    keyring: Option<KeyringVersions>,
+    version: &'static str,
+}
+
+/// The data-key versions: new writes use `current`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct KeyringVersions {
+    current: u32,
+    versions: Vec<u32>,
+}
+
+/// Seal state, and unseal progress while sealed.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SealState {
+    sealed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    threshold: Option<usize>,
+}
+
+impl SealState {
+    fn sealed(sealed: bool) -> Self {
+        Self {
+            sealed,
+            progress: None,
+            threshold: None,
+        }
+    }
+}
 
 fn admin_only(auth: &Authenticated) -> Result<(), ApiError> {
     authorize(&auth.0, Permission::Admin)?;
@@ -25,6 +69,11 @@ fn admin_only(auth: &Authenticated) -> Result<(), ApiError> {
 }
 
 /// `GET /v1/sys/status` (anyone).
+#[utoipa::path(
+    get, path = "/v1/sys/status", tag = "sys", operation_id = "sysStatus",
+    responses((status = 200, description = "Seal state, unseal progress and the data-key versions.", body = SysStatus)),
+    security(()),
+)]
 pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let seal = state.vault.seal.as_ref();
     let progress = state
@@ -34,21 +83,25 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         .len();
     let keyring = state.try_core().map(|c| {
         let (current, versions) = c.sled.key_versions();
-        json!({"current": current, "versions": versions})
+        KeyringVersions { current, versions }
     });
-    Ok(HttpResponse::Ok().json(json!({
-        "sealed": state.sealed(),
-        "initialized": state.vault.db().and_then(|d| d.initialized()).unwrap_or(false),
-        "key_source": state.vault.key_source(),
-        "threshold": seal.map(|s| s.threshold),
-        "shares": seal.map(|s| s.shares),
-        "progress": progress,
-        "keyring": keyring,
-        "version": env!("CARGO_PKG_VERSION"),
-    })))
+    Ok(HttpResponse::Ok().json(SysStatus {
+        sealed: state.sealed(),
+        initialized: state
+            .vault
+            .db()
+            .and_then(|d| d.initialized())
+            .unwrap_or(false),
+        key_source: state.vault.key_source(),
+        threshold: seal.map(|s| s.threshold),
+        shares: seal.map(|s| s.shares),
+        progress,
+        keyring,
+        version: env!("CARGO_PKG_VERSION"),
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UnsealBody {
     share: SecretString,
@@ -57,13 +110,22 @@ pub struct UnsealBody {
 /// `POST /v1/sys/unseal {share}` (anyone). Each share is checked on arrival against the hash
 /// stored at init; a wrong or repeated share is refused without resetting the others'
 /// progress. At the threshold the server unseals.
+#[utoipa::path(
+    post, path = "/v1/sys/unseal", tag = "sys", operation_id = "unseal",
+    request_body = UnsealBody,
+    responses(
+        (status = 200, description = "Progress: still sealed until `threshold` shares were given.", body = SealState),
+        (status = 409, description = "This data directory is not sealed with shares.", body = ErrorBody),
+    ),
+    security(()),
+)]
 pub async fn unseal(
     state: web::Data<AppState>,
     req: HttpRequest,
     body: Json<UnsealBody>,
 ) -> Result<HttpResponse, ApiError> {
     if !state.sealed() {
-        return Ok(HttpResponse::Ok().json(json!({"sealed": false})));
+        return Ok(HttpResponse::Ok().json(SealState::sealed(false)));
     }
     let Some(seal) = state.vault.seal.as_ref() else {
         return Err(ApiError::Conflict(
@@ -93,9 +155,11 @@ pub async fn unseal(
         }
         p.push((n, bytes));
         if p.len() < threshold {
-            return Ok(HttpResponse::Ok().json(json!({
-                "sealed": true, "progress": p.len(), "threshold": threshold,
-            })));
+            return Ok(HttpResponse::Ok().json(SealState {
+                sealed: true,
+                progress: Some(p.len()),
+                threshold: Some(threshold),
+            }));
         }
         std::mem::take(&mut *p)
     };
@@ -114,11 +178,18 @@ pub async fn unseal(
     rec.record(&mut b, "sys", None)?;
     core.store.commit(b).await?;
     tracing::info!("unsealed");
-    Ok(HttpResponse::Ok()
-        .json(json!({"sealed": false, "progress": threshold, "threshold": threshold})))
+    Ok(HttpResponse::Ok().json(SealState {
+        sealed: false,
+        progress: Some(threshold),
+        threshold: Some(threshold),
+    }))
 }
 
 /// `POST /v1/sys/seal` (global admin): every key leaves memory at once.
+#[utoipa::path(
+    post, path = "/v1/sys/seal", tag = "sys", operation_id = "seal",
+    responses((status = 200, description = "Sealed: every key left memory.", body = SealState)),
+)]
 pub async fn seal(
     auth: Authenticated,
     audit: Audited,
@@ -144,11 +215,15 @@ pub async fn seal(
         .unwrap_or_else(|e| e.into_inner())
         .clear();
     tracing::info!("sealed");
-    Ok(HttpResponse::Ok().json(json!({"sealed": true})))
+    Ok(HttpResponse::Ok().json(SealState::sealed(true)))
 }
 
 /// `POST /v1/sys/rotate-keyring` (global admin): a new data-key version for new writes; a
 /// background pass moves old records over, then retires old versions.
+#[utoipa::path(
+    post, path = "/v1/sys/rotate-keyring", tag = "sys", operation_id = "rotateKeyring",
+    responses((status = 200, description = "A new data-key version for new writes.", body = KeyringVersions)),
+)]
 pub async fn rotate_keyring(
     auth: Authenticated,
     audit: Audited,
@@ -164,11 +239,15 @@ pub async fn rotate_keyring(
     audit.record(&mut b, &format!("data-key-{current}"), None)?;
     core.store.commit(b).await?;
     let (_, versions) = core.sled.key_versions();
-    Ok(HttpResponse::Ok().json(json!({"current": current, "versions": versions})))
+    Ok(HttpResponse::Ok().json(KeyringVersions { current, versions }))
 }
 
 /// `GET /v1/sys/backup` (global admin): an online, consistent, still-sealed snapshot with a
 /// checksum. Commits wait while it is copied; reads go on. It never holds the master key.
+#[utoipa::path(
+    get, path = "/v1/sys/backup", tag = "sys", operation_id = "backup",
+    responses((status = 200, description = "An online, consistent, still-sealed snapshot with a checksum (`tessera restore` reads it).", body = Vec<u8>, content_type = "application/octet-stream")),
+)]
 pub async fn backup(
     auth: Authenticated,
     audit: Audited,

@@ -31,7 +31,7 @@ use crate::{
         extract::{Authenticated, Query},
         state::AppState,
     },
-    ids::ApiId,
+    ids::{ApiId, KeyId, TenantName},
     keys::{
         CallerIdentity, Code, VerifyRequest,
         model::{Scope, Scopes},
@@ -52,7 +52,8 @@ pub const SCOPES: &str = "x-tessera-scopes";
 const MAX_CERT_HEADER: usize = 16 * 1024;
 
 /// `GET /v1/auth/check?api_id=&scopes=`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CheckQuery {
     #[serde(default)]
@@ -62,6 +63,28 @@ pub struct CheckQuery {
     scopes: Option<String>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/auth/check", tag = "gateway", operation_id = "forwardAuth",
+    description = "Forward authentication for nginx `auth_request`, Envoy `ext_authz` (HTTP) and Traefik `ForwardAuth`. Any method is answered the same way (gateways pass the original request's).",
+    params(CheckQuery, ("X-Api-Key" = Option<String>, Header, description = "The end client's API key (the header name is `forward_auth.key_header`). Never in the URL."),
+        ("X-Client-Cert" = Option<String>, Header, description = "The end client's certificate as the gateway verified it: URL-escaped PEM (nginx `$ssl_client_escaped_cert`; the name is `forward_auth.cert_header`)."),
+        ("X-Tessera-Api-Id" = Option<ApiId>, Header, description = "The API the key must belong to (or `api_id` in the query)."),
+        ("X-Tessera-Scopes" = Option<String>, Header, description = "Comma-separated scopes the key must hold (or `scopes` in the query).")),
+    responses(
+        (status = 204, description = "Allowed. The identity headers are for the upstream.",
+            headers(
+                ("X-Tessera-Key-Id" = KeyId, description = "The key's id (key requests)."),
+                ("X-Tessera-Api-Id" = ApiId, description = "The key's API."),
+                ("X-Tessera-Tenant" = TenantName, description = "The key's or certificate's tenant."),
+                ("X-Tessera-Identity" = String, description = "The client certificate's SPIFFE id (certificate requests)."),
+                ("X-Tessera-Scopes" = String, description = "The key's scopes, comma-separated."),
+            )),
+        (status = 401, description = "The end client's credential is missing, unknown, revoked, expired, disabled or presented by the wrong identity (empty body); or the gateway's own credential failed (the uniform error body)."),
+        (status = 403, description = "The key lacks a required scope or its quota is used up (empty body); or the gateway lacks `keys:verify`/`certs:verify` (error body)."),
+        (status = 429, description = "The key's rate limit (empty body), or the gateway is throttled (error body).",
+            headers(("Retry-After" = u64, description = "Seconds."))),
+    ),
+)]
 pub async fn check(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -72,6 +95,28 @@ pub async fn check(
 }
 
 /// The Envoy form, `/v1/auth/check/<original path>`: settings from headers only.
+#[utoipa::path(
+    get, path = "/v1/auth/check/{path}", tag = "gateway", operation_id = "forwardAuthPrefixed",
+    description = "The same check for Envoy, which appends the original path to `path_prefix`. The query string belongs to the original request and is ignored: pass the API and scopes as headers. Any method.",
+    params(("path" = String, Path, description = "The original request's path (ignored)."), ("X-Api-Key" = Option<String>, Header, description = "The end client's API key (the header name is `forward_auth.key_header`). Never in the URL."),
+        ("X-Client-Cert" = Option<String>, Header, description = "The end client's certificate as the gateway verified it: URL-escaped PEM (nginx `$ssl_client_escaped_cert`; the name is `forward_auth.cert_header`)."),
+        ("X-Tessera-Api-Id" = Option<ApiId>, Header, description = "The API the key must belong to (or `api_id` in the query)."),
+        ("X-Tessera-Scopes" = Option<String>, Header, description = "Comma-separated scopes the key must hold (or `scopes` in the query).")),
+    responses(
+        (status = 204, description = "Allowed. The identity headers are for the upstream.",
+            headers(
+                ("X-Tessera-Key-Id" = KeyId, description = "The key's id (key requests)."),
+                ("X-Tessera-Api-Id" = ApiId, description = "The key's API."),
+                ("X-Tessera-Tenant" = TenantName, description = "The key's or certificate's tenant."),
+                ("X-Tessera-Identity" = String, description = "The client certificate's SPIFFE id (certificate requests)."),
+                ("X-Tessera-Scopes" = String, description = "The key's scopes, comma-separated."),
+            )),
+        (status = 401, description = "The end client's credential is missing, unknown, revoked, expired, disabled or presented by the wrong identity (empty body); or the gateway's own credential failed (the uniform error body)."),
+        (status = 403, description = "The key lacks a required scope or its quota is used up (empty body); or the gateway lacks `keys:verify`/`certs:verify` (error body)."),
+        (status = 429, description = "The key's rate limit (empty body), or the gateway is throttled (error body).",
+            headers(("Retry-After" = u64, description = "Seconds."))),
+    ),
+)]
 pub async fn check_prefixed(
     auth: Authenticated,
     state: web::Data<AppState>,

@@ -1,19 +1,26 @@
-//! `/v1/apis/{id}/keys` and `/v1/keys/...`: the API-key lifecycle and verification.
+//! `/v1/apis/{api_id}/keys` and `/v1/keys/...`: the API-key lifecycle and verification.
 
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
+use std::borrow::Cow;
+
 use serde::Serialize;
+use utoipa::{
+    PartialSchema, ToSchema,
+    openapi::{AllOfBuilder, ObjectBuilder, Ref, RefOr, Schema, schema::Type},
+};
 
 use super::ListQuery;
+use crate::page::Page;
 use crate::{
     access::{Credential, Permission, authorize},
     http::{
-        error::ApiError,
+        error::{ApiError, ErrorBody},
         extract::{Audited, Authenticated, Json, OptionalJson, Query, path_param},
         idempotency::{self, Reply},
         state::AppState,
     },
     ids::{ApiId, KeyId},
-    keys::{CallerIdentity, KeyPatch, NewKey, RotateKey, VerifyRequest},
+    keys::{CallerIdentity, KeyPatch, NewKey, RotateKey, Verdict, VerifyRequest, model::KeyView},
     metrics,
 };
 
@@ -25,6 +32,44 @@ pub(super) struct WithSecret<'a, T: Serialize> {
     pub key: &'a str,
 }
 
+/// A new API key's answer.
+pub(super) type KeyWithSecret<'a> = WithSecret<'a, KeyView>;
+
+impl<T: Serialize + ToSchema> PartialSchema for WithSecret<'_, T> {
+    fn schema() -> RefOr<Schema> {
+        let key = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "The key itself. Shown this once: Tessera keeps only its HMAC.",
+            ));
+        AllOfBuilder::new()
+            .item(Ref::from_schema_name(T::name()))
+            .item(ObjectBuilder::new().property("key", key).required("key"))
+            .into()
+    }
+}
+
+impl<T: Serialize + ToSchema> ToSchema for WithSecret<'_, T> {
+    fn name() -> Cow<'static, str> {
+        Cow::Owned(format!("{}WithSecret", T::name()))
+    }
+
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((T::name().into_owned(), T::schema()));
+        T::schemas(schemas);
+    }
+}
+
+#[utoipa::path(
+    post, path = "/v1/apis/{api_id}/keys", tag = "keys", operation_id = "createKey",
+    params(("api_id" = ApiId, Path, description = "The API the key is for."), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Makes a retry safe: the same key, caller and route within 10 minutes returns the first answer.")),
+    request_body = NewKey,
+    responses(
+        (status = 201, description = "The key's metadata and, once, the key itself (`key`).", body = KeyWithSecret,
+            headers(("cache-control" = String, description = "`no-store`"))),
+        (status = 409, description = "The Idempotency-Key was used with another request, or its first request is in progress.", body = ErrorBody),
+    ),
+)]
 pub async fn create(
     auth: Authenticated,
     audit: Audited,
@@ -57,6 +102,11 @@ pub async fn create(
         .await
 }
 
+#[utoipa::path(
+    get, path = "/v1/apis/{api_id}/keys", tag = "keys", operation_id = "listKeys",
+    params(("api_id" = ApiId, Path, description = "The API whose keys to list."), ListQuery),
+    responses((status = 200, description = "One page of the API's keys (metadata only).", body = Page<KeyView>)),
+)]
 pub async fn list(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -73,6 +123,11 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(page))
 }
 
+#[utoipa::path(
+    get, path = "/v1/keys/{id}", tag = "keys", operation_id = "getKey",
+    params(("id" = KeyId, Path, description = "The key's id.")),
+    responses((status = 200, description = "The key's metadata (never the secret).", body = KeyView)),
+)]
 pub async fn get(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -88,6 +143,15 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(view))
 }
 
+#[utoipa::path(
+    patch, path = "/v1/keys/{id}", tag = "keys", operation_id = "updateKey",
+    params(("id" = KeyId, Path, description = "The key's id.")),
+    request_body = KeyPatch,
+    responses(
+        (status = 200, description = "The key, changed.", body = KeyView),
+        (status = 409, description = "The key is revoked, or a concurrent change won.", body = ErrorBody),
+    ),
+)]
 pub async fn update(
     auth: Authenticated,
     audit: Audited,
@@ -105,6 +169,16 @@ pub async fn update(
     Ok(HttpResponse::Ok().json(view))
 }
 
+#[utoipa::path(
+    post, path = "/v1/keys/{id}/rotate", tag = "keys", operation_id = "rotateKey",
+    params(("id" = KeyId, Path, description = "The key's id."), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Makes a retry safe: the same key, caller and route within 10 minutes returns the first answer.")),
+    request_body(content = RotateKey, description = "Optional: an empty body rotates with no grace."),
+    responses(
+        (status = 201, description = "The replacement key's metadata and, once, the new key (`key`).", body = KeyWithSecret,
+            headers(("cache-control" = String, description = "`no-store`"))),
+        (status = 409, description = "The key is revoked, expired or already replaced, or the Idempotency-Key clashes.", body = ErrorBody),
+    ),
+)]
 pub async fn rotate(
     auth: Authenticated,
     audit: Audited,
@@ -142,28 +216,31 @@ pub(super) async fn rotate_in(
                 .rotate_key(&**audit, scope, root, id, body.value, now)
                 .await?;
             metrics::KEYS_ISSUED.inc();
-            let view = if root {
-                serde_json::to_value(super::rootkeys::RootKeyView::from(&view))
+            let key = secret.expose();
+            if root {
+                let view = &super::rootkeys::RootKeyView::from(&view);
+                Reply::json(StatusCode::CREATED, &WithSecret { view, key })
             } else {
-                serde_json::to_value(&view)
+                Reply::json(StatusCode::CREATED, &WithSecret { view: &view, key })
             }
-            .map_err(|_| ApiError::Internal)?;
-            Reply::json(
-                StatusCode::CREATED,
-                &WithSecret {
-                    view: &view,
-                    key: secret.expose(),
-                },
-            )
         })
         .await
 }
 
 /// `POST /v1/keys/{id}/revoke` takes no fields (an empty body or `{}`).
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeBody {}
 
+#[utoipa::path(
+    post, path = "/v1/keys/{id}/revoke", tag = "keys", operation_id = "revokeKey",
+    params(("id" = KeyId, Path, description = "The key's id.")),
+    request_body(content = RevokeBody, description = "Optional: no fields."),
+    responses(
+        (status = 200, description = "The key, revoked (revoking twice is not an error).", body = KeyView),
+        (status = 409, description = "A concurrent change won.", body = ErrorBody),
+    ),
+)]
 pub async fn revoke(
     auth: Authenticated,
     audit: Audited,
@@ -181,6 +258,11 @@ pub async fn revoke(
     Ok(HttpResponse::Ok().json(view))
 }
 
+#[utoipa::path(
+    post, path = "/v1/keys/verify", tag = "keys", operation_id = "verifyKey",
+    request_body = VerifyRequest,
+    responses((status = 200, description = "The verdict: `valid` and a `code`. A key that is not valid is still a 200.", body = Verdict)),
+)]
 pub async fn verify(
     auth: Authenticated,
     state: web::Data<AppState>,

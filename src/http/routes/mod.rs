@@ -16,7 +16,10 @@ mod tenants;
 use actix_web::{HttpResponse, Resource, web};
 use serde::Deserialize;
 
-use super::error::ApiError;
+use super::{
+    error::ApiError,
+    openapi::{self, Shared},
+};
 use crate::page::PageRequest;
 
 fn resource(path: &str, allow: &'static str) -> Resource {
@@ -51,6 +54,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(custody::rotate_keyring)),
         )
         .service(resource("/metrics", "GET").route(web::get().to(sys::metrics)))
+        .service(resource("/openapi.json", "GET").route(web::get().to(openapi::serve)))
         .service(resource("/v1/audit", "GET").route(web::get().to(audit::list)))
         .service(resource("/v1/audit/verify", "GET").route(web::get().to(audit::verify)))
         .service(resource("/v1/audit/checkpoint", "GET").route(web::get().to(audit::checkpoint)))
@@ -66,7 +70,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::delete().to(apis::delete)),
         )
         .service(
-            resource("/v1/apis/{id}/keys", "GET, POST")
+            resource("/v1/apis/{api_id}/keys", "GET, POST")
                 .route(web::get().to(keys::list))
                 .route(web::post().to(keys::create)),
         )
@@ -139,7 +143,8 @@ pub async fn not_found() -> Result<HttpResponse, ApiError> {
 }
 
 /// `?cursor=&limit=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     #[serde(default)]
@@ -153,3 +158,34 @@ impl ListQuery {
         PageRequest::new(self.cursor.as_deref(), self.limit).map_err(|(f, m)| ApiError::bad(f, m))
     }
 }
+
+/// The OpenAPI description of every route above (see `http::openapi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Tessera",
+        description = "Issues, rotates, revokes and verifies API keys and mTLS client certificates. \
+            Every call is authenticated by a client certificate issued by Tessera or a root key \
+            (`Authorization: Bearer tsr_…`), except the few marked public. Errors are \
+            `{\"error\": {code, message, request_id, field?}}`.",
+    ),
+    security(("mtls" = []), ("root_key" = [])),
+    paths(
+        keys::verify, certs::verify, forward_auth::check, forward_auth::check_prefixed,
+        sys::healthz, sys::readyz, pki::ca_bundle, pki::crl, pki::rotate, sys::whoami,
+        custody::status, custody::unseal, custody::seal, custody::backup,
+        custody::rotate_keyring, sys::metrics, audit::list, audit::verify, audit::checkpoint,
+        apis::list, apis::create, apis::get, apis::update, apis::delete,
+        keys::list, keys::create, keys::get, keys::update, keys::rotate, keys::revoke,
+        certs::list, certs::issue, certs::renew, certs::create_enrolment_token, certs::enrol,
+        certs::get, certs::revoke,
+        tenants::list, tenants::create, tenants::get, tenants::list_roles, tenants::create_role,
+        tenants::get_role, tenants::put_role, tenants::delete_role, tenants::list_bindings,
+        tenants::get_binding, tenants::put_binding, tenants::delete_binding,
+        rootkeys::list, rootkeys::create, rootkeys::get, rootkeys::rotate, rootkeys::revoke,
+        openapi::serve,
+    ),
+    components(schemas(crate::http::error::ErrorBody)),
+    modifiers(&Shared),
+)]
+pub struct ApiDoc;

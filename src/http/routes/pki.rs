@@ -1,11 +1,11 @@
 //! `/v1/pki`: the public CA bundle and CRLs, and CA rotation.
 
 use actix_web::{HttpResponse, web};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     access::{Permission, authorize},
+    clock::Timestamp,
     http::{
         error::ApiError,
         extract::{Audited, Authenticated, Query, path_param},
@@ -16,6 +16,11 @@ use crate::{
 };
 
 /// The trust bundle; while sealed, from the public file in the certs directory.
+#[utoipa::path(
+    get, path = "/v1/pki/ca", tag = "pki", operation_id = "caBundle",
+    responses((status = 200, description = "The trust bundle: the root and the issuing CAs, PEM.", body = String, content_type = "application/pem-certificate-chain")),
+    security(()),
+)]
 pub async fn ca_bundle(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let pem = match state.try_core() {
         Some(core) => core.pki.ca_bundle_pem(),
@@ -28,23 +33,37 @@ pub async fn ca_bundle(state: web::Data<AppState>) -> Result<HttpResponse, ApiEr
 }
 
 /// `GET /v1/pki/crl?issuer=&format=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CrlQuery {
     /// A CA id, or `all` for every CA's CRL in one PEM file.
     #[serde(default)]
     issuer: Option<String>,
     #[serde(default)]
+    #[param(inline)]
     format: Option<Format>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum Format {
     Der,
     Pem,
 }
 
+#[utoipa::path(
+    get, path = "/v1/pki/crl", tag = "pki", operation_id = "crl",
+    params(CrlQuery),
+    responses(
+        (status = 200, description = "The CRL: DER (`application/pkix-crl`) by default, PEM with `format=pem`; `issuer=all` gives every CA's CRL in one PEM file (nginx's `ssl_crl` needs the whole chain's). Refresh before `nextUpdate`.",
+            content(
+                (Vec<u8> = "application/pkix-crl"),
+                (String = "application/x-pem-file"),
+            )),
+    ),
+    security(()),
+)]
 pub async fn crl(state: web::Data<AppState>, q: Query<CrlQuery>) -> Result<HttpResponse, ApiError> {
     let format = match q.0.format {
         None | Some(Format::Der) => CrlFormat::Der,
@@ -79,7 +98,27 @@ pub async fn crl(state: web::Data<AppState>, q: Query<CrlQuery>) -> Result<HttpR
         .body(body))
 }
 
+/// The answer to a CA rotation.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CaRotation {
+    /// The new issuing CA.
+    issuing: CaId,
+    /// Earlier issuing CAs, still publishing CRLs until their last certificate expires.
+    retired: Vec<RetiredCa>,
+    root: CaId,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RetiredCa {
+    id: CaId,
+    until: Timestamp,
+}
+
 /// `POST /v1/pki/rotate`: a new issuing CA.
+#[utoipa::path(
+    post, path = "/v1/pki/rotate", tag = "pki", operation_id = "rotateCa",
+    responses((status = 201, description = "A new issuing CA; the old one signs CRLs until its certificates expire.", body = CaRotation)),
+)]
 pub async fn rotate(
     auth: Authenticated,
     audit: Audited,
@@ -89,9 +128,16 @@ pub async fn rotate(
     authorize(&auth.0, Permission::Admin)?;
     let id = core.pki.rotate_issuing(&*audit, state.clock.now()).await?;
     let a = core.pki.authority();
-    Ok(HttpResponse::Created().json(json!({
-        "issuing": id,
-        "retired": a.retired.iter().map(|(c, until)| json!({"id": c.id, "until": until})).collect::<Vec<_>>(),
-        "root": a.root.id,
-    })))
+    Ok(HttpResponse::Created().json(CaRotation {
+        issuing: id,
+        retired: a
+            .retired
+            .iter()
+            .map(|(c, until)| RetiredCa {
+                id: c.id.clone(),
+                until: *until,
+            })
+            .collect(),
+        root: a.root.id.clone(),
+    }))
 }

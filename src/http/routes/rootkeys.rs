@@ -13,7 +13,7 @@ use crate::{
     access::{PermSet, Permission, authorize, may_grant, target_tenant},
     clock::Timestamp,
     http::{
-        error::ApiError,
+        error::{ApiError, ErrorBody},
         extract::{Audited, Authenticated, Json, OptionalJson, Query, path_param},
         idempotency::{self, Reply},
         state::AppState,
@@ -23,10 +23,11 @@ use crate::{
         NewRootKey, RotateKey,
         model::{KeyView, Rotation, Scope, Scopes, Text},
     },
+    page::Page,
 };
 
 /// `POST /v1/root-keys`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRootKeyBody {
     /// Only the global admin names the tenant (default `default`).
@@ -41,8 +42,11 @@ pub struct NewRootKeyBody {
     ttl_seconds: Option<u64>,
 }
 
+/// A new root key's answer.
+type RootKeyWithSecret<'a> = WithSecret<'a, RootKeyView>;
+
 /// A root key as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RootKeyView {
     id: KeyId,
     tenant: TenantName,
@@ -77,6 +81,16 @@ impl From<&KeyView> for RootKeyView {
     }
 }
 
+#[utoipa::path(
+    post, path = "/v1/root-keys", tag = "root-keys", operation_id = "createRootKey",
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Makes a retry safe: the same key, caller and route within 10 minutes returns the first answer.")),
+    request_body = NewRootKeyBody,
+    responses(
+        (status = 201, description = "The root key's metadata and, once, the key itself (`key`).", body = RootKeyWithSecret,
+            headers(("cache-control" = String, description = "`no-store`"))),
+        (status = 409, description = "The Idempotency-Key was used with another request, or its first request is in progress.", body = ErrorBody),
+    ),
+)]
 pub async fn create(
     auth: Authenticated,
     audit: Audited,
@@ -136,6 +150,11 @@ pub async fn create(
         .await
 }
 
+#[utoipa::path(
+    get, path = "/v1/root-keys", tag = "root-keys", operation_id = "listRootKeys",
+    params(ListQuery),
+    responses((status = 200, description = "One page of root keys (metadata only).", body = Page<RootKeyView>)),
+)]
 pub async fn list(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -147,12 +166,17 @@ pub async fn list(
         .keys
         .list_root_keys(&scope, &q.0.page()?, state.clock.now())
         .await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "items": page.items.iter().map(RootKeyView::from).collect::<Vec<_>>(),
-        "next_cursor": page.next_cursor,
-    })))
+    Ok(HttpResponse::Ok().json(Page {
+        items: page.items.iter().map(RootKeyView::from).collect::<Vec<_>>(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
+#[utoipa::path(
+    get, path = "/v1/root-keys/{id}", tag = "root-keys", operation_id = "getRootKey",
+    params(("id" = KeyId, Path, description = "The root key's id.")),
+    responses((status = 200, description = "The root key's metadata.", body = RootKeyView)),
+)]
 pub async fn get(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -168,6 +192,16 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(RootKeyView::from(&view)))
 }
 
+#[utoipa::path(
+    post, path = "/v1/root-keys/{id}/rotate", tag = "root-keys", operation_id = "rotateRootKey",
+    params(("id" = KeyId, Path, description = "The root key's id."), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Makes a retry safe: the same key, caller and route within 10 minutes returns the first answer.")),
+    request_body(content = RotateKey, description = "Optional: an empty body rotates with no grace."),
+    responses(
+        (status = 201, description = "The replacement's metadata and, once, the new key (`key`).", body = RootKeyWithSecret,
+            headers(("cache-control" = String, description = "`no-store`"))),
+        (status = 409, description = "The key is revoked, expired or already replaced, or the Idempotency-Key clashes.", body = ErrorBody),
+    ),
+)]
 pub async fn rotate(
     auth: Authenticated,
     audit: Audited,
@@ -181,6 +215,12 @@ pub async fn rotate(
     rotate_in(&auth, &audit, &state, &req, &scope, true, &id, body).await
 }
 
+#[utoipa::path(
+    post, path = "/v1/root-keys/{id}/revoke", tag = "root-keys", operation_id = "revokeRootKey",
+    params(("id" = KeyId, Path, description = "The root key's id.")),
+    request_body(content = RevokeBody, description = "Optional: no fields."),
+    responses((status = 200, description = "The root key, revoked.", body = RootKeyView)),
+)]
 pub async fn revoke(
     auth: Authenticated,
     audit: Audited,

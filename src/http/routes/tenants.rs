@@ -6,22 +6,31 @@ use serde::Deserialize;
 
 use super::ListQuery;
 use crate::{
-    access::{PermSet, Permission, RoleName, authorize},
+    access::{BindingView, CustomRole, PermSet, Permission, RoleName, RoleView, Tenant, authorize},
     http::{
-        error::ApiError,
+        error::{ApiError, ErrorBody},
         extract::{Audited, Authenticated, Json, Query, path_param},
         state::AppState,
     },
     ids::{TenantName, TenantScope},
+    page::Page,
     pki::identity::ServiceName,
 };
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
     name: TenantName,
 }
 
+#[utoipa::path(
+    post, path = "/v1/tenants", tag = "tenants", operation_id = "createTenant",
+    request_body = NewTenant,
+    responses(
+        (status = 201, description = "The tenant.", body = Tenant),
+        (status = 409, description = "The tenant exists.", body = ErrorBody),
+    ),
+)]
 pub async fn create(
     auth: Authenticated,
     audit: Audited,
@@ -40,6 +49,11 @@ pub async fn create(
     Ok(HttpResponse::Created().json(t))
 }
 
+#[utoipa::path(
+    get, path = "/v1/tenants", tag = "tenants", operation_id = "listTenants",
+    params(ListQuery),
+    responses((status = 200, description = "One page of the tenants the caller administers.", body = Page<Tenant>)),
+)]
 pub async fn list(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -64,6 +78,11 @@ async fn tenant_in_scope(
     Ok((scope, name))
 }
 
+#[utoipa::path(
+    get, path = "/v1/tenants/{t}", tag = "tenants", operation_id = "getTenant",
+    params(("t" = TenantName, Path, description = "The tenant's name.")),
+    responses((status = 200, description = "The tenant.", body = Tenant)),
+)]
 pub async fn get(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -75,19 +94,24 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(core.access.visible_tenant(&scope, &name).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRole {
     name: RoleName,
     permissions: PermSet,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RolePermissions {
     permissions: PermSet,
 }
 
+#[utoipa::path(
+    get, path = "/v1/tenants/{t}/roles", tag = "tenants", operation_id = "listRoles",
+    params(("t" = TenantName, Path, description = "The tenant's name.")),
+    responses((status = 200, description = "The built-in roles and the tenant's custom roles (one page).", body = Page<RoleView>)),
+)]
 pub async fn list_roles(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -96,9 +120,21 @@ pub async fn list_roles(
     let core = state.core()?;
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
     let roles = core.access.list_roles(&tenant).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"items": roles, "next_cursor": null})))
+    Ok(HttpResponse::Ok().json(Page {
+        items: roles,
+        next_cursor: None,
+    }))
 }
 
+#[utoipa::path(
+    post, path = "/v1/tenants/{t}/roles", tag = "tenants", operation_id = "createRole",
+    params(("t" = TenantName, Path, description = "The tenant's name.")),
+    request_body = NewRole,
+    responses(
+        (status = 201, description = "The custom role.", body = CustomRole),
+        (status = 409, description = "A role with this name exists.", body = ErrorBody),
+    ),
+)]
 pub async fn create_role(
     auth: Authenticated,
     audit: Audited,
@@ -131,6 +167,12 @@ pub async fn create_role(
     Ok(HttpResponse::Created().json(role))
 }
 
+#[utoipa::path(
+    put, path = "/v1/tenants/{t}/roles/{role}", tag = "tenants", operation_id = "putRole",
+    params(("t" = TenantName, Path, description = "The tenant's name."), ("role" = RoleName, Path, description = "The role's name.")),
+    request_body = RolePermissions,
+    responses((status = 200, description = "The custom role, created or replaced; takes effect on the next request.", body = CustomRole)),
+)]
 pub async fn put_role(
     auth: Authenticated,
     audit: Audited,
@@ -156,6 +198,11 @@ pub async fn put_role(
     Ok(HttpResponse::Ok().json(role))
 }
 
+#[utoipa::path(
+    get, path = "/v1/tenants/{t}/roles/{role}", tag = "tenants", operation_id = "getRole",
+    params(("t" = TenantName, Path, description = "The tenant's name."), ("role" = RoleName, Path, description = "The role's name.")),
+    responses((status = 200, description = "The role (built-in or custom).", body = RoleView)),
+)]
 pub async fn get_role(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -173,6 +220,11 @@ pub async fn get_role(
     Ok(HttpResponse::Ok().json(role))
 }
 
+#[utoipa::path(
+    delete, path = "/v1/tenants/{t}/roles/{role}", tag = "tenants", operation_id = "deleteRole",
+    params(("t" = TenantName, Path, description = "The tenant's name."), ("role" = RoleName, Path, description = "The role's name.")),
+    responses((status = 204, description = "Deleted.")),
+)]
 pub async fn delete_role(
     auth: Authenticated,
     audit: Audited,
@@ -187,12 +239,17 @@ pub async fn delete_role(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BindingBody {
     roles: Vec<RoleName>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/tenants/{t}/bindings", tag = "tenants", operation_id = "listBindings",
+    params(("t" = TenantName, Path, description = "The tenant's name.")),
+    responses((status = 200, description = "The tenant's role bindings (one page).", body = Page<BindingView>)),
+)]
 pub async fn list_bindings(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -201,9 +258,18 @@ pub async fn list_bindings(
     let core = state.core()?;
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
     let items = core.access.list_bindings(&tenant).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"items": items, "next_cursor": null})))
+    Ok(HttpResponse::Ok().json(Page {
+        items,
+        next_cursor: None,
+    }))
 }
 
+#[utoipa::path(
+    put, path = "/v1/tenants/{t}/bindings/{identity}", tag = "tenants", operation_id = "putBinding",
+    params(("t" = TenantName, Path, description = "The tenant's name."), ("identity" = ServiceName, Path, description = "The service name the binding is for.")),
+    request_body = BindingBody,
+    responses((status = 200, description = "The binding; takes effect on the next request.", body = BindingView)),
+)]
 pub async fn put_binding(
     auth: Authenticated,
     audit: Audited,
@@ -229,6 +295,11 @@ pub async fn put_binding(
     Ok(HttpResponse::Ok().json(view))
 }
 
+#[utoipa::path(
+    get, path = "/v1/tenants/{t}/bindings/{identity}", tag = "tenants", operation_id = "getBinding",
+    params(("t" = TenantName, Path, description = "The tenant's name."), ("identity" = ServiceName, Path, description = "The service name the binding is for.")),
+    responses((status = 200, description = "The binding.", body = BindingView)),
+)]
 pub async fn get_binding(
     auth: Authenticated,
     state: web::Data<AppState>,
@@ -241,6 +312,11 @@ pub async fn get_binding(
     Ok(HttpResponse::Ok().json(core.access.get_binding(&tenant, &identity).await?))
 }
 
+#[utoipa::path(
+    delete, path = "/v1/tenants/{t}/bindings/{identity}", tag = "tenants", operation_id = "deleteBinding",
+    params(("t" = TenantName, Path, description = "The tenant's name."), ("identity" = ServiceName, Path, description = "The service name the binding is for.")),
+    responses((status = 204, description = "Deleted.")),
+)]
 pub async fn delete_binding(
     auth: Authenticated,
     audit: Audited,
