@@ -63,6 +63,24 @@ fn key_format(c: &mut Criterion) {
         b.iter(|| ApiKey::parse(black_box(&text)).is_ok())
     });
     g.finish();
+
+    // A verify request body: the server's strict reading (objects only, each key once)
+    // against serde_json straight into the struct, the baseline.
+    let body = serde_json::json!({
+        "key": text, "api_id": "api_5TQ0fM2w8eXgYbNn1", "scopes": ["orders:read", "orders:write"]
+    })
+    .to_string();
+    let mut g = c.benchmark_group("verify body");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("serde_json (the baseline)", |b| {
+        b.iter(|| serde_json::from_slice::<VerifyRequest>(black_box(body.as_bytes())).is_ok())
+    });
+    g.bench_function("strict parse", |b| {
+        b.iter(|| {
+            tessera::http::extract::parse_json::<VerifyRequest>(black_box(body.as_bytes())).is_ok()
+        })
+    });
+    g.finish();
 }
 
 fn hashing(c: &mut Criterion) {

@@ -10,7 +10,12 @@ use rustls_pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use super::{abuse::Decision, error::ApiError, state::AppState};
+use super::{
+    abuse::Decision,
+    error::ApiError,
+    state::AppState,
+    strict::{Node, Strict},
+};
 use crate::app::Core;
 use crate::{
     access::{Credential, PermSet, Permission, Principal},
@@ -136,6 +141,9 @@ fn describe(path: &str, msg: &str) -> ApiError {
     if let Some(f) = named("missing field `") {
         return ApiError::bad(f, "is required");
     }
+    if let Some(f) = named("duplicate field `") {
+        return ApiError::bad(f, "is given more than once");
+    }
     let message = if msg.starts_with("must ") {
         msg.to_owned()
     } else if msg.starts_with("invalid type") {
@@ -153,22 +161,38 @@ fn describe(path: &str, msg: &str) -> ApiError {
     }
 }
 
-/// Parses JSON bytes into `T`.
+/// Parses JSON bytes into `T`: an object where `T` has a struct, each key once (see
+/// [`super::strict`]). Errors are rare: the fast pass tracks no paths, and only a failure is
+/// read again with serde_path_to_error to name the field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     check_depth(bytes)?;
+    let parsed = serde_json::from_slice::<Node>(bytes)
+        .ok()
+        .and_then(|node| T::deserialize(Strict(node)).ok());
+    match parsed {
+        Some(value) => Ok(value),
+        None => Err(parse_error::<T>(bytes)),
+    }
+}
+
+/// Why `bytes` is not a `T`, naming the field.
+fn parse_error<T: DeserializeOwned>(bytes: &[u8]) -> ApiError {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        use serde_json::error::Category;
-        match e.inner().classify() {
-            Category::Syntax | Category::Eof | Category::Io => {
-                ApiError::bad_body("the body is not valid JSON")
-            }
-            Category::Data => describe(&e.path().to_string(), &e.inner().to_string()),
+    let node: Node = match serde_path_to_error::deserialize(&mut de) {
+        // A repeated key.
+        Err(e) if e.inner().classify() == serde_json::error::Category::Data => {
+            return describe(&e.path().to_string(), &e.inner().to_string());
         }
-    })?;
-    de.end()
-        .map_err(|_| ApiError::bad_body("the body is not valid JSON"))?;
-    Ok(value)
+        Err(_) => return ApiError::bad_body("the body is not valid JSON"),
+        Ok(node) => node,
+    };
+    if de.end().is_err() {
+        return ApiError::bad_body("the body is not valid JSON");
+    }
+    match serde_path_to_error::deserialize::<_, T>(Strict(node)) {
+        Err(e) => describe(&e.path().to_string(), &e.inner().to_string()),
+        Ok(_) => ApiError::bad_body("the body is not valid"),
+    }
 }
 
 impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {

@@ -12,4 +12,5 @@ pub mod openapi;
 mod routes;
 pub mod server;
 pub mod state;
+mod strict;
 pub mod tls;

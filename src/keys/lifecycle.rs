@@ -32,6 +32,7 @@ pub struct NewKey {
     #[serde(default)]
     pub expires_at: Option<Timestamp>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 315360000)]
     pub ttl_seconds: Option<u64>,
     #[serde(default)]
     pub remaining: Option<u64>,
@@ -90,10 +91,12 @@ pub struct NewRootKey {
 pub struct RotateKey {
     /// How long the old key keeps working (default 0: it stops now).
     #[serde(default)]
+    #[schema(maximum = 2592000)]
     pub grace_seconds: u64,
     #[serde(default)]
     pub expires_at: Option<Timestamp>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 315360000)]
     pub ttl_seconds: Option<u64>,
 }
 

@@ -171,8 +171,10 @@ pub const MAX_GRACE_SECS: u64 = 30 * 86_400;
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     #[serde(deserialize_with = "limit_value")]
+    #[schema(minimum = 1, maximum = 1000000)]
     pub limit: u32,
     #[serde(deserialize_with = "window_value")]
+    #[schema(minimum = 1, maximum = 86400)]
     pub window_seconds: u32,
 }
 
@@ -199,8 +201,10 @@ fn window_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error>
 #[serde(deny_unknown_fields)]
 pub struct Refill {
     #[serde(deserialize_with = "amount_value")]
+    #[schema(minimum = 1)]
     pub amount: u64,
     #[serde(deserialize_with = "interval_value")]
+    #[schema(minimum = 1, maximum = 31622400)]
     pub interval_seconds: u64,
 }
 
@@ -228,6 +232,7 @@ fn interval_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Erro
 pub struct KeyDefaults {
     /// Lifetime of a new key when the request gives none.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 315360000)]
     pub ttl_seconds: Option<u64>,
     /// Scopes of a new key when the request gives none.
     #[serde(default)]

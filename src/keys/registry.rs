@@ -38,6 +38,7 @@ pub struct NewApi {
     pub key_defaults: KeyDefaults,
     /// Rotation policy: verify reports `expiring` once a key is past 80 % of this age.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 316224000)]
     pub max_key_age_seconds: Option<u64>,
 }
 
@@ -63,6 +64,7 @@ pub struct ApiPatch {
     pub key_defaults: Option<KeyDefaults>,
     /// `null` removes the policy.
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(minimum = 1, maximum = 316224000)]
     pub max_key_age_seconds: Option<Option<u64>>,
 }
 

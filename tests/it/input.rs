@@ -40,6 +40,36 @@ async fn bad_input_is_refused_and_changes_nothing() {
             .expect(400);
         assert_eq!(r["error"]["field"], field);
     }
+    // A body is an object, at every depth (serde would take an array as a struct), and says
+    // each key once.
+    let r = admin
+        .send(raw(&keys_path, "[null, null]", Some("application/json")))
+        .await
+        .expect(400);
+    assert_eq!(r["error"]["code"], "invalid_request");
+    let r = admin
+        .post(&keys_path, json!({"ratelimit": [10, 60]}))
+        .await
+        .expect(400);
+    assert_eq!(r["error"]["field"], "ratelimit");
+    let r = admin
+        .send(raw(
+            &keys_path,
+            r#"{"name": "a", "name": "b"}"#,
+            Some("application/json"),
+        ))
+        .await
+        .expect(400);
+    assert_eq!(r["error"]["field"], "name");
+    let r = admin
+        .send(raw(
+            &keys_path,
+            r#"{"metadata": {"plan": "free", "plan": "pro"}}"#,
+            Some("application/json"),
+        ))
+        .await
+        .expect(400);
+    assert_eq!(r["error"]["field"], "metadata.plan");
     // Wrong types and bounds, named.
     let r = admin
         .post(&keys_path, json!({"scopes": "read"}))

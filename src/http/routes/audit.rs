@@ -24,6 +24,7 @@ pub struct AuditQuery {
     #[serde(default)]
     cursor: Option<u64>,
     #[serde(default)]
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u64>,
 }
 

@@ -41,6 +41,7 @@ pub struct IssueBody {
     #[serde(default)]
     generate: bool,
     #[serde(default)]
+    #[schema(minimum = 1)]
     ttl_seconds: Option<u64>,
 }
 
@@ -52,6 +53,7 @@ pub struct RenewBody {
     #[serde(default)]
     csr: Option<String>,
     #[serde(default)]
+    #[schema(minimum = 1)]
     ttl_seconds: Option<u64>,
 }
 
@@ -80,8 +82,10 @@ pub struct CertListQuery {
     #[serde(default)]
     identity: Option<String>,
     #[serde(default)]
+    #[param(pattern = "^([0-9a-fA-F]{2}){1,128}$")]
     cursor: Option<String>,
     #[serde(default)]
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u64>,
 }
 
@@ -187,7 +191,7 @@ pub async fn issue(
 
 #[utoipa::path(
     post, path = "/v1/certs/renew", tag = "certs", operation_id = "renewCert",
-    request_body(content = RenewBody, description = "Optional: without a CSR the current public key is kept."),
+    request_body(content = Option<RenewBody>, description = "Optional: without a CSR the current public key is kept."),
     responses(
         (status = 201, description = "A new certificate for the caller's own identity.", body = IssuedCert),
     ),
@@ -288,7 +292,7 @@ pub async fn get(
 #[utoipa::path(
     post, path = "/v1/certs/{serial}/revoke", tag = "certs", operation_id = "revokeCert",
     params(("serial" = Serial, Path, description = "The certificate's serial, lowercase hex.")),
-    request_body(content = RevokeBody, description = "Optional: the RFC 5280 reason (default `unspecified`)."),
+    request_body(content = Option<RevokeBody>, description = "Optional: the RFC 5280 reason (default `unspecified`)."),
     responses(
         (status = 200, description = "The certificate, revoked; the next CRL lists it and handshakes with it fail at once.", body = CertView),
         (status = 409, description = "A concurrent change won.", body = ErrorBody),
@@ -344,6 +348,7 @@ pub struct NewEnrolmentToken {
     identity: ServiceName,
     /// How long the token may be used (default 600, at most 86400).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 86400)]
     ttl_seconds: Option<u64>,
 }
 
@@ -405,6 +410,7 @@ pub struct EnrolBody {
     identity: ServiceName,
     csr: String,
     #[serde(default)]
+    #[schema(minimum = 1)]
     ttl_seconds: Option<u64>,
 }
 

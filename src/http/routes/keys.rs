@@ -172,7 +172,7 @@ pub async fn update(
 #[utoipa::path(
     post, path = "/v1/keys/{id}/rotate", tag = "keys", operation_id = "rotateKey",
     params(("id" = KeyId, Path, description = "The key's id."), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Makes a retry safe: the same key, caller and route within 10 minutes returns the first answer.")),
-    request_body(content = RotateKey, description = "Optional: an empty body rotates with no grace."),
+    request_body(content = Option<RotateKey>, description = "Optional: an empty body rotates with no grace."),
     responses(
         (status = 201, description = "The replacement key's metadata and, once, the new key (`key`).", body = KeyWithSecret,
             headers(("cache-control" = String, description = "`no-store`"))),
@@ -235,7 +235,7 @@ pub struct RevokeBody {}
 #[utoipa::path(
     post, path = "/v1/keys/{id}/revoke", tag = "keys", operation_id = "revokeKey",
     params(("id" = KeyId, Path, description = "The key's id.")),
-    request_body(content = RevokeBody, description = "Optional: no fields."),
+    request_body(content = Option<RevokeBody>, description = "Optional: no fields."),
     responses(
         (status = 200, description = "The key, revoked (revoking twice is not an error).", body = KeyView),
         (status = 409, description = "A concurrent change won.", body = ErrorBody),

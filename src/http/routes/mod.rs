@@ -148,8 +148,10 @@ pub async fn not_found() -> Result<HttpResponse, ApiError> {
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     #[serde(default)]
+    #[param(pattern = "^([0-9a-fA-F]{2}){1,128}$")]
     pub cursor: Option<String>,
     #[serde(default)]
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u64>,
 }
 

@@ -39,6 +39,7 @@ pub struct NewRootKeyBody {
     #[serde(default)]
     expires_at: Option<Timestamp>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 315360000)]
     ttl_seconds: Option<u64>,
 }
 
@@ -195,7 +196,7 @@ pub async fn get(
 #[utoipa::path(
     post, path = "/v1/root-keys/{id}/rotate", tag = "root-keys", operation_id = "rotateRootKey",
     params(("id" = KeyId, Path, description = "The root key's id."), ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "Makes a retry safe: the same key, caller and route within 10 minutes returns the first answer.")),
-    request_body(content = RotateKey, description = "Optional: an empty body rotates with no grace."),
+    request_body(content = Option<RotateKey>, description = "Optional: an empty body rotates with no grace."),
     responses(
         (status = 201, description = "The replacement's metadata and, once, the new key (`key`).", body = RootKeyWithSecret,
             headers(("cache-control" = String, description = "`no-store`"))),
@@ -218,7 +219,7 @@ pub async fn rotate(
 #[utoipa::path(
     post, path = "/v1/root-keys/{id}/revoke", tag = "root-keys", operation_id = "revokeRootKey",
     params(("id" = KeyId, Path, description = "The root key's id.")),
-    request_body(content = RevokeBody, description = "Optional: no fields."),
+    request_body(content = Option<RevokeBody>, description = "Optional: no fields."),
     responses((status = 200, description = "The root key, revoked.", body = RootKeyView)),
 )]
 pub async fn revoke(
