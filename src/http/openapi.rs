@@ -11,6 +11,7 @@ use utoipa::{
     Modify, PartialSchema, ToSchema,
     openapi::{
         ContentBuilder, HttpMethod, OpenApi, Ref, RefOr, ResponseBuilder,
+        link::LinkBuilder,
         path::{Operation, ParameterIn},
         schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaFormat, Type},
         security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
@@ -28,15 +29,17 @@ use crate::{
 
 /// The spec as served and committed (pretty JSON with a final newline).
 ///
-/// Unsigned integers are described as `uint64` (and `uint32`, ...): the API takes the whole
-/// unsigned range, which `int64` would wrongly cap. utoipa spells these formats `u-int64`; the
-/// spelling OpenAPI tools know is `uint64`.
+/// Two spellings are put right after utoipa (5.5) writes the document: unsigned integers are
+/// `uint64` (and `uint32`, ...), the API taking the whole unsigned range that `int64` would
+/// wrongly cap, where utoipa writes `u-int64`; and a link's target is `operationId`, where
+/// utoipa writes `operation_id` (no schema here has a property of that name).
 pub fn document() -> String {
     let spec = <super::routes::ApiDoc as utoipa::OpenApi>::openapi();
     let mut s = spec
         .to_pretty_json()
         .unwrap_or_default()
-        .replace("\"format\": \"u-int", "\"format\": \"uint");
+        .replace("\"format\": \"u-int", "\"format\": \"uint")
+        .replace("\"operation_id\": ", "\"operationId\": ");
     s.push('\n');
     s
 }
@@ -247,6 +250,7 @@ impl Modify for Shared {
             ),
         );
         error_components(components);
+        add_links(api);
         let global_security = api.security.clone().unwrap_or_default();
         for item in api.paths.paths.values_mut() {
             for (method, op) in [
@@ -265,6 +269,108 @@ impl Modify for Shared {
                         Some(reqs) => reqs.iter().any(|r| r != &Default::default()),
                     };
                     add_errors(op, method, secured);
+                }
+            }
+        }
+    }
+}
+
+/// Links from an operation's answer: (operation, status, target operations, the targets'
+/// parameters as (name, runtime expression)); each link is named after its target.
+type Links = (
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+);
+
+const ID: &str = "$response.body#/id";
+const TENANT: (&str, &str) = ("t", "$response.body#/tenant");
+
+/// Where an answer's ids lead. Clients and stateful testers (schemathesis) follow these.
+const LINKS: &[Links] = &[
+    (
+        "createApi",
+        "201",
+        &["getApi", "updateApi", "deleteApi"],
+        &[("id", ID)],
+    ),
+    (
+        "createApi",
+        "201",
+        &["createKey", "listKeys"],
+        &[("api_id", ID)],
+    ),
+    (
+        "createKey",
+        "201",
+        &["getKey", "updateKey", "rotateKey", "revokeKey"],
+        &[("id", ID)],
+    ),
+    ("rotateKey", "201", &["getKey", "revokeKey"], &[("id", ID)]),
+    (
+        "issueCert",
+        "201",
+        &["getCert", "revokeCert"],
+        &[("serial", "$response.body#/serial")],
+    ),
+    (
+        "enrol",
+        "201",
+        &["getCert"],
+        &[("serial", "$response.body#/serial")],
+    ),
+    (
+        "createTenant",
+        "201",
+        &["getTenant", "listRoles", "createRole", "listBindings"],
+        &[("t", "$response.body#/name")],
+    ),
+    (
+        "createRole",
+        "201",
+        &["getRole", "putRole", "deleteRole"],
+        &[TENANT, ("role", "$response.body#/name")],
+    ),
+    (
+        "putBinding",
+        "200",
+        &["getBinding", "deleteBinding"],
+        &[TENANT, ("identity", "$response.body#/identity")],
+    ),
+    (
+        "createRootKey",
+        "201",
+        &["getRootKey", "rotateRootKey", "revokeRootKey"],
+        &[("id", ID)],
+    ),
+];
+
+fn add_links(api: &mut OpenApi) {
+    for item in api.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let id = op.operation_id.clone().unwrap_or_default();
+            for (_, status, targets, params) in LINKS.iter().filter(|l| l.0 == id) {
+                let Some(RefOr::T(response)) = op.responses.responses.get_mut(*status) else {
+                    continue;
+                };
+                for to in *targets {
+                    let link = params
+                        .iter()
+                        .fold(LinkBuilder::new().operation_id(*to), |l, (p, expr)| {
+                            l.parameter(*p, *expr)
+                        })
+                        .build();
+                    response.links.insert((*to).to_owned(), RefOr::T(link));
                 }
             }
         }

@@ -101,6 +101,36 @@ fn every_route_is_described_and_nothing_else() {
             assert!(responses.contains_key("404"), "{method} {path}: no 404");
         }
     }
+    // Links name operations that exist, with the parameters those operations take.
+    let mut links = 0;
+    for (method, path) in &described {
+        for (status, response) in spec["paths"][path][method]["responses"]
+            .as_object()
+            .unwrap()
+        {
+            for (name, link) in response["links"].as_object().into_iter().flatten() {
+                links += 1;
+                let to = link["operationId"].as_str().unwrap_or_else(|| {
+                    panic!("{method} {path} {status} link {name}: no operationId: {link}")
+                });
+                assert!(ids.contains(to), "{method} {path}: link to unknown {to}");
+                let target = described
+                    .iter()
+                    .map(|(m, p)| &spec["paths"][p][m])
+                    .find(|op| op["operationId"] == to)
+                    .unwrap();
+                for p in link["parameters"].as_object().unwrap().keys() {
+                    let takes = target["parameters"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|x| x["name"] == p.as_str());
+                    assert!(takes, "link {name}: {to} has no parameter {p}");
+                }
+            }
+        }
+    }
+    assert!(links >= 20, "{links} links");
     let schemes = &spec["components"]["securitySchemes"];
     assert_eq!(schemes["mtls"]["type"], "mutualTLS");
     assert_eq!(schemes["root_key"]["scheme"], "bearer");
