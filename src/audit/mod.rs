@@ -49,7 +49,7 @@ pub struct Event {
     /// `anonymous`.
     pub principal: String,
     pub tenant: Option<String>,
-    /// `<METHOD> <route pattern>`, e.g. `POST /v1/apis/{api_id}/keys`, or a system action.
+    /// `<METHOD> <route pattern>`, e.g. `POST /v1/apis/{id}/keys`, or a system action.
     pub action: String,
     /// The id of the object acted on, when there is one.
     pub object: Option<String>,

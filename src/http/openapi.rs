@@ -4,7 +4,7 @@
 //! extractors and middleware give). `GET /openapi.json` serves it; `openapi.json` at the top
 //! of the repository is the same document, kept in sync by a test.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, sync::LazyLock};
 
 use actix_web::HttpResponse;
 use utoipa::{
@@ -13,7 +13,7 @@ use utoipa::{
         ContentBuilder, HttpMethod, OpenApi, Ref, RefOr, ResponseBuilder,
         link::LinkBuilder,
         path::{Operation, ParameterIn},
-        schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaFormat, Type},
+        schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaFormat, SchemaType, Type},
         security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
     },
 };
@@ -33,15 +33,18 @@ use crate::{
 /// `uint64` (and `uint32`, ...), the API taking the whole unsigned range that `int64` would
 /// wrongly cap, where utoipa writes `u-int64`; and a link's target is `operationId`, where
 /// utoipa writes `operation_id` (no schema here has a property of that name).
-pub fn document() -> String {
-    let spec = <super::routes::ApiDoc as utoipa::OpenApi>::openapi();
-    let mut s = spec
-        .to_pretty_json()
-        .unwrap_or_default()
-        .replace("\"format\": \"u-int", "\"format\": \"uint")
-        .replace("\"operation_id\": ", "\"operationId\": ");
-    s.push('\n');
-    s
+pub fn document() -> &'static str {
+    static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
+        let spec = <super::routes::ApiDoc as utoipa::OpenApi>::openapi();
+        let mut s = spec
+            .to_pretty_json()
+            .unwrap_or_default()
+            .replace("\"format\": \"u-int", "\"format\": \"uint")
+            .replace("\"operation_id\": ", "\"operationId\": ");
+        s.push('\n');
+        s
+    });
+    &DOCUMENT
 }
 
 /// `GET /openapi.json` (public: it describes the API, no secret).
@@ -269,6 +272,8 @@ impl Modify for Shared {
                         Some(reqs) => reqs.iter().any(|r| r != &Default::default()),
                     };
                     add_errors(op, method, secured);
+                    optional_bodies(op);
+                    binary_contents(op);
                 }
             }
         }
@@ -446,19 +451,23 @@ fn error_components(components: &mut utoipa::openapi::Components) {
     }
 }
 
+/// POSTs that change nothing stored, so no concurrent change can conflict with them.
+const READ_ONLY_POSTS: [&str; 2] = ["verifyKey", "verifyCert"];
+
 fn add_errors(op: &mut Operation, method: HttpMethod, secured: bool) {
     let params = op.parameters.as_deref().unwrap_or_default();
     let has_path = params.iter().any(|p| p.parameter_in == ParameterIn::Path);
     let has_input = !params.is_empty() || op.request_body.is_some();
-    let writes = matches!(
-        method,
-        HttpMethod::Post | HttpMethod::Put | HttpMethod::Patch | HttpMethod::Delete
-    );
-    let has_body = op.request_body.is_some()
-        || matches!(
+    let read_only = op
+        .operation_id
+        .as_deref()
+        .is_some_and(|id| READ_ONLY_POSTS.contains(&id));
+    let writes = !read_only
+        && matches!(
             method,
-            HttpMethod::Post | HttpMethod::Put | HttpMethod::Patch
+            HttpMethod::Post | HttpMethod::Put | HttpMethod::Patch | HttpMethod::Delete
         );
+    let has_body = op.request_body.is_some();
     for (status, name, _) in ERRORS {
         let applies = match status {
             "400" => has_input,
@@ -473,6 +482,51 @@ fn add_errors(op: &mut Operation, method: HttpMethod, secured: bool) {
                 status.to_owned(),
                 RefOr::Ref(Ref::new(format!("#/components/responses/{name}"))),
             );
+        }
+    }
+}
+
+/// An optional body (`request_body(content = Option<T>)`) may be left out, not sent as
+/// `null`: utoipa describes it as `oneOf [null, T]`; keep `T` (the body stays not required).
+fn optional_bodies(op: &mut Operation) {
+    let Some(body) = op.request_body.as_mut() else {
+        return;
+    };
+    for content in body.content.values_mut() {
+        let Some(RefOr::T(Schema::OneOf(one_of))) = &content.schema else {
+            continue;
+        };
+        let is_null = |s: &RefOr<Schema>| {
+            matches!(s, RefOr::T(Schema::Object(o))
+                if o.schema_type == SchemaType::Type(Type::Null))
+        };
+        let rest: Vec<_> = one_of.items.iter().filter(|s| !is_null(s)).collect();
+        if let [only] = rest[..]
+            && rest.len() < one_of.items.len()
+        {
+            content.schema = Some(only.clone());
+        }
+    }
+}
+
+/// Binary answers (a backup, a DER CRL) are bytes, not a JSON array of numbers.
+fn binary_contents(op: &mut Operation) {
+    for response in op.responses.responses.values_mut() {
+        let RefOr::T(response) = response else {
+            continue;
+        };
+        for (media, content) in response.content.iter_mut() {
+            if matches!(
+                media.as_str(),
+                "application/octet-stream" | "application/pkix-crl"
+            ) {
+                content.schema = Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .content_media_type(media.clone())
+                        .into(),
+                );
+            }
         }
     }
 }

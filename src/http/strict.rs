@@ -93,11 +93,14 @@ impl<'de> Visitor<'de> for NodeVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
         let mut members: Vec<(Cow<'de, str>, Node<'de>)> = Vec::new();
         while let Some(Key(key)) = map.next_key()? {
-            if members.iter().any(|(k, _)| *k == key) {
-                return Err(A::Error::custom(format_args!("duplicate field `{key}`")));
-            }
             let value = map.next_value()?;
             members.push((key, value));
+        }
+        // Sorted, so a body of many keys costs n log n here, not n².
+        let mut keys: Vec<&str> = members.iter().map(|(k, _)| k.as_ref()).collect();
+        keys.sort_unstable();
+        if let Some(w) = keys.windows(2).find(|w| w[0] == w[1]) {
+            return Err(A::Error::custom(format_args!("duplicate field `{}`", w[0])));
         }
         Ok(Node::Object(members))
     }

@@ -83,7 +83,7 @@ async fn every_mutation_and_refusal_writes_exactly_one_entry() {
     assert_eq!(e["source"], "127.0.0.1");
 
     let (kid, key) = admin.issue(&api, json!({})).await;
-    let e = one(&admin, &mut count, "POST /v1/apis/{api_id}/keys", "success").await;
+    let e = one(&admin, &mut count, "POST /v1/apis/{id}/keys", "success").await;
     assert_eq!(e["object"], kid.as_str());
 
     // Verification is the hot path: counted, not audited.

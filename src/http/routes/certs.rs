@@ -59,6 +59,7 @@ pub struct RenewBody {
 
 /// `POST /v1/certs/{serial}/revoke`.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[schema(as = CertRevokeBody)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeBody {
     #[serde(default)]

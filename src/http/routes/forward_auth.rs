@@ -100,8 +100,8 @@ pub async fn check(
     description = "The same check for Envoy, which appends the original path to `path_prefix`. The query string belongs to the original request and is ignored: pass the API and scopes as headers. Any method.",
     params(("path" = String, Path, description = "The original request's path (ignored)."), ("X-Api-Key" = Option<String>, Header, description = "The end client's API key (the header name is `forward_auth.key_header`). Never in the URL."),
         ("X-Client-Cert" = Option<String>, Header, description = "The end client's certificate as the gateway verified it: URL-escaped PEM (nginx `$ssl_client_escaped_cert`; the name is `forward_auth.cert_header`)."),
-        ("X-Tessera-Api-Id" = Option<ApiId>, Header, description = "The API the key must belong to (or `api_id` in the query)."),
-        ("X-Tessera-Scopes" = Option<String>, Header, description = "Comma-separated scopes the key must hold (or `scopes` in the query).")),
+        ("X-Tessera-Api-Id" = Option<ApiId>, Header, description = "The API the key must belong to."),
+        ("X-Tessera-Scopes" = Option<String>, Header, description = "Comma-separated scopes the key must hold.")),
     responses(
         (status = 204, description = "Allowed. The identity headers are for the upstream.",
             headers(

@@ -229,6 +229,7 @@ pub(super) async fn rotate_in(
 
 /// `POST /v1/keys/{id}/revoke` takes no fields (an empty body or `{}`).
 #[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = KeyRevokeBody)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeBody {}
 

@@ -70,7 +70,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::delete().to(apis::delete)),
         )
         .service(
-            resource("/v1/apis/{api_id}/keys", "GET, POST")
+            resource("/v1/apis/{id}/keys", "GET, POST")
                 .route(web::get().to(keys::list))
                 .route(web::post().to(keys::create)),
         )

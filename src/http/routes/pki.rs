@@ -7,7 +7,7 @@ use crate::{
     access::{Permission, authorize},
     clock::Timestamp,
     http::{
-        error::ApiError,
+        error::{ApiError, ErrorBody},
         extract::{Audited, Authenticated, Query, path_param},
         state::AppState,
     },
@@ -39,6 +39,7 @@ pub async fn ca_bundle(state: web::Data<AppState>) -> Result<HttpResponse, ApiEr
 pub struct CrlQuery {
     /// A CA id, or `all` for every CA's CRL in one PEM file.
     #[serde(default)]
+    #[param(pattern = "^(all|ca_[0-9A-Za-z]{17,32})$")]
     issuer: Option<String>,
     #[serde(default)]
     #[param(inline)]
@@ -61,6 +62,7 @@ enum Format {
                 (Vec<u8> = "application/pkix-crl"),
                 (String = "application/x-pem-file"),
             )),
+        (status = 404, description = "No CA has this id.", body = ErrorBody),
     ),
     security(()),
 )]
