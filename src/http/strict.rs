@@ -96,14 +96,27 @@ impl<'de> Visitor<'de> for NodeVisitor {
             let value = map.next_value()?;
             members.push((key, value));
         }
-        // Sorted, so a body of many keys costs n log n here, not n².
-        let mut keys: Vec<&str> = members.iter().map(|(k, _)| k.as_ref()).collect();
-        keys.sort_unstable();
-        if let Some(w) = keys.windows(2).find(|w| w[0] == w[1]) {
-            return Err(A::Error::custom(format_args!("duplicate field `{}`", w[0])));
+        if let Some(key) = repeated(&members) {
+            return Err(A::Error::custom(format_args!("duplicate field `{key}`")));
         }
         Ok(Node::Object(members))
     }
+}
+
+/// A key said twice, if any. A few keys are compared pairwise (no allocation: the common
+/// body); many are sorted first, so a body of many keys costs n log n, not n².
+fn repeated<'a>(members: &'a [(Cow<'_, str>, Node<'_>)]) -> Option<&'a str> {
+    if members.len() <= 8 {
+        return members.iter().enumerate().find_map(|(i, (k, _))| {
+            members[..i]
+                .iter()
+                .any(|(other, _)| other == k)
+                .then_some(k.as_ref())
+        });
+    }
+    let mut keys: Vec<&str> = members.iter().map(|(k, _)| k.as_ref()).collect();
+    keys.sort_unstable();
+    keys.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
 }
 
 /// An object key, borrowed from the body unless it has escapes.
@@ -288,6 +301,12 @@ mod tests {
         assert!(e.starts_with("duplicate field `name`"), "{e}");
         let e = parse_text(r#"{"meta": {"k": 1, "k": 2}}"#).unwrap_err();
         assert!(e.starts_with("duplicate field `k`"), "{e}");
+        // Past the pairwise size too.
+        let many: Vec<String> = (0..20).map(|i| format!("\"k{}\": 1", i % 19)).collect();
+        let e = parse_text(&format!("{{\"meta\": {{{}}}}}", many.join(","))).unwrap_err();
+        assert!(e.starts_with("duplicate field `k0`"), "{e}");
+        let distinct: Vec<String> = (0..20).map(|i| format!("\"k{i}\": 1")).collect();
+        assert!(parse_text(&format!("{{\"meta\": {{{}}}}}", distinct.join(","))).is_ok());
     }
 
     #[test]
