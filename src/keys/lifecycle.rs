@@ -22,6 +22,7 @@ use crate::{
 /// `POST /v1/apis/{api_id}/keys`.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "portal customer 42", "scopes": ["orders:read", "orders:write"], "metadata": {"plan": "pro"}, "ttl_seconds": 7776000, "remaining": 1000, "refill": {"amount": 1000, "interval_seconds": 86400}}))]
 pub struct NewKey {
     #[serde(default)]
     pub name: Option<Text<200>>,
@@ -54,6 +55,7 @@ pub struct NewKey {
 /// `remaining` (unlimited).
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"scopes": ["orders:read"], "enabled": false}))]
 pub struct KeyPatch {
     #[serde(default, deserialize_with = "double_option")]
     pub name: Option<Option<Text<200>>>,
@@ -88,6 +90,7 @@ pub struct NewRootKey {
 /// `POST /v1/keys/{id}/rotate`.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"grace_seconds": 3600}))]
 pub struct RotateKey {
     /// How long the old key keeps working (default 0: it stops now).
     #[serde(default)]

@@ -20,6 +20,7 @@ use crate::{
 /// `POST /v1/apis`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "orders", "purpose": "The orders API", "owner": "shop-team", "risk": "medium", "key_defaults": {"scopes": ["orders:read"]}}))]
 pub struct NewApi {
     /// Only the global admin names the tenant (default `default`); taken by the caller.
     #[serde(default)]
@@ -45,6 +46,7 @@ pub struct NewApi {
 /// `PATCH /v1/apis/{id}`: absent fields stay, `live_date: null` clears.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"owner": "platform-team", "max_key_age_seconds": 7776000}))]
 pub struct ApiPatch {
     #[serde(default)]
     pub name: Option<Text<100>>,

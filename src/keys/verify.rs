@@ -29,6 +29,7 @@ pub const MAX_KEY_FIELD: usize = 512;
 /// `POST /v1/keys/verify`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"key": "tsk_example", "scopes": ["orders:read"]}))]
 pub struct VerifyRequest {
     pub key: SecretString,
     #[serde(default)]

@@ -30,6 +30,7 @@ use crate::{
 /// `POST /v1/certs`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"identity": "orders", "generate": true, "ttl_seconds": 86400}))]
 pub struct IssueBody {
     /// Only the global admin names the tenant (default `default`).
     #[serde(default)]
@@ -48,6 +49,7 @@ pub struct IssueBody {
 /// `POST /v1/certs/renew`.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"ttl_seconds": 86400}))]
 pub struct RenewBody {
     /// A new CSR to rotate the key pair; without it the current public key is kept.
     #[serde(default)]
@@ -61,6 +63,7 @@ pub struct RenewBody {
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[schema(as = CertRevokeBody)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "key_compromise"}))]
 pub struct RevokeBody {
     #[serde(default)]
     reason: Option<RevocationReason>,
@@ -342,6 +345,7 @@ pub async fn verify(
 /// `POST /v1/enrolment-tokens`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"identity": "orders", "ttl_seconds": 600}))]
 pub struct NewEnrolmentToken {
     /// Only the global admin names the tenant (default: the caller's).
     #[serde(default)]

@@ -29,6 +29,7 @@ use crate::{
 /// `POST /v1/root-keys`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "portal", "permissions": ["apis:read", "keys:create", "keys:read"], "ttl_seconds": 7776000}))]
 pub struct NewRootKeyBody {
     /// Only the global admin names the tenant (default `default`).
     #[serde(default)]

@@ -19,6 +19,7 @@ use crate::{
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "acme"}))]
 pub struct NewTenant {
     name: TenantName,
 }
@@ -96,6 +97,7 @@ pub async fn get(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "reader", "permissions": ["apis:read", "keys:read"]}))]
 pub struct NewRole {
     name: RoleName,
     permissions: PermSet,
@@ -103,6 +105,7 @@ pub struct NewRole {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"permissions": ["apis:read", "keys:read", "keys:verify"]}))]
 pub struct RolePermissions {
     permissions: PermSet,
 }
@@ -241,6 +244,7 @@ pub async fn delete_role(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"roles": ["verifier"]}))]
 pub struct BindingBody {
     roles: Vec<RoleName>,
 }
