@@ -295,7 +295,8 @@ async fn renew_once(opts: &Options) -> Result<Validity, Attempt> {
 }
 
 /// The certificate and its chain from an issuing answer, as one PEM file.
-fn chain_pem(v: &serde_json::Value) -> String {
+/// The leaf and its chain, PEM, from an issuing answer (`certificate`, `chain`).
+pub fn chain_pem(v: &serde_json::Value) -> String {
     let mut pem = v["certificate"].as_str().unwrap_or_default().to_owned();
     for c in v["chain"].as_array().into_iter().flatten() {
         pem.push_str(c.as_str().unwrap_or_default());

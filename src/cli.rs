@@ -154,6 +154,17 @@ fn set(body: &mut Value, field: &str, v: Option<impl Into<Value>>) {
     }
 }
 
+/// A secret from the environment variable `var` when it is set, else the first line of
+/// standard input (never from the command line, where `ps` and shell history would keep it).
+pub fn secret_input(var: Option<&str>) -> std::io::Result<zeroize::Zeroizing<String>> {
+    if let Some(v) = var.and_then(|v| std::env::var(v).ok()) {
+        return Ok(zeroize::Zeroizing::new(v));
+    }
+    let mut line = zeroize::Zeroizing::new(String::new());
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line)
+}
+
 pub async fn apis(c: &Client, cmd: Apis, out: Output) -> anyhow::Result<()> {
     match cmd {
         Apis::Create {
@@ -229,14 +240,7 @@ pub async fn keys(c: &Client, cmd: Keys, out: Output) -> anyhow::Result<()> {
             .await?
         }
         Keys::Verify { api, scopes } => {
-            let key = match std::env::var("TESSERA_KEY") {
-                Ok(k) => zeroize::Zeroizing::new(k),
-                Err(_) => {
-                    let mut line = zeroize::Zeroizing::new(String::new());
-                    std::io::stdin().read_line(&mut line)?;
-                    line
-                }
-            };
+            let key = secret_input(Some("TESSERA_KEY"))?;
             let mut body = json!({ "key": key.trim() });
             set(&mut body, "api_id", api);
             if !scopes.is_empty() {
@@ -284,10 +288,7 @@ pub async fn certs(c: &Client, cmd: Certs, out: Output) -> anyhow::Result<()> {
                 o.remove("private_key");
             }
             if let Some(path) = &cert_out {
-                let mut pem = v["certificate"].as_str().unwrap_or_default().to_owned();
-                for c in v["chain"].as_array().into_iter().flatten() {
-                    pem.push_str(c.as_str().unwrap_or_default());
-                }
+                let pem = tessera::agent::chain_pem(&v);
                 tessera::files::write_atomic(path, pem.as_bytes(), tessera::files::PUBLIC)
                     .with_context(|| format!("writing {}", path.display()))?;
             }

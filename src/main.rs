@@ -497,14 +497,7 @@ fn main() -> anyhow::Result<()> {
                 }),
             ..
         }) => {
-            let token = match std::env::var("TESSERA_ENROL_TOKEN") {
-                Ok(t) => zeroize::Zeroizing::new(t),
-                Err(_) => {
-                    let mut line = zeroize::Zeroizing::new(String::new());
-                    std::io::stdin().read_line(&mut line)?;
-                    line
-                }
-            };
+            let token = cli::secret_input(Some("TESSERA_ENROL_TOKEN"))?;
             let b = tessera::agent::Bootstrap {
                 server,
                 ca,
@@ -585,8 +578,7 @@ fn main() -> anyhow::Result<()> {
             t.cert = None;
             t.key = None;
             let client = tessera::client::Client::new(&t)?;
-            let mut line = zeroize::Zeroizing::new(String::new());
-            std::io::stdin().read_line(&mut line)?;
+            let line = cli::secret_input(None)?;
             let body = serde_json::json!({"share": line.trim()});
             let answer = client
                 .call(reqwest::Method::POST, "/v1/sys/unseal", Some(&body))
@@ -670,8 +662,6 @@ async fn audit_verify(config: Config, checkpoint: Option<PathBuf>) -> anyhow::Re
     }
 }
 
-/// Unseals for an offline command: the key file or `TESSERA_MASTER_KEY`, or shares read from
-/// standard input, one per line, as `tessera init` printed them.
 /// Runs a client verb on a small runtime.
 fn client_verb<F, Fut>(target: TargetArgs, f: F) -> anyhow::Result<()>
 where
@@ -685,6 +675,8 @@ where
         .block_on(f(client))
 }
 
+/// Unseals for an offline command: the key file or `TESSERA_MASTER_KEY`, or shares read from
+/// standard input, one per line, as `tessera init` printed them.
 async fn unseal_offline(vault: &Vault) -> anyhow::Result<Core> {
     let master = match vault.automatic_master()? {
         Some(m) => m,

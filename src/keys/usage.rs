@@ -328,7 +328,9 @@ impl Usage {
             }
             t.dirty.insert(id.clone());
         }
-        self.flush().await
+        // The quotas only: the statistics backlog keeps to its periodic budget.
+        let _one_at_a_time = self.flushing.lock().await;
+        self.flush_locked(0).await
     }
 
     /// Drops a key's counters from memory (its records were removed).

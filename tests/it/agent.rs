@@ -348,7 +348,9 @@ async fn enrolment_tokens_bootstrap_a_new_workload_once() {
 
     // Bound to one identity: the wrong one is refused and does not spend the token.
     let t = token("alpha", 60).await;
-    assert!(!bootstrap("beta", &t, "beta").status.success());
+    let wrong = bootstrap("beta", &t, "beta");
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("enrolment token"));
     assert!(bootstrap("alpha", &t, "alpha").status.success());
 
     // Short-lived.

@@ -103,6 +103,13 @@ async fn forward_auth_answers_with_a_status_and_identity_headers() {
     ] {
         let r = check(&gw, &format!("/v1/auth/check{query}"), &headers).await;
         assert_eq!(r.status(), status, "{headers:?} {query}");
+        let told: Vec<_> = r
+            .headers()
+            .keys()
+            .filter(|h| h.as_str().starts_with("x-tessera-"))
+            .cloned()
+            .collect();
+        assert!(told.is_empty(), "{told:?}");
         assert!(r.bytes().await.unwrap().is_empty());
     }
     // The rate limit: 429 with Retry-After.
@@ -151,6 +158,29 @@ async fn forward_auth_answers_with_a_status_and_identity_headers() {
     assert_eq!(r.status(), 204);
     let r = check(&gw, "/v1/auth/check", &[("x-client-cert", "garbage")]).await;
     assert_eq!(r.status(), 401);
+
+    // A certificate of one tenant and a key of another are not one client (the admin, which
+    // may verify in every tenant, asks).
+    admin
+        .post("/v1/tenants", json!({"name": "acme"}))
+        .await
+        .expect(201);
+    let (acme, _, _) = identity_files(&admin, dir.path(), "acme", "shop").await;
+    let acme = escaped(&fs::read_to_string(&acme).unwrap());
+    let r = check(
+        &admin,
+        "/v1/auth/check",
+        &[("x-api-key", &key), ("x-client-cert", &acme)],
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+    let r = check(
+        &admin,
+        "/v1/auth/check",
+        &[("x-api-key", &key), ("x-client-cert", &escaped(&pem))],
+    )
+    .await;
+    assert_eq!(r.status(), 204);
 
     // The gateway needs keys:verify / certs:verify; without a credential, the uniform 401.
     let nobody = service(&server, &admin, dir.path(), "default", "nobody", &[]).await;

@@ -72,24 +72,21 @@ impl Server {
             .append(true)
             .open(home.log())
             .unwrap();
-        // An explicit --listen in `extra` replaces the free port.
-        let listen = extra
-            .iter()
-            .position(|a| *a == "--listen")
-            .and_then(|i| extra.get(i + 1))
-            .copied()
-            .unwrap_or("127.0.0.1:0");
-        let extra: Vec<&str> = match extra.iter().position(|a| *a == "--listen") {
-            Some(i) => extra[..i].iter().chain(&extra[i + 2..]).copied().collect(),
-            None => extra.to_vec(),
+        // A free port, unless `extra` names the address.
+        let listen: &[&str] = if extra.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
         };
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", listen, "--shutdown-timeout", "1"])
+            .arg("serve")
+            .args(listen)
+            .args(["--shutdown-timeout", "1"])
             .arg("--data")
             .arg(home.data())
             .arg("--certs")
             .arg(home.certs())
-            .args(&extra)
+            .args(extra)
             .env_remove("TESSERA_MASTER_KEY")
             .env(
                 "RUST_LOG",

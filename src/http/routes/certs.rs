@@ -93,6 +93,24 @@ pub struct CertListQuery {
     limit: Option<u64>,
 }
 
+/// The tenant a certificate (or an enrolment token for one) for `identity` is issued in: the
+/// caller's, or the one it names if it may; it must exist. No escalation: the identity's
+/// bindings may grant nothing the issuer lacks.
+async fn issuable(
+    auth: &Authenticated,
+    core: &crate::app::Core,
+    named: Option<TenantName>,
+    identity: &ServiceName,
+) -> Result<TenantName, ApiError> {
+    let tenant = target_tenant(&auth.0, named).map_err(|m| ApiError::bad("tenant", m))?;
+    if core.access.tenant(&tenant).await?.is_none() {
+        return Err(ApiError::bad("tenant", "must name an existing tenant"));
+    }
+    let granted = core.access.granted_to(&tenant, identity).await?;
+    may_grant(&auth.0, granted)?;
+    Ok(tenant)
+}
+
 /// An issued certificate as the API returns it.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct IssuedCert<'a> {
@@ -170,13 +188,7 @@ pub async fn issue(
         (None, false) => return Err(ApiError::bad("csr", "is required unless generate is true")),
     };
     let ttl = core.pki.ttl(b.ttl_seconds)?;
-    let tenant = target_tenant(&auth.0, b.tenant).map_err(|m| ApiError::bad("tenant", m))?;
-    if core.access.tenant(&tenant).await?.is_none() {
-        return Err(ApiError::bad("tenant", "must name an existing tenant"));
-    }
-    // No escalation: the identity's bindings may grant nothing the issuer lacks.
-    let granted = core.access.granted_to(&tenant, &b.identity).await?;
-    may_grant(&auth.0, granted)?;
+    let tenant = issuable(&auth, &core, b.tenant, &b.identity).await?;
     state
         .idempotency
         .run(&auth.0.name(), req.path(), idem, digest, || async {
@@ -377,12 +389,7 @@ pub async fn create_enrolment_token(
     authorize(&auth.0, Permission::CertsIssue)?;
     let b = body.value;
     let ttl = enrol::token_ttl(b.ttl_seconds)?;
-    let tenant = target_tenant(&auth.0, b.tenant).map_err(|m| ApiError::bad("tenant", m))?;
-    if core.access.tenant(&tenant).await?.is_none() {
-        return Err(ApiError::bad("tenant", "must name an existing tenant"));
-    }
-    let granted = core.access.granted_to(&tenant, &b.identity).await?;
-    may_grant(&auth.0, granted)?;
+    let tenant = issuable(&auth, &core, b.tenant, &b.identity).await?;
     let (token, secret) = core
         .pki
         .create_enrolment_token(

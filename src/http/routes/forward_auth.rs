@@ -18,7 +18,10 @@
 
 use actix_web::{
     HttpRequest, HttpResponse,
-    http::{StatusCode, header::HeaderMap},
+    http::{
+        StatusCode,
+        header::{HeaderMap, HeaderName},
+    },
     web,
 };
 use serde::Deserialize;
@@ -42,11 +45,11 @@ use crate::{
 };
 
 /// The identity headers of an allowed request.
-pub const KEY_ID: &str = "x-tessera-key-id";
-pub const API_ID: &str = "x-tessera-api-id";
-pub const TENANT: &str = "x-tessera-tenant";
-pub const IDENTITY: &str = "x-tessera-identity";
-pub const SCOPES: &str = "x-tessera-scopes";
+pub const KEY_ID: HeaderName = HeaderName::from_static("x-tessera-key-id");
+pub const API_ID: HeaderName = HeaderName::from_static("x-tessera-api-id");
+pub const TENANT: HeaderName = HeaderName::from_static("x-tessera-tenant");
+pub const IDENTITY: HeaderName = HeaderName::from_static("x-tessera-identity");
+pub const SCOPES: HeaderName = HeaderName::from_static("x-tessera-scopes");
 
 /// Longest forwarded certificate accepted (URL-escaped PEM of a leaf and its chain).
 const MAX_CERT_HEADER: usize = 16 * 1024;
@@ -136,17 +139,17 @@ async fn decide(
     let headers = req.headers();
     let api_id = match q.api_id {
         Some(a) => Some(a),
-        None => header(headers, API_ID)
+        None => header(headers, &API_ID)
             .map(|v| ApiId::parse(v).map_err(|m| ApiError::bad("api_id", m)))
             .transpose()?,
     };
-    let scopes = match q.scopes.as_deref().or_else(|| header(headers, SCOPES)) {
+    let scopes = match q.scopes.as_deref().or_else(|| header(headers, &SCOPES)) {
         Some(list) => Some(parse_scopes(list)?),
         None => None,
     };
     let fa = &state.config.forward_auth;
-    let key = header(headers, fa.key_header.as_str());
-    let cert = header(headers, fa.cert_header.as_str());
+    let key = header(headers, &fa.key_header);
+    let cert = header(headers, &fa.cert_header);
     if key.is_none() && cert.is_none() {
         return Ok(deny(StatusCode::UNAUTHORIZED));
     }
@@ -155,6 +158,8 @@ async fn decide(
     allowed.insert_header(("cache-control", "no-store"));
     // The end client's certificate first: it is the identity a bound key must match.
     let mut caller = CallerIdentity::default();
+    // The tenant of an accepted certificate (`None` inside: the certificate has none).
+    let mut cert_tenant = None;
     if let Some(escaped) = cert {
         let scope = authorize(&auth.0, Permission::CertsVerify)?;
         let Some(pem) = unescape_pem(escaped) else {
@@ -171,7 +176,7 @@ async fn decide(
         let (true, Some(identity)) = (verdict.valid, verdict.identity) else {
             return Ok(deny(StatusCode::UNAUTHORIZED));
         };
-        let leaf = pki::parse_pem_certs(&pem, 8)
+        let leaf = pki::parse_pem_certs(&pem, pki::verify::MAX_CHAIN)
             .ok()
             .and_then(|c| c.into_iter().next());
         caller.fingerprint = leaf.map(|der| format!("sha256:{}", pki::fingerprint(&der)));
@@ -180,6 +185,7 @@ async fn decide(
             allowed.insert_header((TENANT, t.as_str()));
         }
         caller.spiffe = Some(identity);
+        cert_tenant = Some(verdict.tenant);
     }
 
     if let Some(key) = key {
@@ -217,6 +223,10 @@ async fn decide(
             | Code::Disabled
             | Code::IdentityMismatch => return Ok(deny(StatusCode::UNAUTHORIZED)),
         }
+        // A certificate and a key of two tenants are not one client.
+        if cert_tenant.is_some_and(|t| t != verdict.tenant) {
+            return Ok(deny(StatusCode::UNAUTHORIZED));
+        }
         if let Some(id) = &verdict.key_id {
             allowed.insert_header((KEY_ID, id.as_str()));
         }
@@ -243,7 +253,7 @@ fn deny(status: StatusCode) -> HttpResponse {
 
 /// A header's value, if present, readable and not empty (nginx sends an empty value when the
 /// client presented no certificate).
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
