@@ -6,6 +6,7 @@ pub mod access;
 pub mod agent;
 pub mod app;
 pub mod audit;
+pub mod cache;
 pub mod client;
 pub mod clock;
 pub mod config;

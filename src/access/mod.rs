@@ -237,6 +237,23 @@ pub fn may_grant(principal: &Principal, granted: PermSet) -> Result<(), Denied> 
     Ok(())
 }
 
+/// Acting on another principal's credential (rotating or revoking a root key, re-binding or
+/// unbinding a service, revoking its certificate, replacing a role it holds) needs the same
+/// authority as granting what that credential holds: a tenant principal never acts on a wider
+/// one in its tenant.
+pub fn may_act_on(principal: &Principal, held: PermSet) -> Result<(), Denied> {
+    may_grant(principal, held)
+}
+
+/// The permissions a root key's scopes name (`admin` never: root keys act within a tenant).
+pub fn root_key_permissions<'a>(scopes: impl IntoIterator<Item = &'a str>) -> PermSet {
+    scopes
+        .into_iter()
+        .filter_map(Permission::parse)
+        .filter(|p| *p != Permission::Admin)
+        .fold(PermSet::EMPTY, |acc, p| acc.union(PermSet::of(&[p])))
+}
+
 /// The tenant a create call acts in: the global admin names it (default `default`); anyone
 /// else acts in its own tenant and may not name one.
 pub fn target_tenant(

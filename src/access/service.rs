@@ -2,19 +2,17 @@
 //! certificate to a [`Principal`]. A binding or role change takes effect on the next request:
 //! the resolution cache is dropped before the change is acknowledged.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, RwLock},
-};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Credential, Denied, PermSet, Permission, Principal, may_grant,
+    Credential, Denied, PermSet, Permission, Principal, may_act_on, may_grant,
     roles::{self, RoleName},
     tenants::Tenant,
 };
 use crate::{
+    cache::EpochCache,
     clock::Timestamp,
     ids::{TenantId, TenantName, TenantScope},
     page::{Cursor, Page, PageRequest},
@@ -102,23 +100,25 @@ type Resolved = Arc<(Vec<String>, PermSet)>;
 pub struct Access {
     store: Arc<dyn Store>,
     trust_domain: crate::pki::identity::TrustDomain,
-    cache: RwLock<HashMap<(TenantName, ServiceName), Resolved>>,
+    /// Resolved bindings; a change to any role or binding forgets them all, and a resolution
+    /// that read the store before that change cannot put its (perhaps wider) answer back.
+    cache: EpochCache<(TenantName, ServiceName), Resolved>,
 }
+
+/// How many resolved bindings are held.
+const RESOLVED_CAPACITY: usize = 1 << 16;
 
 impl Access {
     pub fn new(store: Arc<dyn Store>, trust_domain: crate::pki::identity::TrustDomain) -> Self {
         Self {
             store,
             trust_domain,
-            cache: RwLock::new(HashMap::new()),
+            cache: EpochCache::new(RESOLVED_CAPACITY),
         }
     }
 
     fn forget_all(&self) {
-        self.cache
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.cache.invalidate_all();
     }
 
     // ---- tenants ----
@@ -255,6 +255,11 @@ impl Access {
         self.tenant(tenant).await?.ok_or(AccessError::NotFound)?;
         let id = pair(tenant, name.as_str());
         let existing = store::record::get::<CustomRole>(&*self.store, &id).await?;
+        // Replacing a role changes what every service bound to it holds: the caller must hold
+        // what the role grants today as well as what it will grant.
+        if let Some((_, old)) = &existing {
+            may_act_on(caller, old.permissions)?;
+        }
         let role = CustomRole {
             tenant: tenant.clone(),
             name,
@@ -309,13 +314,15 @@ impl Access {
     pub async fn delete_role(
         &self,
         rec: &dyn Recorder,
+        caller: &Principal,
         tenant: &TenantName,
         name: &RoleName,
     ) -> Result<(), AccessError> {
         let id = pair(tenant, name.as_str());
-        let (rev, _) = store::record::get::<CustomRole>(&*self.store, &id)
+        let (rev, role) = store::record::get::<CustomRole>(&*self.store, &id)
             .await?
             .ok_or(AccessError::NotFound)?;
+        may_act_on(caller, role.permissions)?;
         let mut b = Batch::new();
         b.delete(CustomRole::KIND, &id, Expect::Rev(rev));
         b.index_delete(IDX_ROLES, id.as_bytes());
@@ -357,6 +364,10 @@ impl Access {
             granted = granted.union(p);
         }
         may_grant(caller, granted)?;
+        // Re-binding a service replaces what it holds: the caller must also hold what it holds
+        // now (a tenant admin does not re-bind a service bound to a wider role).
+        let (_, held) = &*self.resolve(tenant, &identity).await?;
+        may_act_on(caller, *held)?;
         let id = pair(tenant, identity.as_str());
         let mut roles = roles;
         roles.sort();
@@ -429,6 +440,7 @@ impl Access {
     pub async fn delete_binding(
         &self,
         rec: &dyn Recorder,
+        caller: &Principal,
         tenant: &TenantName,
         identity: &ServiceName,
     ) -> Result<(), AccessError> {
@@ -436,6 +448,8 @@ impl Access {
         let (rev, _) = store::record::get::<Binding>(&*self.store, &id)
             .await?
             .ok_or(AccessError::NotFound)?;
+        let (_, held) = &*self.resolve(tenant, identity).await?;
+        may_act_on(caller, *held)?;
         let mut b = Batch::new();
         b.delete(Binding::KIND, &id, Expect::Rev(rev));
         b.index_delete(IDX_BINDINGS, id.as_bytes());
@@ -454,14 +468,10 @@ impl Access {
         name: &ServiceName,
     ) -> Result<Resolved, AccessError> {
         let key = (tenant.clone(), name.clone());
-        if let Some(r) = self
-            .cache
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
-            return Ok(r.clone());
+        if let Some(r) = self.cache.get(&key) {
+            return Ok(r);
         }
+        let epoch = self.cache.epoch();
         let binding = store::record::get::<Binding>(&*self.store, &pair(tenant, name.as_str()))
             .await?
             .map(|(_, b)| b);
@@ -474,10 +484,7 @@ impl Access {
             }
         }
         let resolved = Arc::new((roles, perms));
-        self.cache
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, resolved.clone());
+        self.cache.insert(epoch, key, resolved.clone());
         Ok(resolved)
     }
 

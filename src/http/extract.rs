@@ -18,7 +18,7 @@ use super::{
 };
 use crate::app::Core;
 use crate::{
-    access::{Credential, PermSet, Permission, Principal},
+    access::{Credential, Principal},
     audit::{AuditContext, Event},
     clock::{Clock, SystemClock, Timestamp},
     crypto::apikey::{ApiKey, ROOT_KEY_PREFIX},
@@ -456,12 +456,7 @@ async fn bearer_principal(
     let Some(k) = core.keys.authenticate_root(&key, now).await? else {
         return Ok(None);
     };
-    let permissions = k
-        .scopes
-        .iter()
-        .filter_map(|s| Permission::parse(s.as_str()))
-        .filter(|p| *p != Permission::Admin)
-        .fold(PermSet::EMPTY, |acc, p| acc.union(PermSet::of(&[p])));
+    let permissions = crate::access::root_key_permissions(k.scopes.iter().map(|s| s.as_str()));
     Ok(Some(Principal {
         credential: Credential::RootKey { id: k.id },
         tenant: Some(k.tenant),

@@ -10,10 +10,7 @@
 //! Entries are evicted by quick_cache's S3-FIFO policy; an evicted (or invalidated) entry's
 //! hash and blind index are zeroized when its last reader lets go of it.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-};
+use std::sync::Arc;
 
 use zeroize::Zeroize;
 
@@ -39,63 +36,7 @@ impl Drop for Cached {
     }
 }
 
-/// A bounded cache in front of the store whose entries never outlive a change: a writer calls
-/// [`EpochCache::invalidate`] after its commit, and a reader that looked the value up before
-/// that commit cannot put the old copy back ([`EpochCache::insert`] with the epoch it read
-/// first).
-pub struct EpochCache<K, V> {
-    entries: quick_cache::sync::Cache<K, V>,
-    /// Bumped by every invalidation.
-    epoch: AtomicU64,
-}
-
-impl<K: Eq + std::hash::Hash + Clone, V: Clone> EpochCache<K, V> {
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            entries: quick_cache::sync::Cache::new(capacity.max(1)),
-            epoch: AtomicU64::new(0),
-        }
-    }
-
-    pub fn get(&self, k: &K) -> Option<V> {
-        self.entries.get(k)
-    }
-
-    /// Read before looking the value up in the store; hand it to [`EpochCache::insert`].
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
-    }
-
-    /// Caches a value read from the store, unless something changed since `epoch` was read
-    /// (the value may then be the copy from before the change).
-    pub fn insert(&self, epoch: u64, k: K, v: V) {
-        if self.epoch() != epoch {
-            return;
-        }
-        self.entries.insert(k.clone(), v);
-        // An invalidation that bumped the epoch between the check and the insert may have run
-        // its removal before the insert: take the entry back out. One that bumps it after this
-        // check removes the entry itself.
-        if self.epoch() != epoch {
-            self.entries.remove(&k);
-        }
-    }
-
-    /// Forgets a changed value. Call after the change is committed and before it is
-    /// acknowledged.
-    pub fn invalidate(&self, k: &K) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.entries.remove(k);
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
+pub use crate::cache::EpochCache;
 
 /// Key records by blind index.
 pub type VerifyCache = EpochCache<[u8; 32], Arc<Cached>>;

@@ -214,6 +214,8 @@ impl Keys {
             bound_to: None,
             ratelimit: None,
             refill: None,
+            budget: None,
+            budget_since: None,
         })
     }
 
@@ -480,7 +482,7 @@ impl Keys {
                 Ok(()) => {
                     self.changed(&k);
                     if let Some(r) = patch.remaining {
-                        self.usage.set_remaining(&k.id, r).await?;
+                        self.usage.set_remaining(k.budget_id(), r).await?;
                     }
                     let usage = self.usage.current(&k, now).await?;
                     return Ok(KeyView::new(&k, &usage, now));
@@ -538,6 +540,9 @@ impl Keys {
             new.bound_to = old.bound_to.clone();
             new.ratelimit = old.ratelimit;
             new.refill = old.refill;
+            // One budget for the whole chain: the old key spends from it during its grace.
+            new.budget = Some(old.budget_id().clone());
+            new.budget_since = Some(old.budget_since.unwrap_or(old.created_at));
             // Without an explicit expiry the new key gets the old one's original lifetime.
             new.expires_at = explicit.or_else(|| {
                 old.expires_at.map(|e| {
@@ -545,8 +550,6 @@ impl Keys {
                     Timestamp::from_unix_millis(now.unix_millis().saturating_add(lifetime.max(0)))
                 })
             });
-            let remaining = self.usage.current(&old, now).await?.remaining;
-
             let before = old.clone();
             old.superseded_by = Some(new.id.clone());
             old.stops_at = Some(now.plus_secs(input.grace_seconds));
@@ -555,15 +558,13 @@ impl Keys {
             let mut b = Batch::new();
             b.put_record(old.id.as_str(), &old, Expect::Rev(rev))?;
             track_end(&mut b, Some(&before), &old);
-            self.add_new_key(&mut b, (&api, api_rev), &new, &secret, remaining)?;
+            // No usage record of its own: the chain's stays where it is.
+            self.add_new_key(&mut b, (&api, api_rev), &new, &secret, None)?;
             rec.record(&mut b, new.id.as_str(), Some(&new.tenant))?;
             match self.store.commit(b).await {
                 Ok(()) => {
                     self.changed(&old);
-                    let usage = UsageRecord {
-                        remaining,
-                        ..UsageRecord::default()
-                    };
+                    let usage = self.usage.current(&new, now).await?;
                     return Ok((KeyView::new(&new, &usage, now), secret));
                 }
                 Err(StoreError::Conflict) => continue,

@@ -317,6 +317,14 @@ pub struct Key {
     pub ratelimit: Option<RateLimit>,
     #[serde(default)]
     pub refill: Option<Refill>,
+    /// The first key of this key's rotation chain, when it is not this key: the chain shares
+    /// one quota and one rate-limit window, kept under that id, so rotating with grace never
+    /// multiplies a customer's limits.
+    #[serde(default)]
+    pub budget: Option<KeyId>,
+    /// When the chain's first key was created (its refill periods count from then).
+    #[serde(default)]
+    pub budget_since: Option<Timestamp>,
 }
 
 impl Record for Key {
@@ -333,6 +341,11 @@ impl std::fmt::Debug for Key {
 }
 
 impl Key {
+    /// The id the usage counters of this key's rotation chain are kept under.
+    pub fn budget_id(&self) -> &KeyId {
+        self.budget.as_ref().unwrap_or(&self.id)
+    }
+
     /// Revoked, or past its expiry or the end of its rotation grace.
     pub fn is_dead(&self, now: Timestamp) -> bool {
         self.revoked_at.is_some() || self.is_expired(now)
@@ -526,6 +539,8 @@ pub fn sample_key(now: Timestamp) -> Key {
         bound_to: None,
         ratelimit: None,
         refill: None,
+        budget: None,
+        budget_since: None,
     }
 }
 

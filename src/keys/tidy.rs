@@ -41,7 +41,10 @@ impl Keys {
                     continue;
                 }
                 b.delete(Key::KIND, k.id.as_str(), Expect::Rev(rev));
-                b.delete(UsageRecord::KIND, k.id.as_str(), Expect::Any);
+                // A chain's counters go with its last key (the one nothing replaced).
+                if k.superseded_by.is_none() {
+                    b.delete(UsageRecord::KIND, k.budget_id().as_str(), Expect::Any);
+                }
                 b.index_delete(IDX_KEY_HASH, &k.lookup);
                 b.index_delete(IDX_KEYS_BY_API, key_position(&k).as_bytes());
                 if k.root {
@@ -58,8 +61,8 @@ impl Keys {
                 Err(store::StoreError::Conflict) => break,
                 Err(e) => return Err(e.into()),
             }
-            for k in &dead {
-                self.usage.forget(&k.id);
+            for k in dead.iter().filter(|k| k.superseded_by.is_none()) {
+                self.usage.forget(k.budget_id());
             }
             removed += dead.len();
         }

@@ -42,7 +42,7 @@ impl Limits {
         Self {
             ratelimit: key.ratelimit,
             refill: key.refill,
-            since: key.created_at,
+            since: key.budget_since.unwrap_or(key.created_at),
         }
     }
 }
@@ -303,14 +303,16 @@ impl Usage {
     }
 
     /// The key's counters now (a due refill applied).
+    /// The counters are the key's rotation chain's ([`Key::budget_id`]).
     pub async fn current(&self, key: &Key, now: Timestamp) -> Result<UsageRecord, StoreError> {
-        let mut t = self.loaded(&key.id).await?;
+        let id = key.budget_id();
+        let mut t = self.loaded(id).await?;
         let Table { entries, dirty, .. } = &mut *t;
-        let Some(e) = entries.get_mut(&key.id) else {
+        let Some(e) = entries.get_mut(id) else {
             return Ok(UsageRecord::default());
         };
         if apply_refill(e, &Limits::of(key), now) {
-            dirty.insert(key.id.clone());
+            dirty.insert(id.clone());
         }
         Ok(e.clone())
     }

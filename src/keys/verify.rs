@@ -267,7 +267,9 @@ impl Keys {
         if !key.root || check_state(key, None, None, now).is_some() {
             return Ok(None);
         }
-        self.usage.spend(&key.id, &Limits::of(key), now).await?;
+        self.usage
+            .spend(key.budget_id(), &Limits::of(key), now)
+            .await?;
         Ok(Some(key.clone()))
     }
 
@@ -305,23 +307,25 @@ impl Keys {
         if let Some(code) = check_state(key, req.scopes.as_ref(), presenter, now) {
             let remaining = self
                 .usage
-                .note(&key.id, code.as_str(), &limits, now)
+                .note(key.budget_id(), code.as_str(), &limits, now)
                 .await?;
             return Ok(Verdict::about(key, code, remaining, None, rotation));
         }
-        Ok(match self.usage.spend(&key.id, &limits, now).await? {
-            Spend::Ok {
-                remaining,
-                ratelimit,
-            } => Verdict::about(key, Code::Valid, remaining, ratelimit, rotation),
-            Spend::RateLimited(rl) => {
-                let remaining = self.usage.current(key, now).await?.remaining;
-                Verdict::about(key, Code::RateLimited, remaining, Some(rl), rotation)
-            }
-            Spend::Exhausted { ratelimit } => {
-                Verdict::about(key, Code::UsageExceeded, Some(0), ratelimit, rotation)
-            }
-        })
+        Ok(
+            match self.usage.spend(key.budget_id(), &limits, now).await? {
+                Spend::Ok {
+                    remaining,
+                    ratelimit,
+                } => Verdict::about(key, Code::Valid, remaining, ratelimit, rotation),
+                Spend::RateLimited(rl) => {
+                    let remaining = self.usage.current(key, now).await?.remaining;
+                    Verdict::about(key, Code::RateLimited, remaining, Some(rl), rotation)
+                }
+                Spend::Exhausted { ratelimit } => {
+                    Verdict::about(key, Code::UsageExceeded, Some(0), ratelimit, rotation)
+                }
+            },
+        )
     }
 }
 

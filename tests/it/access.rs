@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::helpers::{Api, Home, Server, client_config, service};
 
 /// A client authenticating with a bearer root key (no client certificate).
-fn bearer(server: &Server, key: &str) -> Api {
+pub(crate) fn bearer(server: &Server, key: &str) -> Api {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
     let http = reqwest::Client::builder()
@@ -22,11 +22,11 @@ fn bearer(server: &Server, key: &str) -> Api {
     }
 }
 
-async fn put(api: &Api, path: &str, body: Value) -> crate::helpers::Resp {
+pub(crate) async fn put(api: &Api, path: &str, body: Value) -> crate::helpers::Resp {
     api.send(api.http.put(api.url(path)).json(&body)).await
 }
 
-async fn tenant(admin: &Api, name: &str) {
+pub(crate) async fn tenant(admin: &Api, name: &str) {
     admin
         .post("/v1/tenants", json!({"name": name}))
         .await

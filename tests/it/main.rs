@@ -21,3 +21,4 @@ mod lifecycle;
 mod openapi;
 mod raw;
 mod startup;
+mod trust;

@@ -10,7 +10,9 @@ use super::{
     keys::{RevokeBody, WithSecret, rotate_in},
 };
 use crate::{
-    access::{PermSet, Permission, authorize, may_grant, target_tenant},
+    access::{
+        PermSet, Permission, authorize, may_act_on, may_grant, root_key_permissions, target_tenant,
+    },
     clock::Timestamp,
     http::{
         error::{ApiError, ErrorBody},
@@ -214,6 +216,9 @@ pub async fn rotate(
 ) -> Result<HttpResponse, ApiError> {
     let scope = authorize(&auth.0, Permission::TenantsAdmin)?;
     let id = path_param(&id, "id", KeyId::parse)?;
+    // The replacement holds the key's permissions: only a caller that could grant them may
+    // mint it (a root key's permissions never change, so this cannot go stale).
+    held_by(&auth, &state, &scope, &id).await?;
     rotate_in(&auth, &audit, &state, &req, &scope, true, &id, body).await
 }
 
@@ -233,9 +238,30 @@ pub async fn revoke(
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::TenantsAdmin)?;
     let id = path_param(&id, "id", KeyId::parse)?;
+    held_by(&auth, &state, &scope, &id).await?;
     let view = core
         .keys
         .revoke_key(&*audit, &scope, true, &id, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(RootKeyView::from(&view)))
+}
+
+/// Refuses (403) a caller acting on a root key that holds permissions the caller could not
+/// grant; a key the caller cannot see is a 404 as usual.
+async fn held_by(
+    auth: &Authenticated,
+    state: &web::Data<AppState>,
+    scope: &crate::ids::TenantScope,
+    id: &KeyId,
+) -> Result<(), ApiError> {
+    let core = state.core()?;
+    let view = core
+        .keys
+        .get_key(scope, true, id, state.clock.now())
+        .await?;
+    may_act_on(
+        &auth.0,
+        root_key_permissions(view.scopes.iter().map(|s| s.as_str())),
+    )?;
+    Ok(())
 }

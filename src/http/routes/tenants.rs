@@ -238,7 +238,9 @@ pub async fn delete_role(
     let (t, r) = path.into_inner();
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
     let name = path_param(&r, "role", RoleName::parse)?;
-    core.access.delete_role(&*audit, &tenant, &name).await?;
+    core.access
+        .delete_role(&*audit, &auth.0, &tenant, &name)
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -332,7 +334,7 @@ pub async fn delete_binding(
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
     let identity = path_param(&i, "identity", ServiceName::parse)?;
     core.access
-        .delete_binding(&*audit, &tenant, &identity)
+        .delete_binding(&*audit, &auth.0, &tenant, &identity)
         .await?;
     Ok(HttpResponse::NoContent().finish())
 }
