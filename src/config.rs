@@ -115,6 +115,8 @@ pub struct FileAudit {
     /// A JSON-lines copy of the audit log, for shipping to a log system.
     pub file: Option<PathBuf>,
     pub checkpoint_interval_seconds: Option<u64>,
+    /// Refusals without a credential are tallied and written once per this many seconds.
+    pub refusal_window_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -191,6 +193,7 @@ pub struct Config {
     pub public_url: Option<String>,
     pub audit_file: Option<PathBuf>,
     pub audit_checkpoint_secs: u64,
+    pub audit_refusal_window_secs: u64,
     pub metrics_listen: Option<SocketAddr>,
     pub limits: Limits,
     pub allow_tls12: bool,
@@ -410,6 +413,13 @@ impl Config {
                 "must be between 1 and 86400",
             ));
         }
+        let audit_refusal_window_secs = file.audit.refusal_window_seconds.unwrap_or(10);
+        if !(1..=3_600).contains(&audit_refusal_window_secs) {
+            return Err(err(
+                "audit.refusal_window_seconds",
+                "must be between 1 and 3600",
+            ));
+        }
         if let Some(f) = &file.audit.file
             && (f.as_os_str().is_empty() || f.is_dir())
         {
@@ -508,6 +518,7 @@ impl Config {
             public_url,
             audit_file: file.audit.file,
             audit_checkpoint_secs,
+            audit_refusal_window_secs,
             metrics_listen,
             limits,
             allow_tls12,

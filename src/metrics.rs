@@ -125,6 +125,28 @@ pub static LOCKOUTS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+pub static AUDIT_ENTRIES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "tessera_audit_standalone_entries_total",
+        "Audit entries written on their own (refusals, failures), not with a change",
+    )
+});
+
+pub static AUDIT_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "tessera_audit_refusals_total",
+        "Refusals without a usable credential, tallied into one audit entry per source and window",
+        &["outcome"],
+    )
+});
+
+pub static AUDIT_HEAD: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "tessera_audit_head_seq",
+        "Sequence number of the last audit entry (the log's length)",
+    )
+});
+
 pub static SEALED: LazyLock<IntGauge> =
     LazyLock::new(|| gauge("tessera_sealed", "1 while the server is sealed"));
 
@@ -155,6 +177,9 @@ pub fn init() {
     LazyLock::force(&TLS_CLIENT_REJECTED);
     LazyLock::force(&LOCKOUTS);
     LazyLock::force(&SEALED);
+    LazyLock::force(&AUDIT_ENTRIES);
+    LazyLock::force(&AUDIT_REFUSALS);
+    LazyLock::force(&AUDIT_HEAD);
     LazyLock::force(&STORE_FLUSH);
 }
 

@@ -16,6 +16,7 @@
 //! certificate serial or by an HMAC, never by its value.
 
 mod checkpoint;
+pub mod refusals;
 pub mod sink;
 mod verify;
 
@@ -30,7 +31,7 @@ use crate::{
     clock::Timestamp,
     crypto::{hex, secret::SecretBytes},
     ids::TenantName,
-    store::{Batch, Kind, Recorder, Store, StoreError},
+    store::{self, Batch, Expect, IndexName, Kind, Record, Recorder, Store, StoreError},
 };
 
 pub use checkpoint::{Checkpoint, CheckpointError, stored_public_key};
@@ -38,6 +39,35 @@ pub use verify::{Report, check};
 
 /// The audit log's kind in the store.
 pub const LOG: Kind = Kind("audit");
+
+/// `<tenant>/<seq, 20 digits>` -> seq: each tenant's entries, written with the entry, so a
+/// tenant's reader scans its own entries only and never learns the global chain's length.
+pub const IDX_BY_TENANT: IndexName = IndexName("audit_by_tenant");
+
+/// How far the tenant index was built from entries written before it existed.
+#[derive(Debug, Serialize, Deserialize)]
+struct TenantIndexBuilt {
+    upto: u64,
+}
+
+impl Record for TenantIndexBuilt {
+    const KIND: Kind = Kind("audit_meta");
+}
+
+const TENANT_INDEX_BUILT: &str = "tenant_index";
+
+fn tenant_prefix(tenant: &str) -> Vec<u8> {
+    format!("{tenant}/").into_bytes()
+}
+
+/// Appends an event to the log in `batch`, indexed under its tenant when it has one.
+pub fn append(batch: &mut Batch, event: &Event) -> Result<(), StoreError> {
+    let body = event.canonical()?;
+    match &event.tenant {
+        Some(t) => batch.append_indexed(LOG, body, IDX_BY_TENANT, &tenant_prefix(t)),
+        None => batch.append(LOG, body),
+    }
+}
 
 /// One audit entry's content (its canonical body).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,7 +223,7 @@ impl Recorder for AuditContext {
         if let Some(t) = tenant {
             e.tenant = Some(t.as_str().to_owned());
         }
-        batch.append(LOG, e.canonical()?)?;
+        append(batch, &e)?;
         self.recorded.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -209,46 +239,109 @@ impl Audit {
     /// Opens the audit log, creating its checkpoint-signing key on first use.
     pub async fn open(store: Arc<dyn Store>) -> Result<Self, CheckpointError> {
         let signer = checkpoint::Signer::load_or_create(&*store).await?;
-        Ok(Self { store, signer })
+        let audit = Self { store, signer };
+        audit.build_tenant_index().await?;
+        Ok(audit)
+    }
+
+    /// Indexes by tenant the entries written before the tenant index existed (once; new
+    /// entries are indexed as they are written).
+    async fn build_tenant_index(&self) -> Result<(), StoreError> {
+        let found =
+            store::record::get::<TenantIndexBuilt>(&*self.store, TENANT_INDEX_BUILT).await?;
+        if found.is_some() {
+            return Ok(());
+        }
+        let head = self.store.log_head(LOG).await?;
+        let mut after = 0;
+        while after < head.seq {
+            let page = self.list(after, 1000).await?;
+            let Some(last) = page.last().map(|e| e.seq) else {
+                break;
+            };
+            let mut b = Batch::new();
+            for e in page.iter().filter(|e| e.seq <= head.seq) {
+                if let Some(t) = &e.tenant {
+                    let mut k = tenant_prefix(t);
+                    let id = store::log::entry_id(e.seq);
+                    k.extend_from_slice(id.as_bytes());
+                    b.index_put(IDX_BY_TENANT, &k, &id, false);
+                }
+            }
+            if !b.is_empty() {
+                self.store.commit(b).await?;
+            }
+            after = last;
+        }
+        let mut b = Batch::new();
+        b.put_record(
+            TENANT_INDEX_BUILT,
+            &TenantIndexBuilt { upto: head.seq },
+            Expect::Absent,
+        )?;
+        match self.store.commit(b).await {
+            Ok(()) | Err(StoreError::Conflict) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Writes one entry on its own (refusals, failures, system events).
     pub async fn write(&self, event: &Event) -> Result<(), StoreError> {
         let mut b = Batch::new();
-        b.append(LOG, event.canonical()?)?;
-        self.store.commit(b).await
+        append(&mut b, event)?;
+        self.store.commit(b).await?;
+        crate::metrics::AUDIT_ENTRIES.inc();
+        Ok(())
     }
 
-    /// Entries after `after`, at most `limit`, of the tenants in `scope` (a tenant sees only
-    /// entries about itself). Returns the entries and the last seq read, for paging.
-    pub async fn list_scoped(
-        &self,
-        scope: &crate::ids::TenantScope,
-        after: u64,
-        limit: usize,
-    ) -> Result<(Vec<EntryView>, Option<u64>), StoreError> {
-        let mut out = Vec::new();
-        let mut cursor = after;
-        loop {
-            let page = self.list(cursor, 1000).await?;
-            let Some(last) = page.last().map(|e| e.seq) else {
-                return Ok((out, None));
-            };
-            for e in page {
-                let mine = match scope {
-                    crate::ids::TenantScope::All => true,
-                    crate::ids::TenantScope::One(t) => e.tenant.as_deref() == Some(t.as_str()),
-                };
-                cursor = e.seq;
-                if mine {
-                    out.push(e);
-                    if out.len() == limit {
-                        return Ok((out, Some(cursor)));
-                    }
-                }
-            }
-            cursor = last;
+    /// Writes several entries in one durable batch (the refusal tallies of a window).
+    pub async fn write_all(&self, events: &[Event]) -> Result<(), StoreError> {
+        let mut b = Batch::new();
+        for e in events {
+            append(&mut b, e)?;
         }
+        if b.is_empty() {
+            return Ok(());
+        }
+        self.store.commit(b).await?;
+        crate::metrics::AUDIT_ENTRIES.inc_by(events.len() as u64);
+        Ok(())
+    }
+
+    /// One tenant's entries, oldest first, strictly after the index position `after`, at
+    /// most `limit`; returns them and the position of the last one. Reads only that tenant's
+    /// entries, whatever the others wrote.
+    pub async fn list_tenant(
+        &self,
+        tenant: &TenantName,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<EntryView>, Option<Vec<u8>>), StoreError> {
+        let prefix = tenant_prefix(tenant.as_str());
+        let entries = self
+            .store
+            .scan(IDX_BY_TENANT, &prefix, after, limit)
+            .await?;
+        let mut out = Vec::with_capacity(entries.len());
+        let mut last = None;
+        for e in entries {
+            let seq: u64 = e.id.parse().map_err(|_| StoreError::Corrupt {
+                kind: LOG.0,
+                id: e.id.clone(),
+            })?;
+            if let Some(v) = self
+                .list(seq.saturating_sub(1), 1)
+                .await?
+                .into_iter()
+                .next()
+                && v.seq == seq
+                && v.tenant.as_deref() == Some(tenant.as_str())
+            {
+                out.push(v);
+            }
+            last = Some(e.key);
+        }
+        Ok((out, last))
     }
 
     /// Entries after `after`, at most `limit`.

@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::{
     abuse::Decision,
     error::{ApiError, REQUEST_ID},
-    extract::{PeerCert, RateLimitInfo, base_event},
+    extract::{PeerCert, PrincipalName, RateLimitInfo, base_event},
     state::AppState,
 };
 use crate::crypto::random;
@@ -96,15 +96,33 @@ pub async fn request_context(
         .await
 }
 
-/// Throttles a request that carries no credential, by source. Returns the seconds to wait
+/// Routes that take no credential: an `Authorization` header there authenticates nothing,
+/// so it must not exempt the request from the per-source throttle.
+const PUBLIC: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/openapi.json",
+    "/v1/pki/ca",
+    "/v1/pki/crl",
+    "/v1/enrol",
+    "/v1/sys/status",
+    "/v1/sys/unseal",
+];
+
+/// Throttles a request that carries no credential, by source: no client certificate, and no
+/// `Authorization` header on a route that would authenticate it (on a public route the header
+/// counts for nothing). A locked-out source is refused here too. Returns the seconds to wait
 /// when it is refused.
 fn throttle_anonymous(state: &web::Data<AppState>, req: &ServiceRequest) -> Option<u64> {
-    let anonymous =
-        req.conn_data::<PeerCert>().is_none() && !req.headers().contains_key(header::AUTHORIZATION);
+    let anonymous = req.conn_data::<PeerCert>().is_none()
+        && (!req.headers().contains_key(header::AUTHORIZATION) || PUBLIC.contains(&req.path()));
     if !anonymous {
         return None;
     }
     let ip = state.guard.source(req.request())?;
+    if let Some(secs) = state.guard.locked(ip) {
+        return Some(secs.max(1));
+    }
     match state.guard.anonymous(ip) {
         Decision::Allow { limit, remaining } => {
             req.extensions_mut().insert(RateLimitInfo {
@@ -195,34 +213,56 @@ const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 /// hot path, counted per key and outcome instead (see `keys::usage`).
 const UNAUDITED: &[&str] = &["/v1/keys/verify", "/v1/certs/verify"];
 
-/// Writes the audit entry a response still needs: every mutation that did not record a
+/// Forward authentication answers about end clients: verification, never written one by one.
+const FORWARD_AUTH: &str = "/v1/auth/check";
+
+/// Records what a response still needs recording: every mutation that did not record a
 /// successful change in its own batch (refusals, failures, no-op changes), and every
-/// authentication or authorisation failure on any route. Written off the response path.
+/// authentication or authorisation failure on any route.
+///
+/// Only an authenticated principal's request is written on its own (off the response path).
+/// A refusal without a usable credential, a throttled request, and every refusal on a
+/// verification route are tallied instead ([`crate::audit::refusals`]): one entry per source
+/// and window, so nobody without a credential makes Tessera write per request.
 fn audit_response(state: &web::Data<AppState>, res: &ServiceResponse<BoxBody>) {
     let req = res.request();
     let status = res.status().as_u16();
     let pattern = req.match_pattern();
-    let mutation = !matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS")
-        && !pattern.as_deref().is_some_and(|p| UNAUDITED.contains(&p));
-    if !(mutation || status == 401 || status == 403) {
+    let forward_auth = pattern
+        .as_deref()
+        .is_some_and(|p| p.starts_with(FORWARD_AUTH));
+    let verification = forward_auth || pattern.as_deref().is_some_and(|p| UNAUDITED.contains(&p));
+    let mutation = !matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS") && !verification;
+    let refused = matches!(status, 401 | 403 | 429);
+    if !(mutation || refused) {
         return;
     }
-    let Some(core) = state.try_core() else {
-        return;
-    };
     let ctx = req
         .extensions()
         .get::<std::sync::Arc<AuditContext>>()
         .cloned();
+    let authenticated = req.extensions().get::<PrincipalName>().is_some();
     let outcome = outcome_of(status);
-    let event = match ctx {
+    let mut event = match ctx {
         Some(c) if c.recorded() && res.status().is_success() => return,
         Some(c) => c.event(outcome, None),
-        None => {
-            let mut e = base_event(req, state.clock.now());
-            e.outcome = outcome.to_owned();
-            e
+        None => base_event(req, state.clock.now()),
+    };
+    event.outcome = outcome.to_owned();
+    if forward_auth || status == 429 || !authenticated {
+        if forward_auth && authenticated {
+            // A gateway or verifier asking about someone else's credential: the refusal is
+            // the end client's, not the caller's own.
+            event.outcome = format!("end_client_{outcome}");
         }
+        metrics::AUDIT_REFUSALS
+            .with_label_values(&[event.outcome.as_str()])
+            .inc();
+        state.refusals.note(event);
+        return;
+    }
+    let Some(core) = state.try_core() else {
+        return;
     };
     actix_web::rt::spawn(async move {
         if let Err(e) = core.audit.write(&event).await {

@@ -140,6 +140,7 @@ pub async fn serve(vault: Vault, core: Option<Core>) -> Result<(), AppError> {
         actix_web::rt::spawn(keep_crls(state.clone())),
         actix_web::rt::spawn(tidy(state.clone())),
         actix_web::rt::spawn(checkpoints(state.clone())),
+        actix_web::rt::spawn(refusals(state.clone())),
         actix_web::rt::spawn(gauges(state.clone())),
         actix_web::rt::spawn(housekeeping(state.clone())),
         actix_web::rt::spawn(rewrap(state.clone())),
@@ -430,6 +431,28 @@ async fn gauges(state: web::Data<AppState>) {
     }
 }
 
+/// Writes the window's tallied refusals (one entry per source and kind); while sealed, or if
+/// the store fails, they wait for the next window.
+async fn refusals(state: web::Data<AppState>) {
+    let mut tick =
+        actix_web::rt::time::interval(Duration::from_secs(state.config.audit_refusal_window_secs));
+    loop {
+        tick.tick().await;
+        if state.refusals.is_empty() {
+            continue;
+        }
+        let events = state.refusals.drain();
+        let Some(core) = state.try_core() else {
+            state.refusals.restore(events);
+            continue;
+        };
+        if let Err(e) = core.audit.write_all(&events).await {
+            tracing::error!(error = %e, "could not write the tallied refusals");
+            state.refusals.restore(events);
+        }
+    }
+}
+
 /// Signs an audit checkpoint when the log has grown, and ships new entries to the JSON-lines
 /// file when one is configured.
 async fn checkpoints(state: web::Data<AppState>) {
@@ -453,6 +476,9 @@ async fn checkpoints(state: web::Data<AppState>) {
         last_cp = Instant::now();
         let latest = core.audit.latest_checkpoint().await.ok().flatten();
         let head = core.store.log_head(crate::audit::LOG).await.ok();
+        if let Some(h) = head {
+            crate::metrics::AUDIT_HEAD.set(i64::try_from(h.seq).unwrap_or(i64::MAX));
+        }
         if latest.as_ref().map(|c| c.seq) == head.map(|h| h.seq) {
             continue;
         }

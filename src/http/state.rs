@@ -13,6 +13,7 @@ use super::{
 };
 use crate::{
     app::{Core, Vault},
+    audit::refusals::Refusals,
     clock::Clock,
     config::Config,
     metrics,
@@ -25,6 +26,9 @@ pub struct AppState {
     pub resolver: Arc<CertResolver>,
     pub verifier: Arc<ClientVerifier>,
     pub vault: Vault,
+    /// Refusals without a credential, written as one tally per source and window (kept
+    /// across sealing: those made while sealed are written after the unseal).
+    pub refusals: Refusals,
     core: RwLock<Option<Arc<Core>>>,
     /// Unseal shares received so far (memory only), by share number.
     pub(super) unseal_progress: Mutex<Vec<(u8, Zeroizing<Vec<u8>>)>>,
@@ -47,6 +51,7 @@ impl AppState {
             resolver,
             verifier,
             vault,
+            refusals: Refusals::default(),
             core: RwLock::new(None),
             unseal_progress: Mutex::new(Vec::new()),
             idempotency: Idempotency::default(),

@@ -481,8 +481,11 @@ impl Keys {
             match self.store.commit(b).await {
                 Ok(()) => {
                     self.changed(&k);
-                    if let Some(r) = patch.remaining {
-                        self.usage.set_remaining(k.budget_id(), r).await?;
+                    let refill_from = matches!(patch.refill, Some(Some(_))).then_some(now);
+                    if patch.remaining.is_some() || refill_from.is_some() {
+                        self.usage
+                            .set_quota(k.budget_id(), patch.remaining, refill_from)
+                            .await?;
                     }
                     let usage = self.usage.current(&k, now).await?;
                     return Ok(KeyView::new(&k, &usage, now));

@@ -317,16 +317,24 @@ impl Usage {
         Ok(e.clone())
     }
 
-    /// Sets the quota (`None`: unlimited) and returns once it is durable.
-    pub async fn set_remaining(
+    /// Sets the quota (`Some(None)`: unlimited) and/or starts the refill period afresh at
+    /// `refill_from` (a refill set now first refills one interval from now, not from the
+    /// key's creation); returns once it is durable.
+    pub async fn set_quota(
         &self,
         id: &KeyId,
-        remaining: Option<u64>,
+        remaining: Option<Option<u64>>,
+        refill_from: Option<Timestamp>,
     ) -> Result<(), StoreError> {
         {
             let mut t = self.loaded(id).await?;
             if let Some(e) = t.entries.get_mut(id) {
-                e.remaining = remaining;
+                if let Some(r) = remaining {
+                    e.remaining = r;
+                }
+                if let Some(at) = refill_from {
+                    e.last_refill_at = Some(at);
+                }
             }
             t.dirty.insert(id.clone());
         }
@@ -496,7 +504,7 @@ mod tests {
     async fn refills_restore_the_quota_each_interval() {
         let (_d, u) = usage();
         let id = KeyId::generate().unwrap();
-        u.set_remaining(&id, Some(1)).await.unwrap();
+        u.set_quota(&id, Some(Some(1)), None).await.unwrap();
         let l = limits(None, Some((3, 60)));
         let t = Timestamp::from_unix(1_000);
         assert!(matches!(
@@ -537,7 +545,7 @@ mod tests {
         let t = Timestamp::from_unix(1_000);
         let ids: Vec<KeyId> = (0..20).map(|_| KeyId::generate().unwrap()).collect();
         let quota = &ids[0];
-        u.set_remaining(quota, Some(5)).await.unwrap();
+        u.set_quota(quota, Some(Some(5)), None).await.unwrap();
         for id in &ids {
             u.spend(id, &l, t).await.unwrap();
         }
@@ -560,7 +568,7 @@ mod tests {
     async fn concurrent_spends_are_exact() {
         let (_d, u) = usage();
         let id = KeyId::generate().unwrap();
-        u.set_remaining(&id, Some(100)).await.unwrap();
+        u.set_quota(&id, Some(Some(100)), None).await.unwrap();
         let l = limits(Some((150, 3600)), None);
         let t = Timestamp::from_unix(3_600);
         let mut tasks = Vec::new();

@@ -101,6 +101,9 @@ pub(crate) enum Op {
         log: Kind,
         body: SecretBytes,
         nonce: [u8; crate::crypto::aead::NONCE_BYTES],
+        /// Also points `prefix` + the entry's id (its seq in 20 digits) at the entry in this
+        /// index (an entry's subject, so a reader of one subject scans its own entries only).
+        index: Option<(IndexName, Vec<u8>)>,
     },
 }
 
@@ -176,7 +179,31 @@ impl Batch {
     /// appends are serialised by the store (one writer per log).
     pub fn append(&mut self, log: Kind, body: SecretBytes) -> Result<(), StoreError> {
         let nonce = crate::crypto::random::bytes().map_err(|_| StoreError::Crypto)?;
-        self.ops.push(Op::Append { log, body, nonce });
+        self.ops.push(Op::Append {
+            log,
+            body,
+            nonce,
+            index: None,
+        });
+        Ok(())
+    }
+
+    /// [`Batch::append`], and an entry in `index` under `prefix` + the entry's id
+    /// ([`log::entry_id`]) pointing at it, written in the same transaction.
+    pub fn append_indexed(
+        &mut self,
+        log: Kind,
+        body: SecretBytes,
+        index: IndexName,
+        prefix: &[u8],
+    ) -> Result<(), StoreError> {
+        let nonce = crate::crypto::random::bytes().map_err(|_| StoreError::Crypto)?;
+        self.ops.push(Op::Append {
+            log,
+            body,
+            nonce,
+            index: Some((index, prefix.to_vec())),
+        });
         Ok(())
     }
 

@@ -497,6 +497,7 @@ impl SledStore {
                         log: kind,
                         body,
                         nonce,
+                        index,
                     } => {
                         // Reading the head inside the transaction serialises appends: sled
                         // re-runs a transaction whose reads another one changed.
@@ -518,6 +519,11 @@ impl SledStore {
                         let sealed =
                             envelope::seal(keyring, *kind, &id, Rev(1), *nonce, plain.expose());
                         tx.insert(record_key(*kind, &id), sealed)?;
+                        if let Some((index, prefix)) = index {
+                            let mut k = prefix.clone();
+                            k.extend_from_slice(id.as_bytes());
+                            tx.insert(index_key(*index, &k), id.as_bytes())?;
+                        }
                         let new_head = log::Head {
                             seq,
                             hash: entry.hash,

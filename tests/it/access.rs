@@ -300,7 +300,10 @@ async fn every_route_against_every_kind_of_caller() {
             Other::NotFound,
         ),
         case("GET", "/v1/audit".into(), None, Other::Own),
-        case("GET", "/v1/audit/verify".into(), None, Other::Own),
+        Case {
+            global: true,
+            ..case("GET", "/v1/audit/verify".into(), None, Other::Own)
+        },
         Case {
             global: true,
             ..case(

@@ -66,7 +66,8 @@ async fn one(admin: &Api, count: &mut usize, action: &str, outcome: &str) -> Val
 #[tokio::test]
 async fn every_mutation_and_refusal_writes_exactly_one_entry() {
     let home = Home::new();
-    let server = Server::start(&home);
+    // Refusals without a credential are tallied per window: a short one for the test.
+    let server = Server::start_with_config(&home, "[audit]\nrefusal_window_seconds = 1\n");
     let admin = server.admin();
     let admin_id = "spiffe://tessera.local/system/admin";
     // The bootstrap admin credential was recorded at first start.
@@ -163,10 +164,19 @@ async fn every_mutation_and_refusal_writes_exactly_one_entry() {
     admin.post("/v1/pki/rotate", json!({})).await.expect(201);
     one(&admin, &mut count, "POST /v1/pki/rotate", "success").await;
 
-    // Authentication failures, on any route, write one entry each.
-    server.anonymous().get("/v1/apis").await.expect(401);
+    // Authentication failures, on any route, are recorded: tallied per source and window
+    // (one entry with the count), never one durable write per anonymous request.
+    for _ in 0..3 {
+        server.anonymous().get("/v1/apis").await.expect(401);
+    }
     let e = one(&admin, &mut count, "GET /v1/apis", "unauthenticated").await;
     assert_eq!(e["principal"], "anonymous");
+    assert!(
+        e["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("refused 3 times")),
+        "{e}"
+    );
     // Reads that succeed are not audited.
     admin.get("/v1/apis").await.expect(200);
     new_entries(&admin, count, 0).await;

@@ -251,3 +251,234 @@ async fn a_rotation_chain_shares_one_rate_limit() {
         "the chain's rate limit was multiplied"
     );
 }
+
+/// Every audit entry after `after` (the global admin's view).
+async fn entries_after(admin: &crate::helpers::Api, after: u64) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut after = after;
+    loop {
+        let page = admin
+            .get(&format!("/v1/audit?after_seq={after}&limit=100"))
+            .await
+            .expect(200);
+        let items = page["items"].as_array().unwrap().clone();
+        let Some(last) = items.last() else {
+            return out;
+        };
+        after = last["seq"].as_u64().unwrap();
+        out.extend(items);
+    }
+}
+
+async fn head(admin: &crate::helpers::Api) -> u64 {
+    entries_after(admin, 0)
+        .await
+        .last()
+        .map_or(0, |e| e["seq"].as_u64().unwrap())
+}
+
+/// The count a tally entry carries in its detail (`refused N times ...`).
+fn tally(e: &serde_json::Value) -> u64 {
+    e["detail"]
+        .as_str()
+        .and_then(|d| d.strip_prefix("refused "))
+        .and_then(|d| d.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a tally: {e}"))
+}
+
+/// Nobody without a credential makes Tessera write per request: 300 refused requests from one
+/// source become a handful of entries whose counts add up to 300.
+#[tokio::test]
+async fn refusals_without_a_credential_are_tallied_not_written_one_by_one() {
+    let home = Home::new();
+    let server = Server::start_with_config(&home, "[audit]\nrefusal_window_seconds = 1\n");
+    let admin = server.admin();
+    let before = head(&admin).await;
+    let anonymous = server.anonymous();
+    let garbage = bearer(&server, "tsr_notarealkeyatall");
+    for i in 0..300 {
+        let who = if i % 2 == 0 { &anonymous } else { &garbage };
+        let r = who
+            .post(
+                "/v1/apis",
+                json!({"name": "x", "purpose": "p", "owner": "o", "risk": "low"}),
+            )
+            .await;
+        assert!(
+            r.status == 401 || r.status == 429,
+            "{} {}",
+            r.status,
+            r.text
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let new = entries_after(&admin, before).await;
+    let refusals: Vec<_> = new
+        .iter()
+        .filter(|e| e["action"] == "POST /v1/apis")
+        .collect();
+    assert!(
+        refusals.len() <= 8,
+        "{} entries for 300 refusals: {new:?}",
+        refusals.len()
+    );
+    assert_eq!(refusals.iter().map(|e| tally(e)).sum::<u64>(), 300);
+    let metrics = admin.get("/metrics").await.expect_text(200);
+    assert!(
+        metrics.contains("tessera_audit_refusals_total{outcome=\"unauthenticated\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tessera_audit_head_seq"));
+}
+
+/// Forward-auth answers are verification: neither the gateway's 204s nor the end clients'
+/// refusals are written one by one, whatever method the gateway passes on.
+#[tokio::test]
+async fn forward_auth_answers_are_not_written_one_by_one() {
+    let home = Home::new();
+    let server = Server::start_with_config(&home, "[audit]\nrefusal_window_seconds = 1\n");
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    let api = admin.create_api("gw").await;
+    let (_, key) = admin.issue(&api, json!({})).await;
+    let gateway = service(
+        &server,
+        &admin,
+        dir.path(),
+        "default",
+        "gateway",
+        &["verifier"],
+    )
+    .await;
+    let before = head(&admin).await;
+    for i in 0..40 {
+        let k = if i % 2 == 0 {
+            key.as_str()
+        } else {
+            "tsk_garbage"
+        };
+        let r = gateway
+            .send(
+                gateway
+                    .http
+                    .post(gateway.url("/v1/auth/check"))
+                    .header("x-api-key", k),
+            )
+            .await;
+        assert_eq!(r.status, if i % 2 == 0 { 204 } else { 401 }, "{}", r.text);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let new = entries_after(&admin, before).await;
+    let checks: Vec<_> = new
+        .iter()
+        .filter(|e| {
+            e["action"]
+                .as_str()
+                .is_some_and(|a| a.contains("/v1/auth/check"))
+        })
+        .collect();
+    assert_eq!(checks.len(), 1, "{new:?}");
+    assert_eq!(checks[0]["outcome"], "end_client_unauthenticated");
+    assert_eq!(tally(checks[0]), 20);
+}
+
+/// An `Authorization` header authenticates nothing on a public route, so it does not switch
+/// the per-source throttle off; a locked-out source is refused on public routes too.
+#[tokio::test]
+async fn a_header_does_not_switch_the_public_throttle_off() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let garbage = bearer(&server, "tsr_notarealkeyatall");
+    let mut limited = 0;
+    for _ in 0..120 {
+        if garbage.get("/openapi.json").await.status == 429 {
+            limited += 1;
+        }
+    }
+    assert!(limited > 0, "120 requests at once were never throttled");
+
+    // Lock the source out with refused bearer keys on a protected route...
+    let home = Home::new();
+    let server = Server::start(&home);
+    let garbage = bearer(&server, "tsr_notarealkeyatall");
+    let mut locked = false;
+    for _ in 0..40 {
+        if garbage.get("/v1/whoami").await.status == 429 {
+            locked = true;
+            break;
+        }
+    }
+    assert!(locked, "the source was never locked out");
+    // ...then even a credential-less request to a public route waits.
+    let r = server.anonymous().get("/v1/pki/ca").await;
+    assert_eq!(r.status, 429, "{}", r.text);
+    assert!(r.headers.contains_key("retry-after"));
+    // A valid client certificate is never refused for others' failures.
+    server.admin().get("/v1/whoami").await.expect(200);
+}
+
+/// A tenant's auditor reads its own entries through its own index: no global sequence
+/// numbers or hashes (the chain's length), an opaque cursor, and no chain-wide operations.
+#[tokio::test]
+async fn a_tenant_auditor_never_sees_the_global_chain() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    tenant(&admin, "acme").await;
+    tenant(&admin, "other").await;
+    for (t, n) in [("acme", 3), ("other", 5)] {
+        for i in 0..n {
+            admin
+                .post(
+                    "/v1/apis",
+                    json!({"tenant": t, "name": format!("a{i}"), "purpose": "p", "owner": "o", "risk": "low"}),
+                )
+                .await
+                .expect(201);
+        }
+    }
+    let auditor = service(&server, &admin, dir.path(), "acme", "aud", &["auditor"]).await;
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/audit?limit=2&cursor={c}"),
+            None => "/v1/audit?limit=2".to_owned(),
+        };
+        let page = auditor.get(&path).await.expect(200);
+        for e in page["items"].as_array().unwrap() {
+            assert_eq!(e["tenant"], "acme", "{e}");
+            for field in ["seq", "hash", "prev_hash"] {
+                assert!(e.get(field).is_none(), "{field} shown to a tenant: {e}");
+            }
+            seen.push(e.clone());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => {
+                assert!(
+                    c.parse::<u64>().is_err(),
+                    "a sequence number as cursor: {c}"
+                );
+                cursor = Some(c.to_owned());
+            }
+            None => break,
+        }
+    }
+    let acme_entries = entries_after(&admin, 0)
+        .await
+        .into_iter()
+        .filter(|e| e["tenant"] == "acme")
+        .count();
+    assert_eq!(seen.len(), acme_entries);
+    assert!(seen.len() >= 4, "{seen:?}");
+    auditor.get("/v1/audit?after_seq=0").await.expect(400);
+    auditor.get("/v1/audit/verify").await.expect(403);
+    auditor.get("/v1/audit/checkpoint").await.expect(403);
+    auditor
+        .get("/v1/audit/checkpoint?fresh=true")
+        .await
+        .expect(403);
+    admin.get("/v1/audit/verify").await.expect(200);
+}

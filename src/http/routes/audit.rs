@@ -1,37 +1,72 @@
 //! `/v1/audit`: reading the audit log, checking its chain, signed checkpoints.
 
 use actix_web::{HttpResponse, web};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
-    access::{Permission, authorize},
+    access::{Denied, Permission, authorize},
     audit::{Checkpoint, EntryView, Report},
     http::{
         error::ApiError,
         extract::{Authenticated, Query},
         state::AppState,
     },
-    page::{DEFAULT_LIMIT, MAX_LIMIT, Page},
+    ids::TenantScope,
+    page::{Cursor, DEFAULT_LIMIT, MAX_LIMIT, Page},
 };
 
-/// `GET /v1/audit?after_seq=&limit=` (`cursor` is accepted as a synonym of `after_seq`).
+/// `GET /v1/audit?after_seq=&cursor=&limit=`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
+    /// The global admin only: entries after this sequence number.
     #[serde(default)]
     after_seq: Option<u64>,
+    /// The `next_cursor` of the previous page.
     #[serde(default)]
-    cursor: Option<u64>,
+    cursor: Option<String>,
     #[serde(default)]
     #[param(minimum = 1, maximum = 100)]
     limit: Option<u64>,
 }
 
+/// An audit entry as a tenant-scoped reader sees it: the event, without its place in the
+/// global chain (whose length would tell one tenant how busy the others are).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TenantEntryView {
+    pub time: crate::clock::Timestamp,
+    pub request_id: String,
+    pub principal: String,
+    pub tenant: Option<String>,
+    pub action: String,
+    pub object: Option<String>,
+    pub outcome: String,
+    pub source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl From<EntryView> for TenantEntryView {
+    fn from(e: EntryView) -> Self {
+        Self {
+            time: e.time,
+            request_id: e.request_id,
+            principal: e.principal,
+            tenant: e.tenant,
+            action: e.action,
+            object: e.object,
+            outcome: e.outcome,
+            source: e.source,
+            detail: e.detail,
+        }
+    }
+}
+
 #[utoipa::path(
     get, path = "/v1/audit", tag = "audit", operation_id = "listAudit",
     params(AuditQuery),
-    responses((status = 200, description = "Entries after `after_seq`, oldest first; `next_cursor` is the last seq of a full page.", body = Page<EntryView>)),
+    responses((status = 200, description = "Entries oldest first. The global admin pages by sequence number (`after_seq`, or `cursor` = the last seq of a full page) and sees each entry's place in the chain; a tenant-scoped reader sees its tenant's entries only, without chain positions, and pages with the opaque `next_cursor`.", body = Page<EntryView>)),
 )]
 pub async fn list(
     auth: Authenticated,
@@ -45,15 +80,62 @@ pub async fn list(
         Some(l) if (1..=MAX_LIMIT as u64).contains(&l) => l as usize,
         Some(_) => return Err(ApiError::bad("limit", "must be between 1 and 100")),
     };
-    let after = q.0.after_seq.or(q.0.cursor).unwrap_or(0);
-    let (items, last) = core.audit.list_scoped(&scope, after, limit).await?;
-    let next = (items.len() == limit)
-        .then(|| last.map(|s| s.to_string()))
-        .flatten();
-    Ok(HttpResponse::Ok().json(Page {
-        items,
-        next_cursor: next,
-    }))
+    match scope {
+        TenantScope::All => {
+            let after = match (q.0.after_seq, q.0.cursor.as_deref()) {
+                (Some(s), _) => s,
+                (None, Some(c)) => c
+                    .parse::<u64>()
+                    .map_err(|_| ApiError::bad("cursor", "must be a next_cursor from this list"))?,
+                (None, None) => 0,
+            };
+            let items = core.audit.list(after, limit).await?;
+            let next = (items.len() == limit)
+                .then(|| items.last().map(|e| e.seq.to_string()))
+                .flatten();
+            Ok(HttpResponse::Ok().json(Page {
+                items,
+                next_cursor: next,
+            }))
+        }
+        TenantScope::One(tenant) => {
+            if q.0.after_seq.is_some() {
+                return Err(ApiError::bad(
+                    "after_seq",
+                    "may only be used by the global admin; page with cursor",
+                ));
+            }
+            let cursor =
+                q.0.cursor
+                    .as_deref()
+                    .map(Cursor::parse)
+                    .transpose()
+                    .map_err(|m| ApiError::bad("cursor", m))?;
+            let (items, last) = core
+                .audit
+                .list_tenant(&tenant, cursor.as_ref().map(Cursor::position), limit)
+                .await?;
+            let next = (items.len() == limit)
+                .then(|| last.map(|k| Cursor::from_position(&k).encode()))
+                .flatten();
+            Ok(HttpResponse::Ok().json(Page {
+                items: items
+                    .into_iter()
+                    .map(TenantEntryView::from)
+                    .collect::<Vec<_>>(),
+                next_cursor: next,
+            }))
+        }
+    }
+}
+
+/// The chain's checks and checkpoints describe the whole log (its length, its head): the
+/// global admin's, never a tenant's.
+fn global_auditor(auth: &Authenticated) -> Result<(), ApiError> {
+    match authorize(&auth.0, Permission::AuditRead)? {
+        TenantScope::All => Ok(()),
+        TenantScope::One(_) => Err(Denied::Forbidden(Permission::Admin).into()),
+    }
 }
 
 #[utoipa::path(
@@ -65,7 +147,7 @@ pub async fn verify(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
-    authorize(&auth.0, Permission::AuditRead)?;
+    global_auditor(&auth)?;
     let report = core.audit.verify(None).await?;
     Ok(HttpResponse::Ok().json(report))
 }
@@ -90,7 +172,7 @@ pub async fn checkpoint(
     q: Query<CheckpointQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
-    authorize(&auth.0, Permission::AuditRead)?;
+    global_auditor(&auth)?;
     let cp = match core.audit.latest_checkpoint().await? {
         Some(cp) if !q.0.fresh => cp,
         _ => core

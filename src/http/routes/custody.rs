@@ -132,6 +132,12 @@ pub async fn unseal(
             "this data directory is not sealed with shares".into(),
         ));
     };
+    // Guessing shares is a credential attack like any other: a locked-out source waits.
+    if let Some(ip) = state.guard.source(&req)
+        && let Some(secs) = state.guard.locked(ip)
+    {
+        return Err(ApiError::TooManyRequests { retry_after: secs });
+    }
     let threshold = usize::from(seal.threshold);
     let (n, bytes) = match state.vault.check_share(body.value.share.expose()) {
         Ok(v) => v,
