@@ -95,7 +95,9 @@ pub struct FileLimits {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileForwardAuth {
-    /// The header the gateway passes the end client's API key in (default `X-Api-Key`).
+    /// The header the gateway passes the end client's API key in (default `X-Api-Key`). It
+    /// may be `Authorization` (a bare key or `Bearer <key>`); otherwise Tessera never reads
+    /// `Authorization` on forward auth, where it is the end client's and not the gateway's.
     pub key_header: Option<String>,
     /// The header the gateway passes the end client's URL-escaped PEM certificate in
     /// (nginx `$ssl_client_escaped_cert`; default `X-Client-Cert`).
@@ -206,10 +208,12 @@ pub struct ForwardAuth {
     pub cert_header: actix_web::http::header::HeaderName,
 }
 
+/// A configured header name; `Authorization` only where `authorization` allows it.
 fn header_name(
     value: Option<String>,
     default: &'static str,
     field: &'static str,
+    authorization: bool,
 ) -> Result<actix_web::http::header::HeaderName, ConfigError> {
     use actix_web::http::header::HeaderName;
     let Some(v) = value else {
@@ -217,10 +221,10 @@ fn header_name(
     };
     let name = HeaderName::from_bytes(v.as_bytes())
         .map_err(|_| err(field, format!("`{v}` is not a header name")))?;
-    if name == actix_web::http::header::AUTHORIZATION {
+    if name == actix_web::http::header::AUTHORIZATION && !authorization {
         return Err(err(
             field,
-            "Authorization carries the gateway's own credential",
+            "Authorization can carry the end client's key only (forward_auth.key_header)",
         ));
     }
     Ok(name)
@@ -350,11 +354,13 @@ impl Config {
                 file.forward_auth.key_header,
                 "x-api-key",
                 "forward_auth.key_header",
+                true,
             )?,
             cert_header: header_name(
                 file.forward_auth.cert_header,
                 "x-client-cert",
                 "forward_auth.cert_header",
+                false,
             )?,
         };
         let log_format = match o.log_format.clone().or(file.log_format).as_deref() {

@@ -1,5 +1,7 @@
 //! Extractors: JSON bodies and query strings parsed strictly into domain input types (with
-//! the failing field named), and the authenticated [`Principal`].
+//! the failing field named), and the authenticated [`Principal`]: by a bearer root key or the
+//! connection's certificate ([`Authenticated`]), or by the certificate alone on routes where
+//! `Authorization` belongs to someone else ([`AuthenticatedConnection`]).
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
@@ -314,7 +316,8 @@ impl PeerCert {
     }
 }
 
-/// The authenticated caller. Extraction fails with the one uniform 401.
+/// The authenticated caller: a bearer root key when `Authorization` is sent, otherwise the
+/// connection's client certificate. Extraction fails with the one uniform 401.
 pub struct Authenticated(pub Principal);
 
 impl FromRequest for Authenticated {
@@ -348,15 +351,45 @@ impl FromRequest for AuthenticatedCert {
     }
 }
 
+/// The caller of a forward-auth route (the gateway), authenticated by the connection's client
+/// certificate alone. An `Authorization` header on such a request belongs to the end client
+/// and is not read here: it never authenticates the caller, is never parsed as a root key, and
+/// never counts against the source's lockout. Extraction fails with the one uniform 401.
+pub struct AuthenticatedConnection(pub Principal);
+
+impl FromRequest for AuthenticatedConnection {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let state = req
+                .app_data::<web::Data<AppState>>()
+                .ok_or(ApiError::Internal)?;
+            let core = state.core()?;
+            let Some(peer) = req.conn_data::<PeerCert>() else {
+                // No credential of the caller's own. The request middleware throttles such
+                // requests per source, except when they carry `Authorization`, which is no
+                // credential here: throttle those now.
+                if req.headers().contains_key(header::AUTHORIZATION) {
+                    throttle_source(&req, state)?;
+                }
+                return Err(ApiError::Unauthenticated);
+            };
+            let principal = cert_principal(&req, state, &core, peer, state.clock.now()).await?;
+            admit(&req, state, principal).map(AuthenticatedConnection)
+        })
+    }
+}
+
 /// The authenticated principal's name, left in the request for the audit middleware.
 #[derive(Clone, Debug)]
 pub struct PrincipalName(pub String, pub Option<String>);
 
 /// Authenticates a request. A bearer root key, when sent, is the credential; otherwise the
-/// connection's client certificate, checked on every request: unexpired, not revoked (a
-/// keep-alive connection opened before a revocation is refused on its next request), naming
-/// one of Tessera's identities. Every failure is the same 401. A malformed bearer key is
-/// refused before any hashing or look-up.
+/// connection's client certificate (see [`cert_principal`]). Every failure is the same 401. A
+/// malformed bearer key is refused before any hashing or look-up.
 async fn authenticate(req: &HttpRequest) -> Result<(Principal, Option<PeerCert>), ApiError> {
     let state = req
         .app_data::<web::Data<AppState>>()
@@ -364,9 +397,9 @@ async fn authenticate(req: &HttpRequest) -> Result<(Principal, Option<PeerCert>)
     let core = state.core()?;
     let now = state.clock.now();
     let peer = req.conn_data::<PeerCert>().cloned();
-    let source = state.guard.source(req);
     let principal = match req.headers().get(header::AUTHORIZATION) {
         Some(h) => {
+            let source = state.guard.source(req);
             // A bearer credential is refused at once while its source is locked out.
             if let Some(ip) = source
                 && let Some(secs) = state.guard.locked(ip)
@@ -385,33 +418,78 @@ async fn authenticate(req: &HttpRequest) -> Result<(Principal, Option<PeerCert>)
         }
         None => {
             let peer = peer.as_ref().ok_or(ApiError::Unauthenticated)?;
-            let usable = peer.not_after > now && !core.pki.is_revoked(&peer.serial);
-            let id = peer
-                .uri
-                .as_deref()
-                .and_then(|u| SpiffeId::parse(u, &state.config.trust_domain).ok());
-            let Some(id) = id.filter(|_| usable) else {
-                // A certificate presented and refused (revoked or expired since the connection
-                // opened) counts against its source.
-                if let Some(ip) = source {
-                    state.guard.failed(ip, "client certificate refused");
-                }
-                return Err(ApiError::Unauthenticated);
-            };
-            // A valid client certificate is never refused for other credentials' failures.
-            core.access
-                .principal_for_cert(id, peer.serial.clone(), peer.fingerprint.clone())
-                .await?
+            cert_principal(req, state, &core, peer, now).await?
         }
     };
+    Ok((admit(req, state, principal)?, peer))
+}
+
+/// The principal of the connection's client certificate, checked on every request: unexpired,
+/// not revoked (a keep-alive connection opened before a revocation is refused on its next
+/// request), naming one of Tessera's identities. A refused certificate counts against its
+/// source; a valid one is never refused for other credentials' failures at the same address.
+async fn cert_principal(
+    req: &HttpRequest,
+    state: &AppState,
+    core: &Core,
+    peer: &PeerCert,
+    now: Timestamp,
+) -> Result<Principal, ApiError> {
+    let usable = peer.not_after > now && !core.pki.is_revoked(&peer.serial);
+    let id = peer
+        .uri
+        .as_deref()
+        .and_then(|u| SpiffeId::parse(u, &state.config.trust_domain).ok());
+    let Some(id) = id.filter(|_| usable) else {
+        if let Some(ip) = state.guard.source(req) {
+            state.guard.failed(ip, "client certificate refused");
+        }
+        return Err(ApiError::Unauthenticated);
+    };
+    Ok(core
+        .access
+        .principal_for_cert(id, peer.serial.clone(), peer.fingerprint.clone())
+        .await?)
+}
+
+/// Lets an authenticated principal in: its request rate, then its name for the audit log.
+fn admit(req: &HttpRequest, state: &AppState, principal: Principal) -> Result<Principal, ApiError> {
     let name = principal.name();
-    match state.guard.principal(&name) {
+    let secs = throttled(req, state.guard.principal(&name));
+    if secs > 0 {
+        return Err(ApiError::TooManyRequests { retry_after: secs });
+    }
+    let tenant = principal.tenant.as_ref().map(|t| t.as_str().to_owned());
+    if let Some(ctx) = req.extensions().get::<Arc<AuditContext>>() {
+        ctx.set_principal(name.clone(), tenant.clone());
+    }
+    req.extensions_mut().insert(PrincipalName(name, tenant));
+    Ok(principal)
+}
+
+/// Throttles a request by its source, as the request middleware does for requests without
+/// a credential.
+fn throttle_source(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let Some(ip) = state.guard.source(req) else {
+        return Ok(());
+    };
+    match throttled(req, state.guard.anonymous(ip)) {
+        0 => Ok(()),
+        secs => Err(ApiError::TooManyRequests { retry_after: secs }),
+    }
+}
+
+/// Records a throttle's decision for the `RateLimit-*` headers; the seconds to wait when it
+/// refuses (at least 1), 0 when it allows.
+fn throttled(req: &HttpRequest, decision: Decision) -> u64 {
+    match decision {
         Decision::Allow { limit, remaining } => {
             req.extensions_mut().insert(RateLimitInfo {
                 limit,
                 remaining,
                 reset: 0,
             });
+            0
         }
         Decision::Deny { limit, retry_after } => {
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
@@ -420,17 +498,9 @@ async fn authenticate(req: &HttpRequest) -> Result<(Principal, Option<PeerCert>)
                 remaining: 0,
                 reset: secs,
             });
-            return Err(ApiError::TooManyRequests {
-                retry_after: secs.max(1),
-            });
+            secs.max(1)
         }
     }
-    let tenant = principal.tenant.as_ref().map(|t| t.as_str().to_owned());
-    if let Some(ctx) = req.extensions().get::<Arc<AuditContext>>() {
-        ctx.set_principal(name.clone(), tenant.clone());
-    }
-    req.extensions_mut().insert(PrincipalName(name, tenant));
-    Ok((principal, peer))
 }
 
 /// The principal of a bearer root key; `None` if the header or the key is refused. A

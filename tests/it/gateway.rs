@@ -218,13 +218,13 @@ async fn the_key_header_is_configurable() {
     assert_eq!(r.status(), 401);
     drop(server);
 
-    // Authorization stays the gateway's own credential.
+    // Authorization can carry the end client's key, never its certificate.
     let home = Home::new();
     let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg({
             let p = home.data().with_file_name("bad.toml");
-            fs::write(&p, "[forward_auth]\nkey_header = \"Authorization\"\n").unwrap();
+            fs::write(&p, "[forward_auth]\ncert_header = \"Authorization\"\n").unwrap();
             p
         })
         .arg("--data")
@@ -234,7 +234,224 @@ async fn the_key_header_is_configurable() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("forward_auth.key_header"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("forward_auth.cert_header"));
+}
+
+/// A refusal of the end client: the status alone, no identity header, no body, nothing that
+/// says why (unlike a failure of the gateway's own credential, which is Tessera's uniform 401).
+async fn assert_bare(r: reqwest::Response, status: u16, what: &str) {
+    assert_eq!(r.status(), status, "{what}");
+    let told: Vec<_> = r
+        .headers()
+        .keys()
+        .filter(|h| h.as_str().starts_with("x-tessera-") || *h == "www-authenticate")
+        .cloned()
+        .collect();
+    assert!(told.is_empty(), "{what}: {told:?}");
+    assert!(r.bytes().await.unwrap().is_empty(), "{what}");
+}
+
+/// A root key of `tenant` holding `permissions`; returns the secret.
+async fn root_key(admin: &Api, tenant: &str, permissions: &[&str]) -> String {
+    let v = admin
+        .post(
+            "/v1/root-keys",
+            json!({"tenant": tenant, "name": "portal", "permissions": permissions}),
+        )
+        .await
+        .expect(201);
+    v["key"].as_str().unwrap().to_owned()
+}
+
+/// On forward auth the caller is the connection's certificate. A root key of tenant `beta` in
+/// `Authorization` once made the gateway of `acme` speak as `beta`'s verifier and pass `beta`'s
+/// clients with `X-Tessera-Tenant: beta`.
+#[tokio::test]
+async fn forward_auth_is_the_gateways_certificate_never_an_authorization_header() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    for t in ["acme", "beta"] {
+        admin
+            .post("/v1/tenants", json!({"name": t}))
+            .await
+            .expect(201);
+    }
+    let api = admin
+        .post(
+            "/v1/apis",
+            json!({"tenant": "acme", "name": "shop", "purpose": "p", "owner": "o", "risk": "low"}),
+        )
+        .await
+        .expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, key) = admin.issue(&api, json!({})).await;
+    let gw = service(&server, &admin, dir.path(), "acme", "gw", &["verifier"]).await;
+    let beta_root = root_key(&admin, "beta", &["keys:verify", "certs:verify"]).await;
+    let bearer = format!("Bearer {beta_root}");
+    let (beta_cert, _, _) = identity_files(&admin, dir.path(), "beta", "shop").await;
+    let beta_cert = escaped(&fs::read_to_string(&beta_cert).unwrap());
+
+    // acme's key, checked by acme's gateway: the bearer is not read.
+    let r = check(
+        &gw,
+        "/v1/auth/check",
+        &[("authorization", &bearer), ("x-api-key", &key)],
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["x-tessera-tenant"], "acme");
+
+    // beta's certificate: acme's gateway never vouches for beta, whatever Authorization says.
+    for path in ["/v1/auth/check", "/v1/auth/check/orders/1"] {
+        let r = check(
+            &gw,
+            path,
+            &[("authorization", &bearer), ("x-client-cert", &beta_cert)],
+        )
+        .await;
+        assert_bare(r, 401, path).await;
+    }
+
+    // A root key is no gateway credential: without a certificate, Tessera's uniform 401.
+    let r = check(
+        &server.anonymous(),
+        "/v1/auth/check",
+        &[("authorization", &bearer), ("x-client-cert", &beta_cert)],
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthenticated");
+}
+
+/// End clients send their own `Authorization` (Basic for the app, OAuth tokens): it is theirs,
+/// and a valid key next to it passes.
+#[tokio::test]
+async fn an_end_clients_own_authorization_header_does_not_refuse_it() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    let api = admin.create_api("orders").await;
+    let gw = service(&server, &admin, dir.path(), "default", "gw", &["verifier"]).await;
+    let (key_id, key) = admin.issue(&api, json!({})).await;
+    for auth in ["Basic dXNlcjpwYXNz", "Bearer garbage", "Bearer tsr_garbage"] {
+        for path in ["/v1/auth/check", "/v1/auth/check/orders/1"] {
+            let r = check(&gw, path, &[("authorization", auth), ("x-api-key", &key)]).await;
+            assert_eq!(r.status(), 204, "{auth} {path}");
+            assert_eq!(r.headers()["x-tessera-key-id"], key_id.as_str());
+        }
+    }
+    // Without a key the end client has no credential Tessera reads: its bare 401.
+    let r = check(
+        &gw,
+        "/v1/auth/check",
+        &[("authorization", "Bearer garbage")],
+    )
+    .await;
+    assert_bare(r, 401, "an Authorization header alone").await;
+}
+
+/// Failed-authentication accounting counts only credentials a caller presents for itself: the
+/// end client's `Authorization` and the keys a gateway asks about never lock the gateway's
+/// address out.
+#[tokio::test]
+async fn end_client_credentials_never_lock_the_gateway_out() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    let api = admin.create_api("orders").await;
+    let gw = service(&server, &admin, dir.path(), "default", "gw", &["verifier"]).await;
+    let (_, key) = admin.issue(&api, json!({})).await;
+    let portal = root_key(&admin, "default", &["keys:read"]).await;
+
+    // Past the lockout threshold (20) with garbage Authorization, then with garbage keys.
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        let r = check(
+            &gw,
+            "/v1/auth/check",
+            &[("authorization", "Bearer garbage"), ("x-api-key", &key)],
+        )
+        .await;
+        statuses.push(r.status().as_u16());
+    }
+    assert!(statuses.iter().all(|s| *s == 204), "{statuses:?}");
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        let r = check(&gw, "/v1/auth/check", &[("x-api-key", "tsk_garbage")]).await;
+        statuses.push(r.status().as_u16());
+    }
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+
+    // The address is not locked out: the gateway's next check passes, and so does a root key
+    // presented from the same address.
+    let r = check(&gw, "/v1/auth/check", &[("x-api-key", &key)]).await;
+    assert_eq!(r.status(), 204);
+    let anon = server.anonymous();
+    let r = anon
+        .send(
+            anon.http
+                .get(anon.url("/v1/whoami"))
+                .header("authorization", format!("Bearer {portal}")),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+/// An operator may choose `Authorization` as the end client's key header: then it carries the
+/// end client's key, bare or as a bearer token, and still never the gateway's credential.
+#[tokio::test]
+async fn authorization_as_the_key_header_carries_the_end_clients_key() {
+    let home = Home::new();
+    let server =
+        Server::start_with_config(&home, "[forward_auth]\nkey_header = \"Authorization\"\n");
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    let api = admin.create_api("partners").await;
+    let gw = service(&server, &admin, dir.path(), "default", "gw", &["verifier"]).await;
+    let (key_id, key) = admin.issue(&api, json!({})).await;
+    for value in [
+        format!("Bearer {key}"),
+        format!("bearer {key}"),
+        key.clone(),
+    ] {
+        let r = check(&gw, "/v1/auth/check", &[("authorization", &value)]).await;
+        assert_eq!(r.status(), 204);
+        assert_eq!(r.headers()["x-tessera-key-id"], key_id.as_str());
+    }
+    // X-Api-Key is not read any more; other schemes are not keys.
+    let r = check(&gw, "/v1/auth/check", &[("x-api-key", &key)]).await;
+    assert_bare(r, 401, "x-api-key").await;
+    let r = check(
+        &gw,
+        "/v1/auth/check",
+        &[("authorization", "Basic dXNlcjpwYXNz")],
+    )
+    .await;
+    assert_bare(r, 401, "basic").await;
+    // Refused keys there are the end client's: they never lock the gateway out.
+    for i in 0..25 {
+        let r = check(
+            &gw,
+            "/v1/auth/check",
+            &[("authorization", "Bearer tsk_garbage")],
+        )
+        .await;
+        assert_bare(r, 401, &format!("garbage {i}")).await;
+    }
+    let r = check(
+        &gw,
+        "/v1/auth/check",
+        &[("authorization", &format!("Bearer {key}"))],
+    )
+    .await;
+    assert_eq!(r.status(), 204);
 }
 
 /// nginx, started in its own process group and killed with it.
@@ -322,7 +539,8 @@ impl Drop for Nginx {
     }
 }
 
-/// The upstream: answers every request with the `x-tessera-*` and `x-api-key` headers it got.
+/// The upstream: answers every request with the `x-tessera-*`, `x-api-key` and `authorization`
+/// headers it got.
 async fn upstream() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -345,7 +563,9 @@ async fn upstream() -> SocketAddr {
                         .lines()
                         .filter_map(|l| l.split_once(':'))
                         .map(|(name, value)| (name.to_lowercase(), value.trim()))
-                        .filter(|(n, _)| n.starts_with("x-tessera-") || n == "x-api-key")
+                        .filter(|(n, _)| {
+                            n.starts_with("x-tessera-") || n == "x-api-key" || n == "authorization"
+                        })
                         .map(|(n, v)| format!("{n}: {v}\n"))
                         .collect();
                     let reply = format!(
@@ -390,29 +610,23 @@ async fn fetch_crls(admin: &Api, dir: &Path) {
     fs::write(dir.join("crls.pem"), crls).unwrap();
 }
 
-#[tokio::test]
-async fn nginx_in_front_of_an_api_asks_tessera() {
-    let home = Home::new();
-    let server = Server::start(&home);
-    let admin = server.admin();
-    let gw_dir = tempfile::tempdir().unwrap();
-    let dir = gw_dir.path();
-    let api = admin.create_api("orders").await;
-
-    // The gateway's files, made the way docs/gateway.md says.
-    bind(&admin, "default", "nginx", &["verifier"]).await;
-    let (gw_cert, gw_key, _) = identity_files(&admin, dir, "default", "nginx").await;
+/// The shipped `docs/gateway/nginx.conf` in front of an upstream, with the gateway's files in
+/// `dir` made the way docs/gateway.md says (identity `nginx` with role `verifier` in `default`).
+/// Only the paths, the ports and API_ID are replaced.
+async fn shipped_nginx(home: &Home, server: &Server, admin: &Api, dir: &Path, api: &str) -> Nginx {
+    bind(admin, "default", "nginx", &["verifier"]).await;
+    let (gw_cert, gw_key, _) = identity_files(admin, dir, "default", "nginx").await;
     fs::rename(gw_cert, dir.join("gateway.pem")).unwrap();
     fs::rename(gw_key, dir.join("gateway.key")).unwrap();
     let ca = admin.get("/v1/pki/ca").await.expect_text(200);
     fs::write(dir.join("ca.pem"), ca).unwrap();
-    fetch_crls(&admin, dir).await;
+    fetch_crls(admin, dir).await;
     fs::copy(home.certs().join("server.pem"), dir.join("server.pem")).unwrap();
     fs::copy(home.certs().join("server.key"), dir.join("server.key")).unwrap();
 
     let app = upstream().await;
     let shipped = include_str!("../../docs/gateway/nginx.conf");
-    let nginx = (0..3)
+    (0..3)
         .find_map(|_| {
             let addr = free_addr();
             let conf = shipped
@@ -428,10 +642,21 @@ async fn nginx_in_front_of_an_api_asks_tessera() {
                 .replace("127.0.0.1:8443", &server.addr.to_string())
                 .replace("127.0.0.1:8080", &app.to_string())
                 .replace("127.0.0.1:443", &addr.to_string())
-                .replace("API_ID", &api);
+                .replace("API_ID", api);
             Nginx::start(dir, &conf, addr)
         })
-        .expect("nginx did not start on three free ports");
+        .expect("nginx did not start on three free ports")
+}
+
+#[tokio::test]
+async fn nginx_in_front_of_an_api_asks_tessera() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let gw_dir = tempfile::tempdir().unwrap();
+    let dir = gw_dir.path();
+    let api = admin.create_api("orders").await;
+    let nginx = shipped_nginx(&home, &server, &admin, dir, &api).await;
 
     let (key_id, key) = admin.issue(&api, json!({"scopes": ["read"]})).await;
     let (revoked_id, revoked) = admin.issue(&api, json!({"scopes": ["read"]})).await;
@@ -496,4 +721,65 @@ async fn nginx_in_front_of_an_api_asks_tessera() {
     assert_eq!(call(&web, None).await.status, 400, "{}", nginx.log());
     // A client without a certificate is unaffected.
     assert_eq!(call(&anon, Some(&key)).await.status, 200);
+}
+
+/// Through the shipped nginx.conf: an end client's own `Authorization` goes to the app, never to
+/// Tessera's check, and is never taken as the gateway's credential. A client of tenant `beta`
+/// with its certificate and `Authorization: Bearer <a root key of beta>` once passed the gateway
+/// of `default` with `X-Tessera-Tenant: beta`; a client sending Basic credentials for the app was
+/// refused however valid its key.
+#[tokio::test]
+async fn nginx_keeps_an_end_clients_authorization_away_from_tessera() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let gw_dir = tempfile::tempdir().unwrap();
+    let dir = gw_dir.path();
+    let api = admin.create_api("orders").await;
+    admin
+        .post("/v1/tenants", json!({"name": "beta"}))
+        .await
+        .expect(201);
+    let beta_root = root_key(&admin, "beta", &["keys:verify", "certs:verify"]).await;
+    let (beta_cert, beta_key, _) = identity_files(&admin, dir, "beta", "shop").await;
+    let (key_id, key) = admin.issue(&api, json!({"scopes": ["read"]})).await;
+    let nginx = shipped_nginx(&home, &server, &admin, dir, &api).await;
+
+    // The app's own credential next to a valid key: allowed, and the app still gets it.
+    let anon = gateway_client(&home, &nginx, None);
+    let r = anon
+        .send(
+            anon.http
+                .get(anon.url("/orders"))
+                .header("x-api-key", &key)
+                .header("authorization", "Basic dXNlcjpwYXNz"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", nginx.log());
+    assert!(
+        r.text.contains(&format!("x-tessera-key-id: {key_id}")),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.text.contains("authorization: Basic dXNlcjpwYXNz"),
+        "{}",
+        r.text
+    );
+
+    // A foreign certificate with a root key of its own tenant: refused, and the upstream never
+    // hears of tenant beta.
+    let beta = gateway_client(&home, &nginx, Some((&beta_cert, &beta_key)));
+    for with_key in [false, true] {
+        let mut req = beta
+            .http
+            .get(beta.url("/orders"))
+            .header("authorization", format!("Bearer {beta_root}"));
+        if with_key {
+            req = req.header("x-api-key", &key);
+        }
+        let r = beta.send(req).await;
+        assert_eq!(r.status, 401, "with key: {with_key}; {}", r.text);
+        assert!(!r.text.contains("beta"), "{}", r.text);
+    }
 }

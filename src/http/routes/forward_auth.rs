@@ -1,8 +1,15 @@
 //! `/v1/auth/check`: forward authentication for gateways (nginx `auth_request`, Envoy
 //! `ext_authz` in HTTP mode, Traefik `ForwardAuth`).
 //!
-//! The gateway calls with its own credential (its mTLS identity, or a root key as
-//! `Authorization: Bearer`) and passes the end client's: an API key in `X-Api-Key` (the name is
+//! The caller is the gateway, and the gateway is the connection's client certificate, always
+//! ([`AuthenticatedConnection`]): it needs `keys:verify` to check keys and `certs:verify` to
+//! check certificates, in its own tenant. A root key is no credential here. The request's
+//! `Authorization` header belongs to the end client (gateways forward it): it never
+//! authenticates the gateway and never counts against the gateway's address; it is read only
+//! when the operator chose it as the end client's key header (`forward_auth.key_header =
+//! "Authorization"`, a bare key or `Bearer <key>`), and is otherwise ignored.
+//!
+//! The gateway passes the end client's credentials: an API key in `X-Api-Key` (the name is
 //! configurable) and/or the client certificate it verified, URL-escaped PEM in `X-Client-Cert`
 //! (nginx's `$ssl_client_escaped_cert`). The API and scopes required come from the `api_id` and
 //! `scopes` query parameters or the `X-Tessera-Api-Id` / `X-Tessera-Scopes` headers; a key is
@@ -10,7 +17,9 @@
 //!
 //! The answer is a status and nothing the end client could learn from: `204` with the identity
 //! headers, or an empty `401` (unknown, revoked, expired, disabled, wrong identity), `403`
-//! (missing scopes, quota used up) or `429` with `Retry-After` (the key's rate limit).
+//! (missing scopes, quota used up) or `429` with `Retry-After` (the key's rate limit). Only the
+//! gateway's own problems get Tessera's error body: no valid certificate (the uniform `401`), a
+//! missing permission (`403`), bad requirements (`400`), its own throttle (`429`).
 //!
 //! Envoy appends the original request path to its `path_prefix`, so `/v1/auth/check/<path>`
 //! answers the same way, with any method; its query string belongs to the original request
@@ -20,7 +29,7 @@ use actix_web::{
     HttpRequest, HttpResponse,
     http::{
         StatusCode,
-        header::{HeaderMap, HeaderName},
+        header::{AUTHORIZATION, HeaderMap, HeaderName},
     },
     web,
 };
@@ -31,7 +40,7 @@ use crate::{
     crypto::secret::SecretString,
     http::{
         error::ApiError,
-        extract::{Authenticated, Query},
+        extract::{AuthenticatedConnection, Query},
         state::AppState,
     },
     ids::{ApiId, KeyId, TenantName},
@@ -68,8 +77,9 @@ pub struct CheckQuery {
 
 #[utoipa::path(
     get, path = "/v1/auth/check", tag = "gateway", operation_id = "forwardAuth",
-    description = "Forward authentication for nginx `auth_request`, Envoy `ext_authz` (HTTP) and Traefik `ForwardAuth`. Any method is answered the same way (gateways pass the original request's).",
-    params(CheckQuery, ("X-Api-Key" = Option<String>, Header, description = "The end client's API key (the header name is `forward_auth.key_header`). Never in the URL."),
+    description = "Forward authentication for nginx `auth_request`, Envoy `ext_authz` (HTTP) and Traefik `ForwardAuth`. The gateway authenticates with its client certificate only (a root key is no credential here); an `Authorization` header belongs to the end client and is ignored, unless `forward_auth.key_header` is `Authorization`. Any method is answered the same way (gateways pass the original request's).",
+    security(("mtls" = [])),
+    params(CheckQuery, ("X-Api-Key" = Option<String>, Header, description = "The end client's API key (the header name is `forward_auth.key_header`; set to `Authorization`, it takes a bare key or `Bearer <key>`). Never in the URL."),
         ("X-Client-Cert" = Option<String>, Header, description = "The end client's certificate as the gateway verified it: URL-escaped PEM (nginx `$ssl_client_escaped_cert`; the name is `forward_auth.cert_header`)."),
         ("X-Tessera-Api-Id" = Option<ApiId>, Header, description = "The API the key must belong to (or `api_id` in the query)."),
         ("X-Tessera-Scopes" = Option<String>, Header, description = "Comma-separated scopes the key must hold (or `scopes` in the query).")),
@@ -82,14 +92,14 @@ pub struct CheckQuery {
                 ("X-Tessera-Identity" = String, description = "The client certificate's SPIFFE id (certificate requests)."),
                 ("X-Tessera-Scopes" = String, description = "The key's scopes, comma-separated."),
             )),
-        (status = 401, description = "The end client's credential is missing, unknown, revoked, expired, disabled or presented by the wrong identity (empty body); or the gateway's own credential failed (the uniform error body)."),
+        (status = 401, description = "The end client's credential is missing, unknown, revoked, expired, disabled or presented by the wrong identity (empty body); or the gateway presented no valid client certificate (the uniform error body)."),
         (status = 403, description = "The key lacks a required scope or its quota is used up (empty body); or the gateway lacks `keys:verify`/`certs:verify` (error body)."),
         (status = 429, description = "The key's rate limit (empty body), or the gateway is throttled (error body).",
             headers(("Retry-After" = u64, description = "Seconds."))),
     ),
 )]
 pub async fn check(
-    auth: Authenticated,
+    auth: AuthenticatedConnection,
     state: web::Data<AppState>,
     req: HttpRequest,
     q: Query<CheckQuery>,
@@ -100,8 +110,9 @@ pub async fn check(
 /// The Envoy form, `/v1/auth/check/<original path>`: settings from headers only.
 #[utoipa::path(
     get, path = "/v1/auth/check/{path}", tag = "gateway", operation_id = "forwardAuthPrefixed",
-    description = "The same check for Envoy, which appends the original path to `path_prefix`. The query string belongs to the original request and is ignored: pass the API and scopes as headers. Any method.",
-    params(("path" = String, Path, description = "The original request's path (ignored)."), ("X-Api-Key" = Option<String>, Header, description = "The end client's API key (the header name is `forward_auth.key_header`). Never in the URL."),
+    description = "The same check for Envoy, which appends the original path to `path_prefix`. The gateway authenticates with its client certificate only; an `Authorization` header belongs to the end client and is ignored, unless `forward_auth.key_header` is `Authorization`. The query string belongs to the original request and is ignored: pass the API and scopes as headers. Any method.",
+    security(("mtls" = [])),
+    params(("path" = String, Path, description = "The original request's path (ignored)."), ("X-Api-Key" = Option<String>, Header, description = "The end client's API key (the header name is `forward_auth.key_header`; set to `Authorization`, it takes a bare key or `Bearer <key>`). Never in the URL."),
         ("X-Client-Cert" = Option<String>, Header, description = "The end client's certificate as the gateway verified it: URL-escaped PEM (nginx `$ssl_client_escaped_cert`; the name is `forward_auth.cert_header`)."),
         ("X-Tessera-Api-Id" = Option<ApiId>, Header, description = "The API the key must belong to."),
         ("X-Tessera-Scopes" = Option<String>, Header, description = "Comma-separated scopes the key must hold.")),
@@ -114,14 +125,14 @@ pub async fn check(
                 ("X-Tessera-Identity" = String, description = "The client certificate's SPIFFE id (certificate requests)."),
                 ("X-Tessera-Scopes" = String, description = "The key's scopes, comma-separated."),
             )),
-        (status = 401, description = "The end client's credential is missing, unknown, revoked, expired, disabled or presented by the wrong identity (empty body); or the gateway's own credential failed (the uniform error body)."),
+        (status = 401, description = "The end client's credential is missing, unknown, revoked, expired, disabled or presented by the wrong identity (empty body); or the gateway presented no valid client certificate (the uniform error body)."),
         (status = 403, description = "The key lacks a required scope or its quota is used up (empty body); or the gateway lacks `keys:verify`/`certs:verify` (error body)."),
         (status = 429, description = "The key's rate limit (empty body), or the gateway is throttled (error body).",
             headers(("Retry-After" = u64, description = "Seconds."))),
     ),
 )]
 pub async fn check_prefixed(
-    auth: Authenticated,
+    auth: AuthenticatedConnection,
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
@@ -129,7 +140,7 @@ pub async fn check_prefixed(
 }
 
 async fn decide(
-    auth: Authenticated,
+    auth: AuthenticatedConnection,
     state: web::Data<AppState>,
     req: HttpRequest,
     q: CheckQuery,
@@ -148,7 +159,7 @@ async fn decide(
         None => None,
     };
     let fa = &state.config.forward_auth;
-    let key = header(headers, &fa.key_header);
+    let key = end_client_key(headers, &fa.key_header);
     let cert = header(headers, &fa.cert_header);
     if key.is_none() && cert.is_none() {
         return Ok(deny(StatusCode::UNAUTHORIZED));
@@ -261,6 +272,22 @@ fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
+/// The end client's key, from the configured header only. `Authorization` is read only when it
+/// is that header, and then the key may come bare or as a bearer token; otherwise it is the end
+/// client's credential for the upstream, and none of Tessera's business.
+fn end_client_key<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    let value = header(headers, name)?;
+    if *name != AUTHORIZATION {
+        return Some(value);
+    }
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+            Some(token.trim()).filter(|t| !t.is_empty())
+        }
+        _ => Some(value),
+    }
+}
+
 fn parse_scopes(list: &str) -> Result<Scopes, ApiError> {
     let v = list
         .split(',')
@@ -301,6 +328,27 @@ mod tests {
         assert_eq!(unescape_pem("%zz"), None);
         assert_eq!(unescape_pem("not a certificate"), None);
         assert_eq!(unescape_pem(&"%41".repeat(MAX_CERT_HEADER)), None);
+    }
+
+    #[test]
+    fn the_key_comes_from_the_configured_header_only() {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, "Bearer tsk_abc".parse().unwrap());
+        let api_key = HeaderName::from_static("x-api-key");
+        assert_eq!(end_client_key(&h, &api_key), None);
+        assert_eq!(end_client_key(&h, &AUTHORIZATION), Some("tsk_abc"));
+        h.insert(api_key.clone(), "tsk_def".parse().unwrap());
+        assert_eq!(end_client_key(&h, &api_key), Some("tsk_def"));
+        for (value, key) in [
+            ("bearer  tsk_abc ", Some("tsk_abc")),
+            ("tsk_abc", Some("tsk_abc")),
+            ("Basic dXNlcjpwYXNz", Some("Basic dXNlcjpwYXNz")),
+            ("Bearer ", Some("Bearer")),
+            ("Bearer  ", Some("Bearer")),
+        ] {
+            h.insert(AUTHORIZATION, value.parse().unwrap());
+            assert_eq!(end_client_key(&h, &AUTHORIZATION), key, "{value:?}");
+        }
     }
 
     #[test]
