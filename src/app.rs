@@ -105,6 +105,18 @@ pub struct Vault {
     pub seal: Option<SealConfig>,
 }
 
+/// The seal configuration a database holds, if it is sealed with shares.
+fn read_seal(db: &SledDb) -> Result<Option<SealConfig>, AppError> {
+    Ok(db
+        .meta(SEAL_META)?
+        .map(|v| serde_json::from_slice::<SealConfig>(&v))
+        .transpose()
+        .map_err(|_| StoreError::Corrupt {
+            kind: "seal",
+            id: String::new(),
+        })?)
+}
+
 impl Vault {
     /// Creates the directories if needed and opens the database (taking its lock).
     pub fn open(config: Config) -> Result<Self, AppError> {
@@ -118,14 +130,7 @@ impl Vault {
                 cache_capacity: config.store_cache_bytes,
             },
         )?;
-        let seal = db
-            .meta(SEAL_META)?
-            .map(|v| serde_json::from_slice::<SealConfig>(&v))
-            .transpose()
-            .map_err(|_| StoreError::Corrupt {
-                kind: "seal",
-                id: String::new(),
-            })?;
+        let seal = read_seal(&db)?;
         let paths = CertPaths::new(&config.certs_dir);
         Ok(Self {
             config,
@@ -134,6 +139,12 @@ impl Vault {
             clock: Arc::new(SystemClock),
             seal,
         })
+    }
+
+    /// Reads the seal configuration again (after a restore imported one).
+    pub fn reload_seal(&mut self) -> Result<(), AppError> {
+        self.seal = read_seal(&self.db()?)?;
+        Ok(())
     }
 
     /// The database handle (absent only while [`Vault::reopen`] swaps it).

@@ -398,7 +398,8 @@ fn main() -> anyhow::Result<()> {
                 .call(reqwest::Method::GET, "/v1/sys/backup", None)
                 .await?
                 .ok()?;
-            tessera::store::backup::decode(&answer.body)
+            // Its structure only: checking its MAC takes the master key (restore does).
+            tessera::store::backup::parse(&answer.body)
                 .context("the server's backup does not check out")?;
             tessera::files::write_atomic(&out, &answer.body, tessera::files::PRIVATE)
                 .with_context(|| format!("writing {}", out.display()))?;
@@ -707,6 +708,31 @@ fn read_shares(vault: &Vault) -> anyhow::Result<tessera::crypto::keyring::Master
     Ok(vault.combine(&shares)?)
 }
 
+/// Imports a backup into the (empty, locked) target and checks it against the MAC key of its
+/// own keyring, opened with the operator's master key.
+fn import_authenticated(
+    vault: &mut Vault,
+    backup: &tessera::store::backup::Unverified<'_>,
+) -> anyhow::Result<()> {
+    vault.db()?.import(&backup.entries)?;
+    vault.reload_seal()?;
+    let master = match vault.automatic_master()? {
+        Some(m) => m,
+        None if vault.seal.is_some() => read_shares(vault)?,
+        None => anyhow::bail!(
+            "restore needs the master key that the backup's server used: copy its master.key \
+             into {} (mode 0600) or set TESSERA_MASTER_KEY",
+            vault.config.data_dir.display()
+        ),
+    };
+    let (_, keyring) = vault
+        .db()?
+        .unseal(&master)
+        .context("the master key does not open the backup's keyring")?;
+    backup.verify(&keyring.pepper().backup_key())?;
+    Ok(())
+}
+
 /// Restores a backup into an empty data directory, and names the revocations made after the
 /// backup that it lost (from the certs directory's published CRLs, and the shipped audit log).
 fn restore(
@@ -715,43 +741,49 @@ fn restore(
     audit_log: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let (header, entries) = tessera::store::backup::decode(&bytes)
+    let backup = tessera::store::backup::parse(&bytes)
         .with_context(|| format!("{} is not a usable backup", file.display()))?;
-    let header: serde_json::Value =
-        serde_json::from_slice(&header).context("the backup header is unreadable")?;
-    tessera::files::ensure_dir(&config.data_dir, 0o700)?;
-    let db = tessera::store::sled::SledDb::open(
-        &config.data_dir.join("db"),
-        &tessera::store::sled::SledOptions::default(),
-    )
-    .context("opening the target data directory (is a server running on it?)")?;
-    if !db.is_empty() {
+    let header = backup.header.clone();
+    let db_dir = config.data_dir.join("db");
+    let mut vault = Vault::open(config.clone())
+        .context("opening the target data directory (is a server running on it?)")?;
+    if !vault.db()?.is_empty() {
         anyhow::bail!(
             "{} already holds a database: restore only into an empty data directory",
             config.data_dir.display()
         );
     }
-    db.import(&entries)?;
+    // The backup's MAC key comes from its own keyring, which only the master key opens: the
+    // key file or TESSERA_MASTER_KEY in the target, or the shares on standard input. Nothing
+    // of an unauthenticated backup may stay behind.
+    if let Err(e) = import_authenticated(&mut vault, &backup) {
+        drop(vault);
+        let _ = std::fs::remove_dir_all(&db_dir);
+        return Err(e.context(format!(
+            "{} was not restored (the target directory holds no database)",
+            file.display()
+        )));
+    }
+    let db = vault.db()?;
+    let entries = &backup.entries;
     let summary = serde_json::json!({
-        "backup_created_at": header["created_at"],
-        "backup_audit_head_seq": header["audit_head_seq"],
+        "backup_created_at": header.created_at,
+        "backup_audit_head_seq": header.audit_head_seq,
     });
     db.put_meta(tessera::app::RESTORE_META, summary.to_string().as_bytes())?;
+    drop(db);
+    drop(vault);
     println!(
-        "restored {} entries from a backup made at {} into {}",
+        "restored {} entries from a backup made at {} into {} (authenticated with the master key)",
         entries.len(),
-        header["created_at"].as_str().unwrap_or("?"),
+        header.created_at,
         config.data_dir.display()
     );
     println!("The first unseal opens a new audit epoch. The master key is not in the backup.");
 
     // Revocations made after the backup are not in it: name them.
-    let in_backup: std::collections::BTreeSet<String> = header["revoked_serials"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str().map(str::to_owned))
-        .collect();
+    let in_backup: std::collections::BTreeSet<String> =
+        header.revoked_serials.iter().cloned().collect();
     let mut lost: Vec<String> = Vec::new();
     if let Ok(text) = std::fs::read_to_string(config.certs_dir.join("crls.pem")) {
         for block in pem::parse_many(&text).unwrap_or_default() {
@@ -766,7 +798,7 @@ fn restore(
         }
     }
     if let Some(path) = audit_log {
-        let head = header["audit_head_seq"].as_u64().unwrap_or(0);
+        let head = header.audit_head_seq;
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         for line in text.lines() {

@@ -42,6 +42,13 @@ impl Pepper {
         hmac::verify(&self.verify, secret, stored).is_ok()
     }
 
+    /// The key that authenticates backups: a PRF output of the pepper under its own label,
+    /// so only a holder of the master key (which unwraps the pepper) can make or check one.
+    pub fn backup_key(&self) -> hmac::Key {
+        let derived = hmac::sign(&self.verify, b"tessera/backup-mac/v1");
+        hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
+    }
+
     /// A blind index: a keyed hash under a second key, used as the look-up key in the store's
     /// indexes. `domain` separates uses (key look-up, name uniqueness, ...).
     pub fn blind_index(&self, domain: &str, value: &[u8]) -> [u8; HASH_LEN] {

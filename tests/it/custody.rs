@@ -319,6 +319,11 @@ async fn backup_while_writing_then_restore() {
     let master = std::fs::read_to_string(home.data().join("master.key")).unwrap();
     let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
     assert!(!contains(master.trim().as_bytes()));
+    let master_raw = tessera::crypto::hex::decode(master.trim()).unwrap();
+    assert!(
+        !contains(&master_raw),
+        "the raw master key is in the backup"
+    );
     for (_, k) in &keys {
         assert!(!contains(&k.as_bytes()[4..]));
     }
@@ -388,15 +393,63 @@ async fn backup_while_writing_then_restore() {
     }
     assert!(found, "{log}");
 
-    // A corrupted backup is refused with a clear error.
-    let mut bad = bytes.clone();
-    let mid = bad.len() / 2;
-    bad[mid] ^= 0xff;
-    std::fs::write(&backup, &bad).unwrap();
-    let other = Home::new();
-    let (ok, out, err) = run(&other, &["restore", backup.to_str().unwrap()], None);
-    assert!(!ok);
-    assert!(format!("{out}{err}").contains("corrupt"), "{out}{err}");
+    // A forged backup is refused, and nothing of it stays in the target. The attack: drop the
+    // revocation index entries (and the header's list), so the restore reports nothing lost
+    // and the revoked certificate comes back; then "fix" the integrity trailer without the
+    // master key.
+    let parsed = tessera::store::backup::parse(&bytes).unwrap();
+    // (This backup holds no certificate revocation yet: any dropped entry is the same attack.)
+    let kept: Vec<_> = parsed
+        .entries
+        .iter()
+        .filter(|(k, _)| !k.windows(13).any(|w| w == b"revoked_by_ca"))
+        .skip(1)
+        .cloned()
+        .collect();
+    let mut header = parsed.header.clone();
+    header.revoked_serials.clear();
+    header.entries = kept.len() as u64;
+    let forger = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[0x42; 32]);
+    let mut bad_bytes = vec![
+        tessera::store::backup::encode(&header, &kept, &forger),
+        bytes[..bytes.len() - 9].to_vec(),
+    ];
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0xff;
+    bad_bytes.push(flipped);
+    for (i, bad) in bad_bytes.iter().enumerate() {
+        std::fs::write(&backup, bad).unwrap();
+        let other = Home::new();
+        std::fs::create_dir_all(other.data()).unwrap();
+        std::fs::copy(
+            home.data().join("master.key"),
+            other.data().join("master.key"),
+        )
+        .unwrap();
+        let (ok, out, err) = run(&other, &["restore", backup.to_str().unwrap()], None);
+        assert!(!ok, "forgery {i} restored: {out}{err}");
+        let said = format!("{out}{err}");
+        assert!(
+            said.contains("authentication") || said.contains("malformed"),
+            "forgery {i}: {said}"
+        );
+        assert!(
+            !other.data().join("db").exists()
+                || std::fs::read_dir(other.data().join("db"))
+                    .unwrap()
+                    .next()
+                    .is_none(),
+            "forgery {i} left a database behind"
+        );
+    }
+    // Without the master key nothing is restored either.
+    std::fs::write(&backup, &bytes).unwrap();
+    let keyless = Home::new();
+    let (ok, out, err) = run(&keyless, &["restore", backup.to_str().unwrap()], None);
+    assert!(!ok, "{out}{err}");
+    assert!(format!("{out}{err}").contains("master key"), "{out}{err}");
+    assert!(!keyless.data().join("db").exists());
 }
 
 #[tokio::test]

@@ -2,7 +2,6 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::{
     access::{Permission, authorize},
@@ -248,11 +247,12 @@ pub async fn rotate_keyring(
     Ok(HttpResponse::Ok().json(KeyringVersions { current, versions }))
 }
 
-/// `GET /v1/sys/backup` (global admin): an online, consistent, still-sealed snapshot with a
-/// checksum. Commits wait while it is copied; reads go on. It never holds the master key.
+/// `GET /v1/sys/backup` (global admin): an online, consistent, still-sealed snapshot,
+/// authenticated with a key only the master key unlocks (see `store::backup`). Commits wait
+/// while it is copied; reads go on. It never holds the master key.
 #[utoipa::path(
     get, path = "/v1/sys/backup", tag = "sys", operation_id = "backup",
-    responses((status = 200, description = "An online, consistent, still-sealed snapshot with a checksum (`tessera restore` reads it).", body = Vec<u8>, content_type = "application/octet-stream")),
+    responses((status = 200, description = "An online, consistent, still-sealed snapshot, authenticated with a key derived from the keyring (only the master key holder can check or forge it; `tessera restore` reads it).", body = Vec<u8>, content_type = "application/octet-stream")),
 )]
 pub async fn backup(
     auth: Authenticated,
@@ -270,17 +270,23 @@ pub async fn backup(
         .await
         .map_err(|_| ApiError::Internal)??;
     let now = state.clock.now();
-    let header = json!({
-        "version": 1,
-        "created_at": now,
-        "data_format": crate::store::sled::FORMAT_VERSION,
-        "trust_domain": state.config.trust_domain.as_str(),
-        "entries": entries.len(),
-        "audit_head_seq": head.seq,
-        "revoked_serials": core.pki.revoked_serials(),
-    });
+    let header = crate::store::backup::Header {
+        version: crate::store::backup::VERSION,
+        created_at: now,
+        data_format: crate::store::sled::FORMAT_VERSION,
+        trust_domain: state.config.trust_domain.as_str().to_owned(),
+        entries: entries.len() as u64,
+        audit_head_seq: head.seq,
+        revoked_serials: core
+            .pki
+            .revoked_serials()
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect(),
+    };
+    let key = core.keyring.pepper().backup_key();
     let bytes = actix_web::rt::task::spawn_blocking(move || {
-        crate::store::backup::encode(header.to_string().as_bytes(), &entries)
+        crate::store::backup::encode(&header, &entries, &key)
     })
     .await
     .map_err(|_| ApiError::Internal)?;
