@@ -139,6 +139,21 @@ impl Idempotency {
         Ok(Claim::Claimed)
     }
 
+    /// Drops every remembered reply older than the window: a reply can hold a secret (the
+    /// key it created), which must not outlive the window in memory. Run every few seconds.
+    pub fn purge_expired(&self) {
+        let now = Instant::now();
+        self.lock().retain(|_, e| match e {
+            Entry::Done { at, .. } => now.duration_since(*at) < WINDOW,
+            Entry::InFlight => true,
+        });
+    }
+
+    /// Forgets every remembered reply (sealing: no secret stays in memory).
+    pub fn clear(&self) {
+        self.lock().retain(|_, e| matches!(e, Entry::InFlight));
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Slot, Entry>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -181,5 +196,42 @@ impl Idempotency {
             );
         }
         result.map(|r| r.to_response(false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_holding_secrets_do_not_outlive_the_window() {
+        let idem = Idempotency::default();
+        let reply = Reply::json(StatusCode::CREATED, &serde_json::json!({"key": "tsk_x"})).unwrap();
+        let old = Instant::now()
+            .checked_sub(WINDOW + Duration::from_secs(1))
+            .unwrap();
+        let fresh = Instant::now();
+        let slot = |k: &str| ("p".to_owned(), "/r".to_owned(), k.to_owned());
+        idem.lock().insert(
+            slot("old"),
+            Entry::Done {
+                digest: [0; 32],
+                reply: reply.clone(),
+                at: old,
+            },
+        );
+        idem.lock().insert(
+            slot("fresh"),
+            Entry::Done {
+                digest: [0; 32],
+                reply,
+                at: fresh,
+            },
+        );
+        idem.purge_expired();
+        assert!(!idem.lock().contains_key(&slot("old")));
+        assert!(idem.lock().contains_key(&slot("fresh")));
+        idem.clear();
+        assert!(idem.lock().is_empty());
     }
 }

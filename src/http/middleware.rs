@@ -43,7 +43,13 @@ pub async fn request_context(
     let id = new_request_id();
     let method = req.method().clone();
     // The path only: queries carry cursors and filters, never secrets, but keep logs lean.
-    let path = req.path().to_owned();
+    // The Envoy form of forward auth carries an end client's original path, which can hold a
+    // capability token of that API: never logged.
+    let path = if req.path().starts_with(FORWARD_AUTH_PREFIXED) {
+        FORWARD_AUTH_PREFIXED_LOGGED.to_owned()
+    } else {
+        req.path().to_owned()
+    };
     let span = tracing::info_span!("request", request_id = %id, %method, %path);
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let started = Instant::now();
@@ -215,6 +221,8 @@ const UNAUDITED: &[&str] = &["/v1/keys/verify", "/v1/certs/verify"];
 
 /// Forward authentication answers about end clients: verification, never written one by one.
 const FORWARD_AUTH: &str = "/v1/auth/check";
+const FORWARD_AUTH_PREFIXED: &str = "/v1/auth/check/";
+const FORWARD_AUTH_PREFIXED_LOGGED: &str = "/v1/auth/check/{path}";
 
 /// Records what a response still needs recording: every mutation that did not record a
 /// successful change in its own batch (refusals, failures, no-op changes), and every

@@ -141,6 +141,7 @@ pub async fn serve(vault: Vault, core: Option<Core>) -> Result<(), AppError> {
         actix_web::rt::spawn(tidy(state.clone())),
         actix_web::rt::spawn(checkpoints(state.clone())),
         actix_web::rt::spawn(refusals(state.clone())),
+        actix_web::rt::spawn(forget_replies(state.clone())),
         actix_web::rt::spawn(gauges(state.clone())),
         actix_web::rt::spawn(housekeeping(state.clone())),
         actix_web::rt::spawn(rewrap(state.clone())),
@@ -428,6 +429,15 @@ async fn gauges(state: web::Data<AppState>) {
             m.with_label_values(&["revoked"]).set(c.revoked as i64);
             crate::metrics::CERTS_EXPIRING.set(c.expiring_7d as i64);
         }
+    }
+}
+
+/// Drops remembered idempotent replies (which may hold a new key) once their window ends.
+async fn forget_replies(state: web::Data<AppState>) {
+    let mut tick = actix_web::rt::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        state.idempotency.purge_expired();
     }
 }
 

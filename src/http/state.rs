@@ -85,6 +85,8 @@ impl AppState {
     /// Takes the core out of service to reopen the store (requests get 503 meanwhile).
     pub fn take_core(&self) -> Option<Arc<Core>> {
         let core = self.core.write().unwrap_or_else(|e| e.into_inner()).take();
+        // Remembered replies may hold new keys: nothing secret stays in memory once sealed.
+        self.idempotency.clear();
         self.verifier.set_pki(None);
         self.guard.set_audit(None);
         core

@@ -381,6 +381,26 @@ async fn forward_auth_answers_are_not_written_one_by_one() {
     assert_eq!(checks.len(), 1, "{new:?}");
     assert_eq!(checks[0]["outcome"], "end_client_unauthenticated");
     assert_eq!(tally(checks[0]), 20);
+
+    // The Envoy form carries the end client's original path, which may hold a capability
+    // token of that API: it never reaches the log.
+    let capability = "share-token-Zk3qv9Lm2";
+    let r = gateway
+        .send(
+            gateway
+                .http
+                .get(gateway.url(&format!("/v1/auth/check/files/{capability}")))
+                .header("x-api-key", &key),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let log = std::fs::read_to_string(home.log()).unwrap();
+    assert!(
+        log.contains("/v1/auth/check/{path}"),
+        "the request was not logged"
+    );
+    assert!(!log.contains(capability), "an end client's path was logged");
 }
 
 /// An `Authorization` header authenticates nothing on a public route, so it does not switch
