@@ -38,7 +38,7 @@ fn run(home: &Home, args: &[&str], stdin: Option<&str>) -> (bool, String, String
     )
 }
 
-fn init(home: &Home) -> Vec<String> {
+pub(crate) fn init(home: &Home) -> Vec<String> {
     let (ok, out, err) = run(home, &["init", "--shares", "5", "--threshold", "3"], None);
     assert!(ok, "{out}{err}");
     let shares: Vec<String> = out

@@ -502,3 +502,62 @@ async fn a_tenant_auditor_never_sees_the_global_chain() {
         .expect(403);
     admin.get("/v1/audit/verify").await.expect(200);
 }
+
+/// Guessing unseal shares is a credential attack like any other: refused shares lock the source
+/// out (even from valid shares), and every attempt made while sealed is in the audit log once
+/// the server is unsealed, tallied.
+#[tokio::test]
+async fn unseal_honours_lockouts_and_is_audited_once_unsealed() {
+    let home = Home::new();
+    let shares = crate::custody::init(&home);
+    let server = Server::start_with_config(
+        &home,
+        "[audit]\nrefusal_window_seconds = 1\n\
+         [limits]\nlockout_threshold = 5\nlockout_seconds = 2\n",
+    );
+    let anon = server.anonymous();
+    let wrong = json!({"share": format!("share-1: {}", "ab".repeat(33))});
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(anon.post("/v1/sys/unseal", wrong.clone()).await.status);
+    }
+    assert_eq!(&statuses[..5], &[400; 5], "{statuses:?}");
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    // Locked out: even a valid share waits.
+    let r = anon
+        .post("/v1/sys/unseal", json!({"share": shares[0]}))
+        .await;
+    assert_eq!(r.status, 429, "{}", r.text);
+    // A locked-out source waits on every public route, status included.
+    anon.get("/v1/sys/status").await.expect(429);
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    let status = anon.get("/v1/sys/status").await.expect(200);
+    assert!(
+        status["progress"].is_null() || status["progress"] == 0,
+        "a refused request made progress: {status}"
+    );
+    for s in &shares[..3] {
+        anon.post("/v1/sys/unseal", json!({ "share": s }))
+            .await
+            .expect(200);
+    }
+    let admin = server.admin();
+    admin.get("/v1/whoami").await.expect(200);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let entries = entries_after(&admin, 0).await;
+    let unseal: Vec<_> = entries
+        .iter()
+        .filter(|e| e["action"] == "POST /v1/sys/unseal")
+        .collect();
+    let refused: u64 = unseal
+        .iter()
+        .filter(|e| e["outcome"] == "invalid")
+        .map(|e| tally(e))
+        .sum();
+    let limited: u64 = unseal
+        .iter()
+        .filter(|e| e["outcome"] == "rate_limited")
+        .map(|e| tally(e))
+        .sum();
+    assert_eq!((refused, limited), (5, 4), "{unseal:?}");
+}
