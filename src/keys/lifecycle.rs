@@ -3,20 +3,20 @@
 use serde::Deserialize;
 
 use super::{
-    BLIND_KEY, IDX_KEY_ENDS, IDX_KEY_HASH, IDX_KEYS_BY_API, IDX_ROOT_KEYS, Keys, KeysError,
-    RETRIES,
+    BLIND_KEY, IDX_KEY_ENDS, IDX_KEY_HASH, IDX_KEYS_BY_API, IDX_ROOT_KEYS, KeyKind, Keys,
+    KeysError,
     model::{
         Api, ApiKeysMarker, BoundTo, Key, KeyView, MAX_GRACE_SECS, MAX_TTL_SECS, Metadata,
         RateLimit, Refill, Scopes, Text, UsageRecord, double_option,
     },
-    ordered,
+    ordered, retrying,
 };
 use crate::{
     clock::Timestamp,
     crypto::apikey::ApiKey,
     ids::{ApiId, KeyId, TenantScope},
     page::{Cursor, Page, PageRequest},
-    store::{self, Batch, Expect, Record, Recorder, Rev, StoreError},
+    store::{self, Batch, Expect, Record, Recorder, Rev},
 };
 
 /// `POST /v1/apis/{api_id}/keys`.
@@ -231,14 +231,12 @@ impl Keys {
         if input.refill.is_some() && input.remaining.is_none() {
             return Err(KeysError::invalid("refill", REFILL_NEEDS_REMAINING));
         }
-        for _ in 0..RETRIES {
+        let input = &input;
+        retrying(|| async move {
             let (api_rev, api) = self.visible_api(scope, api_id).await?;
-            match self.issue_in(rec, (&api, api_rev), &input, now).await {
-                Err(KeysError::Store(StoreError::Conflict)) => continue,
-                other => return other,
-            }
-        }
-        Err(KeysError::Conflict("too many concurrent changes; retry"))
+            self.issue_in(rec, (&api, api_rev), input, now).await
+        })
+        .await
     }
 
     /// Issues a root key for a tenant: a `tsr_` key under the tenant's internal API, whose
@@ -257,14 +255,12 @@ impl Keys {
             ttl_seconds: input.ttl_seconds,
             ..NewKey::default()
         };
-        for _ in 0..RETRIES {
+        let as_key = &as_key;
+        retrying(|| async move {
             let (api_rev, api) = self.root_api(tenant, now).await?;
-            match self.issue_in(rec, (&api, api_rev), &as_key, now).await {
-                Err(KeysError::Store(StoreError::Conflict)) => continue,
-                other => return other,
-            }
-        }
-        Err(KeysError::Conflict("too many concurrent changes; retry"))
+            self.issue_in(rec, (&api, api_rev), as_key, now).await
+        })
+        .await
     }
 
     /// Issues `n` keys under an API in batches of `batch` per durable commit (imports,
@@ -336,10 +332,10 @@ impl Keys {
         &self,
         scope: &TenantScope,
         id: &KeyId,
-        root: bool,
+        kind: KeyKind,
     ) -> Result<(Rev, Key), KeysError> {
         match store::record::get::<Key>(&*self.store, id.as_str()).await? {
-            Some((rev, k)) if scope.allows(&k.tenant) && k.root == root => Ok((rev, k)),
+            Some((rev, k)) if scope.allows(&k.tenant) && KeyKind::of(&k) == kind => Ok((rev, k)),
             _ => Err(KeysError::NotFound),
         }
     }
@@ -347,11 +343,11 @@ impl Keys {
     pub async fn get_key(
         &self,
         scope: &TenantScope,
-        root: bool,
+        kind: KeyKind,
         id: &KeyId,
         now: Timestamp,
     ) -> Result<KeyView, KeysError> {
-        let (_, k) = self.visible_key(scope, id, root).await?;
+        let (_, k) = self.visible_key(scope, id, kind).await?;
         let usage = self.usage.current(&k, now).await?;
         Ok(KeyView::new(&k, &usage, now))
     }
@@ -365,8 +361,15 @@ impl Keys {
     ) -> Result<Page<KeyView>, KeysError> {
         self.visible_api(scope, api_id).await?;
         let prefix = format!("{}/", api_id.as_str());
-        self.page_of(IDX_KEYS_BY_API, prefix.as_bytes(), scope, false, page, now)
-            .await
+        self.page_of(
+            IDX_KEYS_BY_API,
+            prefix.as_bytes(),
+            scope,
+            KeyKind::Api,
+            page,
+            now,
+        )
+        .await
     }
 
     /// Root keys, oldest first, of the tenants the caller may see.
@@ -380,8 +383,15 @@ impl Keys {
             TenantScope::All => String::new(),
             TenantScope::One(t) => format!("{}/", t.as_str()),
         };
-        self.page_of(IDX_ROOT_KEYS, prefix.as_bytes(), scope, true, page, now)
-            .await
+        self.page_of(
+            IDX_ROOT_KEYS,
+            prefix.as_bytes(),
+            scope,
+            KeyKind::Root,
+            page,
+            now,
+        )
+        .await
     }
 
     /// One page of keys from an index.
@@ -390,7 +400,7 @@ impl Keys {
         index: store::IndexName,
         prefix: &[u8],
         scope: &TenantScope,
-        root: bool,
+        kind: KeyKind,
         page: &PageRequest,
         now: Timestamp,
     ) -> Result<Page<KeyView>, KeysError> {
@@ -409,7 +419,7 @@ impl Keys {
         for e in entries.into_iter().take(page.limit) {
             if let Some((_, k)) = store::record::get::<Key>(&*self.store, &e.id).await?
                 && scope.allows(&k.tenant)
-                && k.root == root
+                && KeyKind::of(&k) == kind
             {
                 let usage = self.usage.current(&k, now).await?;
                 items.push(KeyView::new(&k, &usage, now));
@@ -428,7 +438,7 @@ impl Keys {
         &self,
         rec: &dyn Recorder,
         scope: &TenantScope,
-        root: bool,
+        kind: KeyKind,
         id: &KeyId,
         patch: KeyPatch,
         now: Timestamp,
@@ -436,8 +446,9 @@ impl Keys {
         if let Some(Some(t)) = patch.expires_at {
             check_future(t, now, "expires_at")?;
         }
-        for _ in 0..RETRIES {
-            let (rev, mut k) = self.visible_key(scope, id, root).await?;
+        let patch = &patch;
+        retrying(|| async move {
+            let (rev, mut k) = self.visible_key(scope, id, kind).await?;
             let before = k.clone();
             if k.revoked_at.is_some() {
                 return Err(KeysError::Conflict("the key is revoked"));
@@ -478,28 +489,17 @@ impl Keys {
             b.put_record(id.as_str(), &k, Expect::Rev(rev))?;
             track_end(&mut b, Some(&before), &k);
             rec.record(&mut b, k.id.as_str(), Some(&k.tenant))?;
-            match self.store.commit(b).await {
-                Ok(()) => {
-                    self.changed(&k);
-                    let refill_from = matches!(patch.refill, Some(Some(_))).then_some(now);
-                    if patch.remaining.is_some() || refill_from.is_some() {
-                        self.usage
-                            .set_quota(k.budget_id(), patch.remaining, refill_from)
-                            .await?;
-                    }
-                    let usage = self.usage.current(&k, now).await?;
-                    return Ok(KeyView::new(&k, &usage, now));
-                }
-                Err(StoreError::Conflict) => continue,
-                Err(e) => {
-                    // The write may be applied even though it was not acknowledged as
-                    // durable: the cached copy must not outlive it.
-                    self.changed(&k);
-                    return Err(e.into());
-                }
+            self.commit_changing(b, &[&k], &[]).await?;
+            let refill_from = matches!(patch.refill, Some(Some(_))).then_some(now);
+            if patch.remaining.is_some() || refill_from.is_some() {
+                self.usage
+                    .set_quota(k.budget_id(), patch.remaining, refill_from)
+                    .await?;
             }
-        }
-        Err(KeysError::Conflict("too many concurrent changes; retry"))
+            let usage = self.usage.current(&k, now).await?;
+            Ok(KeyView::new(&k, &usage, now))
+        })
+        .await
     }
 
     /// Replaces a key with a new one (new id, new secret, same API, name, scopes, metadata,
@@ -509,7 +509,7 @@ impl Keys {
         &self,
         rec: &dyn Recorder,
         scope: &TenantScope,
-        root: bool,
+        kind: KeyKind,
         id: &KeyId,
         input: RotateKey,
         now: Timestamp,
@@ -521,8 +521,9 @@ impl Keys {
             ));
         }
         let explicit = expiry(input.expires_at, input.ttl_seconds, now)?;
-        for _ in 0..RETRIES {
-            let (rev, mut old) = self.visible_key(scope, id, root).await?;
+        let grace = input.grace_seconds;
+        retrying(|| async move {
+            let (rev, mut old) = self.visible_key(scope, id, kind).await?;
             if old.superseded_by.is_some() {
                 return Err(KeysError::Conflict("the key has already been rotated"));
             }
@@ -532,7 +533,7 @@ impl Keys {
             if old.is_expired(now) {
                 return Err(KeysError::Conflict("the key has expired"));
             }
-            let (api_rev, api) = self.api_in_scope(scope, &old.api_id, root).await?;
+            let (api_rev, api) = self.api_in_scope(scope, &old.api_id, kind).await?;
             let secret = ApiKey::generate(&api.key_prefix)?;
             let mut new = self.new_key_record(&secret, &api, now)?;
             new.name = old.name.clone();
@@ -553,9 +554,10 @@ impl Keys {
                     Timestamp::from_unix_millis(now.unix_millis().saturating_add(lifetime.max(0)))
                 })
             });
+
             let before = old.clone();
             old.superseded_by = Some(new.id.clone());
-            old.stops_at = Some(now.plus_secs(input.grace_seconds));
+            old.stops_at = Some(now.plus_secs(grace));
             old.updated_at = now;
 
             let mut b = Batch::new();
@@ -564,20 +566,11 @@ impl Keys {
             // No usage record of its own: the chain's stays where it is.
             self.add_new_key(&mut b, (&api, api_rev), &new, &secret, None)?;
             rec.record(&mut b, new.id.as_str(), Some(&new.tenant))?;
-            match self.store.commit(b).await {
-                Ok(()) => {
-                    self.changed(&old);
-                    let usage = self.usage.current(&new, now).await?;
-                    return Ok((KeyView::new(&new, &usage, now), secret));
-                }
-                Err(StoreError::Conflict) => continue,
-                Err(e) => {
-                    self.changed(&old);
-                    return Err(e.into());
-                }
-            }
-        }
-        Err(KeysError::Conflict("too many concurrent changes; retry"))
+            self.commit_changing(b, &[&old], &[]).await?;
+            let usage = self.usage.current(&new, now).await?;
+            Ok((KeyView::new(&new, &usage, now), secret))
+        })
+        .await
     }
 
     /// Revokes a key at once. Revoking a revoked key changes nothing and succeeds.
@@ -585,12 +578,12 @@ impl Keys {
         &self,
         rec: &dyn Recorder,
         scope: &TenantScope,
-        root: bool,
+        kind: KeyKind,
         id: &KeyId,
         now: Timestamp,
     ) -> Result<KeyView, KeysError> {
-        for _ in 0..RETRIES {
-            let (rev, mut k) = self.visible_key(scope, id, root).await?;
+        retrying(|| async move {
+            let (rev, mut k) = self.visible_key(scope, id, kind).await?;
             if k.revoked_at.is_none() {
                 let before = k.clone();
                 k.revoked_at = Some(now);
@@ -599,23 +592,16 @@ impl Keys {
                 b.put_record(id.as_str(), &k, Expect::Rev(rev))?;
                 track_end(&mut b, Some(&before), &k);
                 rec.record(&mut b, k.id.as_str(), Some(&k.tenant))?;
-                match self.store.commit(b).await {
-                    Ok(()) => self.changed(&k),
-                    Err(StoreError::Conflict) => continue,
-                    Err(e) => {
-                        self.changed(&k);
-                        return Err(e.into());
-                    }
-                }
+                self.commit_changing(b, &[&k], &[]).await?;
             } else {
                 // Already revoked (perhaps by an earlier attempt whose flush failed after the
                 // write was applied): make sure no cached copy says otherwise.
                 self.changed(&k);
             }
             let usage = self.usage.current(&k, now).await?;
-            return Ok(KeyView::new(&k, &usage, now));
-        }
-        Err(KeysError::Conflict("too many concurrent changes; retry"))
+            Ok(KeyView::new(&k, &usage, now))
+        })
+        .await
     }
 }
 

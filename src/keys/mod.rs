@@ -54,6 +54,37 @@ impl KeysError {
 /// How often a read-modify-write retries after losing a race to a concurrent writer.
 const RETRIES: usize = 8;
 
+/// Which key space a key call acts in: API keys (`/v1/keys`) or root keys (`/v1/root-keys`).
+/// The two never answer for one another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    Api,
+    Root,
+}
+
+impl KeyKind {
+    fn of(key: &model::Key) -> Self {
+        if key.root { Self::Root } else { Self::Api }
+    }
+}
+
+/// Runs one read-modify-write `attempt` until it does not lose a compare-and-swap race to a
+/// concurrent writer (a [`StoreError::Conflict`]), at most [`RETRIES`] times. Every other
+/// outcome, success or error, is final.
+async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, KeysError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, KeysError>>,
+{
+    for _ in 0..RETRIES {
+        match attempt().await {
+            Err(KeysError::Store(StoreError::Conflict)) => continue,
+            other => return other,
+        }
+    }
+    Err(KeysError::Conflict("too many concurrent changes; retry"))
+}
+
 /// Index: blind(tenant, API name) -> API id (unique names per tenant).
 const IDX_API_NAME: IndexName = IndexName("api_name");
 /// Index: `<tenant>/<created millis, 20 digits>/<api id>` -> API id (listing).
@@ -99,6 +130,24 @@ impl Keys {
     /// Drops a changed key's cached record: after the commit, before the acknowledgement.
     fn changed(&self, key: &model::Key) {
         self.cache.invalidate(&key.lookup);
+    }
+
+    /// Commits a batch that changes `keys` and the policies of `apis`, and drops their cached
+    /// copies whatever the outcome but a conflict (nothing was applied then; the caller
+    /// retries): a write whose flush failed may still be applied, and no cached copy may
+    /// outlive it.
+    async fn commit_changing(
+        &self,
+        batch: crate::store::Batch,
+        keys: &[&model::Key],
+        apis: &[&crate::ids::ApiId],
+    ) -> Result<(), KeysError> {
+        let result = self.store.commit(batch).await;
+        if !matches!(result, Err(StoreError::Conflict)) {
+            keys.iter().for_each(|k| self.changed(k));
+            apis.iter().for_each(|a| self.policies.invalidate(a));
+        }
+        Ok(result?)
     }
 
     /// The usage counters, for the background flusher.

@@ -4,10 +4,10 @@
 use serde::Deserialize;
 
 use super::{
-    BLIND_API_NAME, IDX_API_NAME, IDX_APIS, IDX_KEYS_BY_API, IDX_ROOT_API, Keys, KeysError,
-    RETRIES,
+    BLIND_API_NAME, IDX_API_NAME, IDX_APIS, IDX_KEYS_BY_API, IDX_ROOT_API, KeyKind, Keys,
+    KeysError,
     model::{Api, ApiKeysMarker, Key, KeyDefaults, MAX_TTL_SECS, Risk, Text, double_option},
-    ordered,
+    ordered, retrying,
 };
 use crate::{
     clock::{Day, Timestamp},
@@ -202,15 +202,18 @@ impl Keys {
         })
     }
 
-    /// The API with its revision, if the caller may see it (internal APIs only when asked).
+    /// The API with its revision, if the caller may see it: a registered API for API keys,
+    /// the tenant's internal root-key API for root keys.
     pub(super) async fn api_in_scope(
         &self,
         scope: &TenantScope,
         id: &ApiId,
-        internal: bool,
+        kind: KeyKind,
     ) -> Result<(Rev, Api), KeysError> {
         match store::record::get::<Api>(&*self.store, id.as_str()).await? {
-            Some((rev, api)) if scope.allows(&api.tenant) && api.internal == internal => {
+            Some((rev, api))
+                if scope.allows(&api.tenant) && api.internal == (kind == KeyKind::Root) =>
+            {
                 Ok((rev, api))
             }
             _ => Err(KeysError::NotFound),
@@ -223,7 +226,7 @@ impl Keys {
         scope: &TenantScope,
         id: &ApiId,
     ) -> Result<(Rev, Api), KeysError> {
-        self.api_in_scope(scope, id, false).await
+        self.api_in_scope(scope, id, KeyKind::Api).await
     }
 
     /// The tenant's internal API that holds its root keys, created on first use.
@@ -232,15 +235,15 @@ impl Keys {
         tenant: &TenantName,
         now: Timestamp,
     ) -> Result<(Rev, Api), KeysError> {
-        let scope = TenantScope::One(tenant.clone());
-        for _ in 0..RETRIES {
+        let scope = &TenantScope::One(tenant.clone());
+        retrying(|| async move {
             if let Some(id) = self
                 .store
                 .lookup(IDX_ROOT_API, tenant.as_str().as_bytes())
                 .await?
             {
                 let id = ApiId::parse(&id).map_err(|_| KeysError::NotFound)?;
-                return self.api_in_scope(&scope, &id, true).await;
+                return self.api_in_scope(scope, &id, KeyKind::Root).await;
             }
             let api = Api {
                 id: ApiId::generate()?,
@@ -267,13 +270,11 @@ impl Keys {
                 api.id.as_str(),
                 true,
             );
-            match self.store.commit(b).await {
-                Ok(()) => {}
-                Err(store::StoreError::Conflict) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(KeysError::Conflict("too many concurrent changes; retry"))
+            // A concurrent creator's conflict sends the next attempt to its API.
+            self.store.commit(b).await?;
+            Ok((Rev(1), api))
+        })
+        .await
     }
 
     pub async fn get_api(&self, scope: &TenantScope, id: &ApiId) -> Result<Api, KeysError> {
@@ -297,7 +298,8 @@ impl Keys {
         if let Some(d) = &patch.key_defaults {
             check_defaults(d)?;
         }
-        for _ in 0..RETRIES {
+        let patch = &patch;
+        retrying(|| async move {
             let (rev, old) = self.visible_api(scope, id).await?;
             let mut api = old.clone();
             if let Some(v) = &patch.name {
@@ -344,32 +346,28 @@ impl Keys {
                 );
             }
             rec.record(&mut b, id.as_str(), Some(&api.tenant))?;
-            match self.store.commit(b).await {
-                Ok(()) => {
-                    self.policies.invalidate(&api.id);
-                    return Ok(api);
-                }
-                Err(store::StoreError::Conflict) => {
+            match self.commit_changing(b, &[], &[&api.id]).await {
+                Err(KeysError::Store(store::StoreError::Conflict)) if renamed => {
                     // Either a concurrent update (retry) or a name taken by another API.
-                    let taken = renamed
-                        && self
-                            .store
-                            .lookup(
-                                IDX_API_NAME,
-                                &self.api_name_index(&api.tenant, api.name.as_str()),
-                            )
-                            .await?
-                            .is_some_and(|other| other != id.as_str());
+                    let taken = self
+                        .store
+                        .lookup(
+                            IDX_API_NAME,
+                            &self.api_name_index(&api.tenant, api.name.as_str()),
+                        )
+                        .await?
+                        .is_some_and(|other| other != id.as_str());
                     if taken {
                         return Err(KeysError::Conflict(
                             "an API with this name already exists in the tenant",
                         ));
                     }
+                    Err(store::StoreError::Conflict.into())
                 }
-                Err(e) => return Err(e.into()),
+                other => other.map(|()| api),
             }
-        }
-        Err(KeysError::Conflict("too many concurrent changes; retry"))
+        })
+        .await
     }
 
     /// Deletes an API that has no active key (a disabled key still counts: it can be
@@ -382,7 +380,7 @@ impl Keys {
         id: &ApiId,
         now: Timestamp,
     ) -> Result<(), KeysError> {
-        for _ in 0..RETRIES {
+        retrying(|| async move {
             let (rev, api) = self.visible_api(scope, id).await?;
             let marker = self
                 .store
@@ -402,16 +400,9 @@ impl Keys {
             );
             b.index_delete(IDX_APIS, api_position(&api).as_bytes());
             rec.record(&mut b, id.as_str(), Some(&api.tenant))?;
-            match self.store.commit(b).await {
-                Ok(()) => {
-                    self.policies.invalidate(&api.id);
-                    return Ok(());
-                }
-                Err(store::StoreError::Conflict) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(KeysError::Conflict("too many concurrent changes; retry"))
+            self.commit_changing(b, &[], &[&api.id]).await
+        })
+        .await
     }
 
     async fn has_active_keys(&self, api: &ApiId, now: Timestamp) -> Result<bool, KeysError> {

@@ -20,7 +20,10 @@ use crate::{
         state::AppState,
     },
     ids::{ApiId, KeyId},
-    keys::{CallerIdentity, KeyPatch, NewKey, RotateKey, Verdict, VerifyRequest, model::KeyView},
+    keys::{
+        CallerIdentity, KeyKind, KeyPatch, NewKey, RotateKey, Verdict, VerifyRequest,
+        model::KeyView,
+    },
     metrics,
 };
 
@@ -138,7 +141,7 @@ pub async fn get(
     let id = path_param(&id, "id", KeyId::parse)?;
     let view = core
         .keys
-        .get_key(&scope, false, &id, state.clock.now())
+        .get_key(&scope, KeyKind::Api, &id, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(view))
 }
@@ -164,7 +167,14 @@ pub async fn update(
     let id = path_param(&id, "id", KeyId::parse)?;
     let view = core
         .keys
-        .update_key(&*audit, &scope, false, &id, body.value, state.clock.now())
+        .update_key(
+            &*audit,
+            &scope,
+            KeyKind::Api,
+            &id,
+            body.value,
+            state.clock.now(),
+        )
         .await?;
     Ok(HttpResponse::Ok().json(view))
 }
@@ -189,7 +199,7 @@ pub async fn rotate(
 ) -> Result<HttpResponse, ApiError> {
     let scope = authorize(&auth.0, Permission::KeysRotate)?;
     let id = path_param(&id, "id", KeyId::parse)?;
-    rotate_in(&auth, &audit, &state, &req, &scope, false, &id, body).await
+    rotate_in(&auth, &audit, &state, &req, &scope, KeyKind::Api, &id, body).await
 }
 
 /// Rotation, shared by API keys and root keys.
@@ -200,7 +210,7 @@ pub(super) async fn rotate_in(
     state: &web::Data<AppState>,
     req: &HttpRequest,
     scope: &crate::ids::TenantScope,
-    root: bool,
+    kind: KeyKind,
     id: &KeyId,
     body: OptionalJson<RotateKey>,
 ) -> Result<HttpResponse, ApiError> {
@@ -213,11 +223,11 @@ pub(super) async fn rotate_in(
         .run(&auth.0.name(), req.path(), idem, body.digest, || async {
             let (view, secret) = core
                 .keys
-                .rotate_key(&**audit, scope, root, id, body.value, now)
+                .rotate_key(&**audit, scope, kind, id, body.value, now)
                 .await?;
             metrics::KEYS_ISSUED.inc();
             let key = secret.expose();
-            if root {
+            if kind == KeyKind::Root {
                 let view = &super::rootkeys::RootKeyView::from(&view);
                 Reply::json(StatusCode::CREATED, &WithSecret { view, key })
             } else {
@@ -254,7 +264,7 @@ pub async fn revoke(
     let id = path_param(&id, "id", KeyId::parse)?;
     let view = core
         .keys
-        .revoke_key(&*audit, &scope, false, &id, state.clock.now())
+        .revoke_key(&*audit, &scope, KeyKind::Api, &id, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(view))
 }

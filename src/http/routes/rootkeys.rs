@@ -22,7 +22,7 @@ use crate::{
     },
     ids::{KeyId, TenantName},
     keys::{
-        NewRootKey, RotateKey,
+        KeyKind, NewRootKey, RotateKey,
         model::{KeyView, Rotation, Scope, Scopes, Text},
     },
     page::Page,
@@ -191,7 +191,7 @@ pub async fn get(
     let id = path_param(&id, "id", KeyId::parse)?;
     let view = core
         .keys
-        .get_key(&scope, true, &id, state.clock.now())
+        .get_key(&scope, KeyKind::Root, &id, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(RootKeyView::from(&view)))
 }
@@ -219,7 +219,17 @@ pub async fn rotate(
     // The replacement holds the key's permissions: only a caller that could grant them may
     // mint it (a root key's permissions never change, so this cannot go stale).
     held_by(&auth, &state, &scope, &id).await?;
-    rotate_in(&auth, &audit, &state, &req, &scope, true, &id, body).await
+    rotate_in(
+        &auth,
+        &audit,
+        &state,
+        &req,
+        &scope,
+        KeyKind::Root,
+        &id,
+        body,
+    )
+    .await
 }
 
 #[utoipa::path(
@@ -241,7 +251,7 @@ pub async fn revoke(
     held_by(&auth, &state, &scope, &id).await?;
     let view = core
         .keys
-        .revoke_key(&*audit, &scope, true, &id, state.clock.now())
+        .revoke_key(&*audit, &scope, KeyKind::Root, &id, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(RootKeyView::from(&view)))
 }
@@ -257,7 +267,7 @@ async fn held_by(
     let core = state.core()?;
     let view = core
         .keys
-        .get_key(scope, true, id, state.clock.now())
+        .get_key(scope, KeyKind::Root, id, state.clock.now())
         .await?;
     may_act_on(
         &auth.0,
