@@ -15,7 +15,9 @@ use x509_parser::{
 };
 
 use super::{
-    Pki, PkiError, fingerprint,
+    Pki, PkiError,
+    ceiling::Ceiling,
+    fingerprint,
     identity::{Identity, ServiceName, SpiffeId},
     pem,
     records::{
@@ -38,8 +40,13 @@ pub const MAX_CSR_BYTES: usize = 16 * 1024;
 /// What to put in a leaf certificate.
 #[derive(Clone, Debug)]
 pub enum Leaf {
-    /// A client certificate naming a SPIFFE id.
-    Client(SpiffeId),
+    /// A client certificate naming a SPIFFE id, with the permission ceiling it carries (see
+    /// [`super::ceiling`]; `None` writes no ceiling extension: the admin's certificate, or the
+    /// renewal of a certificate that had none).
+    Client {
+        id: SpiffeId,
+        ceiling: Option<Ceiling>,
+    },
     /// A TLS server certificate for these names and addresses.
     Server { dns: Vec<String>, ips: Vec<IpAddr> },
 }
@@ -150,7 +157,10 @@ impl Pki {
         }
     }
 
-    /// Issues a service certificate `spiffe://<td>/tenant/<tenant>/svc/<name>`.
+    /// Issues a service certificate `spiffe://<td>/tenant/<tenant>/svc/<name>` carrying
+    /// `ceiling`: what its issuer held (the most it will ever be allowed, whatever is bound
+    /// to the name later).
+    #[allow(clippy::too_many_arguments)]
     pub async fn issue_service(
         &self,
         rec: &dyn Recorder,
@@ -158,14 +168,18 @@ impl Pki {
         name: ServiceName,
         key: KeySource,
         ttl_secs: u64,
+        ceiling: Ceiling,
         now: Timestamp,
     ) -> Result<(Issued, Option<SecretString>), PkiError> {
         let id = SpiffeId::new(
             self.trust_domain.clone(),
             Identity::Service { tenant, name },
         );
-        self.issue_from(rec, &Leaf::Client(id), key, ttl_secs, None, now)
-            .await
+        let leaf = Leaf::Client {
+            id,
+            ceiling: Some(ceiling),
+        };
+        self.issue_from(rec, &leaf, key, ttl_secs, None, now).await
     }
 
     /// Issues a certificate for `leaf` with the key from `key`, under Tessera's policy, and
@@ -194,8 +208,9 @@ impl Pki {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "Tessera");
         let (profile, identity, tenant) = match leaf {
-            Leaf::Client(id) => {
+            Leaf::Client { id, ceiling } => {
                 let uri = id.uri();
+                p.custom_extensions = ceiling.iter().map(|c| c.extension()).collect();
                 let (cn, profile, tenant) = match &id.identity {
                     Identity::Admin => ("tessera admin".to_owned(), Profile::Admin, None),
                     Identity::Service { tenant, name } => (
@@ -292,12 +307,15 @@ impl Pki {
     }
 
     /// Renews the certificate `serial` (the caller's own, checked by the caller): same
-    /// identity, fresh validity; a new key from `csr`, or the same public key.
+    /// identity and the same ceiling (`ceiling`, read from the presented certificate), fresh
+    /// validity; a new key from `csr`, or the same public key.
+    #[allow(clippy::too_many_arguments)]
     pub async fn renew(
         &self,
         rec: &dyn Recorder,
         serial: &Serial,
         current_public_key: Vec<u8>,
+        ceiling: Option<Ceiling>,
         csr: Option<String>,
         ttl: Option<u64>,
         now: Timestamp,
@@ -319,7 +337,14 @@ impl Pki {
         };
         let ttl = self.ttl(ttl)?;
         let (issued, _) = self
-            .issue_from(rec, &Leaf::Client(id), key, ttl, Some(serial.clone()), now)
+            .issue_from(
+                rec,
+                &Leaf::Client { id, ceiling },
+                key,
+                ttl,
+                Some(serial.clone()),
+                now,
+            )
             .await?;
         Ok(issued)
     }

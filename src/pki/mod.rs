@@ -5,6 +5,7 @@
 
 pub mod bootstrap;
 pub mod ca;
+pub mod ceiling;
 mod crl;
 pub mod enrol;
 pub mod identity;

@@ -786,3 +786,175 @@ async fn sender_constrained_keys() {
         .expect(400);
     assert_eq!(r["error"]["field"], "bound_to");
 }
+
+/// A client holding the certificate of an issue answer (`private_key` from `generate`, or the
+/// key of a CSR).
+fn holder(server: &Server, dir: &std::path::Path, name: &str, v: &Value, key_pem: &str) -> Api {
+    let chain: String = v["chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(
+        &cert,
+        format!("{}{chain}", v["certificate"].as_str().unwrap()),
+    )
+    .unwrap();
+    std::fs::write(&key, key_pem).unwrap();
+    server.client(&cert, &key)
+}
+
+/// What a late-bound credential may do: `tenant-admin` bound to its name, then `admin`. It
+/// must hold only `certs:issue` (what its issuer held) and act in its own tenant.
+async fn assert_capped(admin: &Api, late: &Api, name: &str) {
+    put(
+        admin,
+        &format!("/v1/tenants/acme/bindings/{name}"),
+        json!({"roles": ["tenant-admin"]}),
+    )
+    .await
+    .expect(200);
+    let me = late.get("/v1/whoami").await.expect(200);
+    assert_eq!(me["tenant"], "acme", "{me}");
+    assert_eq!(me["permissions"], json!(["certs:issue"]), "{me}");
+    late.post(
+        "/v1/root-keys",
+        json!({"name": "mine", "permissions": ["keys:read"]}),
+    )
+    .await
+    .expect(403);
+    late.get("/v1/tenants/acme/bindings").await.expect(403);
+    late.get("/v1/audit").await.expect(403);
+
+    put(
+        admin,
+        &format!("/v1/tenants/acme/bindings/{name}"),
+        json!({"roles": ["admin"]}),
+    )
+    .await
+    .expect(200);
+    let me = late.get("/v1/whoami").await.expect(200);
+    assert_eq!(me["tenant"], "acme", "not a global admin: {me}");
+    assert_eq!(me["permissions"], json!(["certs:issue"]), "{me}");
+    late.post("/v1/tenants", json!({"name": "grabbed"}))
+        .await
+        .expect(403);
+    let r = late.get("/v1/tenants").await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    late.post(
+        "/v1/root-keys",
+        json!({"name": "mine", "permissions": ["keys:read"]}),
+    )
+    .await
+    .expect(403);
+    // What its issuer held still works.
+    late.post("/v1/certs", json!({"identity": "leaf", "generate": true}))
+        .await
+        .expect(201);
+}
+
+#[tokio::test]
+async fn a_late_binding_never_lifts_a_credential_above_its_issuer() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    tenant(&admin, "acme").await;
+    admin
+        .post(
+            "/v1/tenants/acme/roles",
+            json!({"name": "cert-issuer", "permissions": ["certs:issue"]}),
+        )
+        .await
+        .expect(201);
+    let issuer = service(
+        &server,
+        &admin,
+        dir.path(),
+        "acme",
+        "issuer",
+        &["cert-issuer"],
+    )
+    .await;
+
+    // A certificate for a name with no binding yet: nothing to escalate to, so it passes.
+    let v = issuer
+        .post(
+            "/v1/certs",
+            json!({"identity": "newbie", "generate": true, "ttl_seconds": 3600}),
+        )
+        .await
+        .expect(201);
+    let newbie = holder(
+        &server,
+        dir.path(),
+        "newbie",
+        &v,
+        v["private_key"].as_str().unwrap(),
+    );
+    assert_capped(&admin, &newbie, "newbie").await;
+
+    // The same through an enrolment token the issuer made.
+    let token = issuer
+        .post("/v1/enrolment-tokens", json!({"identity": "enrolled"}))
+        .await
+        .expect(201)["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let v = server
+        .anonymous()
+        .post(
+            "/v1/enrol",
+            json!({"token": token, "identity": "enrolled", "csr": csr}),
+        )
+        .await
+        .expect(201);
+    let enrolled = holder(&server, dir.path(), "enrolled", &v, &key.serialize_pem());
+    assert_capped(&admin, &enrolled, "enrolled").await;
+
+    // Renewal keeps the ceiling.
+    let v = newbie.post("/v1/certs/renew", json!({})).await.expect(201);
+    let renewed = holder(
+        &server,
+        dir.path(),
+        "newbie-renewed",
+        &v,
+        &std::fs::read_to_string(dir.path().join("newbie.key")).unwrap(),
+    );
+    let me = renewed.get("/v1/whoami").await.expect(200);
+    assert_eq!(me["tenant"], "acme", "{me}");
+    assert_eq!(me["permissions"], json!(["certs:issue"]), "{me}");
+
+    // A certificate the global admin issues holds what is bound, admin included.
+    let v = admin
+        .post(
+            "/v1/certs",
+            json!({"identity": "newbie", "tenant": "acme", "generate": true}),
+        )
+        .await
+        .expect(201);
+    let by_admin = holder(
+        &server,
+        dir.path(),
+        "by-admin",
+        &v,
+        v["private_key"].as_str().unwrap(),
+    );
+    let me = by_admin.get("/v1/whoami").await.expect(200);
+    assert!(me["tenant"].is_null(), "{me}");
+    by_admin
+        .post("/v1/tenants", json!({"name": "from-newbie"}))
+        .await
+        .expect(201);
+}

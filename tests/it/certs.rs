@@ -573,6 +573,7 @@ async fn verify_endpoint_answers_each_code() {
                 ServiceName::parse("future").unwrap(),
                 KeySource::Generate,
                 3600,
+                tessera::pki::ceiling::Ceiling::EMPTY,
                 later,
             )
             .await

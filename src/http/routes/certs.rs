@@ -20,7 +20,9 @@ use crate::{
     metrics,
     page::Page,
     pki::{
-        CertVerdict, Issued, KeySource, enrol,
+        CertVerdict, Issued, KeySource,
+        ceiling::Ceiling,
+        enrol,
         identity::{Identity, ServiceName, SpiffeId},
         records::{CertView, RevocationReason},
         serial::Serial,
@@ -189,12 +191,13 @@ pub async fn issue(
     };
     let ttl = core.pki.ttl(b.ttl_seconds)?;
     let tenant = issuable(&auth, &core, b.tenant, &b.identity).await?;
+    let ceiling = Ceiling::from_bits(auth.0.ceiling().bits());
     state
         .idempotency
         .run(&auth.0.name(), req.path(), idem, digest, || async {
             let (issued, private_key) = core
                 .pki
-                .issue_service(&*audit, tenant, b.identity, key, ttl, now)
+                .issue_service(&*audit, tenant, b.identity, key, ttl, ceiling, now)
                 .await?;
             metrics::CERTS_ISSUED.inc();
             Reply::json(
@@ -233,6 +236,7 @@ pub async fn renew(
             &*audit,
             &peer.serial,
             peer.spki,
+            peer.ceiling,
             b.csr,
             b.ttl_seconds,
             state.clock.now(),
@@ -399,6 +403,7 @@ pub async fn create_enrolment_token(
             b.identity,
             ttl,
             auth.0.name(),
+            Ceiling::from_bits(auth.0.ceiling().bits()),
             state.clock.now(),
         )
         .await?;
