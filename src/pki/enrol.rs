@@ -248,6 +248,7 @@ mod tests {
             super::super::Policy {
                 default_ttl_secs: 3600,
                 max_ttl_secs: 7200,
+                max_lineage_secs: 86_400,
             },
             None,
             now,

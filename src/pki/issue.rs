@@ -21,8 +21,8 @@ use super::{
     identity::{Identity, ServiceName, SpiffeId},
     pem,
     records::{
-        CertRecord, CertView, IDX_CERTS, IDX_CERTS_BY_EXPIRY, IDX_CERTS_BY_IDENTITY, Profile,
-        cert_position, expiry_position, identity_position, identity_prefix,
+        CertRecord, CertView, IDX_CERTS, IDX_CERTS_BY_EXPIRY, IDX_CERTS_BY_IDENTITY, Lineage,
+        Profile, cert_position, expiry_position, identity_position, identity_prefix,
     },
     serial::Serial,
 };
@@ -31,7 +31,7 @@ use crate::{
     crypto::secret::SecretString,
     ids::{TenantName, TenantScope},
     page::{Cursor, Page, PageRequest},
-    store::{self, Batch, Expect, Recorder},
+    store::{self, Batch, Expect, Record, Recorder, Rev},
 };
 
 /// Largest CSR accepted (PEM text).
@@ -59,6 +59,21 @@ pub enum KeySource {
     Generate,
     /// A public key Tessera already holds (renewal without a new key).
     PublicKey(Vec<u8>),
+}
+
+/// What a renewal carries over from the certificate it renews.
+#[derive(Clone, Debug)]
+pub struct Renewal {
+    /// The renewed certificate and the revision its record was read at: the renewal is
+    /// written only if that record is unchanged (not revoked meanwhile).
+    pub from: Serial,
+    pub rev: Rev,
+    pub lineage: Lineage,
+    /// The renewed certificate's own lifetime (notAfter - notBefore), seconds: the most the
+    /// renewal gets.
+    pub max_lifetime_secs: u64,
+    /// No renewal outlives its lineage's cap.
+    pub lineage_ends: Timestamp,
 }
 
 /// An issued certificate and the chain that goes with it.
@@ -191,7 +206,7 @@ impl Pki {
         leaf: &Leaf,
         key: KeySource,
         ttl_secs: u64,
-        renewed_from: Option<Serial>,
+        renewal: Option<Renewal>,
         now: Timestamp,
     ) -> Result<(Issued, Option<SecretString>), PkiError> {
         let authority = self.authority();
@@ -202,7 +217,16 @@ impl Pki {
         // issuing CA.
         let skew = i64::try_from((ttl_secs / 10).min(60)).unwrap_or(60);
         let not_before = Timestamp::from_unix(now.unix() - skew);
-        let not_after = Timestamp::from_unix(now.plus_secs(ttl_secs).unix()).min(ca.not_after);
+        let mut not_after = Timestamp::from_unix(now.plus_secs(ttl_secs).unix()).min(ca.not_after);
+        if let Some(r) = &renewal {
+            // A renewal never lives longer than what it renews, nor past its lineage's end.
+            let longest = i64::try_from(r.max_lifetime_secs).unwrap_or(i64::MAX);
+            not_after = not_after
+                .min(Timestamp::from_unix(
+                    not_before.unix().saturating_add(longest),
+                ))
+                .min(Timestamp::from_unix(r.lineage_ends.unix()));
+        }
 
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -270,10 +294,20 @@ impl Pki {
             fingerprint: fingerprint(&cert),
             created_at: now,
             revoked: None,
-            renewed_from,
+            renewed_from: renewal.as_ref().map(|r| r.from.clone()),
+            lineage: Some(renewal.as_ref().map_or_else(
+                || Lineage {
+                    origin: serial.clone(),
+                    started_at: now,
+                },
+                |r| r.lineage.clone(),
+            )),
         };
         let mut b = Batch::new();
         b.put_record(serial.as_str(), &record, Expect::Absent)?;
+        if let Some(r) = &renewal {
+            b.check(CertRecord::KIND, r.from.as_str(), Expect::Rev(r.rev));
+        }
         b.index_put(
             IDX_CERTS,
             cert_position(&record).as_bytes(),
@@ -320,7 +354,9 @@ impl Pki {
         ttl: Option<u64>,
         now: Timestamp,
     ) -> Result<Issued, PkiError> {
-        let cert = self.record(serial).await?.ok_or(PkiError::NotFound)?;
+        let (rev, cert) = store::record::get::<CertRecord>(&*self.store, serial.as_str())
+            .await?
+            .ok_or(PkiError::NotFound)?;
         if cert.revoked.is_some() || cert.not_after <= now {
             return Err(PkiError::Refused("the certificate is revoked or expired"));
         }
@@ -336,17 +372,56 @@ impl Pki {
             None => KeySource::PublicKey(current_public_key),
         };
         let ttl = self.ttl(ttl)?;
+        let lineage = self.lineage_of(&cert).await?;
+        let lineage_ends = lineage.started_at.plus_secs(self.policy.max_lineage_secs);
+        if now >= lineage_ends {
+            return Err(PkiError::Conflict(
+                "the certificate's lineage has reached certificates.max_lineage_seconds since \
+                 its first issuance: issue a new certificate (or enrol again) instead",
+            ));
+        }
+        let renewal = Renewal {
+            from: serial.clone(),
+            rev,
+            lineage,
+            max_lifetime_secs: u64::try_from(cert.not_after.unix() - cert.not_before.unix())
+                .unwrap_or(0),
+            lineage_ends,
+        };
         let (issued, _) = self
             .issue_from(
                 rec,
                 &Leaf::Client { id, ceiling },
                 key,
                 ttl,
-                Some(serial.clone()),
+                Some(renewal),
                 now,
             )
             .await?;
         Ok(issued)
+    }
+
+    /// Where a certificate's chain of renewals started. Records from before lineages were
+    /// recorded are followed back through `renewed_from` as far as records remain.
+    pub async fn lineage_of(&self, cert: &CertRecord) -> Result<Lineage, PkiError> {
+        let mut cur = cert.clone();
+        // Bounded: a lineage past its cap stops renewing, so chains stay short.
+        for _ in 0..10_000 {
+            if let Some(l) = &cur.lineage {
+                return Ok(l.clone());
+            }
+            match &cur.renewed_from {
+                Some(parent) => match self.record(parent).await? {
+                    Some(p) => cur = p,
+                    None => break,
+                },
+                None => break,
+            }
+        }
+        Ok(Lineage {
+            origin: cur.serial.clone(),
+            started_at: cur.created_at,
+        })
     }
 
     /// One certificate's record, if the caller may see it.

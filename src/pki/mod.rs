@@ -40,7 +40,7 @@ use records::{CertRecord, CrlRecord, IDX_REVOKED_BY_CA, PkiState, RetiredCa, STA
 use serial::Serial;
 
 pub use crl::CrlFormat;
-pub use issue::{Issued, KeySource, Leaf, visible};
+pub use issue::{Issued, KeySource, Leaf, Renewal, visible};
 pub use verify::{CertCode, CertVerdict};
 
 /// Errors of the PKI layer.
@@ -73,6 +73,9 @@ pub enum PkiError {
     /// The caller may not do this with this certificate.
     #[error("{0}")]
     Refused(&'static str),
+    /// The certificate's state forbids this (the message is safe to show the caller).
+    #[error("{0}")]
+    Conflict(&'static str),
     /// Writing public trust material to the certs directory failed.
     #[error("could not write {path}: {source}")]
     Publish {
@@ -89,6 +92,8 @@ pub enum PkiError {
 pub struct Policy {
     pub default_ttl_secs: u64,
     pub max_ttl_secs: u64,
+    /// How long renewals may go on from a lineage's first issuance.
+    pub max_lineage_secs: u64,
 }
 
 /// The CAs in use.

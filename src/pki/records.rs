@@ -99,6 +99,20 @@ pub struct CertRecord {
     /// The certificate this one renewed.
     #[serde(default)]
     pub renewed_from: Option<Serial>,
+    /// The first issuance of the chain of renewals this certificate belongs to (`None` in
+    /// records from before lineages were recorded: see `Pki::lineage_of`).
+    #[serde(default)]
+    pub lineage: Option<Lineage>,
+}
+
+/// Where a chain of renewals started: renewals go on at most `certificates.max_lineage_seconds`
+/// from `started_at`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// The serial of the first certificate.
+    pub origin: Serial,
+    /// When the first certificate was issued.
+    pub started_at: Timestamp,
 }
 
 impl Record for CertRecord {

@@ -559,6 +559,7 @@ async fn verify_endpoint_answers_each_code() {
             Policy {
                 default_ttl_secs: 3600,
                 max_ttl_secs: 3600,
+                max_lineage_secs: 86_400,
             },
             None,
             SystemClock.now(),
@@ -830,4 +831,108 @@ async fn tidy_removes_long_dead_certificates_and_keys() {
     std::fs::write(&p, crl).unwrap();
     let (_, text) = openssl(&["crl", "-noout", "-text", "-in", p.to_str().unwrap()]);
     assert!(!text.contains(&short.serial.to_uppercase()), "{text}");
+}
+
+/// A timestamp field of an answer, as unix seconds.
+fn unix(v: &Value, field: &str) -> i64 {
+    time::OffsetDateTime::parse(
+        v[field].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap()
+    .unix_timestamp()
+}
+
+fn lifetime(v: &Value) -> i64 {
+    unix(v, "not_after") - unix(v, "not_before")
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+#[tokio::test]
+async fn a_renewal_never_outlives_what_it_renews() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    let first = admin
+        .post(
+            "/v1/certs",
+            json!({"identity": "brief", "generate": true, "ttl_seconds": 600}),
+        )
+        .await
+        .expect(201);
+    let files = write_issued(&first, dir.path(), "brief", first["private_key"].as_str());
+    let longest = lifetime(&first);
+    assert!(longest <= 660, "{first}");
+
+    // Asking for 30 days from a 10-minute certificate gets at most 10 minutes, and so does
+    // every renewal after it: the lifetime never grows along the chain.
+    let mut holder = server.client(&files.cert, &files.key);
+    for round in 0..3 {
+        let v = holder
+            .post("/v1/certs/renew", json!({"ttl_seconds": 30 * 86_400}))
+            .await
+            .expect(201);
+        assert!(lifetime(&v) <= longest, "round {round}: {v}");
+        assert!(
+            unix(&v, "not_after") <= now_unix() + 600 + 2,
+            "round {round}: {v}"
+        );
+        let renewed = write_issued(&v, dir.path(), "brief", None);
+        holder = server.client(&renewed.cert, &files.key);
+    }
+    // The lineage is recorded from the first issuance.
+    let list = admin.get("/v1/certs?identity=brief").await.expect(200);
+    assert_eq!(list["items"].as_array().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn renewals_stop_at_the_lineage_cap() {
+    let home = Home::new();
+    let server = Server::start_with_config(&home, "[certificates]\nmax_lineage_seconds = 3\n");
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    let started = now_unix();
+    let first = issue_generated(&admin, dir.path(), "lineage", 60).await;
+    let original = server.client(&first.cert, &first.key);
+
+    // Within the cap: renewals work, and none outlives the lineage's end.
+    let v = original
+        .post("/v1/certs/renew", json!({"ttl_seconds": 60}))
+        .await
+        .expect(201);
+    assert!(unix(&v, "not_after") <= started + 3 + 1, "{v}");
+    let renewed = write_issued(&v, dir.path(), "lineage", None);
+    let v = server
+        .client(&renewed.cert, &first.key)
+        .post("/v1/certs/renew", json!({}))
+        .await
+        .expect(201);
+    assert!(unix(&v, "not_after") <= started + 3 + 1, "{v}");
+
+    // Past the cap: the first certificate is still valid, but renewing it is refused, and
+    // says why.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    original.get("/v1/whoami").await.expect(200);
+    let r = original
+        .post("/v1/certs/renew", json!({}))
+        .await
+        .expect(409);
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_lineage_seconds"),
+        "{r}"
+    );
+    // A new issuance starts a new lineage.
+    let fresh = issue_generated(&admin, dir.path(), "lineage", 60).await;
+    server
+        .client(&fresh.cert, &fresh.key)
+        .post("/v1/certs/renew", json!({}))
+        .await
+        .expect(201);
 }

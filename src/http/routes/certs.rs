@@ -212,7 +212,8 @@ pub async fn issue(
     post, path = "/v1/certs/renew", tag = "certs", operation_id = "renewCert",
     request_body(content = Option<RenewBody>, description = "Optional: without a CSR the current public key is kept."),
     responses(
-        (status = 201, description = "A new certificate for the caller's own identity.", body = IssuedCert),
+        (status = 201, description = "A new certificate for the caller's own identity, with its ceiling; it lives no longer than the renewed one (notAfter - notBefore), nor past its lineage's end.", body = IssuedCert),
+        (status = 409, description = "The lineage (the renewals since the first issuance) has reached `certificates.max_lineage_seconds`: issue a new certificate or enrol again. Or a concurrent revocation won.", body = ErrorBody),
     ),
     security(("mtls" = [])),
 )]
