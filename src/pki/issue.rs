@@ -21,8 +21,9 @@ use super::{
     identity::{Identity, ServiceName, SpiffeId},
     pem,
     records::{
-        CertRecord, CertView, IDX_CERTS, IDX_CERTS_BY_EXPIRY, IDX_CERTS_BY_IDENTITY, Lineage,
-        Profile, cert_position, expiry_position, identity_position, identity_prefix,
+        CertRecord, CertView, IDX_CERTS, IDX_CERTS_BY_EXPIRY, IDX_CERTS_BY_IDENTITY,
+        IDX_CERTS_BY_KEY, IDX_CERTS_BY_LINEAGE, Lineage, Profile, cert_position, expiry_position,
+        identity_position, identity_prefix, key_position, lineage_position,
     },
     serial::Serial,
 };
@@ -279,10 +280,13 @@ impl Pki {
         }
 
         let signer = authority.clone();
-        let (cert, private_key) =
-            tokio::task::spawn_blocking(move || sign_leaf(&signer.issuing, &p, key))
-                .await
-                .map_err(|_| PkiError::Inconsistent("the signing task failed"))??;
+        let (cert, private_key, key_sha256) = tokio::task::spawn_blocking(move || {
+            let (cert, private_key) = sign_leaf(&signer.issuing, &p, key)?;
+            let key_sha256 = spki_sha256(&cert)?;
+            Ok::<_, PkiError>((cert, private_key, key_sha256))
+        })
+        .await
+        .map_err(|_| PkiError::Inconsistent("the signing task failed"))??;
         let record = CertRecord {
             serial: serial.clone(),
             tenant: tenant.clone(),
@@ -302,6 +306,7 @@ impl Pki {
                 },
                 |r| r.lineage.clone(),
             )),
+            key_sha256: Some(key_sha256),
         };
         let mut b = Batch::new();
         b.put_record(serial.as_str(), &record, Expect::Absent)?;
@@ -326,6 +331,14 @@ impl Pki {
             serial.as_str(),
             false,
         );
+        for (index, pos) in [
+            (IDX_CERTS_BY_KEY, key_position(&record)),
+            (IDX_CERTS_BY_LINEAGE, lineage_position(&record)),
+        ] {
+            if let Some(pos) = pos {
+                b.index_put(index, pos.as_bytes(), serial.as_str(), false);
+            }
+        }
         rec.record(&mut b, serial.as_str(), tenant.as_ref())?;
         self.store.commit(b).await?;
         let issued = Issued {
@@ -471,6 +484,16 @@ impl Pki {
                 .flatten(),
         })
     }
+}
+
+/// SHA-256 of a certificate's SubjectPublicKeyInfo, lowercase hex: what identifies its key
+/// pair across certificates.
+pub fn spki_sha256(cert: &[u8]) -> Result<String, PkiError> {
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(cert).map_err(|_| PkiError::BadCertificate)?;
+    Ok(crate::crypto::hex::encode(
+        ring::digest::digest(&ring::digest::SHA256, parsed.public_key().raw).as_ref(),
+    ))
 }
 
 /// Signs `params` for the key from `key` (CPU only: called on a blocking thread).

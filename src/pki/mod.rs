@@ -11,6 +11,7 @@ pub mod enrol;
 pub mod identity;
 mod issue;
 pub mod records;
+mod reindex;
 mod revoke;
 mod rotate;
 pub mod serial;
@@ -186,6 +187,7 @@ impl Pki {
             publish_dir,
             changes: tokio::sync::Mutex::new(()),
         };
+        pki.reindex().await?;
         // Re-sign every CRL at start: a crash between a revocation's commit and its CRL
         // update must not leave the CRL behind the store.
         pki.refresh_crls(now, true).await?;
@@ -308,6 +310,7 @@ async fn bootstrap_authority(
         root: root.id.clone(),
         issuing: issuing.id.clone(),
         retired: Vec::new(),
+        indexes: reindex::CURRENT,
     };
     let mut b = Batch::new();
     b.put_record(root.id.as_str(), &root_rec, Expect::Absent)?;
