@@ -22,8 +22,9 @@ use super::{
     pem,
     records::{
         CertRecord, CertView, IDX_CERTS, IDX_CERTS_BY_EXPIRY, IDX_CERTS_BY_IDENTITY,
-        IDX_CERTS_BY_KEY, IDX_CERTS_BY_LINEAGE, Lineage, Profile, cert_position, expiry_position,
-        identity_position, identity_prefix, key_position, lineage_position,
+        IDX_CERTS_BY_KEY, IDX_CERTS_BY_LINEAGE, IDX_CERTS_BY_TENANT, Lineage, Profile,
+        cert_position, expiry_position, identity_position, identity_prefix, key_position,
+        lineage_position, tenant_position, tenant_prefix,
     },
     serial::Serial,
 };
@@ -334,6 +335,7 @@ impl Pki {
         for (index, pos) in [
             (IDX_CERTS_BY_KEY, key_position(&record)),
             (IDX_CERTS_BY_LINEAGE, lineage_position(&record)),
+            (IDX_CERTS_BY_TENANT, tenant_position(&record)),
         ] {
             if let Some(pos) = pos {
                 b.index_put(index, pos.as_bytes(), serial.as_str(), false);
@@ -445,17 +447,31 @@ impl Pki {
         }
     }
 
-    /// Certificates, oldest first, optionally of one identity.
+    /// Certificates, oldest first, optionally of one identity. A tenant's listing scans only
+    /// its own index (so a cursor only ever holds a position of its own), and another
+    /// tenant's identity answers exactly like one that does not exist: an empty page.
     pub async fn list(
         &self,
         scope: &TenantScope,
-        identity: Option<&str>,
+        identity: Option<&SpiffeId>,
         page: &PageRequest,
         now: Timestamp,
     ) -> Result<Page<CertView>, PkiError> {
-        let (index, prefix) = match identity {
-            Some(i) => (IDX_CERTS_BY_IDENTITY, identity_prefix(i)),
-            None => (IDX_CERTS, Vec::new()),
+        let (index, prefix) = match (scope, identity) {
+            (TenantScope::One(own), Some(id)) => match &id.identity {
+                Identity::Service { tenant, .. } if tenant == own => {
+                    (IDX_CERTS_BY_IDENTITY, identity_prefix(&id.uri()))
+                }
+                _ => {
+                    return Ok(Page {
+                        items: Vec::new(),
+                        next_cursor: None,
+                    });
+                }
+            },
+            (TenantScope::All, Some(id)) => (IDX_CERTS_BY_IDENTITY, identity_prefix(&id.uri())),
+            (TenantScope::One(own), None) => (IDX_CERTS_BY_TENANT, tenant_prefix(own).into_bytes()),
+            (TenantScope::All, None) => (IDX_CERTS, Vec::new()),
         };
         let entries = self
             .store

@@ -204,6 +204,9 @@ pub const IDX_REVOKED_BY_CA: IndexName = IndexName("revoked_by_ca");
 pub const IDX_CERTS_BY_KEY: IndexName = IndexName("certs_by_key");
 /// `<lineage origin serial>/<serial>` -> serial: a chain of renewals.
 pub const IDX_CERTS_BY_LINEAGE: IndexName = IndexName("certs_by_lineage");
+/// `<tenant>/<created ms, 20 digits>/<serial>` -> serial: one tenant's certificates, oldest
+/// first (a tenant's listing scans only this, so its cursors hold only its own positions).
+pub const IDX_CERTS_BY_TENANT: IndexName = IndexName("certs_by_tenant");
 
 pub fn millis20(t: Timestamp) -> String {
     format!("{:020}", t.unix_millis().max(0))
@@ -227,6 +230,16 @@ pub fn identity_position(r: &CertRecord) -> Vec<u8> {
 
 pub fn expiry_position(r: &CertRecord) -> String {
     format!("{}/{}", millis20(r.not_after), r.serial)
+}
+
+pub fn tenant_prefix(tenant: &TenantName) -> String {
+    format!("{}/", tenant.as_str())
+}
+
+pub fn tenant_position(r: &CertRecord) -> Option<String> {
+    r.tenant
+        .as_ref()
+        .map(|t| format!("{}{}", tenant_prefix(t), cert_position(r)))
 }
 
 pub fn key_prefix(key_sha256: &str) -> String {

@@ -5,18 +5,22 @@
 //! lineage index is written for every record. Records from before the key hash was recorded
 //! stay out of the key index (the key of a certificate is not stored, only its fingerprint):
 //! a key-compromise revocation still reaches them through their lineage.
+//! Generation 2: the per-tenant index (tenants' listings scan only it).
 //!
 //! Each batch is idempotent, and the generation is written last: a crash in between means the
 //! next start does it again.
 
 use super::{
     Pki, PkiError,
-    records::{CertRecord, IDX_CERTS, IDX_CERTS_BY_LINEAGE, PkiState, STATE_ID, lineage_position},
+    records::{
+        CertRecord, IDX_CERTS, IDX_CERTS_BY_LINEAGE, IDX_CERTS_BY_TENANT, PkiState, STATE_ID,
+        lineage_position, tenant_position,
+    },
 };
 use crate::store::{self, Batch, Expect};
 
 /// The index generation this build writes at issuance.
-pub const CURRENT: u32 = 1;
+pub const CURRENT: u32 = 2;
 
 /// Records re-indexed per batch.
 const BATCH: usize = 200;
@@ -52,13 +56,13 @@ impl Pki {
                     r.lineage = Some(self.lineage_of(&r).await?);
                     b.put_record(r.serial.as_str(), &r, Expect::Rev(rec_rev))?;
                 }
-                if let Some(pos) = lineage_position(&r) {
-                    b.index_put(
-                        IDX_CERTS_BY_LINEAGE,
-                        pos.as_bytes(),
-                        r.serial.as_str(),
-                        false,
-                    );
+                for (index, pos) in [
+                    (IDX_CERTS_BY_LINEAGE, lineage_position(&r)),
+                    (IDX_CERTS_BY_TENANT, tenant_position(&r)),
+                ] {
+                    if let Some(pos) = pos {
+                        b.index_put(index, pos.as_bytes(), r.serial.as_str(), false);
+                    }
                 }
                 done += 1;
             }
@@ -89,7 +93,10 @@ mod tests {
         crypto::keyring::MasterKey,
         ids::TenantName,
         pki::{
-            KeySource, Policy, ceiling::Ceiling, identity::ServiceName, records::lineage_prefix,
+            KeySource, Policy,
+            ceiling::Ceiling,
+            identity::ServiceName,
+            records::{lineage_prefix, tenant_prefix},
         },
         store::{NoRecord, Store, sled::SledStore},
     };
@@ -108,7 +115,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn records_from_before_lineages_get_them_at_open() {
+    async fn records_from_before_the_new_indexes_get_them_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let master = MasterKey::generate().unwrap();
         let (db, _) = SledStore::open(dir.path(), &master, &Default::default()).unwrap();
@@ -143,6 +150,7 @@ mod tests {
                 IDX_CERTS_BY_LINEAGE,
                 lineage_position(&r).unwrap().as_bytes(),
             );
+            b.index_delete(IDX_CERTS_BY_TENANT, tenant_position(&r).unwrap().as_bytes());
             r.lineage = None;
             r.renewed_from = (i == 1).then(|| serials[0].clone());
             b.put_record(s.as_str(), &r, Expect::Rev(rev)).unwrap();
@@ -168,6 +176,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(indexed.len(), 2);
+        let own = store
+            .scan(
+                IDX_CERTS_BY_TENANT,
+                tenant_prefix(&TenantName::default_tenant()).as_bytes(),
+                None,
+                10,
+            )
+            .await
+            .unwrap();
+        assert_eq!(own.len(), 2);
         let (_, state) = store::record::get::<PkiState>(&*store, STATE_ID)
             .await
             .unwrap()

@@ -7,8 +7,9 @@ use super::{
     Pki, PkiError,
     records::{
         CertRecord, IDX_CERTS, IDX_CERTS_BY_EXPIRY, IDX_CERTS_BY_IDENTITY, IDX_CERTS_BY_KEY,
-        IDX_CERTS_BY_LINEAGE, IDX_REVOKED_BY_CA, PkiState, STATE_ID, cert_position,
-        identity_position, key_position, lineage_position, millis20, revoked_position,
+        IDX_CERTS_BY_LINEAGE, IDX_CERTS_BY_TENANT, IDX_REVOKED_BY_CA, PkiState, STATE_ID,
+        cert_position, identity_position, key_position, lineage_position, millis20,
+        revoked_position, tenant_position,
     },
 };
 use crate::{
@@ -48,6 +49,7 @@ impl Pki {
                     for (index, pos) in [
                         (IDX_CERTS_BY_KEY, key_position(&r)),
                         (IDX_CERTS_BY_LINEAGE, lineage_position(&r)),
+                        (IDX_CERTS_BY_TENANT, tenant_position(&r)),
                     ] {
                         if let Some(pos) = pos {
                             b.index_delete(index, pos.as_bytes());

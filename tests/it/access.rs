@@ -958,3 +958,106 @@ async fn a_late_binding_never_lifts_a_credential_above_its_issuer() {
         .await
         .expect(201);
 }
+
+/// A list cursor decoded (cursors are the hex of an index position).
+fn decode_cursor(c: &str) -> String {
+    let bytes: Vec<u8> = (0..c.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&c[i..i + 2], 16).unwrap())
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[tokio::test]
+async fn certificate_lists_stay_inside_the_tenant() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    tenant(&admin, "acme").await;
+    tenant(&admin, "rival").await;
+    let reader = service(&server, &admin, dir.path(), "acme", "reader", &["auditor"]).await;
+    // Interleaved in time, so a global index would alternate between the tenants.
+    let mut rival = Vec::new();
+    for _ in 0..3 {
+        for (t, name) in [("acme", "orders"), ("rival", "db")] {
+            let v = admin
+                .post(
+                    "/v1/certs",
+                    json!({"tenant": t, "identity": name, "generate": true}),
+                )
+                .await
+                .expect(201);
+            if t == "rival" {
+                rival.push(v["serial"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+
+    // Page by page: only acme's certificates, and cursors that hold only acme positions.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..20 {
+        let path = match &cursor {
+            Some(c) => format!("/v1/certs?limit=1&cursor={c}"),
+            None => "/v1/certs?limit=1".to_owned(),
+        };
+        let page = reader.get(&path).await.expect(200);
+        let items = page["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "{page}");
+        assert_eq!(items[0]["tenant"], "acme", "{page}");
+        seen.push(items[0]["serial"].as_str().unwrap().to_owned());
+        match page["next_cursor"].as_str() {
+            Some(c) => {
+                let decoded = decode_cursor(c);
+                assert!(
+                    decoded.ends_with(seen.last().unwrap().as_str()),
+                    "the cursor points at the last item of the page: {decoded}"
+                );
+                for s in &rival {
+                    assert!(!decoded.contains(s.as_str()), "{decoded}");
+                }
+                cursor = Some(c.to_owned());
+            }
+            None => break,
+        }
+    }
+    // The reader's own certificate and acme's three.
+    assert_eq!(seen.len(), 4, "{seen:?}");
+
+    // Another tenant's identity answers exactly like one that does not exist.
+    let existing = reader
+        .get("/v1/certs?limit=1&identity=spiffe://tessera.local/tenant/rival/svc/db")
+        .await
+        .expect(200);
+    let made_up = reader
+        .get("/v1/certs?limit=1&identity=spiffe://tessera.local/tenant/rival/svc/nobody")
+        .await
+        .expect(200);
+    assert_eq!(existing, made_up);
+    assert_eq!(existing, json!({"items": [], "next_cursor": null}));
+    let not_a_tenant = reader
+        .get("/v1/certs?limit=1&identity=spiffe://tessera.local/tenant/nowhere/svc/db")
+        .await
+        .expect(200);
+    assert_eq!(existing, not_a_tenant);
+
+    // A bare service name is the caller's own tenant (the global admin's: default).
+    let own = reader
+        .get("/v1/certs?limit=10&identity=orders")
+        .await
+        .expect(200);
+    assert_eq!(own["items"].as_array().unwrap().len(), 3, "{own}");
+    let full = reader
+        .get("/v1/certs?limit=10&identity=spiffe://tessera.local/tenant/acme/svc/orders")
+        .await
+        .expect(200);
+    assert_eq!(own, full);
+    let global = admin
+        .get("/v1/certs?limit=10&identity=orders")
+        .await
+        .expect(200);
+    assert_eq!(global["items"].as_array().unwrap().len(), 0, "{global}");
+    let global_all = admin.get("/v1/certs?limit=100").await.expect(200);
+    assert!(global_all["items"].as_array().unwrap().len() >= 7);
+}

@@ -16,7 +16,7 @@ use crate::{
         idempotency::{self, Reply},
         state::AppState,
     },
-    ids::TenantName,
+    ids::{TenantName, TenantScope},
     metrics,
     page::Page,
     pki::{
@@ -84,7 +84,9 @@ pub struct VerifyBody {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CertListQuery {
-    /// A service name (in the `default` tenant) or a full SPIFFE id.
+    /// A service name (in the caller's own tenant; for the global admin, in `default`) or a
+    /// full SPIFFE id. Another tenant's identity gives an empty page, exactly like one that
+    /// does not exist.
     #[serde(default)]
     identity: Option<String>,
     #[serde(default)]
@@ -269,26 +271,23 @@ pub async fn list(
         None => None,
         Some(i) if i.starts_with("spiffe://") => Some(
             SpiffeId::parse(&i, core.pki.trust_domain())
-                .map_err(|m| ApiError::bad("identity", m))?
-                .uri(),
+                .map_err(|m| ApiError::bad("identity", m))?,
         ),
         Some(name) => {
             let name = ServiceName::parse(&name).map_err(|m| ApiError::bad("identity", m))?;
-            Some(
-                SpiffeId::new(
-                    core.pki.trust_domain().clone(),
-                    Identity::Service {
-                        tenant: TenantName::default_tenant(),
-                        name,
-                    },
-                )
-                .uri(),
-            )
+            let tenant = match &scope {
+                TenantScope::One(own) => own.clone(),
+                TenantScope::All => TenantName::default_tenant(),
+            };
+            Some(SpiffeId::new(
+                core.pki.trust_domain().clone(),
+                Identity::Service { tenant, name },
+            ))
         }
     };
     let page = core
         .pki
-        .list(&scope, identity.as_deref(), &page, state.clock.now())
+        .list(&scope, identity.as_ref(), &page, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(page))
 }
