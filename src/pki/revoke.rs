@@ -6,7 +6,9 @@
 //! A `key_compromise` revocation follows the key, not the serial: every live certificate
 //! holding the same key pair (the key index) and every live certificate of the same lineage
 //! (renewals made after a re-key were authorised with the compromised key) is revoked with
-//! it, in one atomic batch.
+//! it, in one atomic batch. It reaches only certificates the caller can see: a CSR is no
+//! secret, so a tenant could otherwise get a certificate for another tenant's key and
+//! revoke it to end the other tenant's certificates. The global admin reaches them all.
 
 use std::collections::BTreeSet;
 
@@ -53,7 +55,7 @@ impl Pki {
                 }
                 if let Some((r, c)) = store::record::get::<CertRecord>(&*self.store, s.as_str())
                     .await?
-                    .filter(|(_, c)| c.revoked.is_none() && c.not_after > now)
+                    .filter(|(_, c)| visible(scope, c) && c.revoked.is_none() && c.not_after > now)
                 {
                     targets.push((r, c));
                 }

@@ -1061,3 +1061,94 @@ async fn certificate_lists_stay_inside_the_tenant() {
     let global_all = admin.get("/v1/certs?limit=100").await.expect(200);
     assert!(global_all["items"].as_array().unwrap().len() >= 7);
 }
+
+#[tokio::test]
+async fn revoking_a_more_privileged_principal_is_refused() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    tenant(&admin, "acme").await;
+    let issuer = service(&server, &admin, dir.path(), "acme", "issuer", &["issuer"]).await;
+    let mut serials = std::collections::BTreeMap::new();
+    for (name, roles) in [
+        ("boss", &["tenant-admin"][..]),
+        ("ops", &["admin"][..]),
+        ("checker", &["verifier"][..]),
+        ("worker", &[][..]),
+        ("helper", &["issuer"][..]),
+    ] {
+        if !roles.is_empty() {
+            crate::helpers::bind(&admin, "acme", name, roles).await;
+        }
+        let (_, _, serial) = crate::helpers::identity_files(&admin, dir.path(), "acme", name).await;
+        serials.insert(name, serial);
+    }
+    // Bound to permissions the issuer lacks: refused, and nothing changes.
+    for name in ["boss", "ops", "checker"] {
+        let s = &serials[name];
+        for reason in [json!({}), json!({"reason": "key_compromise"})] {
+            issuer
+                .post(&format!("/v1/certs/{s}/revoke"), reason)
+                .await
+                .expect(403);
+        }
+        let rec = admin.get(&format!("/v1/certs/{s}")).await.expect(200);
+        assert_eq!(rec["state"], "valid", "{name}: {rec}");
+    }
+    // Within what it holds: allowed.
+    for name in ["worker", "helper"] {
+        let s = &serials[name];
+        let r = issuer
+            .post(&format!("/v1/certs/{s}/revoke"), json!({}))
+            .await
+            .expect(200);
+        assert_eq!(r["state"], "revoked", "{name}");
+    }
+    // A key-compromise cascade stays inside the caller's tenant: a CSR is no secret, so a
+    // certificate of another tenant's key pair proves nothing about who holds it.
+    tenant(&admin, "rival").await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let theirs = admin
+        .post(
+            "/v1/certs",
+            json!({"tenant": "rival", "identity": "db", "csr": csr}),
+        )
+        .await
+        .expect(201)["serial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let planted = issuer
+        .post("/v1/certs", json!({"identity": "planted", "csr": csr}))
+        .await
+        .expect(201)["serial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    issuer
+        .post(
+            &format!("/v1/certs/{planted}/revoke"),
+            json!({"reason": "key_compromise"}),
+        )
+        .await
+        .expect(200);
+    let rec = admin.get(&format!("/v1/certs/{theirs}")).await.expect(200);
+    assert_eq!(rec["state"], "valid", "{rec}");
+
+    // Unknown serials are still 404 before anything else; the global admin may revoke all.
+    issuer
+        .post("/v1/certs/abcdef/revoke", json!({}))
+        .await
+        .expect(404);
+    admin
+        .post(&format!("/v1/certs/{}/revoke", serials["boss"]), json!({}))
+        .await
+        .expect(200);
+}

@@ -314,7 +314,8 @@ pub async fn get(
     params(("serial" = Serial, Path, description = "The certificate's serial, lowercase hex.")),
     request_body(content = Option<RevokeBody>, description = "Optional: the RFC 5280 reason (default `unspecified`)."),
     responses(
-        (status = 200, description = "The certificate, revoked; the next CRL lists it and handshakes with it fail at once.", body = CertView),
+        (status = 200, description = "The certificate, revoked; the next CRL lists it and handshakes with it fail at once. With `key_compromise`, every live certificate of its lineage and every live one holding its key pair (that the caller can see) is revoked with it.", body = CertView),
+        (status = 403, description = "The certificate's service is bound to roles granting permissions the caller does not hold.", body = ErrorBody),
         (status = 409, description = "A concurrent change won.", body = ErrorBody),
     ),
 )]
@@ -330,6 +331,14 @@ pub async fn revoke(
     let serial = path_param(&serial, "serial", Serial::parse)?;
     let reason = body.0.value.reason.unwrap_or(RevocationReason::Unspecified);
     let now = state.clock.now();
+    // No acting on a more privileged principal: revoking a service's certificate needs every
+    // permission its bound roles grant (404 first for what the caller cannot see).
+    let target = core.pki.get(&scope, &serial).await?;
+    if let Ok(id) = SpiffeId::parse(&target.identity, core.pki.trust_domain())
+        && let Identity::Service { tenant, name } = &id.identity
+    {
+        may_grant(&auth.0, core.access.granted_to(tenant, name).await?)?;
+    }
     let rec = core
         .pki
         .revoke(&*audit, &scope, &serial, reason, now)
