@@ -14,10 +14,12 @@ use std::collections::BTreeSet;
 
 use super::{
     Pki, PkiError,
+    identity::{Identity, SpiffeId},
     issue::visible,
     records::{
-        CertRecord, IDX_CERTS_BY_KEY, IDX_CERTS_BY_LINEAGE, IDX_REVOKED_BY_CA, Revocation,
-        RevocationReason, key_prefix, lineage_prefix, revoked_position,
+        CertRecord, IDX_CERTS_BY_IDENTITY, IDX_CERTS_BY_KEY, IDX_CERTS_BY_LINEAGE,
+        IDX_REVOKED_BY_CA, Profile, Revocation, RevocationReason, identity_prefix, key_prefix,
+        lineage_prefix, revoked_position,
     },
     serial::Serial,
 };
@@ -69,6 +71,66 @@ impl Pki {
             }
             return Ok(cert);
         }
+        let revoked = self.revoke_records(rec, targets, reason, now).await?;
+        Ok(revoked
+            .into_iter()
+            .find(|c| c.serial == *serial)
+            .unwrap_or(cert))
+    }
+
+    /// Revokes every live bootstrap admin certificate but `keep`, with reason `superseded`:
+    /// the break-glass re-issue (`tessera admin-cert`) ends the credential it replaces.
+    /// Returns the serials revoked.
+    pub async fn revoke_admin_certs_except(
+        &self,
+        rec: &dyn Recorder,
+        keep: &Serial,
+        now: Timestamp,
+    ) -> Result<Vec<Serial>, PkiError> {
+        let _one = self.changes.lock().await;
+        let admin = SpiffeId::new(self.trust_domain.clone(), Identity::Admin).uri();
+        let prefix = identity_prefix(&admin);
+        let mut targets = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .store
+                .scan(IDX_CERTS_BY_IDENTITY, &prefix, after.as_deref(), 1000)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.key.clone());
+            for e in &page {
+                if let Some((r, c)) = store::record::get::<CertRecord>(&*self.store, &e.id)
+                    .await?
+                    .filter(|(_, c)| {
+                        c.profile == Profile::Admin
+                            && c.serial != *keep
+                            && c.revoked.is_none()
+                            && c.not_after > now
+                    })
+                {
+                    targets.push((r, c));
+                }
+            }
+        }
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let revoked = self
+            .revoke_records(rec, targets, RevocationReason::Superseded, now)
+            .await?;
+        Ok(revoked.into_iter().map(|c| c.serial).collect())
+    }
+
+    /// Revokes `targets` (read at these revisions) in one batch, one audit entry each; then
+    /// the revoked set, the CRLs and the verifier. The caller holds `changes`.
+    async fn revoke_records(
+        &self,
+        rec: &dyn Recorder,
+        mut targets: Vec<(Rev, CertRecord)>,
+        reason: RevocationReason,
+        now: Timestamp,
+    ) -> Result<Vec<CertRecord>, PkiError> {
         let mut b = Batch::new();
         for (rev, c) in &mut targets {
             c.revoked = Some(Revocation { at: now, reason });
@@ -96,10 +158,7 @@ impl Pki {
         let issuers: BTreeSet<CaId> = revoked.iter().map(|c| c.issuer.clone()).collect();
         self.resign(&issuers.into_iter().collect::<Vec<_>>(), now)
             .await?;
-        Ok(revoked
-            .into_iter()
-            .find(|c| c.serial == *serial)
-            .unwrap_or(cert))
+        Ok(revoked)
     }
 
     /// Adds unexpired certificates to the revoked set; whether any was missing from it.
