@@ -229,6 +229,7 @@ fn issuance(c: &mut Criterion) {
                 name.clone(),
                 KeySource::Csr(csr.clone()),
                 3600,
+                tessera::pki::ceiling::Ceiling::EMPTY,
                 vault.clock.now(),
             ))
             .unwrap()

@@ -360,6 +360,7 @@ impl Vault {
         let policy = Policy {
             default_ttl_secs: self.config.cert_default_ttl_secs,
             max_ttl_secs: self.config.cert_max_ttl_secs,
+            max_lineage_secs: self.config.cert_max_lineage_secs,
         };
         let (pki, first_start) = Pki::open(
             store.clone(),

@@ -19,6 +19,7 @@ pub const DEFAULT_CERTS: &str = "certs";
 pub const DEFAULT_TRUST_DOMAIN: &str = "tessera.local";
 pub const DEFAULT_CERT_TTL_SECS: u64 = 24 * 3600;
 pub const DEFAULT_CERT_MAX_TTL_SECS: u64 = 30 * 24 * 3600;
+pub const DEFAULT_CERT_MAX_LINEAGE_SECS: u64 = 90 * 24 * 3600;
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 
 /// A setting that could not be accepted.
@@ -133,6 +134,9 @@ pub struct FileTidy {
 pub struct FileCertificates {
     pub default_ttl_seconds: Option<u64>,
     pub max_ttl_seconds: Option<u64>,
+    /// How long a certificate's renewals may go on from its first issuance (default 90
+    /// days); then a new issuance or enrolment is needed.
+    pub max_lineage_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -182,6 +186,7 @@ pub struct Config {
     pub trust_domain: TrustDomain,
     pub cert_default_ttl_secs: u64,
     pub cert_max_ttl_secs: u64,
+    pub cert_max_lineage_secs: u64,
     pub body_limit: usize,
     pub shutdown_timeout_secs: u64,
     pub workers: usize,
@@ -311,6 +316,17 @@ impl Config {
             return Err(err(
                 "certificates.default_ttl_seconds",
                 "must be between 60 and certificates.max_ttl_seconds",
+            ));
+        }
+
+        let cert_max_lineage_secs = file
+            .certificates
+            .max_lineage_seconds
+            .unwrap_or(DEFAULT_CERT_MAX_LINEAGE_SECS);
+        if !(1..=10 * 365 * 86_400).contains(&cert_max_lineage_secs) {
+            return Err(err(
+                "certificates.max_lineage_seconds",
+                "must be between 1 and 315360000 (10 years)",
             ));
         }
 
@@ -511,6 +527,7 @@ impl Config {
             trust_domain,
             cert_default_ttl_secs,
             cert_max_ttl_secs,
+            cert_max_lineage_secs,
             body_limit,
             shutdown_timeout_secs,
             workers,
@@ -562,6 +579,7 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("data"));
         assert_eq!(c.trust_domain.as_str(), DEFAULT_TRUST_DOMAIN);
         assert_eq!(c.cert_default_ttl_secs, 86_400);
+        assert_eq!(c.cert_max_lineage_secs, 90 * 86_400);
     }
 
     #[test]
@@ -598,6 +616,13 @@ mod tests {
                 "[certificates]\ndefault_ttl_seconds = 999999999"
             ),
             "certificates.default_ttl_seconds"
+        );
+        assert_eq!(
+            bad(
+                Overrides::default(),
+                "[certificates]\nmax_lineage_seconds = 0"
+            ),
+            "certificates.max_lineage_seconds"
         );
         assert!(toml::from_str::<FileConfig>("unknown = 1").is_err());
     }

@@ -33,8 +33,9 @@ enum Command {
     /// shares, one per line. Give each to a different custodian.
     Init(InitArgs),
     /// Re-issue the bootstrap admin credential (certs/admin.pem, certs/admin.key) offline,
-    /// with the server stopped: the way back in when it is lost or expired.
-    AdminCert(DirArgs),
+    /// with the server stopped: the way back in when it is lost or expired. Every earlier
+    /// admin certificate is revoked (reason superseded) unless --keep-old is given.
+    AdminCert(AdminCertArgs),
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -274,6 +275,16 @@ struct DirArgs {
     /// Directory of public trust material and local credentials.
     #[arg(long, env = "TESSERA_CERTS")]
     certs: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct AdminCertArgs {
+    #[command(flatten)]
+    dirs: DirArgs,
+    /// Leave earlier admin certificates valid (by default they are revoked, so a lost one
+    /// stops working).
+    #[arg(long)]
+    keep_old: bool,
 }
 
 #[derive(Args)]
@@ -588,7 +599,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", answer.json());
             Ok(())
         }),
-        Command::AdminCert(dirs) => {
+        Command::AdminCert(AdminCertArgs { dirs, keep_old }) => {
             let config = Config::load(&dirs.overrides())?;
             init_logging(config.log_format);
             actix_web::rt::System::new().block_on(async move {
@@ -619,6 +630,19 @@ fn main() -> anyhow::Result<()> {
                 );
                 if let Some(i) = issued {
                     println!("  serial {}, valid until {}", i.serial, i.not_after);
+                    if !keep_old {
+                        let rec = AuditContext::system(
+                            "revoke earlier admin credentials (offline)",
+                            vault.clock.now(),
+                        );
+                        let revoked = core
+                            .pki
+                            .revoke_admin_certs_except(&*rec, &i.serial, vault.clock.now())
+                            .await?;
+                        for s in &revoked {
+                            println!("  revoked the earlier admin certificate {s}");
+                        }
+                    }
                 }
                 Ok(())
             })

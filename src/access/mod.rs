@@ -26,25 +26,29 @@ pub use service::{Access, AccessError, Binding, BindingView, CustomRole, RoleVie
 pub use tenants::Tenant;
 
 /// A permission a route needs.
+///
+/// The numbers are the permission's bit in a [`PermSet`], and that bit set is signed into
+/// service certificates as their ceiling (`pki::ceiling`): never renumber a permission, only
+/// add new ones with new numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Permission {
-    ApisRead,
-    ApisWrite,
-    KeysCreate,
-    KeysRead,
-    KeysUpdate,
-    KeysRotate,
-    KeysRevoke,
-    KeysVerify,
-    CertsIssue,
-    CertsRead,
-    CertsRevoke,
-    CertsVerify,
-    AuditRead,
-    MetricsRead,
-    TenantsAdmin,
-    Admin,
+    ApisRead = 0,
+    ApisWrite = 1,
+    KeysCreate = 2,
+    KeysRead = 3,
+    KeysUpdate = 4,
+    KeysRotate = 5,
+    KeysRevoke = 6,
+    KeysVerify = 7,
+    CertsIssue = 8,
+    CertsRead = 9,
+    CertsRevoke = 10,
+    CertsVerify = 11,
+    AuditRead = 12,
+    MetricsRead = 13,
+    TenantsAdmin = 14,
+    Admin = 15,
 }
 
 impl Permission {
@@ -118,6 +122,21 @@ impl PermSet {
 
     pub fn without(self, p: Permission) -> Self {
         Self(self.0 & !(1 << p as u8))
+    }
+
+    pub fn intersect(self, other: PermSet) -> Self {
+        Self(self.0 & other.0)
+    }
+
+    /// The bit set (bit `n` is the permission numbered `n`), as certificates carry it.
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// From a bit set; bits naming no permission of this build are dropped (a ceiling can
+    /// only shrink by that).
+    pub fn from_bits(bits: u32) -> Self {
+        Self(bits & Self::all().0)
     }
 
     pub fn is_subset(self, of: PermSet) -> bool {
@@ -199,6 +218,16 @@ impl Principal {
     /// Whether this is the global admin (admin permission, no tenant).
     pub fn is_global_admin(&self) -> bool {
         self.tenant.is_none() && self.permissions.contains(Permission::Admin)
+    }
+
+    /// The most a credential this principal issues (a certificate, an enrolment token) may
+    /// ever hold: what the principal holds now; everything for the global admin.
+    pub fn ceiling(&self) -> PermSet {
+        if self.is_global_admin() {
+            PermSet::all()
+        } else {
+            self.permissions
+        }
     }
 }
 

@@ -488,20 +488,26 @@ impl Access {
         Ok(resolved)
     }
 
-    /// The principal of a verified Tessera certificate.
+    /// The principal of a verified Tessera certificate. A service certificate holds what is
+    /// bound to its name now, capped by its `ceiling` (what its issuer held when it was
+    /// issued, signed into it); one without a ceiling (issued before ceilings existed) holds
+    /// nothing until re-issued. The bootstrap admin certificate is the global admin.
     pub async fn principal_for_cert(
         &self,
         id: SpiffeId,
         serial: Serial,
         fingerprint: String,
+        ceiling: Option<PermSet>,
     ) -> Result<Principal, AccessError> {
         let (tenant, roles, permissions) = match &id.identity {
             Identity::Admin => (None, vec!["admin".to_owned()], PermSet::all()),
             Identity::Service { tenant, name } => {
                 let r = self.resolve(tenant, name).await?;
-                // The admin role, which only the global admin can bind, makes a global admin.
-                let tenant = (!r.1.contains(Permission::Admin)).then(|| tenant.clone());
-                (tenant, r.0.clone(), r.1)
+                let permissions = r.1.intersect(ceiling.unwrap_or(PermSet::EMPTY));
+                // The admin role, which only the global admin can bind, makes a global admin,
+                // and only in a certificate the global admin issued (its ceiling holds admin).
+                let tenant = (!permissions.contains(Permission::Admin)).then(|| tenant.clone());
+                (tenant, r.0.clone(), permissions)
             }
         };
         Ok(Principal {

@@ -224,6 +224,7 @@ impl From<PkiError> for ApiError {
             PkiError::Store(s) => s.into(),
             PkiError::Invalid { field, message } => ApiError::bad(field, message),
             PkiError::NotFound => ApiError::NotFound,
+            PkiError::Conflict(m) => ApiError::Conflict(m.to_owned()),
             PkiError::Refused(m) => {
                 tracing::info!(reason = m, "refused");
                 ApiError::Forbidden

@@ -20,11 +20,11 @@ use super::{
 };
 use crate::app::Core;
 use crate::{
-    access::{Credential, Principal},
+    access::{Credential, PermSet, Principal},
     audit::{AuditContext, Event},
     clock::{Clock, SystemClock, Timestamp},
     crypto::apikey::{ApiKey, ROOT_KEY_PREFIX},
-    pki::{fingerprint, identity::SpiffeId, serial::Serial},
+    pki::{ceiling::Ceiling, fingerprint, identity::SpiffeId, serial::Serial},
 };
 
 /// Deepest JSON nesting accepted in a body.
@@ -285,6 +285,8 @@ pub struct PeerCert {
     pub fingerprint: String,
     /// The certificate's SubjectPublicKeyInfo (DER), for renewal without a new key.
     pub spki: Vec<u8>,
+    /// The permission ceiling the CA signed into it (`None`: no ceiling extension).
+    pub ceiling: Option<Ceiling>,
 }
 
 impl PeerCert {
@@ -312,6 +314,7 @@ impl PeerCert {
             not_after: Timestamp::from_unix(cert.validity().not_after.timestamp()),
             fingerprint: fingerprint(leaf),
             spki: cert.public_key().raw.to_vec(),
+            ceiling: Ceiling::of(&cert),
         })
     }
 }
@@ -448,7 +451,12 @@ async fn cert_principal(
     };
     Ok(core
         .access
-        .principal_for_cert(id, peer.serial.clone(), peer.fingerprint.clone())
+        .principal_for_cert(
+            id,
+            peer.serial.clone(),
+            peer.fingerprint.clone(),
+            peer.ceiling.map(|c| PermSet::from_bits(c.bits())),
+        )
         .await?)
 }
 

@@ -168,7 +168,7 @@ pub async fn issue_admin_cert(
     let (issued, key_pem) = pki
         .issue_from(
             rec,
-            &Leaf::Client(id),
+            &Leaf::Client { id, ceiling: None },
             KeySource::Generate,
             ADMIN_CERT_LIFETIME_SECS,
             None,

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{KeySource, Pki, PkiError, identity::ServiceName, issue::Issued};
+use super::{KeySource, Pki, PkiError, ceiling::Ceiling, identity::ServiceName, issue::Issued};
 use crate::{
     clock::Timestamp,
     crypto::{
@@ -50,6 +50,10 @@ pub struct EnrolmentToken {
     #[serde(with = "crate::crypto::serde_hex::array32")]
     pub lookup: [u8; 32],
     pub created_by: String,
+    /// What the creator held: the ceiling of the certificate the token is traded for. A
+    /// token made before ceilings existed has the empty one.
+    #[serde(default)]
+    pub ceiling: Ceiling,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
     pub used_at: Option<Timestamp>,
@@ -82,7 +86,8 @@ pub fn token_ttl(requested: Option<u64>) -> Result<u64, PkiError> {
 
 impl Pki {
     /// Makes a single-use token for `identity` in `tenant`; returns it with its secret (shown
-    /// once). The caller has checked the creator may issue that identity.
+    /// once). The caller has checked the creator may issue that identity; `ceiling` is what
+    /// the creator holds, and what the certificate traded for the token will carry.
     #[allow(clippy::too_many_arguments)]
     pub async fn create_enrolment_token(
         &self,
@@ -92,6 +97,7 @@ impl Pki {
         identity: ServiceName,
         ttl_secs: u64,
         created_by: String,
+        ceiling: Ceiling,
         now: Timestamp,
     ) -> Result<(EnrolmentToken, ApiKey), PkiError> {
         let prefix =
@@ -106,6 +112,7 @@ impl Pki {
             hash: pepper.verification_hash(bytes),
             lookup: pepper.blind_index(BLIND_ENROL, bytes),
             created_by,
+            ceiling,
             created_at: now,
             expires_at: now.plus_secs(ttl_secs),
             used_at: None,
@@ -179,6 +186,7 @@ impl Pki {
                 token.identity.clone(),
                 KeySource::Csr(csr),
                 ttl,
+                token.ceiling,
                 now,
             )
             .await?;
@@ -240,6 +248,7 @@ mod tests {
             super::super::Policy {
                 default_ttl_secs: 3600,
                 max_ttl_secs: 7200,
+                max_lineage_secs: 86_400,
             },
             None,
             now,
@@ -255,6 +264,7 @@ mod tests {
                 name.clone(),
                 10,
                 "t".into(),
+                Ceiling::EMPTY,
                 now,
             )
             .await
@@ -267,6 +277,7 @@ mod tests {
                 name,
                 100,
                 "t".into(),
+                Ceiling::EMPTY,
                 now,
             )
             .await

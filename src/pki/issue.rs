@@ -15,12 +15,16 @@ use x509_parser::{
 };
 
 use super::{
-    Pki, PkiError, fingerprint,
+    Pki, PkiError,
+    ceiling::Ceiling,
+    fingerprint,
     identity::{Identity, ServiceName, SpiffeId},
     pem,
     records::{
-        CertRecord, CertView, IDX_CERTS, IDX_CERTS_BY_EXPIRY, IDX_CERTS_BY_IDENTITY, Profile,
-        cert_position, expiry_position, identity_position, identity_prefix,
+        CertRecord, CertView, IDX_CERTS, IDX_CERTS_BY_EXPIRY, IDX_CERTS_BY_IDENTITY,
+        IDX_CERTS_BY_KEY, IDX_CERTS_BY_LINEAGE, IDX_CERTS_BY_TENANT, Lineage, Profile,
+        cert_position, expiry_position, identity_position, identity_prefix, key_position,
+        lineage_position, tenant_position, tenant_prefix,
     },
     serial::Serial,
 };
@@ -29,7 +33,7 @@ use crate::{
     crypto::secret::SecretString,
     ids::{TenantName, TenantScope},
     page::{Cursor, Page, PageRequest},
-    store::{self, Batch, Expect, Recorder},
+    store::{self, Batch, Expect, Record, Recorder, Rev},
 };
 
 /// Largest CSR accepted (PEM text).
@@ -38,8 +42,13 @@ pub const MAX_CSR_BYTES: usize = 16 * 1024;
 /// What to put in a leaf certificate.
 #[derive(Clone, Debug)]
 pub enum Leaf {
-    /// A client certificate naming a SPIFFE id.
-    Client(SpiffeId),
+    /// A client certificate naming a SPIFFE id, with the permission ceiling it carries (see
+    /// [`super::ceiling`]; `None` writes no ceiling extension: the admin's certificate, or the
+    /// renewal of a certificate that had none).
+    Client {
+        id: SpiffeId,
+        ceiling: Option<Ceiling>,
+    },
     /// A TLS server certificate for these names and addresses.
     Server { dns: Vec<String>, ips: Vec<IpAddr> },
 }
@@ -52,6 +61,21 @@ pub enum KeySource {
     Generate,
     /// A public key Tessera already holds (renewal without a new key).
     PublicKey(Vec<u8>),
+}
+
+/// What a renewal carries over from the certificate it renews.
+#[derive(Clone, Debug)]
+pub struct Renewal {
+    /// The renewed certificate and the revision its record was read at: the renewal is
+    /// written only if that record is unchanged (not revoked meanwhile).
+    pub from: Serial,
+    pub rev: Rev,
+    pub lineage: Lineage,
+    /// The renewed certificate's own lifetime (notAfter - notBefore), seconds: the most the
+    /// renewal gets.
+    pub max_lifetime_secs: u64,
+    /// No renewal outlives its lineage's cap.
+    pub lineage_ends: Timestamp,
 }
 
 /// An issued certificate and the chain that goes with it.
@@ -150,7 +174,10 @@ impl Pki {
         }
     }
 
-    /// Issues a service certificate `spiffe://<td>/tenant/<tenant>/svc/<name>`.
+    /// Issues a service certificate `spiffe://<td>/tenant/<tenant>/svc/<name>` carrying
+    /// `ceiling`: what its issuer held (the most it will ever be allowed, whatever is bound
+    /// to the name later).
+    #[allow(clippy::too_many_arguments)]
     pub async fn issue_service(
         &self,
         rec: &dyn Recorder,
@@ -158,14 +185,18 @@ impl Pki {
         name: ServiceName,
         key: KeySource,
         ttl_secs: u64,
+        ceiling: Ceiling,
         now: Timestamp,
     ) -> Result<(Issued, Option<SecretString>), PkiError> {
         let id = SpiffeId::new(
             self.trust_domain.clone(),
             Identity::Service { tenant, name },
         );
-        self.issue_from(rec, &Leaf::Client(id), key, ttl_secs, None, now)
-            .await
+        let leaf = Leaf::Client {
+            id,
+            ceiling: Some(ceiling),
+        };
+        self.issue_from(rec, &leaf, key, ttl_secs, None, now).await
     }
 
     /// Issues a certificate for `leaf` with the key from `key`, under Tessera's policy, and
@@ -177,7 +208,7 @@ impl Pki {
         leaf: &Leaf,
         key: KeySource,
         ttl_secs: u64,
-        renewed_from: Option<Serial>,
+        renewal: Option<Renewal>,
         now: Timestamp,
     ) -> Result<(Issued, Option<SecretString>), PkiError> {
         let authority = self.authority();
@@ -188,14 +219,24 @@ impl Pki {
         // issuing CA.
         let skew = i64::try_from((ttl_secs / 10).min(60)).unwrap_or(60);
         let not_before = Timestamp::from_unix(now.unix() - skew);
-        let not_after = Timestamp::from_unix(now.plus_secs(ttl_secs).unix()).min(ca.not_after);
+        let mut not_after = Timestamp::from_unix(now.plus_secs(ttl_secs).unix()).min(ca.not_after);
+        if let Some(r) = &renewal {
+            // A renewal never lives longer than what it renews, nor past its lineage's end.
+            let longest = i64::try_from(r.max_lifetime_secs).unwrap_or(i64::MAX);
+            not_after = not_after
+                .min(Timestamp::from_unix(
+                    not_before.unix().saturating_add(longest),
+                ))
+                .min(Timestamp::from_unix(r.lineage_ends.unix()));
+        }
 
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "Tessera");
         let (profile, identity, tenant) = match leaf {
-            Leaf::Client(id) => {
+            Leaf::Client { id, ceiling } => {
                 let uri = id.uri();
+                p.custom_extensions = ceiling.iter().map(|c| c.extension()).collect();
                 let (cn, profile, tenant) = match &id.identity {
                     Identity::Admin => ("tessera admin".to_owned(), Profile::Admin, None),
                     Identity::Service { tenant, name } => (
@@ -240,10 +281,13 @@ impl Pki {
         }
 
         let signer = authority.clone();
-        let (cert, private_key) =
-            tokio::task::spawn_blocking(move || sign_leaf(&signer.issuing, &p, key))
-                .await
-                .map_err(|_| PkiError::Inconsistent("the signing task failed"))??;
+        let (cert, private_key, key_sha256) = tokio::task::spawn_blocking(move || {
+            let (cert, private_key) = sign_leaf(&signer.issuing, &p, key)?;
+            let key_sha256 = spki_sha256(&cert)?;
+            Ok::<_, PkiError>((cert, private_key, key_sha256))
+        })
+        .await
+        .map_err(|_| PkiError::Inconsistent("the signing task failed"))??;
         let record = CertRecord {
             serial: serial.clone(),
             tenant: tenant.clone(),
@@ -255,10 +299,21 @@ impl Pki {
             fingerprint: fingerprint(&cert),
             created_at: now,
             revoked: None,
-            renewed_from,
+            renewed_from: renewal.as_ref().map(|r| r.from.clone()),
+            lineage: Some(renewal.as_ref().map_or_else(
+                || Lineage {
+                    origin: serial.clone(),
+                    started_at: now,
+                },
+                |r| r.lineage.clone(),
+            )),
+            key_sha256: Some(key_sha256),
         };
         let mut b = Batch::new();
         b.put_record(serial.as_str(), &record, Expect::Absent)?;
+        if let Some(r) = &renewal {
+            b.check(CertRecord::KIND, r.from.as_str(), Expect::Rev(r.rev));
+        }
         b.index_put(
             IDX_CERTS,
             cert_position(&record).as_bytes(),
@@ -277,6 +332,15 @@ impl Pki {
             serial.as_str(),
             false,
         );
+        for (index, pos) in [
+            (IDX_CERTS_BY_KEY, key_position(&record)),
+            (IDX_CERTS_BY_LINEAGE, lineage_position(&record)),
+            (IDX_CERTS_BY_TENANT, tenant_position(&record)),
+        ] {
+            if let Some(pos) = pos {
+                b.index_put(index, pos.as_bytes(), serial.as_str(), false);
+            }
+        }
         rec.record(&mut b, serial.as_str(), tenant.as_ref())?;
         self.store.commit(b).await?;
         let issued = Issued {
@@ -292,17 +356,22 @@ impl Pki {
     }
 
     /// Renews the certificate `serial` (the caller's own, checked by the caller): same
-    /// identity, fresh validity; a new key from `csr`, or the same public key.
+    /// identity and the same ceiling (`ceiling`, read from the presented certificate), fresh
+    /// validity; a new key from `csr`, or the same public key.
+    #[allow(clippy::too_many_arguments)]
     pub async fn renew(
         &self,
         rec: &dyn Recorder,
         serial: &Serial,
         current_public_key: Vec<u8>,
+        ceiling: Option<Ceiling>,
         csr: Option<String>,
         ttl: Option<u64>,
         now: Timestamp,
     ) -> Result<Issued, PkiError> {
-        let cert = self.record(serial).await?.ok_or(PkiError::NotFound)?;
+        let (rev, cert) = store::record::get::<CertRecord>(&*self.store, serial.as_str())
+            .await?
+            .ok_or(PkiError::NotFound)?;
         if cert.revoked.is_some() || cert.not_after <= now {
             return Err(PkiError::Refused("the certificate is revoked or expired"));
         }
@@ -318,10 +387,56 @@ impl Pki {
             None => KeySource::PublicKey(current_public_key),
         };
         let ttl = self.ttl(ttl)?;
+        let lineage = self.lineage_of(&cert).await?;
+        let lineage_ends = lineage.started_at.plus_secs(self.policy.max_lineage_secs);
+        if now >= lineage_ends {
+            return Err(PkiError::Conflict(
+                "the certificate's lineage has reached certificates.max_lineage_seconds since \
+                 its first issuance: issue a new certificate (or enrol again) instead",
+            ));
+        }
+        let renewal = Renewal {
+            from: serial.clone(),
+            rev,
+            lineage,
+            max_lifetime_secs: u64::try_from(cert.not_after.unix() - cert.not_before.unix())
+                .unwrap_or(0),
+            lineage_ends,
+        };
         let (issued, _) = self
-            .issue_from(rec, &Leaf::Client(id), key, ttl, Some(serial.clone()), now)
+            .issue_from(
+                rec,
+                &Leaf::Client { id, ceiling },
+                key,
+                ttl,
+                Some(renewal),
+                now,
+            )
             .await?;
         Ok(issued)
+    }
+
+    /// Where a certificate's chain of renewals started. Records from before lineages were
+    /// recorded are followed back through `renewed_from` as far as records remain.
+    pub async fn lineage_of(&self, cert: &CertRecord) -> Result<Lineage, PkiError> {
+        let mut cur = cert.clone();
+        // Bounded: a lineage past its cap stops renewing, so chains stay short.
+        for _ in 0..10_000 {
+            if let Some(l) = &cur.lineage {
+                return Ok(l.clone());
+            }
+            match &cur.renewed_from {
+                Some(parent) => match self.record(parent).await? {
+                    Some(p) => cur = p,
+                    None => break,
+                },
+                None => break,
+            }
+        }
+        Ok(Lineage {
+            origin: cur.serial.clone(),
+            started_at: cur.created_at,
+        })
     }
 
     /// One certificate's record, if the caller may see it.
@@ -332,17 +447,31 @@ impl Pki {
         }
     }
 
-    /// Certificates, oldest first, optionally of one identity.
+    /// Certificates, oldest first, optionally of one identity. A tenant's listing scans only
+    /// its own index (so a cursor only ever holds a position of its own), and another
+    /// tenant's identity answers exactly like one that does not exist: an empty page.
     pub async fn list(
         &self,
         scope: &TenantScope,
-        identity: Option<&str>,
+        identity: Option<&SpiffeId>,
         page: &PageRequest,
         now: Timestamp,
     ) -> Result<Page<CertView>, PkiError> {
-        let (index, prefix) = match identity {
-            Some(i) => (IDX_CERTS_BY_IDENTITY, identity_prefix(i)),
-            None => (IDX_CERTS, Vec::new()),
+        let (index, prefix) = match (scope, identity) {
+            (TenantScope::One(own), Some(id)) => match &id.identity {
+                Identity::Service { tenant, .. } if tenant == own => {
+                    (IDX_CERTS_BY_IDENTITY, identity_prefix(&id.uri()))
+                }
+                _ => {
+                    return Ok(Page {
+                        items: Vec::new(),
+                        next_cursor: None,
+                    });
+                }
+            },
+            (TenantScope::All, Some(id)) => (IDX_CERTS_BY_IDENTITY, identity_prefix(&id.uri())),
+            (TenantScope::One(own), None) => (IDX_CERTS_BY_TENANT, tenant_prefix(own).into_bytes()),
+            (TenantScope::All, None) => (IDX_CERTS, Vec::new()),
         };
         let entries = self
             .store
@@ -371,6 +500,16 @@ impl Pki {
                 .flatten(),
         })
     }
+}
+
+/// SHA-256 of a certificate's SubjectPublicKeyInfo, lowercase hex: what identifies its key
+/// pair across certificates.
+pub fn spki_sha256(cert: &[u8]) -> Result<String, PkiError> {
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(cert).map_err(|_| PkiError::BadCertificate)?;
+    Ok(crate::crypto::hex::encode(
+        ring::digest::digest(&ring::digest::SHA256, parsed.public_key().raw).as_ref(),
+    ))
 }
 
 /// Signs `params` for the key from `key` (CPU only: called on a blocking thread).

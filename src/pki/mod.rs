@@ -5,11 +5,13 @@
 
 pub mod bootstrap;
 pub mod ca;
+pub mod ceiling;
 mod crl;
 pub mod enrol;
 pub mod identity;
 mod issue;
 pub mod records;
+mod reindex;
 mod revoke;
 mod rotate;
 pub mod serial;
@@ -39,7 +41,7 @@ use records::{CertRecord, CrlRecord, IDX_REVOKED_BY_CA, PkiState, RetiredCa, STA
 use serial::Serial;
 
 pub use crl::CrlFormat;
-pub use issue::{Issued, KeySource, Leaf, visible};
+pub use issue::{Issued, KeySource, Leaf, Renewal, visible};
 pub use verify::{CertCode, CertVerdict};
 
 /// Errors of the PKI layer.
@@ -72,6 +74,9 @@ pub enum PkiError {
     /// The caller may not do this with this certificate.
     #[error("{0}")]
     Refused(&'static str),
+    /// The certificate's state forbids this (the message is safe to show the caller).
+    #[error("{0}")]
+    Conflict(&'static str),
     /// Writing public trust material to the certs directory failed.
     #[error("could not write {path}: {source}")]
     Publish {
@@ -88,6 +93,8 @@ pub enum PkiError {
 pub struct Policy {
     pub default_ttl_secs: u64,
     pub max_ttl_secs: u64,
+    /// How long renewals may go on from a lineage's first issuance.
+    pub max_lineage_secs: u64,
 }
 
 /// The CAs in use.
@@ -180,6 +187,7 @@ impl Pki {
             publish_dir,
             changes: tokio::sync::Mutex::new(()),
         };
+        pki.reindex().await?;
         // Re-sign every CRL at start: a crash between a revocation's commit and its CRL
         // update must not leave the CRL behind the store.
         pki.refresh_crls(now, true).await?;
@@ -302,6 +310,7 @@ async fn bootstrap_authority(
         root: root.id.clone(),
         issuing: issuing.id.clone(),
         retired: Vec::new(),
+        indexes: reindex::CURRENT,
     };
     let mut b = Batch::new();
     b.put_record(root.id.as_str(), &root_rec, Expect::Absent)?;

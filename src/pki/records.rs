@@ -18,6 +18,10 @@ pub struct PkiState {
     /// certificate they signed has expired.
     #[serde(default)]
     pub retired: Vec<RetiredCa>,
+    /// Which generation of certificate indexes the records have been indexed for (see
+    /// `reindex`): 0 in stores from before the key and lineage indexes.
+    #[serde(default)]
+    pub indexes: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -99,6 +103,24 @@ pub struct CertRecord {
     /// The certificate this one renewed.
     #[serde(default)]
     pub renewed_from: Option<Serial>,
+    /// The first issuance of the chain of renewals this certificate belongs to (`None` in
+    /// records from before lineages were recorded: see `Pki::lineage_of`).
+    #[serde(default)]
+    pub lineage: Option<Lineage>,
+    /// SHA-256 of the certificate's SubjectPublicKeyInfo, lowercase hex (`None` in records
+    /// from before it was recorded).
+    #[serde(default)]
+    pub key_sha256: Option<String>,
+}
+
+/// Where a chain of renewals started: renewals go on at most `certificates.max_lineage_seconds`
+/// from `started_at`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// The serial of the first certificate.
+    pub origin: Serial,
+    /// When the first certificate was issued.
+    pub started_at: Timestamp,
 }
 
 impl Record for CertRecord {
@@ -178,6 +200,13 @@ pub const IDX_CERTS_BY_IDENTITY: IndexName = IndexName("certs_by_identity");
 pub const IDX_CERTS_BY_EXPIRY: IndexName = IndexName("certs_by_expiry");
 /// `<ca id>/<serial>` -> serial: the revoked certificates a CA's CRL lists.
 pub const IDX_REVOKED_BY_CA: IndexName = IndexName("revoked_by_ca");
+/// `<SHA-256 of the SPKI, hex>/<serial>` -> serial: the certificates holding one key pair.
+pub const IDX_CERTS_BY_KEY: IndexName = IndexName("certs_by_key");
+/// `<lineage origin serial>/<serial>` -> serial: a chain of renewals.
+pub const IDX_CERTS_BY_LINEAGE: IndexName = IndexName("certs_by_lineage");
+/// `<tenant>/<created ms, 20 digits>/<serial>` -> serial: one tenant's certificates, oldest
+/// first (a tenant's listing scans only this, so its cursors hold only its own positions).
+pub const IDX_CERTS_BY_TENANT: IndexName = IndexName("certs_by_tenant");
 
 pub fn millis20(t: Timestamp) -> String {
     format!("{:020}", t.unix_millis().max(0))
@@ -201,6 +230,36 @@ pub fn identity_position(r: &CertRecord) -> Vec<u8> {
 
 pub fn expiry_position(r: &CertRecord) -> String {
     format!("{}/{}", millis20(r.not_after), r.serial)
+}
+
+pub fn tenant_prefix(tenant: &TenantName) -> String {
+    format!("{}/", tenant.as_str())
+}
+
+pub fn tenant_position(r: &CertRecord) -> Option<String> {
+    r.tenant
+        .as_ref()
+        .map(|t| format!("{}{}", tenant_prefix(t), cert_position(r)))
+}
+
+pub fn key_prefix(key_sha256: &str) -> String {
+    format!("{key_sha256}/")
+}
+
+pub fn key_position(r: &CertRecord) -> Option<String> {
+    r.key_sha256
+        .as_deref()
+        .map(|k| format!("{}{}", key_prefix(k), r.serial))
+}
+
+pub fn lineage_prefix(origin: &Serial) -> String {
+    format!("{origin}/")
+}
+
+pub fn lineage_position(r: &CertRecord) -> Option<String> {
+    r.lineage
+        .as_ref()
+        .map(|l| format!("{}{}", lineage_prefix(&l.origin), r.serial))
 }
 
 pub fn revoked_position(r: &CertRecord) -> String {

@@ -2,21 +2,36 @@
 //! revoked set (checked on every request, so keep-alive connections are covered) and the
 //! CRL behind the handshake verifier are both updated before `revoke` returns. Session
 //! resumption is off, so no handshake skips the verifier.
+//!
+//! A `key_compromise` revocation follows the key, not the serial: every live certificate
+//! holding the same key pair (the key index) and every live certificate of the same lineage
+//! (renewals made after a re-key were authorised with the compromised key) is revoked with
+//! it, in one atomic batch. It reaches only certificates the caller can see: a CSR is no
+//! secret, so a tenant could otherwise get a certificate for another tenant's key and
+//! revoke it to end the other tenant's certificates. The global admin reaches them all.
+
+use std::collections::BTreeSet;
 
 use super::{
     Pki, PkiError,
+    identity::{Identity, SpiffeId},
     issue::visible,
-    records::{CertRecord, IDX_REVOKED_BY_CA, Revocation, RevocationReason, revoked_position},
+    records::{
+        CertRecord, IDX_CERTS_BY_IDENTITY, IDX_CERTS_BY_KEY, IDX_CERTS_BY_LINEAGE,
+        IDX_REVOKED_BY_CA, Profile, Revocation, RevocationReason, identity_prefix, key_prefix,
+        lineage_prefix, revoked_position,
+    },
     serial::Serial,
 };
 use crate::{
     clock::Timestamp,
-    ids::TenantScope,
-    store::{self, Batch, Expect, Recorder, StoreError},
+    ids::{CaId, TenantScope},
+    store::{self, Batch, Expect, IndexName, Recorder, Rev, StoreError},
 };
 
 impl Pki {
-    /// Revokes a certificate. Revoking a revoked certificate changes nothing and succeeds.
+    /// Revokes a certificate (with `key_compromise`, also every live certificate sharing its
+    /// key pair or its lineage). Revoking a revoked certificate changes nothing and succeeds.
     pub async fn revoke(
         &self,
         rec: &dyn Recorder,
@@ -26,65 +41,180 @@ impl Pki {
         now: Timestamp,
     ) -> Result<CertRecord, PkiError> {
         let _one = self.changes.lock().await;
-        let (rev, mut cert) =
+        let (rev, cert) =
             match store::record::get::<CertRecord>(&*self.store, serial.as_str()).await? {
                 Some((rev, r)) if visible(scope, &r) => (rev, r),
                 _ => return Err(PkiError::NotFound),
             };
-        if cert.revoked.is_some() {
-            // An earlier attempt may have been applied without being acknowledged (its flush
-            // failed): make sure it is in force here too.
-            let missing = cert.not_after > now
-                && self
-                    .revoked
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(serial.clone(), cert.not_after)
-                    .is_none();
-            if missing && self.authority().issuers().any(|c| c.id == cert.issuer) {
-                self.sign_crl(&cert.issuer, now).await?;
-                self.rebuild_verifier()?;
-                self.publish_crls()?;
+        let mut targets: Vec<(Rev, CertRecord)> = Vec::new();
+        if cert.revoked.is_none() {
+            targets.push((rev, cert.clone()));
+        }
+        if reason == RevocationReason::KeyCompromise {
+            for s in self.sharing_key_or_lineage(&cert).await? {
+                if s == *serial || targets.iter().any(|(_, t)| t.serial == s) {
+                    continue;
+                }
+                if let Some((r, c)) = store::record::get::<CertRecord>(&*self.store, s.as_str())
+                    .await?
+                    .filter(|(_, c)| visible(scope, c) && c.revoked.is_none() && c.not_after > now)
+                {
+                    targets.push((r, c));
+                }
+            }
+        }
+        if targets.is_empty() {
+            // Revoked already: an earlier attempt may have been applied without being
+            // acknowledged (its flush failed); make sure it is in force here too.
+            if self.mark_revoked(std::slice::from_ref(&cert), now) {
+                self.resign(std::slice::from_ref(&cert.issuer), now).await?;
             }
             return Ok(cert);
         }
-        cert.revoked = Some(Revocation { at: now, reason });
+        let revoked = self.revoke_records(rec, targets, reason, now).await?;
+        Ok(revoked
+            .into_iter()
+            .find(|c| c.serial == *serial)
+            .unwrap_or(cert))
+    }
+
+    /// Revokes every live bootstrap admin certificate but `keep`, with reason `superseded`:
+    /// the break-glass re-issue (`tessera admin-cert`) ends the credential it replaces.
+    /// Returns the serials revoked.
+    pub async fn revoke_admin_certs_except(
+        &self,
+        rec: &dyn Recorder,
+        keep: &Serial,
+        now: Timestamp,
+    ) -> Result<Vec<Serial>, PkiError> {
+        let _one = self.changes.lock().await;
+        let admin = SpiffeId::new(self.trust_domain.clone(), Identity::Admin).uri();
+        let prefix = identity_prefix(&admin);
+        let mut targets = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .store
+                .scan(IDX_CERTS_BY_IDENTITY, &prefix, after.as_deref(), 1000)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.key.clone());
+            for e in &page {
+                if let Some((r, c)) = store::record::get::<CertRecord>(&*self.store, &e.id)
+                    .await?
+                    .filter(|(_, c)| {
+                        c.profile == Profile::Admin
+                            && c.serial != *keep
+                            && c.revoked.is_none()
+                            && c.not_after > now
+                    })
+                {
+                    targets.push((r, c));
+                }
+            }
+        }
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let revoked = self
+            .revoke_records(rec, targets, RevocationReason::Superseded, now)
+            .await?;
+        Ok(revoked.into_iter().map(|c| c.serial).collect())
+    }
+
+    /// Revokes `targets` (read at these revisions) in one batch, one audit entry each; then
+    /// the revoked set, the CRLs and the verifier. The caller holds `changes`.
+    async fn revoke_records(
+        &self,
+        rec: &dyn Recorder,
+        mut targets: Vec<(Rev, CertRecord)>,
+        reason: RevocationReason,
+        now: Timestamp,
+    ) -> Result<Vec<CertRecord>, PkiError> {
         let mut b = Batch::new();
-        b.put_record(serial.as_str(), &cert, Expect::Rev(rev))?;
-        b.index_put(
-            IDX_REVOKED_BY_CA,
-            revoked_position(&cert).as_bytes(),
-            serial.as_str(),
-            false,
-        );
-        rec.record(&mut b, serial.as_str(), cert.tenant.as_ref())?;
+        for (rev, c) in &mut targets {
+            c.revoked = Some(Revocation { at: now, reason });
+            b.put_record(c.serial.as_str(), &*c, Expect::Rev(*rev))?;
+            b.index_put(
+                IDX_REVOKED_BY_CA,
+                revoked_position(c).as_bytes(),
+                c.serial.as_str(),
+                false,
+            );
+            rec.record(&mut b, c.serial.as_str(), c.tenant.as_ref())?;
+        }
+        let revoked: Vec<CertRecord> = targets.into_iter().map(|(_, c)| c).collect();
         match self.store.commit(b).await {
             Ok(()) => {}
             // Only this function changes a certificate record after issuance, under the lock.
             Err(StoreError::Conflict) => return Err(PkiError::Inconsistent("concurrent revoke")),
             Err(e) => {
-                // Fail closed: the write may be applied; refuse the certificate from now on.
-                if cert.not_after > now {
-                    self.revoked
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(serial.clone(), cert.not_after);
-                }
+                // Fail closed: the write may be applied; refuse the certificates from now on.
+                self.mark_revoked(&revoked, now);
                 return Err(e.into());
             }
         }
-        if cert.not_after > now {
-            self.revoked
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(serial.clone(), cert.not_after);
+        self.mark_revoked(&revoked, now);
+        let issuers: BTreeSet<CaId> = revoked.iter().map(|c| c.issuer.clone()).collect();
+        self.resign(&issuers.into_iter().collect::<Vec<_>>(), now)
+            .await?;
+        Ok(revoked)
+    }
+
+    /// Adds unexpired certificates to the revoked set; whether any was missing from it.
+    fn mark_revoked(&self, certs: &[CertRecord], now: Timestamp) -> bool {
+        let mut set = self.revoked.write().unwrap_or_else(|e| e.into_inner());
+        let mut added = false;
+        for c in certs.iter().filter(|c| c.not_after > now) {
+            added |= set.insert(c.serial.clone(), c.not_after).is_none();
         }
-        let issuer_known = self.authority().issuers().any(|c| c.id == cert.issuer);
-        if issuer_known {
-            self.sign_crl(&cert.issuer, now).await?;
+        added
+    }
+
+    /// Re-signs the CRLs of these issuers (those still in use), then rebuilds the handshake
+    /// verifier and publishes the CRLs.
+    async fn resign(&self, issuers: &[CaId], now: Timestamp) -> Result<(), PkiError> {
+        let known: Vec<CaId> = self.authority().issuers().map(|c| c.id.clone()).collect();
+        let mut any = false;
+        for id in issuers.iter().filter(|i| known.contains(i)) {
+            self.sign_crl(id, now).await?;
+            any = true;
+        }
+        if any {
             self.rebuild_verifier()?;
             self.publish_crls()?;
         }
-        Ok(cert)
+        Ok(())
+    }
+
+    /// Serials of the certificates holding `cert`'s key pair or belonging to its lineage.
+    async fn sharing_key_or_lineage(&self, cert: &CertRecord) -> Result<Vec<Serial>, PkiError> {
+        let mut out = Vec::new();
+        if let Some(k) = &cert.key_sha256 {
+            out.extend(self.scan_all(IDX_CERTS_BY_KEY, &key_prefix(k)).await?);
+        }
+        let lineage = self.lineage_of(cert).await?;
+        out.extend(
+            self.scan_all(IDX_CERTS_BY_LINEAGE, &lineage_prefix(&lineage.origin))
+                .await?,
+        );
+        Ok(out)
+    }
+
+    /// Every serial an index holds under `prefix`.
+    async fn scan_all(&self, index: IndexName, prefix: &str) -> Result<Vec<Serial>, PkiError> {
+        let mut out = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .store
+                .scan(index, prefix.as_bytes(), after.as_deref(), 1000)
+                .await?;
+            let Some(last) = page.last() else {
+                return Ok(out);
+            };
+            after = Some(last.key.clone());
+            out.extend(page.iter().filter_map(|e| Serial::parse(&e.id).ok()));
+        }
     }
 }

@@ -6,8 +6,10 @@
 use super::{
     Pki, PkiError,
     records::{
-        CertRecord, IDX_CERTS, IDX_CERTS_BY_EXPIRY, IDX_CERTS_BY_IDENTITY, IDX_REVOKED_BY_CA,
-        PkiState, STATE_ID, cert_position, identity_position, millis20, revoked_position,
+        CertRecord, IDX_CERTS, IDX_CERTS_BY_EXPIRY, IDX_CERTS_BY_IDENTITY, IDX_CERTS_BY_KEY,
+        IDX_CERTS_BY_LINEAGE, IDX_CERTS_BY_TENANT, IDX_REVOKED_BY_CA, PkiState, STATE_ID,
+        cert_position, identity_position, key_position, lineage_position, millis20,
+        revoked_position, tenant_position,
     },
 };
 use crate::{
@@ -44,6 +46,15 @@ impl Pki {
                     b.delete(CertRecord::KIND, r.serial.as_str(), Expect::Any);
                     b.index_delete(IDX_CERTS, cert_position(&r).as_bytes());
                     b.index_delete(IDX_CERTS_BY_IDENTITY, &identity_position(&r));
+                    for (index, pos) in [
+                        (IDX_CERTS_BY_KEY, key_position(&r)),
+                        (IDX_CERTS_BY_LINEAGE, lineage_position(&r)),
+                        (IDX_CERTS_BY_TENANT, tenant_position(&r)),
+                    ] {
+                        if let Some(pos) = pos {
+                            b.index_delete(index, pos.as_bytes());
+                        }
+                    }
                     if r.revoked.is_some() {
                         b.index_delete(IDX_REVOKED_BY_CA, revoked_position(&r).as_bytes());
                         crls_to_resign.insert(r.issuer.clone());

@@ -789,3 +789,369 @@ async fn sender_constrained_keys() {
         .expect(400);
     assert_eq!(r["error"]["field"], "bound_to");
 }
+
+/// A client holding the certificate of an issue answer (`private_key` from `generate`, or the
+/// key of a CSR).
+fn holder(server: &Server, dir: &std::path::Path, name: &str, v: &Value, key_pem: &str) -> Api {
+    let chain: String = v["chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(
+        &cert,
+        format!("{}{chain}", v["certificate"].as_str().unwrap()),
+    )
+    .unwrap();
+    std::fs::write(&key, key_pem).unwrap();
+    server.client(&cert, &key)
+}
+
+/// What a late-bound credential may do: `tenant-admin` bound to its name, then `admin`. It
+/// must hold only `certs:issue` (what its issuer held) and act in its own tenant.
+async fn assert_capped(admin: &Api, late: &Api, name: &str) {
+    put(
+        admin,
+        &format!("/v1/tenants/acme/bindings/{name}"),
+        json!({"roles": ["tenant-admin"]}),
+    )
+    .await
+    .expect(200);
+    let me = late.get("/v1/whoami").await.expect(200);
+    assert_eq!(me["tenant"], "acme", "{me}");
+    assert_eq!(me["permissions"], json!(["certs:issue"]), "{me}");
+    late.post(
+        "/v1/root-keys",
+        json!({"name": "mine", "permissions": ["keys:read"]}),
+    )
+    .await
+    .expect(403);
+    late.get("/v1/tenants/acme/bindings").await.expect(403);
+    late.get("/v1/audit").await.expect(403);
+
+    put(
+        admin,
+        &format!("/v1/tenants/acme/bindings/{name}"),
+        json!({"roles": ["admin"]}),
+    )
+    .await
+    .expect(200);
+    let me = late.get("/v1/whoami").await.expect(200);
+    assert_eq!(me["tenant"], "acme", "not a global admin: {me}");
+    assert_eq!(me["permissions"], json!(["certs:issue"]), "{me}");
+    late.post("/v1/tenants", json!({"name": "grabbed"}))
+        .await
+        .expect(403);
+    let r = late.get("/v1/tenants").await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    late.post(
+        "/v1/root-keys",
+        json!({"name": "mine", "permissions": ["keys:read"]}),
+    )
+    .await
+    .expect(403);
+    // What its issuer held still works.
+    late.post("/v1/certs", json!({"identity": "leaf", "generate": true}))
+        .await
+        .expect(201);
+}
+
+#[tokio::test]
+async fn a_late_binding_never_lifts_a_credential_above_its_issuer() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    tenant(&admin, "acme").await;
+    admin
+        .post(
+            "/v1/tenants/acme/roles",
+            json!({"name": "cert-issuer", "permissions": ["certs:issue"]}),
+        )
+        .await
+        .expect(201);
+    let issuer = service(
+        &server,
+        &admin,
+        dir.path(),
+        "acme",
+        "issuer",
+        &["cert-issuer"],
+    )
+    .await;
+
+    // A certificate for a name with no binding yet: nothing to escalate to, so it passes.
+    let v = issuer
+        .post(
+            "/v1/certs",
+            json!({"identity": "newbie", "generate": true, "ttl_seconds": 3600}),
+        )
+        .await
+        .expect(201);
+    let newbie = holder(
+        &server,
+        dir.path(),
+        "newbie",
+        &v,
+        v["private_key"].as_str().unwrap(),
+    );
+    assert_capped(&admin, &newbie, "newbie").await;
+
+    // The same through an enrolment token the issuer made.
+    let token = issuer
+        .post("/v1/enrolment-tokens", json!({"identity": "enrolled"}))
+        .await
+        .expect(201)["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let v = server
+        .anonymous()
+        .post(
+            "/v1/enrol",
+            json!({"token": token, "identity": "enrolled", "csr": csr}),
+        )
+        .await
+        .expect(201);
+    let enrolled = holder(&server, dir.path(), "enrolled", &v, &key.serialize_pem());
+    assert_capped(&admin, &enrolled, "enrolled").await;
+
+    // Renewal keeps the ceiling.
+    let v = newbie.post("/v1/certs/renew", json!({})).await.expect(201);
+    let renewed = holder(
+        &server,
+        dir.path(),
+        "newbie-renewed",
+        &v,
+        &std::fs::read_to_string(dir.path().join("newbie.key")).unwrap(),
+    );
+    let me = renewed.get("/v1/whoami").await.expect(200);
+    assert_eq!(me["tenant"], "acme", "{me}");
+    assert_eq!(me["permissions"], json!(["certs:issue"]), "{me}");
+
+    // A certificate the global admin issues holds what is bound, admin included.
+    let v = admin
+        .post(
+            "/v1/certs",
+            json!({"identity": "newbie", "tenant": "acme", "generate": true}),
+        )
+        .await
+        .expect(201);
+    let by_admin = holder(
+        &server,
+        dir.path(),
+        "by-admin",
+        &v,
+        v["private_key"].as_str().unwrap(),
+    );
+    let me = by_admin.get("/v1/whoami").await.expect(200);
+    assert!(me["tenant"].is_null(), "{me}");
+    by_admin
+        .post("/v1/tenants", json!({"name": "from-newbie"}))
+        .await
+        .expect(201);
+}
+
+/// A list cursor decoded (cursors are the hex of an index position).
+fn decode_cursor(c: &str) -> String {
+    let bytes: Vec<u8> = (0..c.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&c[i..i + 2], 16).unwrap())
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[tokio::test]
+async fn certificate_lists_stay_inside_the_tenant() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    tenant(&admin, "acme").await;
+    tenant(&admin, "rival").await;
+    let reader = service(&server, &admin, dir.path(), "acme", "reader", &["auditor"]).await;
+    // Interleaved in time, so a global index would alternate between the tenants.
+    let mut rival = Vec::new();
+    for _ in 0..3 {
+        for (t, name) in [("acme", "orders"), ("rival", "db")] {
+            let v = admin
+                .post(
+                    "/v1/certs",
+                    json!({"tenant": t, "identity": name, "generate": true}),
+                )
+                .await
+                .expect(201);
+            if t == "rival" {
+                rival.push(v["serial"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+
+    // Page by page: only acme's certificates, and cursors that hold only acme positions.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..20 {
+        let path = match &cursor {
+            Some(c) => format!("/v1/certs?limit=1&cursor={c}"),
+            None => "/v1/certs?limit=1".to_owned(),
+        };
+        let page = reader.get(&path).await.expect(200);
+        let items = page["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "{page}");
+        assert_eq!(items[0]["tenant"], "acme", "{page}");
+        seen.push(items[0]["serial"].as_str().unwrap().to_owned());
+        match page["next_cursor"].as_str() {
+            Some(c) => {
+                let decoded = decode_cursor(c);
+                assert!(
+                    decoded.ends_with(seen.last().unwrap().as_str()),
+                    "the cursor points at the last item of the page: {decoded}"
+                );
+                for s in &rival {
+                    assert!(!decoded.contains(s.as_str()), "{decoded}");
+                }
+                cursor = Some(c.to_owned());
+            }
+            None => break,
+        }
+    }
+    // The reader's own certificate and acme's three.
+    assert_eq!(seen.len(), 4, "{seen:?}");
+
+    // Another tenant's identity answers exactly like one that does not exist.
+    let existing = reader
+        .get("/v1/certs?limit=1&identity=spiffe://tessera.local/tenant/rival/svc/db")
+        .await
+        .expect(200);
+    let made_up = reader
+        .get("/v1/certs?limit=1&identity=spiffe://tessera.local/tenant/rival/svc/nobody")
+        .await
+        .expect(200);
+    assert_eq!(existing, made_up);
+    assert_eq!(existing, json!({"items": [], "next_cursor": null}));
+    let not_a_tenant = reader
+        .get("/v1/certs?limit=1&identity=spiffe://tessera.local/tenant/nowhere/svc/db")
+        .await
+        .expect(200);
+    assert_eq!(existing, not_a_tenant);
+
+    // A bare service name is the caller's own tenant (the global admin's: default).
+    let own = reader
+        .get("/v1/certs?limit=10&identity=orders")
+        .await
+        .expect(200);
+    assert_eq!(own["items"].as_array().unwrap().len(), 3, "{own}");
+    let full = reader
+        .get("/v1/certs?limit=10&identity=spiffe://tessera.local/tenant/acme/svc/orders")
+        .await
+        .expect(200);
+    assert_eq!(own, full);
+    let global = admin
+        .get("/v1/certs?limit=10&identity=orders")
+        .await
+        .expect(200);
+    assert_eq!(global["items"].as_array().unwrap().len(), 0, "{global}");
+    let global_all = admin.get("/v1/certs?limit=100").await.expect(200);
+    assert!(global_all["items"].as_array().unwrap().len() >= 7);
+}
+
+#[tokio::test]
+async fn revoking_a_more_privileged_principal_is_refused() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    tenant(&admin, "acme").await;
+    let issuer = service(&server, &admin, dir.path(), "acme", "issuer", &["issuer"]).await;
+    let mut serials = std::collections::BTreeMap::new();
+    for (name, roles) in [
+        ("boss", &["tenant-admin"][..]),
+        ("ops", &["admin"][..]),
+        ("checker", &["verifier"][..]),
+        ("worker", &[][..]),
+        ("helper", &["issuer"][..]),
+    ] {
+        if !roles.is_empty() {
+            crate::helpers::bind(&admin, "acme", name, roles).await;
+        }
+        let (_, _, serial) = crate::helpers::identity_files(&admin, dir.path(), "acme", name).await;
+        serials.insert(name, serial);
+    }
+    // Bound to permissions the issuer lacks: refused, and nothing changes.
+    for name in ["boss", "ops", "checker"] {
+        let s = &serials[name];
+        for reason in [json!({}), json!({"reason": "key_compromise"})] {
+            issuer
+                .post(&format!("/v1/certs/{s}/revoke"), reason)
+                .await
+                .expect(403);
+        }
+        let rec = admin.get(&format!("/v1/certs/{s}")).await.expect(200);
+        assert_eq!(rec["state"], "valid", "{name}: {rec}");
+    }
+    // Within what it holds: allowed.
+    for name in ["worker", "helper"] {
+        let s = &serials[name];
+        let r = issuer
+            .post(&format!("/v1/certs/{s}/revoke"), json!({}))
+            .await
+            .expect(200);
+        assert_eq!(r["state"], "revoked", "{name}");
+    }
+    // A key-compromise cascade stays inside the caller's tenant: a CSR is no secret, so a
+    // certificate of another tenant's key pair proves nothing about who holds it.
+    tenant(&admin, "rival").await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let theirs = admin
+        .post(
+            "/v1/certs",
+            json!({"tenant": "rival", "identity": "db", "csr": csr}),
+        )
+        .await
+        .expect(201)["serial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let planted = issuer
+        .post("/v1/certs", json!({"identity": "planted", "csr": csr}))
+        .await
+        .expect(201)["serial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    issuer
+        .post(
+            &format!("/v1/certs/{planted}/revoke"),
+            json!({"reason": "key_compromise"}),
+        )
+        .await
+        .expect(200);
+    let rec = admin.get(&format!("/v1/certs/{theirs}")).await.expect(200);
+    assert_eq!(rec["state"], "valid", "{rec}");
+
+    // Unknown serials are still 404 before anything else; the global admin may revoke all.
+    issuer
+        .post("/v1/certs/abcdef/revoke", json!({}))
+        .await
+        .expect(404);
+    admin
+        .post(&format!("/v1/certs/{}/revoke", serials["boss"]), json!({}))
+        .await
+        .expect(200);
+}

@@ -559,6 +559,7 @@ async fn verify_endpoint_answers_each_code() {
             Policy {
                 default_ttl_secs: 3600,
                 max_ttl_secs: 3600,
+                max_lineage_secs: 86_400,
             },
             None,
             SystemClock.now(),
@@ -573,6 +574,7 @@ async fn verify_endpoint_answers_each_code() {
                 ServiceName::parse("future").unwrap(),
                 KeySource::Generate,
                 3600,
+                tessera::pki::ceiling::Ceiling::EMPTY,
                 later,
             )
             .await
@@ -829,4 +831,255 @@ async fn tidy_removes_long_dead_certificates_and_keys() {
     std::fs::write(&p, crl).unwrap();
     let (_, text) = openssl(&["crl", "-noout", "-text", "-in", p.to_str().unwrap()]);
     assert!(!text.contains(&short.serial.to_uppercase()), "{text}");
+}
+
+/// A timestamp field of an answer, as unix seconds.
+fn unix(v: &Value, field: &str) -> i64 {
+    time::OffsetDateTime::parse(
+        v[field].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap()
+    .unix_timestamp()
+}
+
+fn lifetime(v: &Value) -> i64 {
+    unix(v, "not_after") - unix(v, "not_before")
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+#[tokio::test]
+async fn a_renewal_never_outlives_what_it_renews() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    let first = admin
+        .post(
+            "/v1/certs",
+            json!({"identity": "brief", "generate": true, "ttl_seconds": 600}),
+        )
+        .await
+        .expect(201);
+    let files = write_issued(&first, dir.path(), "brief", first["private_key"].as_str());
+    let longest = lifetime(&first);
+    assert!(longest <= 660, "{first}");
+
+    // Asking for 30 days from a 10-minute certificate gets at most 10 minutes, and so does
+    // every renewal after it: the lifetime never grows along the chain.
+    let mut holder = server.client(&files.cert, &files.key);
+    for round in 0..3 {
+        let v = holder
+            .post("/v1/certs/renew", json!({"ttl_seconds": 30 * 86_400}))
+            .await
+            .expect(201);
+        assert!(lifetime(&v) <= longest, "round {round}: {v}");
+        assert!(
+            unix(&v, "not_after") <= now_unix() + 600 + 2,
+            "round {round}: {v}"
+        );
+        let renewed = write_issued(&v, dir.path(), "brief", None);
+        holder = server.client(&renewed.cert, &files.key);
+    }
+    // The lineage is recorded from the first issuance.
+    let list = admin.get("/v1/certs?identity=brief").await.expect(200);
+    assert_eq!(list["items"].as_array().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn renewals_stop_at_the_lineage_cap() {
+    let home = Home::new();
+    let server = Server::start_with_config(&home, "[certificates]\nmax_lineage_seconds = 3\n");
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    let started = now_unix();
+    let first = issue_generated(&admin, dir.path(), "lineage", 60).await;
+    let original = server.client(&first.cert, &first.key);
+
+    // Within the cap: renewals work, and none outlives the lineage's end.
+    let v = original
+        .post("/v1/certs/renew", json!({"ttl_seconds": 60}))
+        .await
+        .expect(201);
+    assert!(unix(&v, "not_after") <= started + 3 + 1, "{v}");
+    let renewed = write_issued(&v, dir.path(), "lineage", None);
+    let v = server
+        .client(&renewed.cert, &first.key)
+        .post("/v1/certs/renew", json!({}))
+        .await
+        .expect(201);
+    assert!(unix(&v, "not_after") <= started + 3 + 1, "{v}");
+
+    // Past the cap: the first certificate is still valid, but renewing it is refused, and
+    // says why.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    original.get("/v1/whoami").await.expect(200);
+    let r = original
+        .post("/v1/certs/renew", json!({}))
+        .await
+        .expect(409);
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_lineage_seconds"),
+        "{r}"
+    );
+    // A new issuance starts a new lineage.
+    let fresh = issue_generated(&admin, dir.path(), "lineage", 60).await;
+    server
+        .client(&fresh.cert, &fresh.key)
+        .post("/v1/certs/renew", json!({}))
+        .await
+        .expect(201);
+}
+
+/// The serials a CRL (PEM, as served) lists, uppercase hex as openssl prints them.
+async fn crl_text(admin: &Api, dir: &Path) -> String {
+    let pem = admin.get("/v1/pki/crl?format=pem").await.text;
+    let p = dir.join("now.crl");
+    std::fs::write(&p, pem).unwrap();
+    let (ok, text) = openssl(&["crl", "-noout", "-text", "-in", p.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    text
+}
+
+/// Whether a new connection with this certificate gets a 200 from whoami.
+async fn connects(server: &Server, ca: &Path, c: &CertFiles, key: &Path) -> bool {
+    let config = Arc::new(client_config(ca, Some((&c.cert, key))));
+    match RawConn::connect(server.addr, config).await {
+        Ok(mut conn) => matches!(conn.request("GET", "/v1/whoami", None).await, Ok((200, _))),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn a_key_compromise_revokes_every_certificate_of_the_key_and_the_lineage() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = home.certs().join("ca.pem");
+
+    // first -> same key -> new key (CSR): one lineage, two key pairs.
+    let first = issue_generated(&admin, dir.path(), "victim", 3600).await;
+    let v = server
+        .client(&first.cert, &first.key)
+        .post("/v1/certs/renew", json!({}))
+        .await
+        .expect(201);
+    let same_key = write_issued(&v, dir.path(), "victim", None);
+    let (pem, new_key) = csr(dir.path(), "victim-next", P256, &[]);
+    let v = server
+        .client(&same_key.cert, &first.key)
+        .post("/v1/certs/renew", json!({"csr": pem}))
+        .await
+        .expect(201);
+    let rekeyed = write_issued(&v, dir.path(), "victim-next", None);
+    // Another lineage holding the same key pair (the same CSR issued twice).
+    let (twin_csr, twin_key) = csr(dir.path(), "twin", P256, &[]);
+    let mut twin = Vec::new();
+    for name in ["twin-a", "twin-b"] {
+        let v = admin
+            .post("/v1/certs", json!({"identity": name, "csr": twin_csr}))
+            .await
+            .expect(201);
+        twin.push(write_issued(&v, dir.path(), name, None));
+    }
+    let bystander = issue_generated(&admin, dir.path(), "bystander", 3600).await;
+
+    let holders: Vec<(&CertFiles, &Path)> = vec![
+        (&first, &first.key),
+        (&same_key, &first.key),
+        (&rekeyed, &new_key),
+    ];
+    let mut kept = Vec::new();
+    for (c, key) in &holders {
+        assert!(connects(&server, &ca, c, key).await, "{}", c.serial);
+        let config = Arc::new(client_config(&ca, Some((&c.cert, key))));
+        let mut conn = RawConn::connect(server.addr, config).await.unwrap();
+        assert_eq!(
+            conn.request("GET", "/v1/whoami", None).await.unwrap().0,
+            200
+        );
+        kept.push(conn);
+    }
+
+    let r = admin
+        .post(
+            &format!("/v1/certs/{}/revoke", first.serial),
+            json!({"reason": "key_compromise"}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(r["serial"], first.serial.as_str());
+    assert_eq!(r["state"], "revoked");
+
+    // Every certificate of the lineage: refused on kept connections and on new ones, listed
+    // in the CRL, revoked in its record.
+    let crl = crl_text(&admin, dir.path()).await;
+    for ((c, key), conn) in holders.iter().zip(kept.iter_mut()) {
+        let (status, body) = conn.request("GET", "/v1/whoami", None).await.unwrap();
+        assert_eq!(status, 401, "kept connection of {}: {body}", c.serial);
+        assert!(!connects(&server, &ca, c, key).await, "{}", c.serial);
+        assert!(
+            crl.contains(&c.serial.to_uppercase()),
+            "{} in {crl}",
+            c.serial
+        );
+        let rec = admin
+            .get(&format!("/v1/certs/{}", c.serial))
+            .await
+            .expect(200);
+        assert_eq!(rec["revocation_reason"], "key_compromise", "{rec}");
+    }
+    // An unrelated certificate: still valid.
+    assert!(connects(&server, &ca, &bystander, &bystander.key).await);
+    assert!(!crl.contains(&bystander.serial.to_uppercase()));
+
+    // The key index reaches across lineages: revoking one twin ends the other.
+    for t in &twin {
+        assert!(connects(&server, &ca, t, &twin_key).await);
+    }
+    admin
+        .post(
+            &format!("/v1/certs/{}/revoke", twin[0].serial),
+            json!({"reason": "key_compromise"}),
+        )
+        .await
+        .expect(200);
+    for t in &twin {
+        assert!(!connects(&server, &ca, t, &twin_key).await, "{}", t.serial);
+    }
+}
+
+#[tokio::test]
+async fn a_superseded_revocation_revokes_that_serial_only() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = home.certs().join("ca.pem");
+    let old = issue_generated(&admin, dir.path(), "rolling", 3600).await;
+    let v = server
+        .client(&old.cert, &old.key)
+        .post("/v1/certs/renew", json!({}))
+        .await
+        .expect(201);
+    let new = write_issued(&v, dir.path(), "rolling", None);
+    admin
+        .post(
+            &format!("/v1/certs/{}/revoke", old.serial),
+            json!({"reason": "superseded"}),
+        )
+        .await
+        .expect(200);
+    assert!(!connects(&server, &ca, &old, &old.key).await);
+    assert!(connects(&server, &ca, &new, &old.key).await);
+    let crl = crl_text(&admin, dir.path()).await;
+    assert!(crl.contains(&old.serial.to_uppercase()));
+    assert!(!crl.contains(&new.serial.to_uppercase()));
 }

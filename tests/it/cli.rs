@@ -200,3 +200,86 @@ async fn client_verbs_in_both_formats() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("risk"));
 }
+
+/// `tessera admin-cert` on a stopped server's directories, with extra arguments.
+fn admin_cert(home: &Home, extra: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("admin-cert")
+        .arg("--data")
+        .arg(home.data())
+        .arg("--certs")
+        .arg(home.certs())
+        .args(extra)
+        .env_remove("TESSERA_MASTER_KEY")
+        .output()
+        .unwrap();
+    ok(&out)
+}
+
+/// A copy of the current admin credential, kept aside as `name`.
+fn keep_aside(home: &Home, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cert = home.tmp.path().join(format!("{name}.pem"));
+    let key = home.tmp.path().join(format!("{name}.key"));
+    std::fs::copy(home.certs().join("admin.pem"), &cert).unwrap();
+    std::fs::copy(home.certs().join("admin.key"), &key).unwrap();
+    (cert, key)
+}
+
+/// Whether a credential gets a 200 from whoami on a new connection.
+async fn works(server: &Server, cert: &std::path::Path, key: &std::path::Path) -> bool {
+    let client = server.client(cert, key);
+    match client.http.get(server.url("/v1/whoami")).send().await {
+        Ok(r) => r.status() == 200,
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn admin_cert_revokes_the_admin_credentials_it_replaces() {
+    let home = Home::new();
+    let mut server = Server::start(&home);
+    let lost = keep_aside(&home, "lost");
+    let lost_serial = server.admin().get("/v1/whoami").await.expect(200)["serial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server.terminate();
+
+    let out = admin_cert(&home, &[]);
+    let mut server = Server::start(&home);
+    assert!(
+        !works(&server, &lost.0, &lost.1).await,
+        "the lost credential"
+    );
+    assert!(out.contains(&lost_serial), "{out}");
+    let admin = server.admin();
+    let me = admin.get("/v1/whoami").await.expect(200);
+    assert_ne!(me["serial"], lost_serial.as_str());
+    let rec = admin
+        .get(&format!("/v1/certs/{lost_serial}"))
+        .await
+        .expect(200);
+    assert_eq!(rec["state"], "revoked", "{rec}");
+    assert_eq!(rec["revocation_reason"], "superseded", "{rec}");
+    let crl = std::fs::read_to_string(home.certs().join("crl.pem")).unwrap();
+    let crl_path = home.tmp.path().join("check.crl");
+    std::fs::write(&crl_path, crl).unwrap();
+    let text = Command::new("openssl")
+        .args(["crl", "-noout", "-text", "-in"])
+        .arg(&crl_path)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains(&lost_serial.to_uppercase()),
+        "the CRL lists it"
+    );
+
+    // --keep-old leaves the previous one working.
+    let previous = keep_aside(&home, "previous");
+    server.terminate();
+    admin_cert(&home, &["--keep-old"]);
+    let server = Server::start(&home);
+    assert!(works(&server, &previous.0, &previous.1).await);
+    server.admin().get("/v1/whoami").await.expect(200);
+    assert!(!works(&server, &lost.0, &lost.1).await);
+}

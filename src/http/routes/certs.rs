@@ -16,11 +16,13 @@ use crate::{
         idempotency::{self, Reply},
         state::AppState,
     },
-    ids::TenantName,
+    ids::{TenantName, TenantScope},
     metrics,
     page::Page,
     pki::{
-        CertVerdict, Issued, KeySource, enrol,
+        CertVerdict, Issued, KeySource,
+        ceiling::Ceiling,
+        enrol,
         identity::{Identity, ServiceName, SpiffeId},
         records::{CertView, RevocationReason},
         serial::Serial,
@@ -82,7 +84,9 @@ pub struct VerifyBody {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CertListQuery {
-    /// A service name (in the `default` tenant) or a full SPIFFE id.
+    /// A service name (in the caller's own tenant; for the global admin, in `default`) or a
+    /// full SPIFFE id. Another tenant's identity gives an empty page, exactly like one that
+    /// does not exist.
     #[serde(default)]
     identity: Option<String>,
     #[serde(default)]
@@ -189,12 +193,13 @@ pub async fn issue(
     };
     let ttl = core.pki.ttl(b.ttl_seconds)?;
     let tenant = issuable(&auth, &core, b.tenant, &b.identity).await?;
+    let ceiling = Ceiling::from_bits(auth.0.ceiling().bits());
     state
         .idempotency
         .run(&auth.0.name(), req.path(), idem, digest, || async {
             let (issued, private_key) = core
                 .pki
-                .issue_service(&*audit, tenant, b.identity, key, ttl, now)
+                .issue_service(&*audit, tenant, b.identity, key, ttl, ceiling, now)
                 .await?;
             metrics::CERTS_ISSUED.inc();
             Reply::json(
@@ -209,7 +214,8 @@ pub async fn issue(
     post, path = "/v1/certs/renew", tag = "certs", operation_id = "renewCert",
     request_body(content = Option<RenewBody>, description = "Optional: without a CSR the current public key is kept."),
     responses(
-        (status = 201, description = "A new certificate for the caller's own identity.", body = IssuedCert),
+        (status = 201, description = "A new certificate for the caller's own identity, with its ceiling; it lives no longer than the renewed one (notAfter - notBefore), nor past its lineage's end.", body = IssuedCert),
+        (status = 409, description = "The lineage (the renewals since the first issuance) has reached `certificates.max_lineage_seconds`: issue a new certificate or enrol again. Or a concurrent revocation won.", body = ErrorBody),
     ),
     security(("mtls" = [])),
 )]
@@ -233,6 +239,7 @@ pub async fn renew(
             &*audit,
             &peer.serial,
             peer.spki,
+            peer.ceiling,
             b.csr,
             b.ttl_seconds,
             state.clock.now(),
@@ -264,26 +271,23 @@ pub async fn list(
         None => None,
         Some(i) if i.starts_with("spiffe://") => Some(
             SpiffeId::parse(&i, core.pki.trust_domain())
-                .map_err(|m| ApiError::bad("identity", m))?
-                .uri(),
+                .map_err(|m| ApiError::bad("identity", m))?,
         ),
         Some(name) => {
             let name = ServiceName::parse(&name).map_err(|m| ApiError::bad("identity", m))?;
-            Some(
-                SpiffeId::new(
-                    core.pki.trust_domain().clone(),
-                    Identity::Service {
-                        tenant: TenantName::default_tenant(),
-                        name,
-                    },
-                )
-                .uri(),
-            )
+            let tenant = match &scope {
+                TenantScope::One(own) => own.clone(),
+                TenantScope::All => TenantName::default_tenant(),
+            };
+            Some(SpiffeId::new(
+                core.pki.trust_domain().clone(),
+                Identity::Service { tenant, name },
+            ))
         }
     };
     let page = core
         .pki
-        .list(&scope, identity.as_deref(), &page, state.clock.now())
+        .list(&scope, identity.as_ref(), &page, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(page))
 }
@@ -310,7 +314,8 @@ pub async fn get(
     params(("serial" = Serial, Path, description = "The certificate's serial, lowercase hex.")),
     request_body(content = Option<RevokeBody>, description = "Optional: the RFC 5280 reason (default `unspecified`)."),
     responses(
-        (status = 200, description = "The certificate, revoked; the next CRL lists it and handshakes with it fail at once.", body = CertView),
+        (status = 200, description = "The certificate, revoked; the next CRL lists it and handshakes with it fail at once. With `key_compromise`, every live certificate of its lineage and every live one holding its key pair (that the caller can see) is revoked with it.", body = CertView),
+        (status = 403, description = "The certificate's service is bound to roles granting permissions the caller does not hold.", body = ErrorBody),
         (status = 409, description = "A concurrent change won.", body = ErrorBody),
     ),
 )]
@@ -326,6 +331,14 @@ pub async fn revoke(
     let serial = path_param(&serial, "serial", Serial::parse)?;
     let reason = body.0.value.reason.unwrap_or(RevocationReason::Unspecified);
     let now = state.clock.now();
+    // No acting on a more privileged principal: revoking a service's certificate needs every
+    // permission its bound roles grant (404 first for what the caller cannot see).
+    let target = core.pki.get(&scope, &serial).await?;
+    if let Ok(id) = SpiffeId::parse(&target.identity, core.pki.trust_domain())
+        && let Identity::Service { tenant, name } = &id.identity
+    {
+        may_grant(&auth.0, core.access.granted_to(tenant, name).await?)?;
+    }
     let rec = core
         .pki
         .revoke(&*audit, &scope, &serial, reason, now)
@@ -399,6 +412,7 @@ pub async fn create_enrolment_token(
             b.identity,
             ttl,
             auth.0.name(),
+            Ceiling::from_bits(auth.0.ceiling().bits()),
             state.clock.now(),
         )
         .await?;
