@@ -51,17 +51,7 @@ impl Pki {
             targets.push((rev, cert.clone()));
         }
         if reason == RevocationReason::KeyCompromise {
-            for s in self.sharing_key_or_lineage(&cert).await? {
-                if s == *serial || targets.iter().any(|(_, t)| t.serial == s) {
-                    continue;
-                }
-                if let Some((r, c)) = store::record::get::<CertRecord>(&*self.store, s.as_str())
-                    .await?
-                    .filter(|(_, c)| visible(scope, c) && c.revoked.is_none() && c.not_after > now)
-                {
-                    targets.push((r, c));
-                }
-            }
+            targets.extend(self.compromised_with(scope, &cert, now).await?);
         }
         if targets.is_empty() {
             // Revoked already: an earlier attempt may have been applied without being
@@ -76,6 +66,55 @@ impl Pki {
             .into_iter()
             .find(|c| c.serial == *serial)
             .unwrap_or(cert))
+    }
+
+    /// The other live certificates, visible in `scope`, that a `key_compromise` revocation of
+    /// `cert` also ends: those with the same public key or of the same lineage.
+    async fn compromised_with(
+        &self,
+        scope: &TenantScope,
+        cert: &CertRecord,
+        now: Timestamp,
+    ) -> Result<Vec<(Rev, CertRecord)>, PkiError> {
+        let mut out: Vec<(Rev, CertRecord)> = Vec::new();
+        for s in self.sharing_key_or_lineage(cert).await? {
+            if s == cert.serial || out.iter().any(|(_, t)| t.serial == s) {
+                continue;
+            }
+            if let Some((r, c)) = store::record::get::<CertRecord>(&*self.store, s.as_str())
+                .await?
+                .filter(|(_, c)| visible(scope, c) && c.revoked.is_none() && c.not_after > now)
+            {
+                out.push((r, c));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every certificate a revocation of `serial` for `reason` would end (itself first), so
+    /// the caller can be checked against each before anything changes.
+    pub async fn revocation_reach(
+        &self,
+        scope: &TenantScope,
+        serial: &Serial,
+        reason: RevocationReason,
+        now: Timestamp,
+    ) -> Result<Vec<CertRecord>, PkiError> {
+        let cert = match store::record::get::<CertRecord>(&*self.store, serial.as_str()).await? {
+            Some((_, r)) if visible(scope, &r) => r,
+            _ => return Err(PkiError::NotFound),
+        };
+        let mut out = Vec::new();
+        if reason == RevocationReason::KeyCompromise {
+            out.extend(
+                self.compromised_with(scope, &cert, now)
+                    .await?
+                    .into_iter()
+                    .map(|(_, c)| c),
+            );
+        }
+        out.insert(0, cert);
+        Ok(out)
     }
 
     /// Revokes every live bootstrap admin certificate but `keep`, with reason `superseded`:

@@ -1145,6 +1145,51 @@ async fn revoking_a_more_privileged_principal_is_refused() {
     let rec = admin.get(&format!("/v1/certs/{theirs}")).await.expect(200);
     assert_eq!(rec["state"], "valid", "{rec}");
 
+    // Inside the tenant the same plant must not reach a wider service: the admin issues the
+    // tenant admin's certificate from a CSR (public); the issuer plants one with that key for
+    // a name it may handle, then claims the key compromised. The cascade would end the tenant
+    // admin's certificate, so the revocation is refused and changes nothing.
+    let boss_key = rcgen::KeyPair::generate().unwrap();
+    let boss_csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&boss_key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let boss2 = admin
+        .post(
+            "/v1/certs",
+            json!({"tenant": "acme", "identity": "boss", "csr": boss_csr}),
+        )
+        .await
+        .expect(201)["serial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let planted = issuer
+        .post("/v1/certs", json!({"identity": "decoy", "csr": boss_csr}))
+        .await
+        .expect(201)["serial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    issuer
+        .post(
+            &format!("/v1/certs/{planted}/revoke"),
+            json!({"reason": "key_compromise"}),
+        )
+        .await
+        .expect(403);
+    for s in [&boss2, &planted] {
+        let rec = admin.get(&format!("/v1/certs/{s}")).await.expect(200);
+        assert_eq!(rec["state"], "valid", "{rec}");
+    }
+    // A plain revocation of its own certificate still works.
+    issuer
+        .post(&format!("/v1/certs/{planted}/revoke"), json!({}))
+        .await
+        .expect(200);
+
     // Unknown serials are still 404 before anything else; the global admin may revoke all.
     issuer
         .post("/v1/certs/abcdef/revoke", json!({}))

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ListQuery;
 use crate::{
-    access::{Credential, Permission, authorize, may_grant, target_tenant},
+    access::{Credential, Permission, authorize, may_act_on, may_grant, target_tenant},
     clock::Timestamp,
     crypto::secret::SecretString,
     http::{
@@ -332,12 +332,20 @@ pub async fn revoke(
     let reason = body.0.value.reason.unwrap_or(RevocationReason::Unspecified);
     let now = state.clock.now();
     // No acting on a more privileged principal: revoking a service's certificate needs every
-    // permission its bound roles grant (404 first for what the caller cannot see).
-    let target = core.pki.get(&scope, &serial).await?;
-    if let Ok(id) = SpiffeId::parse(&target.identity, core.pki.trust_domain())
-        && let Identity::Service { tenant, name } = &id.identity
+    // permission its bound roles grant (404 first for what the caller cannot see). A
+    // compromise revocation also ends the certificates sharing the key or the lineage, so the
+    // caller must be able to act on each of them: a CSR is public, and a planted certificate
+    // with a wider service's public key must not become a way to revoke that service.
+    for target in core
+        .pki
+        .revocation_reach(&scope, &serial, reason, now)
+        .await?
     {
-        may_grant(&auth.0, core.access.granted_to(tenant, name).await?)?;
+        if let Ok(id) = SpiffeId::parse(&target.identity, core.pki.trust_domain())
+            && let Identity::Service { tenant, name } = &id.identity
+        {
+            may_act_on(&auth.0, core.access.granted_to(tenant, name).await?)?;
+        }
     }
     let rec = core
         .pki
