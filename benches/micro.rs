@@ -16,9 +16,10 @@ use tessera::{
     app::{Core, Vault},
     config::{Config, FileConfig, Overrides},
     crypto::{apikey::ApiKey, keyring::Keyring, secret::SecretString},
+    identity::ServiceName,
     ids::{TenantName, TenantScope},
     keys::{CallerIdentity, VerifyRequest},
-    pki::{KeySource, identity::ServiceName},
+    pki::KeySource,
     store::NoRecord,
 };
 

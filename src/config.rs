@@ -10,7 +10,19 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::pki::{bootstrap::ServerCertSource, identity::TrustDomain};
+use crate::identity::TrustDomain;
+
+/// The default lifetime of the server certificate Tessera issues itself (90 days).
+pub const SERVER_CERT_LIFETIME_SECS: u64 = 90 * 86_400;
+
+/// Where the server's certificate comes from.
+#[derive(Clone, Debug)]
+pub enum ServerCertSource {
+    /// Issued by Tessera into `certs/server.pem`, renewed when a third of its lifetime is left.
+    Managed { lifetime_secs: u64 },
+    /// Files the operator provides (and replaces; SIGHUP reloads them).
+    Files { cert: PathBuf, key: PathBuf },
+}
 
 /// Embedded defaults.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
@@ -396,7 +408,7 @@ impl Config {
                 let lifetime = file
                     .tls
                     .server_cert_lifetime_seconds
-                    .unwrap_or(crate::pki::bootstrap::SERVER_CERT_LIFETIME_SECS);
+                    .unwrap_or(SERVER_CERT_LIFETIME_SECS);
                 if !(5..=397 * 86_400).contains(&lifetime) {
                     return Err(err(
                         "tls.server_cert_lifetime_seconds",

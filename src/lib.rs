@@ -13,6 +13,7 @@ pub mod config;
 pub mod crypto;
 pub mod files;
 pub mod http;
+pub mod identity;
 pub mod ids;
 pub mod keys;
 pub mod metrics;

@@ -813,7 +813,7 @@ fn restore(
         for block in pem::parse_many(&text).unwrap_or_default() {
             if let Ok((_, crl)) = x509_parser::parse_x509_crl(block.contents()) {
                 for r in crl.iter_revoked_certificates() {
-                    let serial = tessera::pki::serial::Serial::from_bytes(r.raw_serial());
+                    let serial = tessera::identity::Serial::from_bytes(r.raw_serial());
                     if !in_backup.contains(serial.as_str()) {
                         lost.push(format!("certificate {serial} (in the published CRL)"));
                     }

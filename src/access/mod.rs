@@ -17,8 +17,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    identity::{Serial, SpiffeId},
     ids::{KeyId, TenantName, TenantScope},
-    pki::{identity::SpiffeId, serial::Serial},
 };
 
 pub use roles::RoleName;
@@ -300,7 +300,7 @@ pub fn target_tenant(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::identity::{Identity, ServiceName, TrustDomain};
+    use crate::identity::{Identity, ServiceName, TrustDomain};
 
     fn principal(tenant: Option<&str>, perms: &[Permission]) -> Principal {
         let identity = match tenant {

@@ -14,12 +14,9 @@ use super::{
 use crate::{
     cache::EpochCache,
     clock::Timestamp,
+    identity::{Identity, Serial, ServiceName, SpiffeId},
     ids::{TenantId, TenantName, TenantScope},
     page::{Cursor, Page, PageRequest},
-    pki::{
-        identity::{Identity, ServiceName, SpiffeId},
-        serial::Serial,
-    },
     store::{self, Batch, Expect, IndexName, Kind, Record, Recorder, Store, StoreError},
 };
 
@@ -99,7 +96,7 @@ type Resolved = Arc<(Vec<String>, PermSet)>;
 
 pub struct Access {
     store: Arc<dyn Store>,
-    trust_domain: crate::pki::identity::TrustDomain,
+    trust_domain: crate::identity::TrustDomain,
     /// Resolved bindings; a change to any role or binding forgets them all, and a resolution
     /// that read the store before that change cannot put its (perhaps wider) answer back.
     cache: EpochCache<(TenantName, ServiceName), Resolved>,
@@ -109,7 +106,7 @@ pub struct Access {
 const RESOLVED_CAPACITY: usize = 1 << 16;
 
 impl Access {
-    pub fn new(store: Arc<dyn Store>, trust_domain: crate::pki::identity::TrustDomain) -> Self {
+    pub fn new(store: Arc<dyn Store>, trust_domain: crate::identity::TrustDomain) -> Self {
         Self {
             store,
             trust_domain,

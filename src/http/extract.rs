@@ -24,7 +24,8 @@ use crate::{
     audit::{AuditContext, Event},
     clock::{Clock, SystemClock, Timestamp},
     crypto::apikey::{ApiKey, ROOT_KEY_PREFIX},
-    pki::{ceiling::Ceiling, fingerprint, identity::SpiffeId, serial::Serial},
+    identity::{Serial, SpiffeId},
+    pki::{ceiling::Ceiling, fingerprint},
 };
 
 /// Deepest JSON nesting accepted in a body.

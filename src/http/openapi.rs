@@ -22,9 +22,9 @@ use crate::{
     access::{PermSet, Permission, RoleName},
     clock::{Day, Timestamp},
     crypto::{apikey::KeyPrefix, secret::SecretString},
+    identity::{Serial, ServiceName},
     ids::{ApiId, CaId, KeyId, TenantId, TenantName},
     keys::model::{BoundTo, Metadata, Scope, Scopes, Text},
-    pki::{identity::ServiceName, serial::Serial},
 };
 
 /// The spec as served and committed (pretty JSON with a final newline).

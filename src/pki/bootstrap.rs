@@ -11,14 +11,13 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
 
 use super::{KeySource, Leaf, Pki, PkiError, identity::Identity, identity::SpiffeId};
+pub use crate::config::{SERVER_CERT_LIFETIME_SECS, ServerCertSource};
 use crate::{
     clock::Timestamp,
     files,
     store::{NoRecord, Recorder},
 };
 
-/// Default lifetime of the server's own certificate (renewed with a third of it left).
-pub const SERVER_CERT_LIFETIME_SECS: u64 = 90 * 86_400;
 /// Lifetime of the bootstrap admin certificate.
 pub const ADMIN_CERT_LIFETIME_SECS: u64 = 365 * 86_400;
 
@@ -72,24 +71,13 @@ pub fn default_server_names() -> (Vec<String>, Vec<IpAddr>) {
     )
 }
 
-/// Where the server's certificate comes from.
-#[derive(Clone, Debug)]
-pub enum ServerCertSource {
-    /// Issued by Tessera into `certs/server.pem`, renewed when a third of its lifetime is left.
-    Managed { lifetime_secs: u64 },
-    /// Files the operator provides (and replaces; SIGHUP reloads them).
-    Files { cert: PathBuf, key: PathBuf },
-}
-
-impl ServerCertSource {
-    /// Whether a managed certificate with this much time left should be renewed now.
-    pub fn due(&self, cred: &ServerCredential, now: Timestamp) -> bool {
-        match self {
-            ServerCertSource::Managed { lifetime_secs } => {
-                cred.not_after.unix() - now.unix() < (*lifetime_secs / 3) as i64
-            }
-            ServerCertSource::Files { .. } => false,
+/// Whether a managed server certificate with this much time left should be renewed now.
+pub fn due(source: &ServerCertSource, cred: &ServerCredential, now: Timestamp) -> bool {
+    match source {
+        ServerCertSource::Managed { lifetime_secs } => {
+            cred.not_after.unix() - now.unix() < (*lifetime_secs / 3) as i64
         }
+        ServerCertSource::Files { .. } => false,
     }
 }
 
@@ -109,7 +97,7 @@ pub async fn ensure_server_cert(
         ServerCertSource::Managed { .. } => {
             if let Some(cred) =
                 load_pair(&paths.server_cert, &paths.server_key).filter(|c| issued_by_us(pki, c))
-                && !source.due(&cred, now)
+                && !due(source, &cred, now)
             {
                 return Ok(cred);
             }

@@ -8,13 +8,11 @@ pub mod ca;
 pub mod ceiling;
 mod crl;
 pub mod enrol;
-pub mod identity;
 mod issue;
 pub mod records;
 mod reindex;
 mod revoke;
 mod rotate;
-pub mod serial;
 mod tidy;
 pub mod verify;
 
@@ -28,6 +26,7 @@ use ring::digest;
 use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::CertificateDer;
 
+use crate::identity::{self, TrustDomain, serial};
 use crate::{
     clock::Timestamp,
     crypto::{CryptoError, hex},
@@ -36,7 +35,6 @@ use crate::{
     store::{self, Batch, Expect, Store, StoreError},
 };
 use ca::{Ca, CaRecord};
-use identity::TrustDomain;
 use records::{CertRecord, CrlRecord, IDX_REVOKED_BY_CA, PkiState, RetiredCa, STATE_ID};
 use serial::Serial;
 

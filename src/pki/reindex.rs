@@ -107,7 +107,7 @@ mod tests {
             max_ttl_secs: 7200,
             max_lineage_secs: 86_400,
         };
-        let td = crate::pki::identity::TrustDomain::parse("t.local").unwrap();
+        let td = crate::identity::TrustDomain::parse("t.local").unwrap();
         Pki::open(store.clone(), td, policy, None, now)
             .await
             .unwrap()

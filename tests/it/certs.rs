@@ -544,7 +544,8 @@ async fn verify_endpoint_answers_each_code() {
         use tessera::{
             clock::{Clock, SystemClock},
             crypto::{hex, keyring::MasterKey, secret::Key256},
-            pki::{KeySource, Pki, Policy, identity::ServiceName},
+            identity::ServiceName,
+            pki::{KeySource, Pki, Policy},
             store::sled::SledStore,
         };
         let master_hex = std::fs::read_to_string(home.data().join("master.key")).unwrap();
@@ -555,7 +556,7 @@ async fn verify_endpoint_answers_each_code() {
             SledStore::open(&home.data().join("db"), &master, &Default::default()).unwrap();
         let (pki, _) = Pki::open(
             Arc::new(db),
-            tessera::pki::identity::TrustDomain::parse("tessera.local").unwrap(),
+            tessera::identity::TrustDomain::parse("tessera.local").unwrap(),
             Policy {
                 default_ttl_secs: 3600,
                 max_ttl_secs: 3600,
@@ -723,7 +724,7 @@ async fn operator_provided_server_certificate_reloads_on_sighup() {
         std::fs::write(&c, cert.pem()).unwrap();
         std::fs::write(&k, key.serialize_pem()).unwrap();
         let (_, parsed) = x509_parser::parse_x509_certificate(cert.der()).unwrap();
-        tessera::pki::serial::Serial::from_bytes(parsed.raw_serial()).to_string()
+        tessera::identity::Serial::from_bytes(parsed.raw_serial()).to_string()
     };
     let v1 = make("v1");
     let live_cert = dir.path().join("live.pem");

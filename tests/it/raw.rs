@@ -34,7 +34,7 @@ impl RawConn {
     pub fn server_serial(&self) -> String {
         let certs = self.tls.get_ref().1.peer_certificates().unwrap();
         let (_, c) = x509_parser::parse_x509_certificate(&certs[0]).unwrap();
-        tessera::pki::serial::Serial::from_bytes(c.raw_serial()).to_string()
+        tessera::identity::Serial::from_bytes(c.raw_serial()).to_string()
     }
 
     /// Sends one request on the connection; returns (status, body).

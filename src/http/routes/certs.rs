@@ -16,6 +16,7 @@ use crate::{
         idempotency::{self, Reply},
         state::AppState,
     },
+    identity::{Identity, Serial, ServiceName, SpiffeId},
     ids::{TenantName, TenantScope},
     metrics,
     page::Page,
@@ -23,9 +24,7 @@ use crate::{
         CertVerdict, Issued, KeySource,
         ceiling::Ceiling,
         enrol,
-        identity::{Identity, ServiceName, SpiffeId},
         records::{CertView, RevocationReason},
-        serial::Serial,
     },
 };
 

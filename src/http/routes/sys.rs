@@ -7,8 +7,8 @@ use crate::{
     access::PermSet,
     access::{Credential, Permission, authorize},
     http::{error::ApiError, extract::Authenticated, state::AppState},
+    identity::{Identity, Serial},
     ids::TenantName,
-    pki::{identity::Identity, serial::Serial},
 };
 
 /// `/healthz` and `/readyz`.

@@ -12,9 +12,9 @@ use crate::{
         extract::{Audited, Authenticated, Json, Query, path_param},
         state::AppState,
     },
+    identity::ServiceName,
     ids::{TenantName, TenantScope},
     page::Page,
-    pki::identity::ServiceName,
 };
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

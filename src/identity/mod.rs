@@ -1,5 +1,6 @@
-//! Identities: the SPIFFE-style URI that Tessera puts in every client certificate, with no
-//! TLS dependency. A verified chain is not yet an identity: the leaf's single URI SAN is
+//! Identities: the SPIFFE-style URI that Tessera puts in every client certificate, and
+//! certificate serials, with no TLS or CA dependency (access control and configuration use them
+//! without depending on the PKI). A verified chain is not yet an identity: the leaf's single URI SAN is
 //! parsed here and mapped to one of the shapes Tessera issues.
 //!
 //! ```text
@@ -7,9 +8,13 @@
 //! spiffe://<trust-domain>/tenant/<tenant>/svc/<name>     a service of a tenant
 //! ```
 
+pub mod serial;
+
 use std::fmt;
 
 use crate::ids::TenantName;
+
+pub use serial::Serial;
 
 /// A SPIFFE trust domain: `[a-z0-9._-]{1,255}`.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
