@@ -709,6 +709,31 @@ fn decode_keyring(bytes: &[u8]) -> Option<WrappedKeyring> {
     })
 }
 
+/// The one range scan: the entries whose keys start with `prefix`, in key order, strictly after
+/// `prefix + after` when given, at most `limit` of them, each turned into a `T` by
+/// `each(key without the prefix, value)`.
+fn range<T>(
+    db: &sled::Db,
+    prefix: &[u8],
+    after: Option<&[u8]>,
+    limit: usize,
+    mut each: impl FnMut(&[u8], &[u8]) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let start = match after {
+        Some(a) => Bound::Excluded([prefix, a].concat()),
+        None => Bound::Included(prefix.to_vec()),
+    };
+    let mut out = Vec::new();
+    for item in db.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+        let (k, v) = item.map_err(io)?;
+        if !k.starts_with(prefix) || out.len() >= limit {
+            break;
+        }
+        out.push(each(&k[prefix.len()..], &v)?);
+    }
+    Ok(out)
+}
+
 impl Store for SledStore {
     fn get<'a>(&'a self, kind: Kind, id: &'a str) -> StoreFuture<'a, Option<Stored>> {
         Box::pin(async move {
@@ -745,35 +770,16 @@ impl Store for SledStore {
     ) -> StoreFuture<'a, Vec<IndexEntry>> {
         Box::pin(async move {
             let full_prefix = index_key(index, prefix);
-            let start = match after {
-                Some(a) => {
-                    let mut s = full_prefix.clone();
-                    s.extend_from_slice(a);
-                    Bound::Excluded(s)
-                }
-                None => Bound::Included(full_prefix.clone()),
-            };
-            let skip = index_key(index, b"").len();
-            let mut out = Vec::new();
-            for item in self
-                .shared
-                .db
-                .range::<Vec<u8>, _>((start, Bound::Unbounded))
-            {
-                let (k, v) = item.map_err(io)?;
-                if !k.starts_with(&full_prefix) || out.len() >= limit {
-                    break;
-                }
-                let id = String::from_utf8(v.to_vec()).map_err(|_| StoreError::Corrupt {
+            range(&self.shared.db, &full_prefix, after, limit, |key, id| {
+                let id = String::from_utf8(id.to_vec()).map_err(|_| StoreError::Corrupt {
                     kind: index.0,
                     id: String::new(),
                 })?;
-                out.push(IndexEntry {
-                    key: k[skip + prefix.len()..].to_vec(),
+                Ok(IndexEntry {
+                    key: key.to_vec(),
                     id,
-                });
-            }
-            Ok(out)
+                })
+            })
         })
     }
 
@@ -785,25 +791,12 @@ impl Store for SledStore {
     ) -> StoreFuture<'a, Vec<(String, Stored)>> {
         Box::pin(async move {
             let prefix = record_key(kind, "");
-            let start = match after {
-                Some(a) => Bound::Excluded(record_key(kind, a)),
-                None => Bound::Included(prefix.clone()),
-            };
-            let mut out = Vec::new();
-            for item in self
-                .shared
-                .db
-                .range::<Vec<u8>, _>((start, Bound::Unbounded))
-            {
-                let (k, v) = item.map_err(io)?;
-                if !k.starts_with(&prefix) || out.len() >= limit {
-                    break;
-                }
-                let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                let (rev, plaintext) = envelope::open(&self.keyring(), kind, &id, &v)?;
-                out.push((id, Stored { rev, plaintext }));
-            }
-            Ok(out)
+            let after = after.map(str::as_bytes);
+            range(&self.shared.db, &prefix, after, limit, |id, sealed| {
+                let id = String::from_utf8_lossy(id).into_owned();
+                let (rev, plaintext) = envelope::open(&self.keyring(), kind, &id, sealed)?;
+                Ok((id, Stored { rev, plaintext }))
+            })
         })
     }
 
@@ -835,28 +828,25 @@ impl Store for SledStore {
     fn read_log(&self, log: Kind, after: u64, limit: usize) -> StoreFuture<'_, Vec<log::Read>> {
         Box::pin(async move {
             let prefix = record_key(log, "");
-            let start = Bound::Excluded(record_key(log, &log::entry_id(after)));
-            let mut out = Vec::new();
-            for item in self
-                .shared
-                .db
-                .range::<Vec<u8>, _>((start, Bound::Unbounded))
-            {
-                let (k, v) = item.map_err(io)?;
-                if !k.starts_with(&prefix) || out.len() >= limit {
-                    break;
-                }
-                let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                let position = id.parse::<u64>().unwrap_or(0);
-                let entry = envelope::open(&self.keyring(), log, &id, &v).and_then(|(_, p)| {
-                    log::Entry::decode(p.expose()).ok_or(StoreError::Corrupt {
-                        kind: log.0,
-                        id: id.clone(),
-                    })
-                });
-                out.push(log::Read { position, entry });
-            }
-            Ok(out)
+            let after = log::entry_id(after);
+            range(
+                &self.shared.db,
+                &prefix,
+                Some(after.as_bytes()),
+                limit,
+                |id, sealed| {
+                    let id = String::from_utf8_lossy(id).into_owned();
+                    let position = id.parse::<u64>().unwrap_or(0);
+                    let entry =
+                        envelope::open(&self.keyring(), log, &id, sealed).and_then(|(_, p)| {
+                            log::Entry::decode(p.expose()).ok_or(StoreError::Corrupt {
+                                kind: log.0,
+                                id: id.clone(),
+                            })
+                        });
+                    Ok(log::Read { position, entry })
+                },
+            )
         })
     }
 
