@@ -1,0 +1,243 @@
+//! The keyring in the database: its codec, creating and unwrapping it at unseal, staging and
+//! promoting it during a master-key rotation (offline), and, on the open store, adding a
+//! data-key version, moving records over to it (the rewrap pass) and retiring old versions.
+//!
+//! ```text
+//! m/keyring         the keyring, every key wrapped by the master key
+//! m/keyring_next    the keyring wrapped by the next master key, during a master-key rotation
+//! ```
+
+use std::sync::Arc;
+
+use super::{SledDb, SledStore, envelope, io, layout::meta_key};
+use crate::{
+    crypto::{
+        hex,
+        keyring::{Keyring, MasterKey, WrappedKeyring},
+    },
+    store::StoreError,
+};
+
+const KEYRING_KEY: &[u8] = b"m/keyring";
+/// A keyring wrapped by the next master key, during a master-key rotation.
+const NEXT_KEYRING: &str = "keyring_next";
+
+impl SledDb {
+    /// Whether the database holds a keyring (it was initialised).
+    pub fn initialized(&self) -> Result<bool, StoreError> {
+        Ok(self.db.get(KEYRING_KEY).map_err(io)?.is_some())
+    }
+
+    /// The persisted (wrapped) keyring.
+    pub fn wrapped_keyring(&self) -> Result<Option<WrappedKeyring>, StoreError> {
+        match self.db.get(KEYRING_KEY).map_err(io)? {
+            Some(bytes) => Ok(Some(decode_keyring(&bytes).ok_or(StoreError::Corrupt {
+                kind: "keyring",
+                id: String::new(),
+            })?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Replaces the persisted keyring (durably).
+    pub fn put_wrapped_keyring(&self, w: &WrappedKeyring) -> Result<(), StoreError> {
+        self.db.insert(KEYRING_KEY, encode_keyring(w)).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+
+    /// Stages the keyring wrapped by a new master key (master-key rotation, step one).
+    pub fn stage_keyring(&self, w: &WrappedKeyring) -> Result<(), StoreError> {
+        self.put_meta(NEXT_KEYRING, &encode_keyring(w))
+    }
+
+    /// Makes the staged keyring the keyring, with `meta` (e.g. a new seal configuration)
+    /// in the same atomic, durable write.
+    pub fn promote_keyring(&self, meta: Option<(&str, &[u8])>) -> Result<(), StoreError> {
+        let staged = self.meta(NEXT_KEYRING)?.ok_or(StoreError::Corrupt {
+            kind: "keyring",
+            id: "no staged keyring".into(),
+        })?;
+        let mut b = sled::Batch::default();
+        b.insert(KEYRING_KEY, staged);
+        b.remove(meta_key(NEXT_KEYRING));
+        if let Some((name, value)) = meta {
+            b.insert(meta_key(name), value);
+        }
+        self.db.apply_batch(b).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+
+    /// Unwraps the keyring with `master`, finishing or abandoning an interrupted master-key
+    /// rotation: if only the staged keyring opens with this key, the rotation got as far as
+    /// switching keys and is completed; if the current one opens, a staged one is dropped.
+    pub(super) fn unwrap_keyring(&self, master: &MasterKey) -> Result<Option<Keyring>, StoreError> {
+        let Some(wrapped) = self.wrapped_keyring()? else {
+            return Ok(None);
+        };
+        let staged = self.meta(NEXT_KEYRING)?.and_then(|b| decode_keyring(&b));
+        match Keyring::unwrap(master, &wrapped) {
+            Ok(ring) => {
+                if staged.is_some() {
+                    self.delete_meta(NEXT_KEYRING)?;
+                }
+                Ok(Some(ring))
+            }
+            Err(crate::crypto::CryptoError::Tampered) => {
+                let ring = staged
+                    .and_then(|s| Keyring::unwrap(master, &s).ok())
+                    .ok_or(StoreError::WrongMasterKey)?;
+                self.promote_keyring(None)?;
+                Ok(Some(ring))
+            }
+            Err(_) => Err(StoreError::Corrupt {
+                kind: "keyring",
+                id: String::new(),
+            }),
+        }
+    }
+
+    /// Creates the keyring of a fresh database, wrapped by `master`. Not flushed: the caller
+    /// flushes it with the rest of the initialisation.
+    pub(super) fn create_keyring(&self, master: &MasterKey) -> Result<Keyring, StoreError> {
+        let (ring, wrapped) = Keyring::generate(master).map_err(|_| StoreError::Crypto)?;
+        self.db
+            .insert(KEYRING_KEY, encode_keyring(&wrapped))
+            .map_err(io)?;
+        Ok(ring)
+    }
+}
+
+/// Adds a data-key version (wrapped by `master`) and makes new writes use it. Durable when it
+/// returns. Old records are moved over by [`rewrap_pass`].
+pub(super) fn rotate(store: &SledStore, master: &MasterKey) -> Result<u32, StoreError> {
+    let db = SledDb {
+        db: store.shared.db.clone(),
+    };
+    // One rotation at a time: the flush queue's lock serialises them (and holds commits back
+    // from asking for a flush meanwhile).
+    let _one = store.shared.flush.hold()?;
+    let wrapped = db.wrapped_keyring()?.ok_or(StoreError::Corrupt {
+        kind: "keyring",
+        id: String::new(),
+    })?;
+    let next = wrapped
+        .with_new_version(master)
+        .map_err(|_| StoreError::Crypto)?;
+    let ring = Keyring::unwrap(master, &next).map_err(|_| StoreError::WrongMasterKey)?;
+    db.put_wrapped_keyring(&next)?;
+    install(store, ring);
+    Ok(next.current)
+}
+
+/// One pass over every record: those sealed under an older data key are re-sealed under the
+/// current one (compare-and-swap, so a concurrent write simply wins). Returns how many
+/// old-version records the pass found. Idempotent, so a crash mid-pass loses nothing: the
+/// next pass continues.
+pub(super) fn rewrap_pass(store: &SledStore) -> Result<usize, StoreError> {
+    let keyring = store.keyring();
+    let current = keyring.current_version();
+    let mut found = 0;
+    for item in store.shared.db.scan_prefix(b"r/") {
+        let (k, v) = item.map_err(io)?;
+        if envelope::version_of(&v) == Some(current) {
+            continue;
+        }
+        found += 1;
+        let key = String::from_utf8_lossy(&k[2..]).into_owned();
+        let Some((kind, id)) = key.split_once('/') else {
+            continue;
+        };
+        let nonce = crate::crypto::random::bytes().map_err(|_| StoreError::Crypto)?;
+        let Some(resealed) = envelope::reseal(&keyring, kind, id, &v, nonce) else {
+            return Err(StoreError::Corrupt {
+                kind: "record",
+                id: key.clone(),
+            });
+        };
+        let _ = store
+            .shared
+            .db
+            .compare_and_swap(&k, Some(&v), Some(resealed))
+            .map_err(io)?;
+    }
+    store.shared.db.flush().map_err(io)?;
+    Ok(found)
+}
+
+/// Drops data-key versions other than the current one from the keyring (call only after a
+/// pass found no record sealed under them).
+pub(super) fn retire_old(store: &SledStore, master: &MasterKey) -> Result<(), StoreError> {
+    let db = SledDb {
+        db: store.shared.db.clone(),
+    };
+    let wrapped = db.wrapped_keyring()?.ok_or(StoreError::Corrupt {
+        kind: "keyring",
+        id: String::new(),
+    })?;
+    let retired = wrapped.retire_old();
+    let ring = Keyring::unwrap(master, &retired).map_err(|_| StoreError::WrongMasterKey)?;
+    db.put_wrapped_keyring(&retired)?;
+    install(store, ring);
+    Ok(())
+}
+
+/// Makes `ring` the keyring the open store seals and opens records with.
+fn install(store: &SledStore, ring: Keyring) {
+    *store
+        .shared
+        .keyring
+        .write()
+        .unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
+}
+
+fn encode_keyring(w: &WrappedKeyring) -> Vec<u8> {
+    let keys: serde_json::Map<String, serde_json::Value> = w
+        .data_keys
+        .iter()
+        .map(|(v, k)| (v.to_string(), hex::encode(k).into()))
+        .collect();
+    serde_json::json!({"current": w.current, "data_keys": keys, "pepper": hex::encode(&w.pepper)})
+        .to_string()
+        .into_bytes()
+}
+
+fn decode_keyring(bytes: &[u8]) -> Option<WrappedKeyring> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let current = u32::try_from(v.get("current")?.as_u64()?).ok()?;
+    let mut data_keys = std::collections::BTreeMap::new();
+    for (k, w) in v.get("data_keys")?.as_object()? {
+        data_keys.insert(k.parse().ok()?, hex::decode(w.as_str()?)?);
+    }
+    let pepper = hex::decode(v.get("pepper")?.as_str()?)?;
+    Some(WrappedKeyring {
+        current,
+        data_keys,
+        pepper,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{
+        crypto::keyring::MasterKey,
+        store::{
+            StoreError,
+            sled::{SledOptions, SledStore, tests::open},
+        },
+    };
+
+    #[tokio::test]
+    async fn wrong_master_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), &MasterKey::generate().unwrap());
+        drop(s);
+        let err = SledStore::open(
+            dir.path(),
+            &MasterKey::generate().unwrap(),
+            &SledOptions::default(),
+        );
+        assert!(matches!(err, Err(StoreError::WrongMasterKey)));
+    }
+}
