@@ -7,7 +7,9 @@
 //! m/keyring_next    the keyring wrapped by the next master key, during a master-key rotation
 //! ```
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
+
+use serde::{Deserialize, Serialize};
 
 use super::{SledDb, SledStore, envelope, io, layout::meta_key};
 use crate::{
@@ -41,14 +43,16 @@ impl SledDb {
 
     /// Replaces the persisted keyring (durably).
     pub fn put_wrapped_keyring(&self, w: &WrappedKeyring) -> Result<(), StoreError> {
-        self.db.insert(KEYRING_KEY, encode_keyring(w)).map_err(io)?;
+        self.db
+            .insert(KEYRING_KEY, encode_keyring(w)?)
+            .map_err(io)?;
         self.db.flush().map_err(io)?;
         Ok(())
     }
 
     /// Stages the keyring wrapped by a new master key (master-key rotation, step one).
     pub fn stage_keyring(&self, w: &WrappedKeyring) -> Result<(), StoreError> {
-        self.put_meta(NEXT_KEYRING, &encode_keyring(w))
+        self.put_meta(NEXT_KEYRING, &encode_keyring(w)?)
     }
 
     /// Makes the staged keyring the keyring, with `meta` (e.g. a new seal configuration)
@@ -103,7 +107,7 @@ impl SledDb {
     pub(super) fn create_keyring(&self, master: &MasterKey) -> Result<Keyring, StoreError> {
         let (ring, wrapped) = Keyring::generate(master).map_err(|_| StoreError::Crypto)?;
         self.db
-            .insert(KEYRING_KEY, encode_keyring(&wrapped))
+            .insert(KEYRING_KEY, encode_keyring(&wrapped)?)
             .map_err(io)?;
         Ok(ring)
     }
@@ -192,41 +196,121 @@ fn install(store: &SledStore, ring: Keyring) {
         .unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
 }
 
-fn encode_keyring(w: &WrappedKeyring) -> Vec<u8> {
-    let keys: serde_json::Map<String, serde_json::Value> = w
-        .data_keys
-        .iter()
-        .map(|(v, k)| (v.to_string(), hex::encode(k).into()))
-        .collect();
-    serde_json::json!({"current": w.current, "data_keys": keys, "pepper": hex::encode(&w.pepper)})
-        .to_string()
-        .into_bytes()
+/// The keyring as stored at `m/keyring` (and staged at `m/keyring_next`): JSON with every
+/// wrapped key in hex, the data keys by version,
+/// `{"current":2,"data_keys":{"1":"<hex>","2":"<hex>"},"pepper":"<hex>"}`.
+/// Unknown fields are ignored; every listed one is required.
+#[derive(Serialize, Deserialize)]
+struct StoredKeyring {
+    current: u32,
+    data_keys: BTreeMap<u32, String>,
+    pepper: String,
+}
+
+fn encode_keyring(w: &WrappedKeyring) -> Result<Vec<u8>, StoreError> {
+    let stored = StoredKeyring {
+        current: w.current,
+        data_keys: w
+            .data_keys
+            .iter()
+            .map(|(v, k)| (*v, hex::encode(k)))
+            .collect(),
+        pepper: hex::encode(&w.pepper),
+    };
+    serde_json::to_vec(&stored).map_err(|_| StoreError::Corrupt {
+        kind: "keyring",
+        id: "encoding".into(),
+    })
 }
 
 fn decode_keyring(bytes: &[u8]) -> Option<WrappedKeyring> {
-    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    let current = u32::try_from(v.get("current")?.as_u64()?).ok()?;
-    let mut data_keys = std::collections::BTreeMap::new();
-    for (k, w) in v.get("data_keys")?.as_object()? {
-        data_keys.insert(k.parse().ok()?, hex::decode(w.as_str()?)?);
-    }
-    let pepper = hex::decode(v.get("pepper")?.as_str()?)?;
+    let stored: StoredKeyring = serde_json::from_slice(bytes).ok()?;
+    let data_keys = stored
+        .data_keys
+        .iter()
+        .map(|(v, k)| Some((*v, hex::decode(k)?)))
+        .collect::<Option<_>>()?;
     Some(WrappedKeyring {
-        current,
+        current: stored.current,
         data_keys,
-        pepper,
+        pepper: hex::decode(&stored.pepper)?,
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::{
-        crypto::keyring::MasterKey,
-        store::{
-            StoreError,
-            sled::{SledOptions, SledStore, tests::open},
-        },
-    };
+    use super::*;
+    use crate::store::sled::{SledOptions, tests::open};
+
+    /// The hand-written codec this one replaced, as it was, to hold the new one to its
+    /// format.
+    fn old_encode(w: &WrappedKeyring) -> Vec<u8> {
+        let keys: serde_json::Map<String, serde_json::Value> = w
+            .data_keys
+            .iter()
+            .map(|(v, k)| (v.to_string(), hex::encode(k).into()))
+            .collect();
+        serde_json::json!({"current": w.current, "data_keys": keys, "pepper": hex::encode(&w.pepper)})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn wrapped(current: u32, versions: &[u32]) -> WrappedKeyring {
+        WrappedKeyring {
+            current,
+            data_keys: versions.iter().map(|v| (*v, vec![*v as u8; 3])).collect(),
+            pepper: vec![0xab; 4],
+        }
+    }
+
+    #[test]
+    fn reads_the_keyring_format_written_before() {
+        // Written by the old codec (its objects sort their keys as strings: "1", "10", "2").
+        let old = r#"{"current":10,"data_keys":{"1":"010101","10":"0a0a0a","2":"020202"},"pepper":"abababab"}"#;
+        assert_eq!(old_encode(&wrapped(10, &[1, 2, 10])), old.as_bytes());
+        let w = decode_keyring(old.as_bytes()).unwrap();
+        assert_eq!(
+            (w.current, &w.data_keys, &w.pepper),
+            (10, &wrapped(10, &[1, 2, 10]).data_keys, &vec![0xab; 4])
+        );
+        // Below ten versions the new codec writes the same bytes; from ten on it orders the
+        // versions as numbers, which either codec reads.
+        for versions in [&[1][..], &[1, 2], &[3, 4, 5]] {
+            let w = wrapped(*versions.last().unwrap(), versions);
+            assert_eq!(encode_keyring(&w).unwrap(), old_encode(&w));
+        }
+        let w = wrapped(12, &[2, 9, 10, 12]);
+        let back = decode_keyring(&encode_keyring(&w).unwrap()).unwrap();
+        assert_eq!((back.current, back.data_keys), (w.current, w.data_keys));
+        // What the old decoder refused, this one refuses.
+        for bad in [
+            r#"{"current":1,"data_keys":{"x":"00"},"pepper":"01"}"#,
+            r#"{"current":1,"data_keys":{"1":"0"},"pepper":"01"}"#,
+            r#"{"current":1,"data_keys":{"1":"zz"},"pepper":"01"}"#,
+            r#"{"current":-1,"data_keys":{},"pepper":"01"}"#,
+            r#"{"current":4294967296,"data_keys":{},"pepper":""}"#,
+            r#"{"current":1,"data_keys":{}}"#,
+            r#"{"current":1,"data_keys":[],"pepper":""}"#,
+            r#"[]"#,
+        ] {
+            assert!(decode_keyring(bad.as_bytes()).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_real_keyring_round_trips() {
+        let master = MasterKey::generate().unwrap();
+        let (_, w) = Keyring::generate(&master).unwrap();
+        let w = w.with_new_version(&master).unwrap();
+        let bytes = encode_keyring(&w).unwrap();
+        assert_eq!(bytes, old_encode(&w));
+        let back = decode_keyring(&bytes).unwrap();
+        assert_eq!(
+            (back.current, &back.data_keys, &back.pepper),
+            (w.current, &w.data_keys, &w.pepper)
+        );
+        Keyring::unwrap(&master, &back).unwrap();
+    }
 
     #[tokio::test]
     async fn wrong_master_key_is_refused() {
