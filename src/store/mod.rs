@@ -35,6 +35,10 @@ pub struct Stored {
     pub plaintext: SecretBytes,
 }
 
+/// One raw key/value pair of an engine's data (a sealed record, an index entry, metadata), as a
+/// backup carries it: still sealed, meaningful only to the engine that wrote it.
+pub type RawEntry = (Vec<u8>, Vec<u8>);
+
 /// One index entry: the key suffix after the scanned prefix, and the id it points to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexEntry {

@@ -29,15 +29,13 @@ use super::{
 };
 use crate::crypto::keyring::{Keyring, MasterKey};
 
+pub use super::RawEntry;
 use layout::{head_key, index_key, meta_key, range, record_key};
 pub use migrate::FORMAT_VERSION;
 
 fn io(e: sled::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
-
-/// One raw key/value pair of the database (a sealed record, an index entry, metadata).
-pub type RawEntry = (Vec<u8>, Vec<u8>);
 
 /// Options for opening the database.
 #[derive(Clone, Debug)]
