@@ -288,20 +288,20 @@ async fn rewrap(state: web::Data<AppState>) {
         let Some(core) = state.try_core() else {
             continue;
         };
-        let (_, versions) = core.sled.key_versions();
+        let (_, versions) = core.admin.key_versions();
         if versions.len() < 2 {
             clean_since = None;
             continue;
         }
-        let sled = core.sled.clone();
+        let admin = core.admin.clone();
         let started = Instant::now();
-        match actix_web::rt::task::spawn_blocking(move || sled.rewrap_pass()).await {
+        match actix_web::rt::task::spawn_blocking(move || admin.rewrap_pass()).await {
             Ok(Ok(0)) => {
                 // Retire only after a clean pass that began well after the rotation, so a
                 // write still using the old key when the pass began cannot be missed.
                 let since = *clean_since.get_or_insert(started);
                 if since.elapsed() >= Duration::from_secs(2) {
-                    match core.sled.retire_old_keys(&core.master) {
+                    match core.admin.retire_old_keys(&core.master) {
                         Ok(()) => tracing::info!("old data keys retired"),
                         Err(e) => tracing::error!(error = %e, "could not retire old data keys"),
                     }

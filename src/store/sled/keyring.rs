@@ -113,8 +113,9 @@ impl SledDb {
     }
 }
 
-/// Adds a data-key version (wrapped by `master`) and makes new writes use it. Durable when it
-/// returns. Old records are moved over by [`rewrap_pass`].
+/// [`StoreAdmin::rotate_keyring`](crate::store::StoreAdmin::rotate_keyring): adds a data-key
+/// version (wrapped by `master`) and makes new writes use it. Durable when it returns. Old
+/// records are moved over by [`rewrap_pass`].
 pub(super) fn rotate(store: &SledStore, master: &MasterKey) -> Result<u32, StoreError> {
     let db = SledDb {
         db: store.shared.db.clone(),
@@ -135,8 +136,8 @@ pub(super) fn rotate(store: &SledStore, master: &MasterKey) -> Result<u32, Store
     Ok(next.current)
 }
 
-/// One pass over every record: those sealed under an older data key are re-sealed under the
-/// current one (compare-and-swap, so a concurrent write simply wins). Returns how many
+/// [`StoreAdmin::rewrap_pass`](crate::store::StoreAdmin::rewrap_pass): one pass over every
+/// record: those sealed under an older data key are re-sealed under the current one (compare-and-swap, so a concurrent write simply wins). Returns how many
 /// old-version records the pass found. Idempotent, so a crash mid-pass loses nothing: the
 /// next pass continues.
 pub(super) fn rewrap_pass(store: &SledStore) -> Result<usize, StoreError> {
@@ -170,8 +171,9 @@ pub(super) fn rewrap_pass(store: &SledStore) -> Result<usize, StoreError> {
     Ok(found)
 }
 
-/// Drops data-key versions other than the current one from the keyring (call only after a
-/// pass found no record sealed under them).
+/// [`StoreAdmin::retire_old_keys`](crate::store::StoreAdmin::retire_old_keys): drops data-key
+/// versions other than the current one from the keyring (call only after a pass found no
+/// record sealed under them).
 pub(super) fn retire_old(store: &SledStore, master: &MasterKey) -> Result<(), StoreError> {
     let db = SledDb {
         db: store.shared.db.clone(),

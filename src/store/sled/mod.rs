@@ -24,8 +24,8 @@ use std::{
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::{
-    Batch, Expect, IndexEntry, IndexName, Kind, Op, Rev, Store, StoreError, StoreFuture, Stored,
-    envelope, log,
+    Batch, Expect, IndexEntry, IndexName, Kind, Op, Rev, Store, StoreAdmin, StoreError,
+    StoreFuture, Stored, envelope, log,
 };
 use crate::crypto::keyring::{Keyring, MasterKey};
 
@@ -175,40 +175,6 @@ impl SledStore {
         opts: &SledOptions,
     ) -> Result<(Self, Arc<Keyring>), StoreError> {
         SledDb::open(dir, opts)?.unseal(master)
-    }
-
-    /// The data-key versions in the keyring and the current one.
-    pub fn key_versions(&self) -> (u32, Vec<u32>) {
-        let k = self.keyring();
-        (k.current_version(), k.versions())
-    }
-
-    /// Adds a data-key version (wrapped by `master`) and makes new writes use it. Durable
-    /// when it returns. Old records are moved over by [`SledStore::rewrap_pass`].
-    pub fn rotate_keyring(&self, master: &MasterKey) -> Result<u32, StoreError> {
-        keyring::rotate(self, master)
-    }
-
-    /// One pass over every record, re-sealing those under an older data key; returns how
-    /// many it found (see `keyring::rewrap_pass`).
-    pub fn rewrap_pass(&self) -> Result<usize, StoreError> {
-        keyring::rewrap_pass(self)
-    }
-
-    /// Drops data-key versions other than the current one from the keyring (call only after
-    /// a pass found no record sealed under them).
-    pub fn retire_old_keys(&self, master: &MasterKey) -> Result<(), StoreError> {
-        keyring::retire_old(self, master)
-    }
-
-    /// A consistent copy of every entry (still sealed), taken while commits wait: reads go on.
-    pub fn snapshot(&self) -> Result<Vec<RawEntry>, StoreError> {
-        let _pause = self.shared.gate.write().unwrap_or_else(|e| e.into_inner());
-        self.shared
-            .db
-            .iter()
-            .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io))
-            .collect()
     }
 
     fn keyring(&self) -> Arc<Keyring> {
@@ -461,6 +427,39 @@ impl Store for SledStore {
 
     fn healthy(&self) -> bool {
         self.shared.healthy.load(Ordering::SeqCst)
+    }
+}
+
+impl StoreAdmin for SledStore {
+    fn key_versions(&self) -> (u32, Vec<u32>) {
+        let k = self.keyring();
+        (k.current_version(), k.versions())
+    }
+
+    fn rotate_keyring(&self, master: &MasterKey) -> Result<u32, StoreError> {
+        keyring::rotate(self, master)
+    }
+
+    fn rewrap_pass(&self) -> Result<usize, StoreError> {
+        keyring::rewrap_pass(self)
+    }
+
+    fn retire_old_keys(&self, master: &MasterKey) -> Result<(), StoreError> {
+        keyring::retire_old(self, master)
+    }
+
+    /// Taken under the commit gate held alone, so no batch is half-applied in it.
+    fn snapshot(&self) -> Result<Vec<RawEntry>, StoreError> {
+        let _pause = self.shared.gate.write().unwrap_or_else(|e| e.into_inner());
+        self.shared
+            .db
+            .iter()
+            .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io))
+            .collect()
+    }
+
+    fn format_version(&self) -> u32 {
+        FORMAT_VERSION
     }
 }
 
