@@ -315,6 +315,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn rotation_rewrap_and_retirement_through_the_admin_trait() {
+        use crate::store::{
+            Batch, Expect, Store, StoreAdmin,
+            sled::tests::{K, put},
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::generate().unwrap();
+        let s = open(dir.path(), &master);
+        let admin: Arc<dyn StoreAdmin> = Arc::new(s.clone());
+        let mut b = Batch::new();
+        put(&mut b, "old", b"sealed under 1", Expect::Absent);
+        s.commit(b).await.unwrap();
+
+        assert_eq!(admin.rotate_keyring(&master).unwrap(), 2);
+        assert_eq!(admin.key_versions(), (2, vec![1, 2]));
+        let mut b = Batch::new();
+        put(&mut b, "new", b"sealed under 2", Expect::Absent);
+        s.commit(b).await.unwrap();
+        assert_eq!(admin.rewrap_pass().unwrap(), 1);
+        assert_eq!(admin.rewrap_pass().unwrap(), 0);
+        admin.retire_old_keys(&master).unwrap();
+        assert_eq!(admin.key_versions(), (2, vec![2]));
+        let old = s.get(K, "old").await.unwrap().unwrap();
+        assert_eq!(old.plaintext.expose(), b"sealed under 1");
+        assert_eq!(old.rev, crate::store::Rev(1));
+
+        let snapshot = admin.snapshot().unwrap();
+        assert!(snapshot.iter().any(|(k, _)| k.as_slice() == b"r/thing/old"));
+        assert_eq!(admin.format_version(), super::super::FORMAT_VERSION);
+        drop((admin, s));
+        // The retired keyring is the one on disk.
+        let s = open(dir.path(), &master);
+        assert_eq!(s.key_versions(), (2, vec![2]));
+        assert!(s.get(K, "new").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
     async fn wrong_master_key_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), &MasterKey::generate().unwrap());
