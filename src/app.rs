@@ -26,8 +26,8 @@ use crate::{
         bootstrap::{self, CertPaths},
     },
     store::{
-        Recorder, Store, StoreError,
-        sled::{SledDb, SledOptions, SledStore},
+        Recorder, Store, StoreAdmin, StoreError,
+        sled::{SledDb, SledOptions},
     },
 };
 
@@ -397,7 +397,7 @@ impl Vault {
         );
         Ok(Core {
             store,
-            sled,
+            admin: Arc::new(sled),
             keyring,
             master,
             pki,
@@ -455,7 +455,8 @@ pub fn write_key_file(path: &Path, key: &MasterKey) -> Result<(), AppError> {
 /// Every service of an unsealed server. Dropping it drops the keys.
 pub struct Core {
     pub store: Arc<dyn Store>,
-    pub sled: SledStore,
+    /// The store's admin half: keyring rotation and rewrap, backup snapshots.
+    pub admin: Arc<dyn StoreAdmin>,
     pub keyring: Arc<Keyring>,
     /// Kept for keyring rotation; zeroized when the core is dropped (sealing).
     pub master: MasterKey,

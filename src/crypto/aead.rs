@@ -1,6 +1,6 @@
 //! AES-256-GCM (ring) with explicit nonces and associated data.
 //!
-//! Nonces are 96 random bits drawn by the caller before any retried closure runs (sled may
+//! Nonces are 96 random bits drawn by the caller before any retried closure runs (a store may
 //! re-run a transaction), which keeps the birthday bound far away for the message counts one
 //! data key sees; rotating the keyring starts a fresh key.
 

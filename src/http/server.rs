@@ -288,20 +288,20 @@ async fn rewrap(state: web::Data<AppState>) {
         let Some(core) = state.try_core() else {
             continue;
         };
-        let (_, versions) = core.sled.key_versions();
+        let (_, versions) = core.admin.key_versions();
         if versions.len() < 2 {
             clean_since = None;
             continue;
         }
-        let sled = core.sled.clone();
+        let admin = core.admin.clone();
         let started = Instant::now();
-        match actix_web::rt::task::spawn_blocking(move || sled.rewrap_pass()).await {
+        match actix_web::rt::task::spawn_blocking(move || admin.rewrap_pass()).await {
             Ok(Ok(0)) => {
                 // Retire only after a clean pass that began well after the rotation, so a
                 // write still using the old key when the pass began cannot be missed.
                 let since = *clean_since.get_or_insert(started);
                 if since.elapsed() >= Duration::from_secs(2) {
-                    match core.sled.retire_old_keys(&core.master) {
+                    match core.admin.retire_old_keys(&core.master) {
                         Ok(()) => tracing::info!("old data keys retired"),
                         Err(e) => tracing::error!(error = %e, "could not retire old data keys"),
                     }
@@ -321,8 +321,9 @@ async fn rewrap(state: web::Data<AppState>) {
 /// Whether the data directory accepts a durable write of a couple of MiB.
 fn writable(dir: &std::path::Path) -> bool {
     use std::io::Write;
-    // Room for a few of sled's segments, not just the bytes sled gave back when its write
-    // failed: a nearly full disk must not make the store flap between reopen and failure.
+    // Room for a few of the embedded store's segments, not just the bytes it gave back when
+    // its write failed: a nearly full disk must not make the store flap between reopen and
+    // failure.
     const HEADROOM: usize = 2 * 1024 * 1024;
     let path = dir.join(".tessera-probe");
     let chunk = [0u8; 64 * 1024];
@@ -339,9 +340,9 @@ fn writable(dir: &std::path::Path) -> bool {
 }
 
 /// After a storage fault (disk full, read-only, I/O error) writes answer 503 and reads go on;
-/// sled stays failed after an I/O error, so once the data directory accepts writes again the
-/// store is closed and reopened from disk, and the core rebuilt. Requests get 503 for the
-/// moment of the swap.
+/// the embedded store stays failed after an I/O error, so once the data directory accepts
+/// writes again the store is closed and reopened from disk, and the core rebuilt. Requests get
+/// 503 for the moment of the swap.
 async fn store_doctor(state: web::Data<AppState>) {
     let mut tick = actix_web::rt::time::interval(Duration::from_secs(1));
     loop {

@@ -2,7 +2,7 @@
 //! keyed by the presented key's blind index, so the hot path does no B-tree look-up, no
 //! decryption and no parsing.
 //!
-//! sled stays the durable copy. Every change to a key record (update, rotate, revoke, tidy)
+//! The store stays the durable copy. Every change to a key record (update, rotate, revoke, tidy)
 //! invalidates its entry after the commit and before the change is acknowledged, and a global
 //! epoch keeps a verify that read the record *before* such a change from putting the stale copy
 //! back afterwards: a revoked key never verifies from the cache.

@@ -20,7 +20,7 @@
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 
-use super::sled::RawEntry;
+use super::RawEntry;
 use crate::clock::Timestamp;
 
 pub const MAGIC: &[u8] = b"TESSERA-BACKUP-2\n";

@@ -1,8 +1,10 @@
 //! Persistence. The [`Store`] trait is all the domain sees: records sealed per type and id,
 //! secondary indexes, atomic conditional batches that are durable when `commit` returns.
-//! No sled type appears in it, so a second implementation on a networked SQL engine can
-//! serve the same domain code.
+//! [`StoreAdmin`] is its admin half, for custody: keyring rotation and rewrap, backup
+//! snapshots. No sled type appears in either, so a second implementation on a networked SQL
+//! engine can serve the same domain and HTTP code; [`sled`] is the embedded one.
 
+pub mod admin;
 pub mod backup;
 mod envelope;
 pub mod log;
@@ -13,6 +15,7 @@ use std::{future::Future, pin::Pin};
 
 use crate::crypto::secret::SecretBytes;
 
+pub use admin::StoreAdmin;
 pub use record::Record;
 
 /// The name of a record type. It is part of every record's associated data, so a record
@@ -34,6 +37,10 @@ pub struct Stored {
     pub rev: Rev,
     pub plaintext: SecretBytes,
 }
+
+/// One raw key/value pair of an engine's data (a sealed record, an index entry, metadata), as a
+/// backup carries it: still sealed, meaningful only to the engine that wrote it.
+pub type RawEntry = (Vec<u8>, Vec<u8>);
 
 /// One index entry: the key suffix after the scanned prefix, and the id it points to.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -81,7 +81,7 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         .unwrap_or_else(|e| e.into_inner())
         .len();
     let keyring = state.try_core().map(|c| {
-        let (current, versions) = c.sled.key_versions();
+        let (current, versions) = c.admin.key_versions();
         KeyringVersions { current, versions }
     });
     Ok(HttpResponse::Ok().json(SysStatus {
@@ -237,13 +237,13 @@ pub async fn rotate_keyring(
     admin_only(&auth)?;
     let core = state.core()?;
     let c = core.clone();
-    let current = actix_web::rt::task::spawn_blocking(move || c.sled.rotate_keyring(&c.master))
+    let current = actix_web::rt::task::spawn_blocking(move || c.admin.rotate_keyring(&c.master))
         .await
         .map_err(|_| ApiError::Internal)??;
     let mut b = Batch::new();
     audit.record(&mut b, &format!("data-key-{current}"), None)?;
     core.store.commit(b).await?;
-    let (_, versions) = core.sled.key_versions();
+    let (_, versions) = core.admin.key_versions();
     Ok(HttpResponse::Ok().json(KeyringVersions { current, versions }))
 }
 
@@ -265,15 +265,15 @@ pub async fn backup(
     audit.record(&mut b, "backup", None)?;
     core.store.commit(b).await?;
     let head = core.store.log_head(crate::audit::LOG).await?;
-    let sled = core.sled.clone();
-    let entries = actix_web::rt::task::spawn_blocking(move || sled.snapshot())
+    let admin = core.admin.clone();
+    let entries = actix_web::rt::task::spawn_blocking(move || admin.snapshot())
         .await
         .map_err(|_| ApiError::Internal)??;
     let now = state.clock.now();
     let header = crate::store::backup::Header {
         version: crate::store::backup::VERSION,
         created_at: now,
-        data_format: crate::store::sled::FORMAT_VERSION,
+        data_format: core.admin.format_version(),
         trust_domain: state.config.trust_domain.as_str().to_owned(),
         entries: entries.len() as u64,
         audit_head_seq: head.seq,

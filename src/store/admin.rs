@@ -1,0 +1,42 @@
+//! The store's admin half: what custody (`/v1/sys/*`) and the background rewrap job need from
+//! an engine besides records. The keyring's data-key versions, adding one and moving records
+//! over to it, retiring the old ones, a consistent snapshot for backups, the data format.
+//! Like [`Store`](super::Store), it names no engine type, so every engine can serve it.
+//!
+//! The methods that write or copy block the calling thread (a rewrap pass re-seals every
+//! record; a snapshot copies the database): async callers run them on a blocking thread.
+
+use super::{RawEntry, StoreError};
+use crate::crypto::keyring::MasterKey;
+
+/// Keyring maintenance and backups, on an unsealed store.
+pub trait StoreAdmin: Send + Sync {
+    /// The data-key version new writes use, and every version in the keyring, ascending.
+    /// Does not block.
+    fn key_versions(&self) -> (u32, Vec<u32>);
+
+    /// Adds a data-key version wrapped by `master` and makes new writes use it; returns the
+    /// new version. Durable when it returns; rotations do not interleave. Records sealed
+    /// under older versions stay readable and are moved over by
+    /// [`StoreAdmin::rewrap_pass`].
+    fn rotate_keyring(&self, master: &MasterKey) -> Result<u32, StoreError>;
+
+    /// One pass over every record: those sealed under an older data-key version are re-sealed
+    /// under the current one, each by compare-and-swap (a concurrent write to the record
+    /// wins, and is already under the current version). Returns how many records under an
+    /// older version the pass found: 0 means none were left when it ran. Idempotent and
+    /// durable when it returns, so a pass interrupted by a crash is finished by the next.
+    fn rewrap_pass(&self) -> Result<usize, StoreError>;
+
+    /// Removes every data-key version but the current one from the keyring (`master` wraps
+    /// the result). Call it only after a pass that began well after the last rotation found
+    /// nothing to rewrap: a record still under a removed version could not be opened again.
+    fn retire_old_keys(&self, master: &MasterKey) -> Result<(), StoreError>;
+
+    /// A consistent copy of every entry, still sealed, for a backup: it holds no batch in
+    /// part. Commits wait while it is taken; reads go on.
+    fn snapshot(&self) -> Result<Vec<RawEntry>, StoreError>;
+
+    /// The data format version of the entries this store holds and a snapshot carries.
+    fn format_version(&self) -> u32;
+}
