@@ -288,7 +288,7 @@ async fn rewrap(state: web::Data<AppState>) {
         let Some(core) = state.try_core() else {
             continue;
         };
-        let (_, versions) = core.admin.key_versions();
+        let (current, versions) = core.admin.key_versions();
         if versions.len() < 2 {
             clean_since = None;
             continue;
@@ -301,8 +301,9 @@ async fn rewrap(state: web::Data<AppState>) {
                 // write still using the old key when the pass began cannot be missed.
                 let since = *clean_since.get_or_insert(started);
                 if since.elapsed() >= Duration::from_secs(2) {
-                    match core.admin.retire_old_keys(&core.master) {
-                        Ok(()) => tracing::info!("old data keys retired"),
+                    match core.admin.retire_old_keys(&core.master, current) {
+                        Ok(true) => tracing::info!("old data keys retired"),
+                        Ok(false) => tracing::info!("a rotation came first: not retiring yet"),
                         Err(e) => tracing::error!(error = %e, "could not retire old data keys"),
                     }
                     clean_since = None;

@@ -29,9 +29,11 @@ pub trait StoreAdmin: Send + Sync {
     fn rewrap_pass(&self) -> Result<usize, StoreError>;
 
     /// Removes every data-key version but the current one from the keyring (`master` wraps
-    /// the result). Call it only after a pass that began well after the last rotation found
-    /// nothing to rewrap: a record still under a removed version could not be opened again.
-    fn retire_old_keys(&self, master: &MasterKey) -> Result<(), StoreError>;
+    /// the result), if the current version is still `current`: the version the clean pass
+    /// moved records to. Call it only after a pass that began well after the last rotation
+    /// found nothing to rewrap: a record still under a removed version could not be opened
+    /// again. Returns whether it retired anything (a rotation since the pass: nothing).
+    fn retire_old_keys(&self, master: &MasterKey, current: u32) -> Result<bool, StoreError>;
 
     /// A consistent copy of every entry, still sealed, for a backup: it holds no batch in
     /// part. Commits wait while it is taken; reads go on.

@@ -174,19 +174,30 @@ pub(super) fn rewrap_pass(store: &SledStore) -> Result<usize, StoreError> {
 /// [`StoreAdmin::retire_old_keys`](crate::store::StoreAdmin::retire_old_keys): drops data-key
 /// versions other than the current one from the keyring (call only after a pass found no
 /// record sealed under them).
-pub(super) fn retire_old(store: &SledStore, master: &MasterKey) -> Result<(), StoreError> {
+pub(super) fn retire_old(
+    store: &SledStore,
+    master: &MasterKey,
+    current: u32,
+) -> Result<bool, StoreError> {
     let db = SledDb {
         db: store.shared.db.clone(),
     };
+    // Serialised with rotations: a rotation between the clean rewrap pass and this retirement
+    // would otherwise lose its new version, or have the previous current version (whose
+    // records no pass has moved yet) retired under it.
+    let _one = store.shared.flush.hold()?;
     let wrapped = db.wrapped_keyring()?.ok_or(StoreError::Corrupt {
         kind: "keyring",
         id: String::new(),
     })?;
+    if wrapped.current != current {
+        return Ok(false);
+    }
     let retired = wrapped.retire_old();
     let ring = Keyring::unwrap(master, &retired).map_err(|_| StoreError::WrongMasterKey)?;
     db.put_wrapped_keyring(&retired)?;
     install(store, ring);
-    Ok(())
+    Ok(true)
 }
 
 /// Makes `ring` the keyring the open store seals and opens records with.
@@ -335,8 +346,15 @@ mod tests {
         s.commit(b).await.unwrap();
         assert_eq!(admin.rewrap_pass().unwrap(), 1);
         assert_eq!(admin.rewrap_pass().unwrap(), 0);
-        admin.retire_old_keys(&master).unwrap();
-        assert_eq!(admin.key_versions(), (2, vec![2]));
+        // A rotation after the clean pass: retiring for the version the pass saw does nothing
+        // (version 2's records were never moved to 3).
+        assert_eq!(admin.rotate_keyring(&master).unwrap(), 3);
+        assert!(!admin.retire_old_keys(&master, 2).unwrap());
+        assert_eq!(admin.key_versions(), (3, vec![1, 2, 3]));
+        assert_eq!(admin.rewrap_pass().unwrap(), 2);
+        assert_eq!(admin.rewrap_pass().unwrap(), 0);
+        assert!(admin.retire_old_keys(&master, 3).unwrap());
+        assert_eq!(admin.key_versions(), (3, vec![3]));
         let old = s.get(K, "old").await.unwrap().unwrap();
         assert_eq!(old.plaintext.expose(), b"sealed under 1");
         assert_eq!(old.rev, crate::store::Rev(1));
@@ -347,7 +365,7 @@ mod tests {
         drop((admin, s));
         // The retired keyring is the one on disk.
         let s = open(dir.path(), &master);
-        assert_eq!(s.key_versions(), (2, vec![2]));
+        assert_eq!(s.key_versions(), (3, vec![3]));
         assert!(s.get(K, "new").await.unwrap().is_some());
     }
 

@@ -444,8 +444,8 @@ impl StoreAdmin for SledStore {
         keyring::rewrap_pass(self)
     }
 
-    fn retire_old_keys(&self, master: &MasterKey) -> Result<(), StoreError> {
-        keyring::retire_old(self, master)
+    fn retire_old_keys(&self, master: &MasterKey, current: u32) -> Result<bool, StoreError> {
+        keyring::retire_old(self, master, current)
     }
 
     /// Taken under the commit gate held alone, so no batch is half-applied in it.
