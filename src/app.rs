@@ -3,6 +3,7 @@
 //! can check and combine unseal shares. [`Vault::unseal`] turns a master key into a [`Core`]:
 //! every service, with the keys in memory. Dropping the `Core` (sealing) drops them.
 
+use crate::sync::Locked;
 use std::{path::Path, sync::Arc};
 
 use ring::digest;
@@ -149,19 +150,15 @@ impl Vault {
 
     /// The database handle (absent only while [`Vault::reopen`] swaps it).
     pub fn db(&self) -> Result<SledDb, StoreError> {
-        self.db
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or(StoreError::Unavailable(
-                "the database is being reopened".into(),
-            ))
+        self.db.read_locked().clone().ok_or(StoreError::Unavailable(
+            "the database is being reopened".into(),
+        ))
     }
 
     /// Closes and reopens the database (after an I/O error sled stays failed; reopening from
     /// disk is the recovery). Every other handle must be gone: the old core dropped.
     pub fn reopen(&self) -> Result<(), StoreError> {
-        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.db.write_locked();
         drop(slot.take());
         let mut last = StoreError::Locked;
         // sled's own threads let go of the files a moment after the last handle drops.

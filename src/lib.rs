@@ -20,3 +20,4 @@ pub mod metrics;
 pub mod page;
 pub mod pki;
 pub mod store;
+pub mod sync;

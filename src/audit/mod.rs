@@ -20,6 +20,7 @@ pub mod refusals;
 pub mod sink;
 mod verify;
 
+use crate::sync::Locked;
 use std::sync::{
     Arc,
     atomic::{AtomicBool, Ordering},
@@ -189,7 +190,7 @@ impl AuditContext {
     /// Names the authenticated principal (authentication may finish after the context was
     /// created).
     pub fn set_principal(&self, name: String, tenant: Option<String>) {
-        let mut b = self.base.write().unwrap_or_else(|e| e.into_inner());
+        let mut b = self.base.write_locked();
         b.principal = name;
         if b.tenant.is_none() {
             b.tenant = tenant;
@@ -203,7 +204,7 @@ impl AuditContext {
 
     /// The entry for this request with another outcome.
     pub fn event(&self, outcome: &str, object: Option<String>) -> Event {
-        let base = self.base.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let base = self.base.read_locked().clone();
         Event {
             outcome: outcome.to_owned(),
             object: object.or_else(|| base.object.clone()),

@@ -11,6 +11,7 @@
 //! folded into one per action and outcome with source `*`, so a spread-out flood costs a
 //! bounded number of entries too.
 
+use crate::sync::Locked;
 use std::{collections::HashMap, sync::Mutex};
 
 use super::Event;
@@ -45,7 +46,7 @@ pub struct Refusals {
 impl Refusals {
     /// Counts one refusal.
     pub fn note(&self, event: Event) {
-        let mut t = self.tallies.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = self.tallies.write_locked();
         let mut key = Key {
             source: event.source.clone(),
             principal: event.principal.clone(),
@@ -86,8 +87,8 @@ impl Refusals {
 
     /// Takes the window's tallies as entries to write: one per tally, with its count.
     pub fn drain(&self) -> Vec<Event> {
-        let tallies = std::mem::take(&mut *self.tallies.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut out = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let tallies = std::mem::take(&mut *self.tallies.write_locked());
+        let mut out = std::mem::take(&mut *self.pending.write_locked());
         let mut new: Vec<Event> = tallies
             .into_values()
             .map(|t| {
@@ -111,19 +112,11 @@ impl Refusals {
     /// drain returns them first. At most [`MAX_TALLIES`] wait; the oldest are kept.
     pub fn restore(&self, mut events: Vec<Event>) {
         events.truncate(MAX_TALLIES);
-        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = events;
+        *self.pending.write_locked() = events;
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tallies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
-            && self
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty()
+        self.tallies.write_locked().is_empty() && self.pending.write_locked().is_empty()
     }
 }
 

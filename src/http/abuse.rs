@@ -12,6 +12,7 @@
 //!   requests that present a valid client certificate: an attacker at the same address cannot
 //!   lock a legitimate service out.
 
+use crate::sync::Locked;
 use std::{collections::HashMap, net::IpAddr, num::NonZeroU32, sync::Mutex, time::Duration};
 
 use governor::{
@@ -126,7 +127,7 @@ impl Lockouts {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Source>> {
-        self.sources.lock().unwrap_or_else(|e| e.into_inner())
+        self.sources.write_locked()
     }
 
     /// Seconds left of a lockout of `ip`, if it is locked out.

@@ -1,6 +1,7 @@
 //! The edge guard: where a request comes from (the TCP peer, or the client named by a
 //! trusted proxy's `X-Forwarded-For`), its throttles, and failed-authentication lockouts.
 
+use crate::sync::Locked;
 use std::{net::IpAddr, sync::Arc};
 
 use actix_web::HttpRequest;
@@ -38,7 +39,7 @@ impl Guard {
 
     /// Where lockouts are recorded (none while sealed: they are still logged).
     pub fn set_audit(&self, audit: Option<Arc<Audit>>) {
-        *self.audit.write().unwrap_or_else(|e| e.into_inner()) = audit;
+        *self.audit.write_locked() = audit;
     }
 
     /// The request's source: the TCP peer, unless the peer is a trusted proxy, in which case
@@ -89,7 +90,7 @@ impl Guard {
             source: ip.to_string(),
             detail: Some(format!("until {until}; last failure: {what}")),
         };
-        let Some(audit) = self.audit.read().unwrap_or_else(|e| e.into_inner()).clone() else {
+        let Some(audit) = self.audit.read_locked().clone() else {
             return;
         };
         actix_web::rt::spawn(async move {

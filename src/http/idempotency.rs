@@ -2,6 +2,7 @@
 //! same body) gets the first answer again instead of a second object. Answers are kept in
 //! memory only (they can hold a secret), zeroized when dropped, for a short window.
 
+use crate::sync::Locked;
 use std::{
     collections::HashMap,
     future::Future,
@@ -155,7 +156,7 @@ impl Idempotency {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Slot, Entry>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        self.entries.write_locked()
     }
 
     /// Runs `create` at most once per (caller, request path, key) within the window.

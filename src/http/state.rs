@@ -1,6 +1,7 @@
 //! What every handler shares. The services live in a [`Core`] that exists only while the
 //! server is unsealed; [`AppState::core`] answers 503 otherwise.
 
+use crate::sync::Locked;
 use std::sync::{Arc, Mutex, RwLock};
 
 use zeroize::Zeroizing;
@@ -64,7 +65,7 @@ impl AppState {
     }
 
     pub fn try_core(&self) -> Option<Arc<Core>> {
-        self.core.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.core.read_locked().clone()
     }
 
     pub fn sealed(&self) -> bool {
@@ -77,14 +78,14 @@ impl AppState {
         let core = Arc::new(core);
         self.verifier.set_pki(Some(core.pki.clone()));
         self.guard.set_audit(Some(core.audit.clone()));
-        *self.core.write().unwrap_or_else(|e| e.into_inner()) = Some(core.clone());
+        *self.core.write_locked() = Some(core.clone());
         metrics::SEALED.set(0);
         core
     }
 
     /// Takes the core out of service to reopen the store (requests get 503 meanwhile).
     pub fn take_core(&self) -> Option<Arc<Core>> {
-        let core = self.core.write().unwrap_or_else(|e| e.into_inner()).take();
+        let core = self.core.write_locked().take();
         // Remembered replies may hold new keys: nothing secret stays in memory once sealed.
         self.idempotency.clear();
         self.verifier.set_pki(None);
@@ -95,7 +96,7 @@ impl AppState {
     /// Seals: takes the core out of service. Its keys are dropped (zeroized) as soon as the
     /// requests still holding it finish.
     pub fn seal(&self) -> Option<Arc<Core>> {
-        let core = self.core.write().unwrap_or_else(|e| e.into_inner()).take();
+        let core = self.core.write_locked().take();
         self.verifier.set_pki(None);
         self.guard.set_audit(None);
         metrics::SEALED.set(1);

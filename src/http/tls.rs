@@ -8,6 +8,7 @@
 //! - No session resumption: no tickets and no session cache, so a client certificate is
 //!   verified by a full handshake on every connection.
 
+use crate::sync::Locked;
 use std::sync::{Arc, RwLock};
 
 use actix_web::{dev::Extensions, rt::net::TcpStream};
@@ -64,19 +65,14 @@ impl CertResolver {
 
     pub fn swap(&self, cred: &ServerCredential) -> Result<(), TlsError> {
         let next = certified(cred)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+        *self.current.write_locked() = next;
         Ok(())
     }
 }
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        )
+        Some(self.current.read_locked().clone())
     }
 }
 
@@ -103,11 +99,11 @@ impl ClientVerifier {
     }
 
     pub fn set_pki(&self, pki: Option<Arc<Pki>>) {
-        *self.pki.write().unwrap_or_else(|e| e.into_inner()) = pki;
+        *self.pki.write_locked() = pki;
     }
 
     fn current(&self) -> Arc<dyn ClientCertVerifier> {
-        match &*self.pki.read().unwrap_or_else(|e| e.into_inner()) {
+        match &*self.pki.read_locked() {
             Some(p) => p.verifier(),
             None => self.files.clone(),
         }

@@ -14,6 +14,7 @@
 //! The table is bounded: past [`MAX_ENTRIES`] keys, counters already on disk are dropped from
 //! memory and read back on the key's next use.
 
+use crate::sync::Locked;
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
@@ -195,7 +196,7 @@ impl Usage {
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
         // A panic while holding this lock cannot leave a counter half-updated (every
         // mutation is a single assignment), so a poisoned lock is still consistent.
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        self.table.write_locked()
     }
 
     /// The table, locked, with the key's counters in it (read from the store if need be).

@@ -5,6 +5,7 @@
 //! (`crl-<ca id>.pem`, and all of them in `crls.pem` for verifiers such as nginx that check
 //! the whole chain).
 
+use crate::sync::Locked;
 use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
 
 use super::{
@@ -54,18 +55,12 @@ impl Pki {
                 self.sign_crl(&ca.id, now).await?;
                 changed = true;
             } else if let Some((_, c)) = stored {
-                self.crls
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(ca.id.clone(), c);
+                self.crls.write_locked().insert(ca.id.clone(), c);
             }
         }
         // Forget CRLs of CAs no longer in use.
         let ids: Vec<CaId> = authority.all().map(|c| c.id.clone()).collect();
-        self.crls
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|id, _| ids.contains(id));
+        self.crls.write_locked().retain(|id, _| ids.contains(id));
         self.rebuild_verifier()?;
         if changed || force {
             self.publish_crls()?;
@@ -134,16 +129,13 @@ impl Pki {
         let expect = previous.map_or(Expect::Absent, |(rev, _)| Expect::Rev(rev));
         b.put_record(ca_id.as_str(), &record, expect)?;
         self.store.commit(b).await?;
-        self.crls
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(ca_id.clone(), record);
+        self.crls.write_locked().insert(ca_id.clone(), record);
         Ok(())
     }
 
     /// The current CRL of a CA (default: the current issuing CA).
     pub fn crl(&self, which: &CrlSelect, format: CrlFormat) -> Option<Vec<u8>> {
-        let crls = self.crls.read().unwrap_or_else(|e| e.into_inner());
+        let crls = self.crls.read_locked();
         let id = match which {
             CrlSelect::One(i) => i.clone(),
             CrlSelect::Current => self.authority().issuing.id.clone(),
@@ -171,8 +163,7 @@ impl Pki {
     pub(super) fn publish_crls(&self) -> Result<(), PkiError> {
         let crls: Vec<(CaId, String)> = self
             .crls
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .read_locked()
             .iter()
             .map(|(id, c)| (id.clone(), pem("X509 CRL", &c.der)))
             .collect();

@@ -16,6 +16,7 @@ mod rotate;
 mod tidy;
 pub mod verify;
 
+use crate::sync::Locked;
 use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
@@ -202,51 +203,33 @@ impl Pki {
     }
 
     pub fn authority(&self) -> Arc<Authority> {
-        self.authority
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.authority.read_locked().clone()
     }
 
     /// Sets the base URL (`https://host:port`) written into CRL distribution points.
     pub fn set_public_url(&self, url: String) {
-        *self.public_url.write().unwrap_or_else(|e| e.into_inner()) = Some(url);
+        *self.public_url.write_locked() = Some(url);
     }
 
     fn public_url(&self) -> Option<String> {
-        self.public_url
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.public_url.read_locked().clone()
     }
 
     /// The client-certificate verifier for the current CAs and CRLs (used at every handshake
     /// and by the verify endpoint).
     pub fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
-        self.verifier
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.verifier.read_locked().clone()
     }
 
     /// Whether a serial is revoked (checked on every authenticated request, so a keep-alive
     /// connection opened before a revocation is refused on its next request).
     pub fn is_revoked(&self, serial: &Serial) -> bool {
-        self.revoked
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(serial)
+        self.revoked.read_locked().contains_key(serial)
     }
 
     /// The revoked, unexpired serials (public: the CRLs list them).
     pub fn revoked_serials(&self) -> Vec<Serial> {
-        let mut v: Vec<Serial> = self
-            .revoked
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let mut v: Vec<Serial> = self.revoked.read_locked().keys().cloned().collect();
         v.sort();
         v
     }
@@ -277,13 +260,12 @@ impl Pki {
         let a = self.authority();
         let crls: Vec<Vec<u8>> = self
             .crls
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .read_locked()
             .values()
             .map(|c| c.der.clone())
             .collect();
         let v = verify::build_verifier(&a.root.cert, &crls)?;
-        *self.verifier.write().unwrap_or_else(|e| e.into_inner()) = v;
+        *self.verifier.write_locked() = v;
         Ok(())
     }
 

@@ -10,6 +10,7 @@
 //! secret, so a tenant could otherwise get a certificate for another tenant's key and
 //! revoke it to end the other tenant's certificates. The global admin reaches them all.
 
+use crate::sync::Locked;
 use std::collections::BTreeSet;
 
 use super::{
@@ -202,7 +203,7 @@ impl Pki {
 
     /// Adds unexpired certificates to the revoked set; whether any was missing from it.
     fn mark_revoked(&self, certs: &[CertRecord], now: Timestamp) -> bool {
-        let mut set = self.revoked.write().unwrap_or_else(|e| e.into_inner());
+        let mut set = self.revoked.write_locked();
         let mut added = false;
         for c in certs.iter().filter(|c| c.not_after > now) {
             added |= set.insert(c.serial.clone(), c.not_after).is_none();

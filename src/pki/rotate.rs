@@ -7,6 +7,7 @@ use super::{
     ca::Ca,
     records::{PkiState, RetiredCa, STATE_ID},
 };
+use crate::sync::Locked;
 use crate::{
     clock::Timestamp,
     ids::CaId,
@@ -46,7 +47,7 @@ impl Pki {
 
         // Reload from the store so memory matches exactly what was committed.
         let authority = super::load_authority(&*self.store, &state).await?;
-        *self.authority.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(authority);
+        *self.authority.write_locked() = std::sync::Arc::new(authority);
         self.refresh_crls_locked(now, false).await?;
         self.publish_bundle()?;
         Ok(issuing.id)

@@ -12,6 +12,7 @@ use super::{
         revoked_position, tenant_position,
     },
 };
+use crate::sync::Locked;
 use crate::{
     clock::Timestamp,
     store::{self, Batch, Expect, Record},
@@ -65,8 +66,7 @@ impl Pki {
             removed += due.len();
         }
         self.revoked
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+            .write_locked()
             .retain(|_, not_after| *not_after > now);
         if !crls_to_resign.is_empty() {
             let _one = self.changes.lock().await;
@@ -99,7 +99,7 @@ impl Pki {
         b.put_record(STATE_ID, &state, Expect::Rev(rev))?;
         self.store.commit(b).await?;
         let authority = super::load_authority(&*self.store, &state).await?;
-        *self.authority.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(authority);
+        *self.authority.write_locked() = std::sync::Arc::new(authority);
         self.refresh_crls_locked(now, false).await?;
         self.publish_bundle()?;
         Ok(())
@@ -118,13 +118,8 @@ pub struct CertCounts {
 impl Pki {
     /// Counts certificates by state from the expiry index and the revoked set (for metrics).
     pub async fn count_states(&self, now: Timestamp) -> Result<CertCounts, PkiError> {
-        let revoked: std::collections::HashSet<_> = self
-            .revoked
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let revoked: std::collections::HashSet<_> =
+            self.revoked.read_locked().keys().cloned().collect();
         let soon = millis20(now.plus_secs(7 * 86_400));
         let now_key = millis20(now);
         let mut c = CertCounts::default();

@@ -1,5 +1,6 @@
 //! `/v1/sys/...`: seal status, unseal with Shamir shares, seal, keyring rotation, backup.
 
+use crate::sync::Locked;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
@@ -75,11 +76,7 @@ fn admin_only(auth: &Authenticated) -> Result<(), ApiError> {
 )]
 pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let seal = state.vault.seal.as_ref();
-    let progress = state
-        .unseal_progress
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .len();
+    let progress = state.unseal_progress.write_locked().len();
     let keyring = state.try_core().map(|c| {
         let (current, versions) = c.admin.key_versions();
         KeyringVersions { current, versions }
@@ -151,10 +148,7 @@ pub async fn unseal(
         }
     };
     let ready = {
-        let mut p = state
-            .unseal_progress
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut p = state.unseal_progress.write_locked();
         if p.iter().any(|(m, _)| *m == n) {
             return Err(ApiError::bad("share", "was already given"));
         }
@@ -214,11 +208,7 @@ pub async fn seal(
     core.store.commit(b).await?;
     drop(core);
     state.seal();
-    state
-        .unseal_progress
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clear();
+    state.unseal_progress.write_locked().clear();
     tracing::info!("sealed");
     Ok(HttpResponse::Ok().json(SealState::sealed(true)))
 }

@@ -7,6 +7,7 @@
 //! m/keyring_next    the keyring wrapped by the next master key, during a master-key rotation
 //! ```
 
+use crate::sync::Locked;
 use std::{collections::BTreeMap, sync::Arc};
 
 use serde::{Deserialize, Serialize};
@@ -202,11 +203,7 @@ pub(super) fn retire_old(
 
 /// Makes `ring` the keyring the open store seals and opens records with.
 fn install(store: &SledStore, ring: Keyring) {
-    *store
-        .shared
-        .keyring
-        .write()
-        .unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
+    *store.shared.keyring.write_locked() = Arc::new(ring);
 }
 
 /// The keyring as stored at `m/keyring` (and staged at `m/keyring_next`): JSON with every

@@ -13,6 +13,7 @@ mod keyring;
 mod layout;
 mod migrate;
 
+use crate::sync::Locked;
 use std::{
     path::Path,
     sync::{
@@ -178,11 +179,7 @@ impl SledStore {
     }
 
     fn keyring(&self) -> Arc<Keyring> {
-        self.shared
-            .keyring
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.shared.keyring.read_locked().clone()
     }
 
     fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
@@ -381,7 +378,7 @@ impl Store for SledStore {
                 return Ok(());
             }
             {
-                let _shared = self.shared.gate.read().unwrap_or_else(|e| e.into_inner());
+                let _shared = self.shared.gate.read_locked();
                 self.apply(&batch)?;
             }
             self.durable().await
@@ -450,7 +447,7 @@ impl StoreAdmin for SledStore {
 
     /// Taken under the commit gate held alone, so no batch is half-applied in it.
     fn snapshot(&self) -> Result<Vec<RawEntry>, StoreError> {
-        let _pause = self.shared.gate.write().unwrap_or_else(|e| e.into_inner());
+        let _pause = self.shared.gate.write_locked();
         self.shared
             .db
             .iter()
