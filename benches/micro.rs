@@ -134,7 +134,7 @@ fn verify(c: &mut Criterion) {
         let now = vault.clock.now();
         let api = rt
             .block_on(
-                core.keys.create_api(
+                core.keys().create_api(
                     &NoRecord,
                     TenantName::default_tenant(),
                     serde_json::from_value(serde_json::json!({
@@ -147,7 +147,7 @@ fn verify(c: &mut Criterion) {
             .unwrap();
         let secrets = rt
             .block_on(
-                core.keys
+                core.keys()
                     .bulk_issue(&TenantScope::All, &api.id, n, 5000, now),
             )
             .unwrap();
@@ -163,7 +163,7 @@ fn verify(c: &mut Criterion) {
         let caller = CallerIdentity::default();
         // Warm the verification cache the way a running server is warm.
         for r in &requests {
-            rt.block_on(core.keys.verify(&TenantScope::All, r, &caller, now))
+            rt.block_on(core.keys().verify(&TenantScope::All, r, &caller, now))
                 .unwrap();
         }
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -171,7 +171,7 @@ fn verify(c: &mut Criterion) {
             b.iter(|| {
                 let r = &requests[pick(&mut state, requests.len())];
                 let v = rt
-                    .block_on(core.keys.verify(&TenantScope::All, r, &caller, now))
+                    .block_on(core.keys().verify(&TenantScope::All, r, &caller, now))
                     .unwrap();
                 assert!(v.valid);
             })
@@ -224,7 +224,7 @@ fn issuance(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(5));
     g.bench_function("certificate from CSR (durable, sequential)", |b| {
         b.iter(|| {
-            rt.block_on(core.pki.issue_service(
+            rt.block_on(core.pki().issue_service(
                 &NoRecord,
                 tenant.clone(),
                 name.clone(),

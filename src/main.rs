@@ -376,7 +376,7 @@ fn main() -> anyhow::Result<()> {
                 let (master, shares) = vault.init_shares(args.shares, args.threshold)?;
                 let core = vault.unseal(master).await?;
                 bootstrap::ensure_server_cert(
-                    &core.pki,
+                    core.pki(),
                     &vault.paths,
                     &vault.config.server_cert,
                     vault.clock.now(),
@@ -474,7 +474,7 @@ fn main() -> anyhow::Result<()> {
                 let core = unseal_offline(&vault).await?;
                 let now = vault.clock.now();
                 let api = core
-                    .keys
+                    .keys()
                     .create_api(
                         &tessera::store::NoRecord,
                         tessera::ids::TenantName::default_tenant(),
@@ -485,7 +485,7 @@ fn main() -> anyhow::Result<()> {
                     )
                     .await?;
                 let secrets = core
-                    .keys
+                    .keys()
                     .bulk_issue(&tessera::ids::TenantScope::All, &api.id, keys, 2000, now)
                     .await?;
                 let mut text = String::with_capacity(secrets.len() * 48);
@@ -606,7 +606,7 @@ fn main() -> anyhow::Result<()> {
                 let vault = Vault::open(config)
                     .context("opening the data directory (is a server running on it?)")?;
                 let core = unseal_offline(&vault).await?;
-                let issued = if core.first_start {
+                let issued = if core.first_start() {
                     None
                 } else {
                     let rec = AuditContext::system(
@@ -616,7 +616,7 @@ fn main() -> anyhow::Result<()> {
                     Some(
                         bootstrap::issue_admin_cert(
                             &*rec,
-                            &core.pki,
+                            core.pki(),
                             &vault.paths,
                             vault.clock.now(),
                         )
@@ -636,7 +636,7 @@ fn main() -> anyhow::Result<()> {
                             vault.clock.now(),
                         );
                         let revoked = core
-                            .pki
+                            .pki()
                             .revoke_admin_certs_except(&*rec, &i.serial, vault.clock.now())
                             .await?;
                         for s in &revoked {

@@ -439,7 +439,7 @@ async fn cert_principal(
     peer: &PeerCert,
     now: Timestamp,
 ) -> Result<Principal, ApiError> {
-    let usable = peer.not_after > now && !core.pki.is_revoked(&peer.serial);
+    let usable = peer.not_after > now && !core.pki().is_revoked(&peer.serial);
     let id = peer
         .uri
         .as_deref()
@@ -451,7 +451,7 @@ async fn cert_principal(
         return Err(ApiError::Unauthenticated);
     };
     Ok(core
-        .access
+        .access()
         .principal_for_cert(
             id,
             peer.serial.clone(),
@@ -532,7 +532,7 @@ async fn bearer_principal(
     if key.prefix() != ROOT_KEY_PREFIX {
         return Ok(None);
     }
-    let Some(k) = core.keys.authenticate_root(&key, now).await? else {
+    let Some(k) = core.keys().authenticate_root(&key, now).await? else {
         return Ok(None);
     };
     let permissions = crate::access::root_key_permissions(k.scopes.iter().map(|s| s.as_str()));

@@ -266,14 +266,14 @@ fn audit_response(state: &web::Data<AppState>, res: &ServiceResponse<BoxBody>) {
         metrics::AUDIT_REFUSALS
             .with_label_values(&[event.outcome.as_str()])
             .inc();
-        state.refusals.note(event);
+        state.runtime.refusals.note(event);
         return;
     }
     let Some(core) = state.try_core() else {
         return;
     };
     actix_web::rt::spawn(async move {
-        if let Err(e) = core.audit.write(&event).await {
+        if let Err(e) = core.audit().write(&event).await {
             tracing::error!(error = %e, "could not write an audit entry");
         }
     });

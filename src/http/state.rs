@@ -1,10 +1,7 @@
 //! What every handler shares. The services live in a [`Core`] that exists only while the
-//! server is unsealed; [`AppState::core`] answers 503 otherwise.
+//! server is unsealed ([`crate::app::Runtime`]); [`AppState::core`] answers 503 otherwise.
 
-use crate::sync::Locked;
-use std::sync::{Arc, Mutex, RwLock};
-
-use zeroize::Zeroizing;
+use std::sync::Arc;
 
 use super::{
     error::ApiError,
@@ -13,11 +10,9 @@ use super::{
     tls::{CertResolver, ClientVerifier},
 };
 use crate::{
-    app::{Core, Vault},
-    audit::refusals::Refusals,
+    app::{Core, Runtime, Vault},
     clock::Clock,
     config::Config,
-    metrics,
 };
 
 pub struct AppState {
@@ -26,17 +21,14 @@ pub struct AppState {
     pub guard: Arc<Guard>,
     pub resolver: Arc<CertResolver>,
     pub verifier: Arc<ClientVerifier>,
-    pub vault: Vault,
-    /// Refusals without a credential, written as one tally per source and window (kept
-    /// across sealing: those made while sealed are written after the unseal).
-    pub refusals: Refusals,
-    core: RwLock<Option<Arc<Core>>>,
-    /// Unseal shares received so far (memory only), by share number.
-    pub(super) unseal_progress: Mutex<Vec<(u8, Zeroizing<Vec<u8>>)>>,
-    pub(super) idempotency: Idempotency,
+    /// Sealed or unsealed, unseal progress, tallied refusals.
+    pub runtime: Arc<Runtime>,
+    pub(super) idempotency: Arc<Idempotency>,
 }
 
 impl AppState {
+    /// The serving state around `vault`: the TLS verifier, the lockout guard and the
+    /// remembered idempotent replies follow the core in and out of service.
     pub fn new(
         config: Config,
         clock: Arc<dyn Clock>,
@@ -45,17 +37,29 @@ impl AppState {
         verifier: Arc<ClientVerifier>,
         vault: Vault,
     ) -> Self {
+        let idempotency = Arc::new(Idempotency::default());
+        let on_change = {
+            let (verifier, guard, idempotency) =
+                (verifier.clone(), guard.clone(), idempotency.clone());
+            Box::new(move |core: Option<&Arc<Core>>| {
+                // Handshakes verify against the core's CA and CRLs; the guard writes lockouts
+                // to its audit log. Remembered replies may hold new keys: nothing secret stays
+                // in memory once the core is out.
+                verifier.set_pki(core.map(|c| c.pki().clone()));
+                guard.set_audit(core.map(|c| c.audit().clone()));
+                if core.is_none() {
+                    idempotency.clear();
+                }
+            })
+        };
         Self {
             config,
             clock,
             guard,
             resolver,
             verifier,
-            vault,
-            refusals: Refusals::default(),
-            core: RwLock::new(None),
-            unseal_progress: Mutex::new(Vec::new()),
-            idempotency: Idempotency::default(),
+            runtime: Arc::new(Runtime::new(vault, on_change)),
+            idempotency,
         }
     }
 
@@ -65,41 +69,14 @@ impl AppState {
     }
 
     pub fn try_core(&self) -> Option<Arc<Core>> {
-        self.core.read_locked().clone()
+        self.runtime.core()
     }
 
     pub fn sealed(&self) -> bool {
-        self.try_core().is_none()
+        self.runtime.sealed()
     }
 
-    /// Puts an unsealed core in service: handshakes verify against its CA and CRLs, the
-    /// guard writes lockouts to its audit log.
-    pub fn install(&self, core: Core) -> Arc<Core> {
-        let core = Arc::new(core);
-        self.verifier.set_pki(Some(core.pki.clone()));
-        self.guard.set_audit(Some(core.audit.clone()));
-        *self.core.write_locked() = Some(core.clone());
-        metrics::SEALED.set(0);
-        core
-    }
-
-    /// Takes the core out of service to reopen the store (requests get 503 meanwhile).
-    pub fn take_core(&self) -> Option<Arc<Core>> {
-        let core = self.core.write_locked().take();
-        // Remembered replies may hold new keys: nothing secret stays in memory once sealed.
-        self.idempotency.clear();
-        self.verifier.set_pki(None);
-        self.guard.set_audit(None);
-        core
-    }
-
-    /// Seals: takes the core out of service. Its keys are dropped (zeroized) as soon as the
-    /// requests still holding it finish.
-    pub fn seal(&self) -> Option<Arc<Core>> {
-        let core = self.core.write_locked().take();
-        self.verifier.set_pki(None);
-        self.guard.set_audit(None);
-        metrics::SEALED.set(1);
-        core
+    pub fn vault(&self) -> &Vault {
+        &self.runtime.vault
     }
 }

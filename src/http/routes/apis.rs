@@ -40,13 +40,13 @@ pub async fn create(
     let mut input = body.value;
     let tenant =
         target_tenant(&auth.0, input.tenant.take()).map_err(|m| ApiError::bad("tenant", m))?;
-    if core.access.tenant(&tenant).await?.is_none() {
+    if core.access().tenant(&tenant).await?.is_none() {
         return Err(ApiError::bad("tenant", "must name an existing tenant"));
     }
     state
         .idempotency
         .run(&auth.0.name(), req.path(), idem, digest, || async {
-            let api = core.keys.create_api(&*audit, tenant, input, now).await?;
+            let api = core.keys().create_api(&*audit, tenant, input, now).await?;
             Reply::json(StatusCode::CREATED, &api)
         })
         .await
@@ -64,7 +64,7 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::ApisRead)?;
-    let page = core.keys.list_apis(&scope, &q.0.page()?).await?;
+    let page = core.keys().list_apis(&scope, &q.0.page()?).await?;
     Ok(HttpResponse::Ok().json(page))
 }
 
@@ -81,7 +81,7 @@ pub async fn get(
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::ApisRead)?;
     let id = path_param(&id, "id", ApiId::parse)?;
-    Ok(HttpResponse::Ok().json(core.keys.get_api(&scope, &id).await?))
+    Ok(HttpResponse::Ok().json(core.keys().get_api(&scope, &id).await?))
 }
 
 #[utoipa::path(
@@ -104,7 +104,7 @@ pub async fn update(
     let scope = authorize(&auth.0, Permission::ApisWrite)?;
     let id = path_param(&id, "id", ApiId::parse)?;
     let api = core
-        .keys
+        .keys()
         .update_api(&*audit, &scope, &id, body.value, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(api))
@@ -127,7 +127,7 @@ pub async fn delete(
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::ApisWrite)?;
     let id = path_param(&id, "id", ApiId::parse)?;
-    core.keys
+    core.keys()
         .delete_api(&*audit, &scope, &id, state.clock.now())
         .await?;
     Ok(HttpResponse::NoContent().finish())

@@ -89,7 +89,7 @@ pub async fn list(
                     .map_err(|_| ApiError::bad("cursor", "must be a next_cursor from this list"))?,
                 (None, None) => 0,
             };
-            let items = core.audit.list(after, limit).await?;
+            let items = core.audit().list(after, limit).await?;
             let next = (items.len() == limit)
                 .then(|| items.last().map(|e| e.seq.to_string()))
                 .flatten();
@@ -112,7 +112,7 @@ pub async fn list(
                     .transpose()
                     .map_err(|m| ApiError::bad("cursor", m))?;
             let (items, last) = core
-                .audit
+                .audit()
                 .list_tenant(&tenant, cursor.as_ref().map(Cursor::position), limit)
                 .await?;
             let next = (items.len() == limit)
@@ -148,7 +148,7 @@ pub async fn verify(
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     global_auditor(&auth)?;
-    let report = core.audit.verify(None).await?;
+    let report = core.audit().verify(None).await?;
     Ok(HttpResponse::Ok().json(report))
 }
 
@@ -173,10 +173,10 @@ pub async fn checkpoint(
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     global_auditor(&auth)?;
-    let cp = match core.audit.latest_checkpoint().await? {
+    let cp = match core.audit().latest_checkpoint().await? {
         Some(cp) if !q.0.fresh => cp,
         _ => core
-            .audit
+            .audit()
             .checkpoint(state.clock.now())
             .await
             .map_err(|e| {

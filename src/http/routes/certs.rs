@@ -106,10 +106,10 @@ async fn issuable(
     identity: &ServiceName,
 ) -> Result<TenantName, ApiError> {
     let tenant = target_tenant(&auth.0, named).map_err(|m| ApiError::bad("tenant", m))?;
-    if core.access.tenant(&tenant).await?.is_none() {
+    if core.access().tenant(&tenant).await?.is_none() {
         return Err(ApiError::bad("tenant", "must name an existing tenant"));
     }
-    let granted = core.access.granted_to(&tenant, identity).await?;
+    let granted = core.access().granted_to(&tenant, identity).await?;
     may_grant(&auth.0, granted)?;
     Ok(tenant)
 }
@@ -190,14 +190,14 @@ pub async fn issue(
         }
         (None, false) => return Err(ApiError::bad("csr", "is required unless generate is true")),
     };
-    let ttl = core.pki.ttl(b.ttl_seconds)?;
+    let ttl = core.pki().ttl(b.ttl_seconds)?;
     let tenant = issuable(&auth, &core, b.tenant, &b.identity).await?;
     let ceiling = Ceiling::from_bits(auth.0.ceiling().bits());
     state
         .idempotency
         .run(&auth.0.name(), req.path(), idem, digest, || async {
             let (issued, private_key) = core
-                .pki
+                .pki()
                 .issue_service(&*audit, tenant, b.identity, key, ttl, ceiling, now)
                 .await?;
             metrics::CERTS_ISSUED.inc();
@@ -233,7 +233,7 @@ pub async fn renew(
     }
     let b = body.0.value;
     let issued = core
-        .pki
+        .pki()
         .renew(
             &*audit,
             &peer.serial,
@@ -269,7 +269,7 @@ pub async fn list(
     let identity = match q.identity {
         None => None,
         Some(i) if i.starts_with("spiffe://") => Some(
-            SpiffeId::parse(&i, core.pki.trust_domain())
+            SpiffeId::parse(&i, core.pki().trust_domain())
                 .map_err(|m| ApiError::bad("identity", m))?,
         ),
         Some(name) => {
@@ -279,13 +279,13 @@ pub async fn list(
                 TenantScope::All => TenantName::default_tenant(),
             };
             Some(SpiffeId::new(
-                core.pki.trust_domain().clone(),
+                core.pki().trust_domain().clone(),
                 Identity::Service { tenant, name },
             ))
         }
     };
     let page = core
-        .pki
+        .pki()
         .list(&scope, identity.as_ref(), &page, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(page))
@@ -304,7 +304,7 @@ pub async fn get(
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::CertsRead)?;
     let serial = path_param(&serial, "serial", Serial::parse)?;
-    let rec = core.pki.get(&scope, &serial).await?;
+    let rec = core.pki().get(&scope, &serial).await?;
     Ok(HttpResponse::Ok().json(CertView::new(&rec, state.clock.now())))
 }
 
@@ -336,18 +336,18 @@ pub async fn revoke(
     // caller must be able to act on each of them: a CSR is public, and a planted certificate
     // with a wider service's public key must not become a way to revoke that service.
     for target in core
-        .pki
+        .pki()
         .revocation_reach(&scope, &serial, reason, now)
         .await?
     {
-        if let Ok(id) = SpiffeId::parse(&target.identity, core.pki.trust_domain())
+        if let Ok(id) = SpiffeId::parse(&target.identity, core.pki().trust_domain())
             && let Identity::Service { tenant, name } = &id.identity
         {
-            may_act_on(&auth.0, core.access.granted_to(tenant, name).await?)?;
+            may_act_on(&auth.0, core.access().granted_to(tenant, name).await?)?;
         }
     }
     let rec = core
-        .pki
+        .pki()
         .revoke(&*audit, &scope, &serial, reason, now)
         .await?;
     Ok(HttpResponse::Ok().json(CertView::new(&rec, now)))
@@ -366,7 +366,7 @@ pub async fn verify(
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::CertsVerify)?;
     let verdict =
-        core.pki
+        core.pki()
             .verify_certificate(&scope, &body.value.certificate, state.clock.now())?;
     metrics::CERT_VERIFY
         .with_label_values(&[verdict.code.as_str()])
@@ -411,10 +411,10 @@ pub async fn create_enrolment_token(
     let ttl = enrol::token_ttl(b.ttl_seconds)?;
     let tenant = issuable(&auth, &core, b.tenant, &b.identity).await?;
     let (token, secret) = core
-        .pki
+        .pki()
         .create_enrolment_token(
             &*audit,
-            core.keyring.pepper(),
+            core.pepper(),
             tenant,
             b.identity,
             ttl,
@@ -472,10 +472,10 @@ pub async fn enrol(
     }
     let b = body.value;
     let issued = core
-        .pki
+        .pki()
         .enrol(
             &*audit,
-            core.keyring.pepper(),
+            core.pepper(),
             b.token.expose(),
             &b.identity,
             b.csr,

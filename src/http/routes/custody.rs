@@ -1,12 +1,14 @@
 //! `/v1/sys/...`: seal status, unseal with Shamir shares, seal, keyring rotation, backup.
 
-use crate::sync::Locked;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     access::{Permission, authorize},
-    app::KeySource,
+    app::{
+        KeySource,
+        runtime::{Unseal, UnsealError},
+    },
     crypto::secret::SecretString,
     http::{
         error::{ApiError, ErrorBody},
@@ -75,20 +77,20 @@ fn admin_only(auth: &Authenticated) -> Result<(), ApiError> {
     security(()),
 )]
 pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let seal = state.vault.seal.as_ref();
-    let progress = state.unseal_progress.write_locked().len();
+    let seal = state.vault().seal.as_ref();
+    let progress = state.runtime.unseal_progress();
     let keyring = state.try_core().map(|c| {
-        let (current, versions) = c.admin.key_versions();
+        let (current, versions) = c.key_versions();
         KeyringVersions { current, versions }
     });
     Ok(HttpResponse::Ok().json(SysStatus {
         sealed: state.sealed(),
         initialized: state
-            .vault
+            .vault()
             .db()
             .and_then(|d| d.initialized())
             .unwrap_or(false),
-        key_source: state.vault.key_source(),
+        key_source: state.vault().key_source(),
         threshold: seal.map(|s| s.threshold),
         shares: seal.map(|s| s.shares),
         progress,
@@ -120,68 +122,51 @@ pub async fn unseal(
     req: HttpRequest,
     body: Json<UnsealBody>,
 ) -> Result<HttpResponse, ApiError> {
-    if !state.sealed() {
-        return Ok(HttpResponse::Ok().json(SealState::sealed(false)));
+    if state.runtime.sealed() {
+        // Guessing shares is a credential attack like any other: a locked-out source waits.
+        if let Some(ip) = state.guard.source(&req)
+            && let Some(secs) = state.guard.locked(ip)
+        {
+            return Err(ApiError::TooManyRequests { retry_after: secs });
+        }
     }
-    let Some(seal) = state.vault.seal.as_ref() else {
-        return Err(ApiError::Conflict(
-            "this data directory is not sealed with shares".into(),
-        ));
-    };
-    // Guessing shares is a credential attack like any other: a locked-out source waits.
-    if let Some(ip) = state.guard.source(&req)
-        && let Some(secs) = state.guard.locked(ip)
+    match state
+        .runtime
+        .unseal_with_share(body.value.share.expose(), state.clock.now())
+        .await
     {
-        return Err(ApiError::TooManyRequests { retry_after: secs });
-    }
-    let threshold = usize::from(seal.threshold);
-    let (n, bytes) = match state.vault.check_share(body.value.share.expose()) {
-        Ok(v) => v,
-        Err(_) => {
+        Ok(Unseal::AlreadyUnsealed) => Ok(HttpResponse::Ok().json(SealState::sealed(false))),
+        Ok(Unseal::Progress { given, threshold }) => Ok(HttpResponse::Ok().json(SealState {
+            sealed: true,
+            progress: Some(given),
+            threshold: Some(threshold),
+        })),
+        Ok(Unseal::Unsealed { threshold }) => {
+            tracing::info!("unsealed");
+            Ok(HttpResponse::Ok().json(SealState {
+                sealed: false,
+                progress: Some(threshold),
+                threshold: Some(threshold),
+            }))
+        }
+        Err(UnsealError::NotShares) => Err(ApiError::Conflict(
+            "this data directory is not sealed with shares".into(),
+        )),
+        Err(UnsealError::Repeated) => Err(ApiError::bad("share", "was already given")),
+        Err(UnsealError::Wrong) => {
             if let Some(ip) = state.guard.source(&req) {
                 state.guard.failed(ip, "unseal share refused");
             }
-            return Err(ApiError::bad(
+            Err(ApiError::bad(
                 "share",
                 "must be one of this data directory's shares",
-            ));
+            ))
         }
-    };
-    let ready = {
-        let mut p = state.unseal_progress.write_locked();
-        if p.iter().any(|(m, _)| *m == n) {
-            return Err(ApiError::bad("share", "was already given"));
+        Err(UnsealError::Failed(e)) => {
+            tracing::error!(error = %e, "unseal failed");
+            Err(ApiError::Internal)
         }
-        p.push((n, bytes));
-        if p.len() < threshold {
-            return Ok(HttpResponse::Ok().json(SealState {
-                sealed: true,
-                progress: Some(p.len()),
-                threshold: Some(threshold),
-            }));
-        }
-        std::mem::take(&mut *p)
-    };
-    let shares: Vec<_> = ready.into_iter().map(|(_, b)| b).collect();
-    let master = state.vault.combine(&shares).map_err(|e| {
-        tracing::error!(error = %e, "unseal failed");
-        ApiError::Internal
-    })?;
-    let core = state.vault.unseal(master).await.map_err(|e| {
-        tracing::error!(error = %e, "unseal failed");
-        ApiError::Internal
-    })?;
-    let core = state.install(core);
-    let mut b = Batch::new();
-    let rec = crate::audit::AuditContext::system("unseal", state.clock.now());
-    rec.record(&mut b, "sys", None)?;
-    core.store.commit(b).await?;
-    tracing::info!("unsealed");
-    Ok(HttpResponse::Ok().json(SealState {
-        sealed: false,
-        progress: Some(threshold),
-        threshold: Some(threshold),
-    }))
+    }
 }
 
 /// `POST /v1/sys/seal` (global admin): every key leaves memory at once.
@@ -196,19 +181,18 @@ pub async fn seal(
 ) -> Result<HttpResponse, ApiError> {
     admin_only(&auth)?;
     let core = state.core()?;
-    if state.vault.seal.is_none() && state.vault.key_source() != crate::app::KeySource::Shares {
+    if state.vault().seal.is_none() && state.vault().key_source() != crate::app::KeySource::Shares {
         // Sealing a key-file server is allowed (the key file unseals it at the next start);
         // say so in the answer.
         tracing::warn!("sealed a server whose master key is a file or the environment");
     }
     // Usage counters are flushed first; the entry is written while the store is still open.
-    let _ = core.keys.usage().flush().await;
+    let _ = core.keys().usage().flush().await;
     let mut b = Batch::new();
     audit.record(&mut b, "sys", None)?;
-    core.store.commit(b).await?;
+    core.store().commit(b).await?;
     drop(core);
-    state.seal();
-    state.unseal_progress.write_locked().clear();
+    state.runtime.seal();
     tracing::info!("sealed");
     Ok(HttpResponse::Ok().json(SealState::sealed(true)))
 }
@@ -226,14 +210,8 @@ pub async fn rotate_keyring(
 ) -> Result<HttpResponse, ApiError> {
     admin_only(&auth)?;
     let core = state.core()?;
-    let c = core.clone();
-    let current = actix_web::rt::task::spawn_blocking(move || c.admin.rotate_keyring(&c.master))
-        .await
-        .map_err(|_| ApiError::Internal)??;
-    let mut b = Batch::new();
-    audit.record(&mut b, &format!("data-key-{current}"), None)?;
-    core.store.commit(b).await?;
-    let (_, versions) = core.admin.key_versions();
+    let current = core.rotate_keyring(&*audit).await?;
+    let (_, versions) = core.key_versions();
     Ok(HttpResponse::Ok().json(KeyringVersions { current, versions }))
 }
 
@@ -251,35 +229,10 @@ pub async fn backup(
 ) -> Result<HttpResponse, ApiError> {
     admin_only(&auth)?;
     let core = state.core()?;
-    let mut b = Batch::new();
-    audit.record(&mut b, "backup", None)?;
-    core.store.commit(b).await?;
-    let head = core.store.log_head(crate::audit::LOG).await?;
-    let admin = core.admin.clone();
-    let entries = actix_web::rt::task::spawn_blocking(move || admin.snapshot())
-        .await
-        .map_err(|_| ApiError::Internal)??;
     let now = state.clock.now();
-    let header = crate::store::backup::Header {
-        version: crate::store::backup::VERSION,
-        created_at: now,
-        data_format: core.admin.format_version(),
-        trust_domain: state.config.trust_domain.as_str().to_owned(),
-        entries: entries.len() as u64,
-        audit_head_seq: head.seq,
-        revoked_serials: core
-            .pki
-            .revoked_serials()
-            .iter()
-            .map(|s| s.as_str().to_owned())
-            .collect(),
-    };
-    let key = core.keyring.pepper().backup_key();
-    let bytes = actix_web::rt::task::spawn_blocking(move || {
-        crate::store::backup::encode(&header, &entries, &key)
-    })
-    .await
-    .map_err(|_| ApiError::Internal)?;
+    let bytes = core
+        .backup(&*audit, state.config.trust_domain.as_str(), now)
+        .await?;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
         .insert_header(("cache-control", "no-store"))

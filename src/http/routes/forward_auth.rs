@@ -176,7 +176,7 @@ async fn decide(
         let Some(pem) = unescape_pem(escaped) else {
             return Ok(deny(StatusCode::UNAUTHORIZED));
         };
-        let verdict = match core.pki.verify_certificate(&scope, &pem, now) {
+        let verdict = match core.pki().verify_certificate(&scope, &pem, now) {
             Ok(v) => v,
             Err(PkiError::Invalid { .. }) => return Ok(deny(StatusCode::UNAUTHORIZED)),
             Err(e) => return Err(e.into()),
@@ -210,7 +210,7 @@ async fn decide(
             scopes,
             presented_identity: None,
         };
-        let verdict = core.keys.verify(&scope, &request, &caller, now).await?;
+        let verdict = core.keys().verify(&scope, &request, &caller, now).await?;
         metrics::KEY_VERIFY
             .with_label_values(&[verdict.code.as_str()])
             .inc();

@@ -90,7 +90,7 @@ pub async fn create(
         .idempotency
         .run(&auth.0.name(), req.path(), idem, body.digest, || async {
             let (view, secret) = core
-                .keys
+                .keys()
                 .issue_key(&*audit, &scope, &api_id, body.value, now)
                 .await?;
             metrics::KEYS_ISSUED.inc();
@@ -120,7 +120,7 @@ pub async fn list(
     let scope = authorize(&auth.0, Permission::KeysRead)?;
     let api_id = path_param(&api_id, "api_id", ApiId::parse)?;
     let page = core
-        .keys
+        .keys()
         .list_keys(&scope, &api_id, &q.0.page()?, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(page))
@@ -140,7 +140,7 @@ pub async fn get(
     let scope = authorize(&auth.0, Permission::KeysRead)?;
     let id = path_param(&id, "id", KeyId::parse)?;
     let view = core
-        .keys
+        .keys()
         .get_key(&scope, KeyKind::Api, &id, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(view))
@@ -166,7 +166,7 @@ pub async fn update(
     let scope = authorize(&auth.0, Permission::KeysUpdate)?;
     let id = path_param(&id, "id", KeyId::parse)?;
     let view = core
-        .keys
+        .keys()
         .update_key(
             &*audit,
             &scope,
@@ -222,7 +222,7 @@ pub(super) async fn rotate_in(
         .idempotency
         .run(&auth.0.name(), req.path(), idem, body.digest, || async {
             let (view, secret) = core
-                .keys
+                .keys()
                 .rotate_key(&**audit, scope, kind, id, body.value, now)
                 .await?;
             metrics::KEYS_ISSUED.inc();
@@ -263,7 +263,7 @@ pub async fn revoke(
     let scope = authorize(&auth.0, Permission::KeysRevoke)?;
     let id = path_param(&id, "id", KeyId::parse)?;
     let view = core
-        .keys
+        .keys()
         .revoke_key(&*audit, &scope, KeyKind::Api, &id, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(view))
@@ -291,7 +291,7 @@ pub async fn verify(
         Credential::RootKey { .. } => CallerIdentity::default(),
     };
     let verdict = core
-        .keys
+        .keys()
         .verify(&scope, &body.value, &caller, state.clock.now())
         .await?;
     metrics::KEY_VERIFY

@@ -23,8 +23,8 @@ use crate::{
 )]
 pub async fn ca_bundle(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let pem = match state.try_core() {
-        Some(core) => core.pki.ca_bundle_pem(),
-        None => std::fs::read_to_string(&state.vault.paths.ca).map_err(|_| ApiError::Sealed)?,
+        Some(core) => core.pki().ca_bundle_pem(),
+        None => std::fs::read_to_string(&state.vault().paths.ca).map_err(|_| ApiError::Sealed)?,
     };
     Ok(HttpResponse::Ok()
         .content_type("application/pem-certificate-chain")
@@ -85,7 +85,7 @@ pub async fn crl(state: web::Data<AppState>, q: Query<CrlQuery>) -> Result<HttpR
         Some(id) => CrlSelect::One(path_param(id, "issuer", CaId::parse)?),
     };
     let body = match state.try_core() {
-        Some(core) => core.pki.crl(&which, format).ok_or(ApiError::NotFound)?,
+        Some(core) => core.pki().crl(&which, format).ok_or(ApiError::NotFound)?,
         // Sealed: the CRLs as last published to the certs directory.
         None => crate::pki::published_crl(&state.config.certs_dir, &which, format)
             .ok_or(ApiError::NotFound)?,
@@ -128,8 +128,11 @@ pub async fn rotate(
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     authorize(&auth.0, Permission::Admin)?;
-    let id = core.pki.rotate_issuing(&*audit, state.clock.now()).await?;
-    let a = core.pki.authority();
+    let id = core
+        .pki()
+        .rotate_issuing(&*audit, state.clock.now())
+        .await?;
+    let a = core.pki().authority();
     Ok(HttpResponse::Created().json(CaRotation {
         issuing: id,
         retired: a

@@ -108,7 +108,7 @@ pub async fn create(
     let digest = body.digest;
     let b = body.value;
     let tenant = target_tenant(&auth.0, b.tenant).map_err(|m| ApiError::bad("tenant", m))?;
-    if core.access.tenant(&tenant).await?.is_none() {
+    if core.access().tenant(&tenant).await?.is_none() {
         return Err(ApiError::bad("tenant", "must name an existing tenant"));
     }
     if b.permissions.contains(Permission::Admin) {
@@ -140,7 +140,7 @@ pub async fn create(
         .idempotency
         .run(&auth.0.name(), req.path(), idem, digest, || async {
             let (view, secret) = core
-                .keys
+                .keys()
                 .issue_root_key(&*audit, &tenant, input, now)
                 .await?;
             Reply::json(
@@ -167,7 +167,7 @@ pub async fn list(
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::TenantsAdmin)?;
     let page = core
-        .keys
+        .keys()
         .list_root_keys(&scope, &q.0.page()?, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(Page {
@@ -190,7 +190,7 @@ pub async fn get(
     let scope = authorize(&auth.0, Permission::TenantsAdmin)?;
     let id = path_param(&id, "id", KeyId::parse)?;
     let view = core
-        .keys
+        .keys()
         .get_key(&scope, KeyKind::Root, &id, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(RootKeyView::from(&view)))
@@ -250,7 +250,7 @@ pub async fn revoke(
     let id = path_param(&id, "id", KeyId::parse)?;
     held_by(&auth, &state, &scope, &id).await?;
     let view = core
-        .keys
+        .keys()
         .revoke_key(&*audit, &scope, KeyKind::Root, &id, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(RootKeyView::from(&view)))
@@ -266,7 +266,7 @@ async fn held_by(
 ) -> Result<(), ApiError> {
     let core = state.core()?;
     let view = core
-        .keys
+        .keys()
         .get_key(scope, KeyKind::Root, id, state.clock.now())
         .await?;
     may_act_on(

@@ -51,7 +51,7 @@ pub async fn healthz() -> HttpResponse {
     security(()),
 )]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    if state.try_core().is_some_and(|c| c.store.healthy()) {
+    if state.try_core().is_some_and(|c| c.store().healthy()) {
         HttpResponse::Ok().json(Health { status: "ready" })
     } else {
         HttpResponse::ServiceUnavailable().json(Health {

@@ -44,7 +44,7 @@ pub async fn create(
         return Err(ApiError::Forbidden);
     }
     let t = core
-        .access
+        .access()
         .create_tenant(&*audit, body.value.name, state.clock.now())
         .await?;
     Ok(HttpResponse::Created().json(t))
@@ -62,7 +62,7 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::TenantsAdmin)?;
-    let page = core.access.list_tenants(&scope, &q.0.page()?).await?;
+    let page = core.access().list_tenants(&scope, &q.0.page()?).await?;
     Ok(HttpResponse::Ok().json(page))
 }
 
@@ -75,7 +75,7 @@ async fn tenant_in_scope(
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::TenantsAdmin)?;
     let name = path_param(t, "tenant", TenantName::parse)?;
-    core.access.visible_tenant(&scope, &name).await?;
+    core.access().visible_tenant(&scope, &name).await?;
     Ok((scope, name))
 }
 
@@ -92,7 +92,7 @@ pub async fn get(
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::TenantsAdmin)?;
     let name = path_param(&t, "tenant", TenantName::parse)?;
-    Ok(HttpResponse::Ok().json(core.access.visible_tenant(&scope, &name).await?))
+    Ok(HttpResponse::Ok().json(core.access().visible_tenant(&scope, &name).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -122,7 +122,7 @@ pub async fn list_roles(
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
-    let roles = core.access.list_roles(&tenant).await?;
+    let roles = core.access().list_roles(&tenant).await?;
     Ok(HttpResponse::Ok().json(Page {
         items: roles,
         next_cursor: None,
@@ -149,7 +149,7 @@ pub async fn create_role(
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
     let b = body.value;
     if core
-        .access
+        .access()
         .role_permissions(&tenant, &b.name)
         .await?
         .is_some()
@@ -157,7 +157,7 @@ pub async fn create_role(
         return Err(ApiError::Conflict("a role with this name exists".into()));
     }
     let role = core
-        .access
+        .access()
         .put_role(
             &*audit,
             &auth.0,
@@ -188,7 +188,7 @@ pub async fn put_role(
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
     let name = path_param(&r, "role", RoleName::parse)?;
     let role = core
-        .access
+        .access()
         .put_role(
             &*audit,
             &auth.0,
@@ -215,7 +215,7 @@ pub async fn get_role(
     let (t, r) = path.into_inner();
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
     let name = path_param(&r, "role", RoleName::parse)?;
-    let roles = core.access.list_roles(&tenant).await?;
+    let roles = core.access().list_roles(&tenant).await?;
     let role = roles
         .into_iter()
         .find(|x| x.name == name.as_str())
@@ -238,7 +238,7 @@ pub async fn delete_role(
     let (t, r) = path.into_inner();
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
     let name = path_param(&r, "role", RoleName::parse)?;
-    core.access
+    core.access()
         .delete_role(&*audit, &auth.0, &tenant, &name)
         .await?;
     Ok(HttpResponse::NoContent().finish())
@@ -263,7 +263,7 @@ pub async fn list_bindings(
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
-    let items = core.access.list_bindings(&tenant).await?;
+    let items = core.access().list_bindings(&tenant).await?;
     Ok(HttpResponse::Ok().json(Page {
         items,
         next_cursor: None,
@@ -288,7 +288,7 @@ pub async fn put_binding(
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
     let identity = path_param(&i, "identity", ServiceName::parse)?;
     let view = core
-        .access
+        .access()
         .put_binding(
             &*audit,
             &auth.0,
@@ -315,7 +315,7 @@ pub async fn get_binding(
     let (t, i) = path.into_inner();
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
     let identity = path_param(&i, "identity", ServiceName::parse)?;
-    Ok(HttpResponse::Ok().json(core.access.get_binding(&tenant, &identity).await?))
+    Ok(HttpResponse::Ok().json(core.access().get_binding(&tenant, &identity).await?))
 }
 
 #[utoipa::path(
@@ -333,7 +333,7 @@ pub async fn delete_binding(
     let (t, i) = path.into_inner();
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
     let identity = path_param(&i, "identity", ServiceName::parse)?;
-    core.access
+    core.access()
         .delete_binding(&*audit, &auth.0, &tenant, &identity)
         .await?;
     Ok(HttpResponse::NoContent().finish())

@@ -1,75 +1,29 @@
-//! Assembly. A [`Vault`] is a data directory opened without keys: it holds the database lock,
-//! knows how the master key is obtained (the environment, the key file, or Shamir shares) and
-//! can check and combine unseal shares. [`Vault::unseal`] turns a master key into a [`Core`]:
-//! every service, with the keys in memory. Dropping the `Core` (sealing) drops them.
+//! Custody: a data directory opened without keys. A [`Vault`] holds the database lock, knows
+//! how the master key is obtained (the environment, the key file, or Shamir shares), checks
+//! and combines unseal shares, rotates the master key, and turns a master key into a [`Core`]
+//! ([`Vault::unseal`]). The master key itself is visible to custody alone.
 
-use crate::sync::Locked;
 use std::{path::Path, sync::Arc};
 
 use ring::digest;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::{AppError, Core, MASTER_KEY_ENV, io};
 use crate::{
-    access::Access,
-    audit::{Audit, AuditContext},
     clock::{Clock, SystemClock},
     config::Config,
-    crypto::{
-        hex,
-        keyring::{Keyring, MasterKey},
-        secret::Key256,
-    },
+    crypto::{hex, keyring::MasterKey, secret::Key256},
     files,
-    keys::Keys,
-    pki::{
-        Pki, PkiError, Policy,
-        bootstrap::{self, CertPaths},
-    },
+    pki::bootstrap::CertPaths,
     store::{
-        Recorder, Store, StoreAdmin, StoreError,
+        Store, StoreError,
         sled::{SledDb, SledOptions},
     },
+    sync::Locked,
 };
 
-/// The environment variable that may carry the master key (64 hex digits).
-pub const MASTER_KEY_ENV: &str = "TESSERA_MASTER_KEY";
 const SEAL_META: &str = "seal";
-/// Set by `tessera restore`: the first unseal writes the new audit epoch's entry.
-pub const RESTORE_META: &str = "restore";
-
-/// Errors while starting up or unsealing. Each says what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("master key: {0}")]
-    MasterKey(String),
-    #[error("store: {0}")]
-    Store(#[from] StoreError),
-    #[error("pki: {0}")]
-    Pki(#[from] PkiError),
-    #[error("access: {0}")]
-    Access(#[from] crate::access::AccessError),
-    #[error("audit: {0}")]
-    Audit(#[from] crate::audit::CheckpointError),
-    #[error("tls: {0}")]
-    Tls(#[from] crate::http::tls::TlsError),
-    #[error("unseal: {0}")]
-    Share(&'static str),
-}
-
-fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> AppError + 'a {
-    move |source| AppError::Io {
-        what,
-        path: path.display().to_string(),
-        source,
-    }
-}
 
 /// How a Shamir-sealed data directory is unsealed: the threshold and a hash of every share,
 /// so that each share is checked on arrival.
@@ -347,62 +301,9 @@ impl Vault {
         MasterKey::new(key).map_err(|e| AppError::MasterKey(e.to_string()))
     }
 
-    /// Unseals: the keyring, the CA, the services.
+    /// Unseals: the keyring, the CA, the services (see [`Core`]).
     pub async fn unseal(&self, master: MasterKey) -> Result<Core, AppError> {
-        let (sled, keyring) = self.db()?.unseal(&master)?;
-        let store: Arc<dyn Store> = Arc::new(sled.clone());
-        let audit = Arc::new(Audit::open(store.clone()).await?);
-        let access = Arc::new(Access::new(store.clone(), self.config.trust_domain.clone()));
-        access.ensure_default_tenant(self.clock.now()).await?;
-        let policy = Policy {
-            default_ttl_secs: self.config.cert_default_ttl_secs,
-            max_ttl_secs: self.config.cert_max_ttl_secs,
-            max_lineage_secs: self.config.cert_max_lineage_secs,
-        };
-        let (pki, first_start) = Pki::open(
-            store.clone(),
-            self.config.trust_domain.clone(),
-            policy,
-            Some(self.config.certs_dir.clone()),
-            self.clock.now(),
-        )
-        .await?;
-        let pki = Arc::new(pki);
-        pki.set_public_url(
-            self.config
-                .public_url
-                .clone()
-                .unwrap_or_else(|| format!("https://localhost:{}", self.config.listen.port())),
-        );
-        if first_start {
-            let rec = AuditContext::system("issue bootstrap admin credential", self.clock.now());
-            bootstrap::issue_admin_cert(&*rec, &pki, &self.paths, self.clock.now()).await?;
-        }
-        if let Some(restore) = self.db()?.meta(RESTORE_META)? {
-            // The first unseal after a restore opens a new audit epoch, in the chain.
-            let rec = AuditContext::system("restore: new audit epoch", self.clock.now());
-            let mut b = crate::store::Batch::new();
-            let _ = restore;
-            rec.record(&mut b, "restore", None)?;
-            store.commit(b).await?;
-            self.db()?.delete_meta(RESTORE_META)?;
-        }
-        let keys = Keys::new(
-            store.clone(),
-            keyring.clone(),
-            self.config.verify_cache_keys,
-        );
-        Ok(Core {
-            store,
-            admin: Arc::new(sled),
-            keyring,
-            master,
-            pki,
-            access,
-            audit,
-            keys,
-            first_start,
-        })
+        Core::open(self, master).await
     }
 }
 
@@ -447,22 +348,6 @@ pub fn write_key_file(path: &Path, key: &MasterKey) -> Result<(), AppError> {
     let mut text = Zeroizing::new(hex::encode(key.expose()));
     text.push('\n');
     files::write_atomic(path, text.as_bytes(), files::PRIVATE).map_err(io("cannot write", path))
-}
-
-/// Every service of an unsealed server. Dropping it drops the keys.
-pub struct Core {
-    pub store: Arc<dyn Store>,
-    /// The store's admin half: keyring rotation and rewrap, backup snapshots.
-    pub admin: Arc<dyn StoreAdmin>,
-    pub keyring: Arc<Keyring>,
-    /// Kept for keyring rotation; zeroized when the core is dropped (sealing).
-    pub master: MasterKey,
-    pub pki: Arc<Pki>,
-    pub access: Arc<Access>,
-    pub audit: Arc<Audit>,
-    pub keys: Keys,
-    /// Whether this unseal created the CA (and so the admin credential).
-    pub first_start: bool,
 }
 
 /// Opens only the store of an existing data directory (for offline checks that must write
