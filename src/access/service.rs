@@ -16,7 +16,7 @@ use crate::{
     clock::Timestamp,
     identity::{Identity, Serial, ServiceName, SpiffeId},
     ids::{TenantId, TenantName, TenantScope},
-    page::{Cursor, Page, PageRequest},
+    page::{Page, PageRequest},
     store::{self, Batch, Expect, IndexName, Kind, Record, Recorder, Store, StoreError},
 };
 
@@ -189,30 +189,14 @@ impl Access {
                 next_cursor: None,
             });
         }
-        let entries = self
-            .store
-            .scan(
-                IDX_TENANTS,
-                b"",
-                page.cursor.as_ref().map(Cursor::position),
-                page.limit + 1,
+        crate::page::from_index(&*self.store, IDX_TENANTS, b"", page, |id| async move {
+            Ok::<_, AccessError>(
+                store::record::get::<Tenant>(&*self.store, &id)
+                    .await?
+                    .map(|(_, t)| t),
             )
-            .await?;
-        let more = entries.len() > page.limit;
-        let mut items = Vec::new();
-        let mut last = None;
-        for e in entries.into_iter().take(page.limit) {
-            if let Some((_, t)) = store::record::get::<Tenant>(&*self.store, &e.id).await? {
-                items.push(t);
-            }
-            last = Some(e.key);
-        }
-        Ok(Page {
-            items,
-            next_cursor: more
-                .then(|| last.map(|k| Cursor::from_position(&k).encode()))
-                .flatten(),
         })
+        .await
     }
 
     // ---- roles ----

@@ -15,7 +15,7 @@ use crate::{
     clock::Timestamp,
     crypto::apikey::ApiKey,
     ids::{ApiId, KeyId, TenantScope},
-    page::{Cursor, Page, PageRequest},
+    page::{Page, PageRequest},
     store::{self, Batch, Expect, Record, Recorder, Rev},
 };
 
@@ -404,34 +404,16 @@ impl Keys {
         page: &PageRequest,
         now: Timestamp,
     ) -> Result<Page<KeyView>, KeysError> {
-        let entries = self
-            .store
-            .scan(
-                index,
-                prefix,
-                page.cursor.as_ref().map(Cursor::position),
-                page.limit + 1,
-            )
-            .await?;
-        let more = entries.len() > page.limit;
-        let mut items = Vec::with_capacity(page.limit);
-        let mut last = None;
-        for e in entries.into_iter().take(page.limit) {
-            if let Some((_, k)) = store::record::get::<Key>(&*self.store, &e.id).await?
-                && scope.allows(&k.tenant)
-                && KeyKind::of(&k) == kind
-            {
-                let usage = self.usage.current(&k, now).await?;
-                items.push(KeyView::new(&k, &usage, now));
+        crate::page::from_index(&*self.store, index, prefix, page, |id| async move {
+            match store::record::get::<Key>(&*self.store, &id).await? {
+                Some((_, k)) if scope.allows(&k.tenant) && KeyKind::of(&k) == kind => {
+                    let usage = self.usage.current(&k, now).await?;
+                    Ok::<_, KeysError>(Some(KeyView::new(&k, &usage, now)))
+                }
+                _ => Ok(None),
             }
-            last = Some(e.key);
-        }
-        Ok(Page {
-            items,
-            next_cursor: more
-                .then(|| last.map(|k| Cursor::from_position(&k).encode()))
-                .flatten(),
         })
+        .await
     }
 
     pub async fn update_key(

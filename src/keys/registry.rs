@@ -13,7 +13,7 @@ use crate::{
     clock::{Day, Timestamp},
     crypto::apikey::{KeyPrefix, ROOT_KEY_PREFIX},
     ids::{ApiId, TenantName, TenantScope},
-    page::{Cursor, Page, PageRequest},
+    page::{Page, PageRequest},
     store::{self, Batch, Expect, Record, Recorder, Rev},
 };
 
@@ -176,30 +176,20 @@ impl Keys {
             TenantScope::All => String::new(),
             TenantScope::One(t) => format!("{}/", t.as_str()),
         };
-        let entries = self
-            .store
-            .scan(
-                IDX_APIS,
-                prefix.as_bytes(),
-                page.cursor.as_ref().map(Cursor::position),
-                page.limit + 1,
-            )
-            .await?;
-        let more = entries.len() > page.limit;
-        let mut items = Vec::with_capacity(page.limit);
-        let mut last = None;
-        for e in entries.into_iter().take(page.limit) {
-            if let Some((_, api)) = store::record::get::<Api>(&*self.store, &e.id).await? {
-                items.push(api);
-            }
-            last = Some(e.key);
-        }
-        Ok(Page {
-            items,
-            next_cursor: more
-                .then(|| last.map(|k| Cursor::from_position(&k).encode()))
-                .flatten(),
-        })
+        crate::page::from_index(
+            &*self.store,
+            IDX_APIS,
+            prefix.as_bytes(),
+            page,
+            |id| async move {
+                Ok::<_, KeysError>(
+                    store::record::get::<Api>(&*self.store, &id)
+                        .await?
+                        .map(|(_, api)| api),
+                )
+            },
+        )
+        .await
     }
 
     /// The API with its revision, if the caller may see it: a registered API for API keys,

@@ -32,7 +32,7 @@ use crate::{
     clock::Timestamp,
     crypto::secret::SecretString,
     ids::{TenantName, TenantScope},
-    page::{Cursor, Page, PageRequest},
+    page::{Page, PageRequest},
     store::{self, Batch, Expect, Record, Recorder, Rev},
 };
 
@@ -473,32 +473,15 @@ impl Pki {
             (TenantScope::One(own), None) => (IDX_CERTS_BY_TENANT, tenant_prefix(own).into_bytes()),
             (TenantScope::All, None) => (IDX_CERTS, Vec::new()),
         };
-        let entries = self
-            .store
-            .scan(
-                index,
-                &prefix,
-                page.cursor.as_ref().map(Cursor::position),
-                page.limit + 1,
+        crate::page::from_index(&*self.store, index, &prefix, page, |id| async move {
+            Ok::<_, PkiError>(
+                store::record::get::<CertRecord>(&*self.store, &id)
+                    .await?
+                    .filter(|(_, r)| visible(scope, r))
+                    .map(|(_, r)| CertView::new(&r, now)),
             )
-            .await?;
-        let more = entries.len() > page.limit;
-        let mut items = Vec::with_capacity(page.limit);
-        let mut last = None;
-        for e in entries.into_iter().take(page.limit) {
-            if let Some((_, r)) = store::record::get::<CertRecord>(&*self.store, &e.id).await?
-                && visible(scope, &r)
-            {
-                items.push(CertView::new(&r, now));
-            }
-            last = Some(e.key);
-        }
-        Ok(Page {
-            items,
-            next_cursor: more
-                .then(|| last.map(|k| Cursor::from_position(&k).encode()))
-                .flatten(),
         })
+        .await
     }
 }
 
