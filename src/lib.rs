@@ -1,6 +1,8 @@
 //! Tessera: issues, rotates, revokes and verifies API keys and mTLS client certificates.
 //!
-//! Dependency direction: `http -> (keys, pki, access) -> store -> crypto`.
+//! Dependency direction: `cli/http -> app -> (keys, pki, access, audit) -> store -> crypto`;
+//! `identity`, `ids`, `clock`, `page`, `cache`, `sync`, `files` and `config` are leaves that any
+//! layer may use. docs/ARCHITECTURE.md has the map.
 
 pub mod access;
 pub mod agent;

@@ -78,8 +78,10 @@ pub enum KeyFormatError {
     Checksum,
 }
 
-/// A well-formed API key (shape and checksum checked). The secret itself.
-#[derive(Clone, PartialEq, Eq)]
+/// A well-formed API key (shape and checksum checked). The secret itself. No `PartialEq`
+/// outside tests (a derived comparison is not constant-time).
+#[derive(Clone)]
+#[cfg_attr(test, derive(PartialEq, Eq))]
 pub struct ApiKey(SecretString);
 
 impl ApiKey {

@@ -43,8 +43,10 @@ impl fmt::Debug for SecretBytes {
     }
 }
 
-/// A secret string: a plaintext API key, a PEM private key.
-#[derive(Clone, Default, PartialEq, Eq)]
+/// A secret string: a plaintext API key, a PEM private key. No `PartialEq` outside tests: a
+/// derived comparison is not constant-time (compare hashes with `ring::hmac::verify`).
+#[derive(Clone, Default)]
+#[cfg_attr(test, derive(PartialEq, Eq))]
 pub struct SecretString(Zeroizing<String>);
 
 impl SecretString {

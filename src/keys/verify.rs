@@ -3,7 +3,8 @@
 //! A malformed key or a bad checksum is answered without any look-up; otherwise one blind-index
 //! look-up finds the record, the stored HMAC is compared in constant time, and the answer
 //! follows DESIGN.md's precedence:
-//! NOT_FOUND > REVOKED > EXPIRED > DISABLED > INSUFFICIENT_SCOPES > USAGE_EXCEEDED.
+//! NOT_FOUND > REVOKED > EXPIRED > DISABLED > IDENTITY_MISMATCH > INSUFFICIENT_SCOPES >
+//! RATE_LIMITED > USAGE_EXCEEDED.
 //! Only a VALID answer spends quota.
 
 use std::sync::Arc;

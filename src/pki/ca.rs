@@ -1,5 +1,8 @@
 //! Certificate authorities: the root and the issuing (intermediate) CA, ECDSA P-256. Their
-//! private keys live only in sealed store records, never in files.
+//! private keys live only in sealed store records, never in files. In memory the PKCS#8 bytes
+//! are held in `SecretBytes` (zeroized on drop), but rcgen's `KeyPair` (and ring's expanded
+//! signing key inside it) is not wiped when dropped: it lives only while the server is
+//! unsealed, like ring's AEAD key schedules (see `crypto::aead`).
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
