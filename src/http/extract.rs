@@ -266,7 +266,86 @@ impl<T: DeserializeOwned> FromRequest for Query<T> {
     }
 }
 
-/// Parses a path segment with a newtype's parser; a bad one is a 400 naming `field`.
+/// A value taken from a path segment of the route (`{NAME}`), parsed by its type's own parser;
+/// a bad one is a 400 naming `FIELD` (the name the API documents), before any look-up.
+pub trait Segment: Sized {
+    /// The segment's name in the route pattern.
+    const NAME: &'static str;
+    /// The field a 400 names.
+    const FIELD: &'static str = Self::NAME;
+    fn parse(s: &str) -> Result<Self, &'static str>;
+}
+
+/// A typed path segment: `id: Seg<KeyId>` instead of a string and a parse in every handler.
+pub struct Seg<T>(pub T);
+
+impl<T> std::ops::Deref for Seg<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: Segment> FromRequest for Seg<T> {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let raw = req.match_info().get(T::NAME).unwrap_or_default();
+        std::future::ready(
+            T::parse(raw)
+                .map(Seg)
+                .map_err(|m| ApiError::bad(T::FIELD, m)),
+        )
+    }
+}
+
+/// The API whose keys a route lists or issues: `/v1/apis/{id}/keys`, documented as `api_id`.
+pub struct KeysOf(pub crate::ids::ApiId);
+
+macro_rules! segment {
+    ($t:ty, $name:literal, $parse:expr) => {
+        impl Segment for $t {
+            const NAME: &'static str = $name;
+            fn parse(s: &str) -> Result<Self, &'static str> {
+                $parse(s)
+            }
+        }
+    };
+}
+
+segment!(crate::ids::KeyId, "id", crate::ids::KeyId::parse);
+segment!(crate::ids::ApiId, "id", crate::ids::ApiId::parse);
+segment!(Serial, "serial", Serial::parse);
+segment!(
+    crate::access::RoleName,
+    "role",
+    crate::access::RoleName::parse
+);
+segment!(
+    crate::identity::ServiceName,
+    "identity",
+    crate::identity::ServiceName::parse
+);
+
+impl Segment for crate::ids::TenantName {
+    const NAME: &'static str = "t";
+    const FIELD: &'static str = "tenant";
+    fn parse(s: &str) -> Result<Self, &'static str> {
+        crate::ids::TenantName::parse(s)
+    }
+}
+
+impl Segment for KeysOf {
+    const NAME: &'static str = "id";
+    const FIELD: &'static str = "api_id";
+    fn parse(s: &str) -> Result<Self, &'static str> {
+        crate::ids::ApiId::parse(s).map(KeysOf)
+    }
+}
+
+/// Parses a value that is not a path segment of its own (a query parameter naming a CA);
+/// a bad one is a 400 naming `field`.
 pub fn path_param<T>(
     raw: &str,
     field: &'static str,

@@ -7,7 +7,7 @@ use crate::{
     access::{Permission, authorize, target_tenant},
     http::{
         error::{ApiError, ErrorBody},
-        extract::{Audited, Authenticated, Json, Query, path_param},
+        extract::{Audited, Authenticated, Json, Query, Seg},
         idempotency::{self, Reply},
         state::AppState,
     },
@@ -76,11 +76,10 @@ pub async fn list(
 pub async fn get(
     auth: Authenticated,
     state: web::Data<AppState>,
-    id: web::Path<String>,
+    id: Seg<ApiId>,
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::ApisRead)?;
-    let id = path_param(&id, "id", ApiId::parse)?;
     Ok(HttpResponse::Ok().json(core.keys().get_api(&scope, &id).await?))
 }
 
@@ -97,12 +96,11 @@ pub async fn update(
     auth: Authenticated,
     audit: Audited,
     state: web::Data<AppState>,
-    id: web::Path<String>,
+    id: Seg<ApiId>,
     body: Json<ApiPatch>,
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::ApisWrite)?;
-    let id = path_param(&id, "id", ApiId::parse)?;
     let api = core
         .keys()
         .update_api(&*audit, &scope, &id, body.value, state.clock.now())
@@ -122,11 +120,10 @@ pub async fn delete(
     auth: Authenticated,
     audit: Audited,
     state: web::Data<AppState>,
-    id: web::Path<String>,
+    id: Seg<ApiId>,
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::ApisWrite)?;
-    let id = path_param(&id, "id", ApiId::parse)?;
     core.keys()
         .delete_api(&*audit, &scope, &id, state.clock.now())
         .await?;

@@ -10,9 +10,7 @@ use crate::{
     crypto::secret::SecretString,
     http::{
         error::{ApiError, ErrorBody},
-        extract::{
-            Audited, Authenticated, AuthenticatedCert, Json, OptionalJson, Query, path_param,
-        },
+        extract::{Audited, Authenticated, AuthenticatedCert, Json, OptionalJson, Query, Seg},
         idempotency::{self, Reply},
         state::AppState,
     },
@@ -299,11 +297,10 @@ pub async fn list(
 pub async fn get(
     auth: Authenticated,
     state: web::Data<AppState>,
-    serial: web::Path<String>,
+    serial: Seg<Serial>,
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::CertsRead)?;
-    let serial = path_param(&serial, "serial", Serial::parse)?;
     let rec = core.pki().get(&scope, &serial).await?;
     Ok(HttpResponse::Ok().json(CertView::new(&rec, state.clock.now())))
 }
@@ -322,12 +319,11 @@ pub async fn revoke(
     auth: Authenticated,
     audit: Audited,
     state: web::Data<AppState>,
-    serial: web::Path<String>,
+    serial: Seg<Serial>,
     body: OptionalJson<RevokeBody>,
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::CertsRevoke)?;
-    let serial = path_param(&serial, "serial", Serial::parse)?;
     let reason = body.0.value.reason.unwrap_or(RevocationReason::Unspecified);
     let now = state.clock.now();
     // No acting on a more privileged principal: revoking a service's certificate needs every

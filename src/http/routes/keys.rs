@@ -15,7 +15,7 @@ use crate::{
     access::{Credential, Permission, authorize},
     http::{
         error::{ApiError, ErrorBody},
-        extract::{Audited, Authenticated, Json, OptionalJson, Query, path_param},
+        extract::{Audited, Authenticated, Json, KeysOf, OptionalJson, Query, Seg},
         idempotency::{self, Reply},
         state::AppState,
     },
@@ -78,12 +78,12 @@ pub async fn create(
     audit: Audited,
     state: web::Data<AppState>,
     req: HttpRequest,
-    api_id: web::Path<String>,
+    api_id: Seg<KeysOf>,
     body: Json<NewKey>,
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::KeysCreate)?;
-    let api_id = path_param(&api_id, "api_id", ApiId::parse)?;
+    let api_id = &api_id.0.0;
     let idem = idempotency::key_from(&req)?;
     let now = state.clock.now();
     state
@@ -91,7 +91,7 @@ pub async fn create(
         .run(&auth.0.name(), req.path(), idem, body.digest, || async {
             let (view, secret) = core
                 .keys()
-                .issue_key(&*audit, &scope, &api_id, body.value, now)
+                .issue_key(&*audit, &scope, api_id, body.value, now)
                 .await?;
             metrics::KEYS_ISSUED.inc();
             Reply::json(
@@ -113,15 +113,15 @@ pub async fn create(
 pub async fn list(
     auth: Authenticated,
     state: web::Data<AppState>,
-    api_id: web::Path<String>,
+    api_id: Seg<KeysOf>,
     q: Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::KeysRead)?;
-    let api_id = path_param(&api_id, "api_id", ApiId::parse)?;
+    let api_id = &api_id.0.0;
     let page = core
         .keys()
-        .list_keys(&scope, &api_id, &q.0.page()?, state.clock.now())
+        .list_keys(&scope, api_id, &q.0.page()?, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(page))
 }
@@ -134,11 +134,10 @@ pub async fn list(
 pub async fn get(
     auth: Authenticated,
     state: web::Data<AppState>,
-    id: web::Path<String>,
+    id: Seg<KeyId>,
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::KeysRead)?;
-    let id = path_param(&id, "id", KeyId::parse)?;
     let view = core
         .keys()
         .get_key(&scope, KeyKind::Api, &id, state.clock.now())
@@ -159,12 +158,11 @@ pub async fn update(
     auth: Authenticated,
     audit: Audited,
     state: web::Data<AppState>,
-    id: web::Path<String>,
+    id: Seg<KeyId>,
     body: Json<KeyPatch>,
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::KeysUpdate)?;
-    let id = path_param(&id, "id", KeyId::parse)?;
     let view = core
         .keys()
         .update_key(
@@ -194,11 +192,10 @@ pub async fn rotate(
     audit: Audited,
     state: web::Data<AppState>,
     req: HttpRequest,
-    id: web::Path<String>,
+    id: Seg<KeyId>,
     body: OptionalJson<RotateKey>,
 ) -> Result<HttpResponse, ApiError> {
     let scope = authorize(&auth.0, Permission::KeysRotate)?;
-    let id = path_param(&id, "id", KeyId::parse)?;
     rotate_in(&auth, &audit, &state, &req, &scope, KeyKind::Api, &id, body).await
 }
 
@@ -256,12 +253,11 @@ pub async fn revoke(
     auth: Authenticated,
     audit: Audited,
     state: web::Data<AppState>,
-    id: web::Path<String>,
+    id: Seg<KeyId>,
     _body: OptionalJson<RevokeBody>,
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::KeysRevoke)?;
-    let id = path_param(&id, "id", KeyId::parse)?;
     let view = core
         .keys()
         .revoke_key(&*audit, &scope, KeyKind::Api, &id, state.clock.now())

@@ -16,7 +16,7 @@ use crate::{
     clock::Timestamp,
     http::{
         error::{ApiError, ErrorBody},
-        extract::{Audited, Authenticated, Json, OptionalJson, Query, path_param},
+        extract::{Audited, Authenticated, Json, OptionalJson, Query, Seg},
         idempotency::{self, Reply},
         state::AppState,
     },
@@ -184,11 +184,10 @@ pub async fn list(
 pub async fn get(
     auth: Authenticated,
     state: web::Data<AppState>,
-    id: web::Path<String>,
+    id: Seg<KeyId>,
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::TenantsAdmin)?;
-    let id = path_param(&id, "id", KeyId::parse)?;
     let view = core
         .keys()
         .get_key(&scope, KeyKind::Root, &id, state.clock.now())
@@ -211,11 +210,10 @@ pub async fn rotate(
     audit: Audited,
     state: web::Data<AppState>,
     req: HttpRequest,
-    id: web::Path<String>,
+    id: Seg<KeyId>,
     body: OptionalJson<RotateKey>,
 ) -> Result<HttpResponse, ApiError> {
     let scope = authorize(&auth.0, Permission::TenantsAdmin)?;
-    let id = path_param(&id, "id", KeyId::parse)?;
     // The replacement holds the key's permissions: only a caller that could grant them may
     // mint it (a root key's permissions never change, so this cannot go stale).
     held_by(&auth, &state, &scope, &id).await?;
@@ -242,12 +240,11 @@ pub async fn revoke(
     auth: Authenticated,
     audit: Audited,
     state: web::Data<AppState>,
-    id: web::Path<String>,
+    id: Seg<KeyId>,
     _body: OptionalJson<RevokeBody>,
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::TenantsAdmin)?;
-    let id = path_param(&id, "id", KeyId::parse)?;
     held_by(&auth, &state, &scope, &id).await?;
     let view = core
         .keys()

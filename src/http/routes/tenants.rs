@@ -9,7 +9,7 @@ use crate::{
     access::{BindingView, CustomRole, PermSet, Permission, RoleName, RoleView, Tenant, authorize},
     http::{
         error::{ApiError, ErrorBody},
-        extract::{Audited, Authenticated, Json, Query, path_param},
+        extract::{Audited, Authenticated, Json, Query, Seg},
         state::AppState,
     },
     identity::ServiceName,
@@ -70,13 +70,12 @@ pub async fn list(
 async fn tenant_in_scope(
     auth: &Authenticated,
     state: &AppState,
-    t: &str,
+    name: &TenantName,
 ) -> Result<(TenantScope, TenantName), ApiError> {
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::TenantsAdmin)?;
-    let name = path_param(t, "tenant", TenantName::parse)?;
-    core.access().visible_tenant(&scope, &name).await?;
-    Ok((scope, name))
+    core.access().visible_tenant(&scope, name).await?;
+    Ok((scope, name.clone()))
 }
 
 #[utoipa::path(
@@ -87,12 +86,11 @@ async fn tenant_in_scope(
 pub async fn get(
     auth: Authenticated,
     state: web::Data<AppState>,
-    t: web::Path<String>,
+    t: Seg<TenantName>,
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::TenantsAdmin)?;
-    let name = path_param(&t, "tenant", TenantName::parse)?;
-    Ok(HttpResponse::Ok().json(core.access().visible_tenant(&scope, &name).await?))
+    Ok(HttpResponse::Ok().json(core.access().visible_tenant(&scope, &t).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -118,7 +116,7 @@ pub struct RolePermissions {
 pub async fn list_roles(
     auth: Authenticated,
     state: web::Data<AppState>,
-    t: web::Path<String>,
+    t: Seg<TenantName>,
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
@@ -142,7 +140,7 @@ pub async fn create_role(
     auth: Authenticated,
     audit: Audited,
     state: web::Data<AppState>,
-    t: web::Path<String>,
+    t: Seg<TenantName>,
     body: Json<NewRole>,
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
@@ -180,13 +178,12 @@ pub async fn put_role(
     auth: Authenticated,
     audit: Audited,
     state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
+    path: (Seg<TenantName>, Seg<RoleName>),
     body: Json<RolePermissions>,
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
-    let (t, r) = path.into_inner();
-    let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
-    let name = path_param(&r, "role", RoleName::parse)?;
+    let (_, tenant) = tenant_in_scope(&auth, &state, &path.0).await?;
+    let name = path.1.0;
     let role = core
         .access()
         .put_role(
@@ -209,12 +206,11 @@ pub async fn put_role(
 pub async fn get_role(
     auth: Authenticated,
     state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
+    path: (Seg<TenantName>, Seg<RoleName>),
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
-    let (t, r) = path.into_inner();
-    let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
-    let name = path_param(&r, "role", RoleName::parse)?;
+    let (_, tenant) = tenant_in_scope(&auth, &state, &path.0).await?;
+    let name = path.1.0;
     let roles = core.access().list_roles(&tenant).await?;
     let role = roles
         .into_iter()
@@ -232,12 +228,11 @@ pub async fn delete_role(
     auth: Authenticated,
     audit: Audited,
     state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
+    path: (Seg<TenantName>, Seg<RoleName>),
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
-    let (t, r) = path.into_inner();
-    let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
-    let name = path_param(&r, "role", RoleName::parse)?;
+    let (_, tenant) = tenant_in_scope(&auth, &state, &path.0).await?;
+    let name = path.1.0;
     core.access()
         .delete_role(&*audit, &auth.0, &tenant, &name)
         .await?;
@@ -259,7 +254,7 @@ pub struct BindingBody {
 pub async fn list_bindings(
     auth: Authenticated,
     state: web::Data<AppState>,
-    t: web::Path<String>,
+    t: Seg<TenantName>,
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
@@ -280,13 +275,12 @@ pub async fn put_binding(
     auth: Authenticated,
     audit: Audited,
     state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
+    path: (Seg<TenantName>, Seg<ServiceName>),
     body: Json<BindingBody>,
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
-    let (t, i) = path.into_inner();
-    let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
-    let identity = path_param(&i, "identity", ServiceName::parse)?;
+    let (_, tenant) = tenant_in_scope(&auth, &state, &path.0).await?;
+    let identity = path.1.0;
     let view = core
         .access()
         .put_binding(
@@ -309,12 +303,11 @@ pub async fn put_binding(
 pub async fn get_binding(
     auth: Authenticated,
     state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
+    path: (Seg<TenantName>, Seg<ServiceName>),
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
-    let (t, i) = path.into_inner();
-    let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
-    let identity = path_param(&i, "identity", ServiceName::parse)?;
+    let (_, tenant) = tenant_in_scope(&auth, &state, &path.0).await?;
+    let identity = path.1.0;
     Ok(HttpResponse::Ok().json(core.access().get_binding(&tenant, &identity).await?))
 }
 
@@ -327,12 +320,11 @@ pub async fn delete_binding(
     auth: Authenticated,
     audit: Audited,
     state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
+    path: (Seg<TenantName>, Seg<ServiceName>),
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
-    let (t, i) = path.into_inner();
-    let (_, tenant) = tenant_in_scope(&auth, &state, &t).await?;
-    let identity = path_param(&i, "identity", ServiceName::parse)?;
+    let (_, tenant) = tenant_in_scope(&auth, &state, &path.0).await?;
+    let identity = path.1.0;
     core.access()
         .delete_binding(&*audit, &auth.0, &tenant, &identity)
         .await?;
