@@ -1,0 +1,298 @@
+//! The authenticated caller: by a bearer root key or the connection's certificate
+//! ([`Authenticated`]), by the certificate alone ([`AuthenticatedCert`], and
+//! [`AuthenticatedConnection`] on routes where `Authorization` belongs to someone else). Every
+//! failure is the one uniform 401.
+
+use std::{future::Future, pin::Pin, sync::Arc};
+
+use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, http::header, web};
+use rustls_pki_types::CertificateDer;
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use super::super::{abuse::Decision, error::ApiError, state::AppState};
+use crate::app::Core;
+use crate::{
+    access::{Credential, PermSet, Principal},
+    audit::AuditContext,
+    clock::Timestamp,
+    crypto::apikey::{ApiKey, ROOT_KEY_PREFIX},
+    identity::{Serial, SpiffeId},
+    pki::{ceiling::Ceiling, fingerprint},
+};
+
+/// per connection (in `on_connect`), checked on every request.
+#[derive(Clone, Debug)]
+pub struct PeerCert {
+    pub serial: Serial,
+    /// The certificate's URI SAN, if it has exactly one.
+    pub uri: Option<String>,
+    pub not_after: Timestamp,
+    pub fingerprint: String,
+    /// The certificate's SubjectPublicKeyInfo (DER), for renewal without a new key.
+    pub spki: Vec<u8>,
+    /// The permission ceiling the CA signed into it (`None`: no ceiling extension).
+    pub ceiling: Option<Ceiling>,
+}
+
+impl PeerCert {
+    /// Reads the leaf (`certs[0]`: the client's own certificate, not the last of the chain).
+    pub fn from_leaf(leaf: &CertificateDer<'_>) -> Option<Self> {
+        let (_, cert) = X509Certificate::from_der(leaf).ok()?;
+        let uris: Vec<&str> = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        GeneralName::URI(u) => Some(*u),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Self {
+            serial: Serial::from_bytes(cert.raw_serial()),
+            uri: (uris.len() == 1).then(|| uris[0].to_owned()),
+            not_after: Timestamp::from_unix(cert.validity().not_after.timestamp()),
+            fingerprint: fingerprint(leaf),
+            spki: cert.public_key().raw.to_vec(),
+            ceiling: Ceiling::of(&cert),
+        })
+    }
+}
+
+/// The authenticated caller: a bearer root key when `Authorization` is sent, otherwise the
+/// connection's client certificate. Extraction fails with the one uniform 401.
+pub struct Authenticated(pub Principal);
+
+impl FromRequest for Authenticated {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move { authenticate(&req).await.map(|(p, _)| Authenticated(p)) })
+    }
+}
+
+/// The authenticated caller and the certificate it presented on this connection (required:
+/// a bearer credential does not satisfy this extractor).
+pub struct AuthenticatedCert(pub Principal, pub PeerCert);
+
+impl FromRequest for AuthenticatedCert {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            match authenticate(&req).await? {
+                (p, Some(c)) if matches!(p.credential, Credential::Cert { .. }) => {
+                    Ok(AuthenticatedCert(p, c))
+                }
+                _ => Err(ApiError::Unauthenticated),
+            }
+        })
+    }
+}
+
+/// The caller of a forward-auth route (the gateway), authenticated by the connection's client
+/// certificate alone. An `Authorization` header on such a request belongs to the end client
+/// and is not read here: it never authenticates the caller, is never parsed as a root key, and
+/// never counts against the source's lockout. Extraction fails with the one uniform 401.
+pub struct AuthenticatedConnection(pub Principal);
+
+impl FromRequest for AuthenticatedConnection {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let state = req
+                .app_data::<web::Data<AppState>>()
+                .ok_or(ApiError::Internal)?;
+            let core = state.core()?;
+            let Some(peer) = req.conn_data::<PeerCert>() else {
+                // No credential of the caller's own. The request middleware throttles such
+                // requests per source, except when they carry `Authorization`, which is no
+                // credential here: throttle those now.
+                if req.headers().contains_key(header::AUTHORIZATION) {
+                    throttle_source(&req, state)?;
+                }
+                return Err(ApiError::Unauthenticated);
+            };
+            let principal = cert_principal(&req, state, &core, peer, state.clock.now()).await?;
+            admit(&req, state, principal).map(AuthenticatedConnection)
+        })
+    }
+}
+
+/// The authenticated principal's name, left in the request for the audit middleware.
+#[derive(Clone, Debug)]
+pub struct PrincipalName(pub String, pub Option<String>);
+
+/// Authenticates a request. A bearer root key, when sent, is the credential; otherwise the
+/// connection's client certificate (see [`cert_principal`]). Every failure is the same 401. A
+/// malformed bearer key is refused before any hashing or look-up.
+async fn authenticate(req: &HttpRequest) -> Result<(Principal, Option<PeerCert>), ApiError> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or(ApiError::Internal)?;
+    let core = state.core()?;
+    let now = state.clock.now();
+    let peer = req.conn_data::<PeerCert>().cloned();
+    let principal = match req.headers().get(header::AUTHORIZATION) {
+        Some(h) => {
+            let source = state.guard.source(req);
+            // A bearer credential is refused at once while its source is locked out.
+            if let Some(ip) = source
+                && let Some(secs) = state.guard.locked(ip)
+            {
+                return Err(ApiError::TooManyRequests { retry_after: secs });
+            }
+            match bearer_principal(&core, h, now).await? {
+                Some(p) => p,
+                None => {
+                    if let Some(ip) = source {
+                        state.guard.failed(ip, "bearer root key refused");
+                    }
+                    return Err(ApiError::Unauthenticated);
+                }
+            }
+        }
+        None => {
+            let peer = peer.as_ref().ok_or(ApiError::Unauthenticated)?;
+            cert_principal(req, state, &core, peer, now).await?
+        }
+    };
+    Ok((admit(req, state, principal)?, peer))
+}
+
+/// The principal of the connection's client certificate, checked on every request: unexpired,
+/// not revoked (a keep-alive connection opened before a revocation is refused on its next
+/// request), naming one of Tessera's identities. A refused certificate counts against its
+/// source; a valid one is never refused for other credentials' failures at the same address.
+async fn cert_principal(
+    req: &HttpRequest,
+    state: &AppState,
+    core: &Core,
+    peer: &PeerCert,
+    now: Timestamp,
+) -> Result<Principal, ApiError> {
+    let usable = peer.not_after > now && !core.pki().is_revoked(&peer.serial);
+    let id = peer
+        .uri
+        .as_deref()
+        .and_then(|u| SpiffeId::parse(u, &state.config.trust_domain).ok());
+    let Some(id) = id.filter(|_| usable) else {
+        if let Some(ip) = state.guard.source(req) {
+            state.guard.failed(ip, "client certificate refused");
+        }
+        return Err(ApiError::Unauthenticated);
+    };
+    Ok(core
+        .access()
+        .principal_for_cert(
+            id,
+            peer.serial.clone(),
+            peer.fingerprint.clone(),
+            peer.ceiling.map(|c| PermSet::from_bits(c.bits())),
+        )
+        .await?)
+}
+
+/// Lets an authenticated principal in: its request rate, then its name for the audit log.
+fn admit(req: &HttpRequest, state: &AppState, principal: Principal) -> Result<Principal, ApiError> {
+    let name = principal.name();
+    let secs = throttled(req, state.guard.principal(&name));
+    if secs > 0 {
+        return Err(ApiError::TooManyRequests { retry_after: secs });
+    }
+    let tenant = principal.tenant.as_ref().map(|t| t.as_str().to_owned());
+    if let Some(ctx) = req.extensions().get::<Arc<AuditContext>>() {
+        ctx.set_principal(name.clone(), tenant.clone());
+    }
+    req.extensions_mut().insert(PrincipalName(name, tenant));
+    Ok(principal)
+}
+
+/// Throttles a request by its source, as the request middleware does for requests without
+/// a credential.
+fn throttle_source(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let Some(ip) = state.guard.source(req) else {
+        return Ok(());
+    };
+    match throttled(req, state.guard.anonymous(ip)) {
+        0 => Ok(()),
+        secs => Err(ApiError::TooManyRequests { retry_after: secs }),
+    }
+}
+
+/// Records a throttle's decision for the `RateLimit-*` headers; the seconds to wait when it
+/// refuses (at least 1), 0 when it allows.
+fn throttled(req: &HttpRequest, decision: Decision) -> u64 {
+    match decision {
+        Decision::Allow { limit, remaining } => {
+            req.extensions_mut().insert(RateLimitInfo {
+                limit,
+                remaining,
+                reset: 0,
+            });
+            0
+        }
+        Decision::Deny { limit, retry_after } => {
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            req.extensions_mut().insert(RateLimitInfo {
+                limit,
+                remaining: 0,
+                reset: secs,
+            });
+            secs.max(1)
+        }
+    }
+}
+
+/// The principal of a bearer root key; `None` if the header or the key is refused. A
+/// malformed key is refused before any hashing or look-up.
+async fn bearer_principal(
+    core: &Core,
+    header_value: &header::HeaderValue,
+    now: Timestamp,
+) -> Result<Option<Principal>, ApiError> {
+    let Some(token) = header_value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return Ok(None);
+    };
+    let Ok(key) = ApiKey::parse(token) else {
+        return Ok(None);
+    };
+    if key.prefix() != ROOT_KEY_PREFIX {
+        return Ok(None);
+    }
+    let Some(k) = core.keys().authenticate_root(&key, now).await? else {
+        return Ok(None);
+    };
+    let permissions = crate::access::root_key_permissions(k.scopes.iter().map(|s| s.as_str()));
+    Ok(Some(Principal {
+        credential: Credential::RootKey { id: k.id },
+        tenant: Some(k.tenant),
+        roles: Vec::new(),
+        permissions,
+    }))
+}
+
+/// The throttle's state for this request, turned into `RateLimit-*` headers.
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimitInfo {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Seconds until a request would be allowed again (0: now).
+    pub reset: u64,
+}
