@@ -99,6 +99,17 @@ fn safe_name(s: &str) -> String {
     clean
 }
 
+/// A path into the client's body (`a.b[2].c`), made safe to echo: every segment as
+/// [`safe_name`] makes it, at most 8 segments deep (the deepest are kept).
+fn safe_path(path: &str) -> String {
+    if path == "." {
+        return path.to_owned();
+    }
+    let segments: Vec<String> = path.split('.').map(safe_name).collect();
+    let keep = segments.len().saturating_sub(8);
+    segments[keep..].join(".")
+}
+
 /// `path.name`, unless the path already ends with the name (serde_path_to_error includes an
 /// unknown field's own name in its path, but not a missing field's).
 fn join(path: &str, name: &str) -> String {
@@ -114,6 +125,7 @@ fn join(path: &str, name: &str) -> String {
 /// Turns a deserialisation error into a 400 naming the field, with our own words (never the
 /// library's text, which could echo input back).
 fn describe(path: &str, msg: &str) -> ApiError {
+    let path = &safe_path(path);
     let msg = msg.split(" at line ").next().unwrap_or(msg);
     let field = if path == "." {
         None
@@ -317,6 +329,23 @@ mod tests {
         let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
         assert!(check_depth(deep.as_bytes()).is_err());
         assert!(check_depth(br#"{"a":"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}"#).is_ok());
+    }
+
+    #[test]
+    fn echoed_paths_are_sanitised_whole() {
+        // serde_path_to_error's path holds the raw unknown name: it must not be echoed.
+        for (body, field) in [
+            (r#"{"name":"a","inner":{"n":1},"a b":1}"#, "a?b"),
+            (
+                "{\"name\":\"a\",\"inner\":{\"n\":1},\"na\u{ef}ve\":1}",
+                "na?ve",
+            ),
+        ] {
+            assert_eq!(field_of(body).0.as_deref(), Some(field), "{body}");
+        }
+        let long = "x".repeat(70);
+        let (f, _) = field_of(&format!(r#"{{"name":"a","inner":{{"n":1}},"{long}":1}}"#));
+        assert_eq!(f.as_deref(), Some("x".repeat(64).as_str()));
     }
 
     #[test]
