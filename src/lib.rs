@@ -1,12 +1,14 @@
 //! Tessera: issues, rotates, revokes and verifies API keys and mTLS client certificates.
 //!
-//! Dependency direction: `http -> (keys, pki, access) -> store -> crypto`.
+//! Dependency direction: `cli/http -> app -> (keys, pki, access, audit) -> store -> crypto`;
+//! `src/main.rs` only calls [`cli::run`].
 
 pub mod access;
 pub mod agent;
 pub mod app;
 pub mod audit;
 pub mod cache;
+pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
