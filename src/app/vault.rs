@@ -1,6 +1,7 @@
 //! Custody: a data directory opened without keys. A [`Vault`] holds the database lock, knows
-//! how the master key is obtained (the environment, the key file, or Shamir shares), checks
-//! and combines unseal shares, rotates the master key, and turns a master key into a [`Core`]
+//! how the master key is obtained (the environment, the key file, or Shamir shares),
+//! initialises a directory sealed with shares, checks and combines unseal shares, rotates the
+//! master key (checked by a full unseal), and turns a master key into a [`Core`]
 //! ([`Vault::unseal`]). It also restores a backup into an empty data directory ([`restore`]):
 //! imported, authenticated with the master key, and marked for a new audit epoch, or nothing
 //! is left behind. The master key itself is visible to custody alone.
@@ -20,7 +21,10 @@ use crate::{
     config::Config,
     crypto::{hex, keyring::MasterKey, secret::Key256},
     files,
-    pki::bootstrap::CertPaths,
+    pki::{
+        PkiError,
+        bootstrap::{self, CertPaths},
+    },
     store::{
         Store, StoreError,
         backup::{BackupError, Unverified},
@@ -197,10 +201,31 @@ impl Vault {
         Ok(Some(key))
     }
 
+    /// Initialises a fresh data directory sealed with Shamir shares of a new master key (no
+    /// key file): seals it, unseals it once with the new key (which creates the CA and the
+    /// admin credential) and makes the server certificate. Returns the shares
+    /// (`share-<n>: <hex>`); the master key itself never leaves custody.
+    pub async fn init_shares(
+        &mut self,
+        shares: u8,
+        threshold: u8,
+    ) -> Result<Vec<Zeroizing<String>>, InitError> {
+        let (master, texts) = self.seal_with_shares(shares, threshold)?;
+        let core = self.unseal(master).await?;
+        bootstrap::ensure_server_cert(
+            core.pki(),
+            &self.paths,
+            &self.config.server_cert,
+            self.clock.now(),
+        )
+        .await?;
+        Ok(texts)
+    }
+
     /// Seals a fresh data directory with Shamir shares of a new master key: stores the
     /// threshold and the share hashes, writes no key file, and returns the master key and the
-    /// shares (`share-<n>: <hex>`).
-    pub fn init_shares(
+    /// shares.
+    fn seal_with_shares(
         &mut self,
         shares: u8,
         threshold: u8,
@@ -228,7 +253,22 @@ impl Vault {
     /// hashes stored, the key file removed); environment mode returns the new key for the
     /// operator to put in place. Crash-safe: the rewrapped keyring is staged first, the key
     /// switched, then the keyring promoted; an unseal finishes or drops an interrupted one.
-    pub fn rotate_master(
+    /// The new key must open everything (a full unseal) before this returns it.
+    pub async fn rotate_master(
+        &mut self,
+        old: &MasterKey,
+        shares: Option<(u8, u8)>,
+    ) -> Result<(MasterKey, Vec<Zeroizing<String>>), AppError> {
+        let (new, texts) = self.rewrap_master(old, shares)?;
+        let again = new
+            .duplicate()
+            .map_err(|e| AppError::MasterKey(e.to_string()))?;
+        drop(self.unseal(again).await?);
+        Ok((new, texts))
+    }
+
+    /// The rewrap and key switch of [`Vault::rotate_master`], without its check.
+    fn rewrap_master(
         &mut self,
         old: &MasterKey,
         shares: Option<(u8, u8)>,
@@ -373,6 +413,17 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
         )))?;
     let (store, _) = vault.db()?.unseal(&master)?;
     Ok(Arc::new(store))
+}
+
+/// Why `init` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// Sealing the new data directory, or unsealing it, failed.
+    #[error(transparent)]
+    Custody(#[from] AppError),
+    /// The server certificate could not be made (or the configured one loaded).
+    #[error(transparent)]
+    ServerCert(#[from] PkiError),
 }
 
 /// Why a restore did not happen.

@@ -40,16 +40,7 @@ pub(super) async fn init(args: InitArgs) -> anyhow::Result<()> {
     let config = Config::load(&o)?;
     init_logging(config.log_format);
     let mut vault = Vault::open(config)?;
-    let (master, shares) = vault.init_shares(args.shares, args.threshold)?;
-    let core = vault.unseal(master).await?;
-    bootstrap::ensure_server_cert(
-        core.pki(),
-        &vault.paths,
-        &vault.config.server_cert,
-        vault.clock.now(),
-    )
-    .await?;
-    drop(core);
+    let shares = vault.init_shares(args.shares, args.threshold).await?;
     println!(
         "Initialised {} sealed with {} shares, {} needed to unseal. No key file was written.",
         vault.config.data_dir.display(),
@@ -121,9 +112,8 @@ pub(super) async fn rotate_master(
         None => read_shares(&vault)?,
     };
     let source = vault.key_source();
-    let (new, texts) = vault.rotate_master(&old, shares.zip(threshold))?;
-    // The new key must open everything before this reports success.
-    drop(vault.unseal(new.duplicate()?).await?);
+    // The new key opens everything once this returns.
+    let (new, texts) = vault.rotate_master(&old, shares.zip(threshold)).await?;
     println!("master key rotated (the data keys and the pepper are unchanged)");
     if texts.is_empty() {
         match source {
