@@ -1,8 +1,8 @@
 //! The `tessera` command line: [`run`] parses the arguments ([`args`]) and runs one verb.
 //! `serve` runs on actix's runtime, as the server does; every other verb that needs async
-//! runs on the one runtime [`block_on`] builds. The offline verbs (server stopped) are in
-//! [`offline`], the verbs that talk to a running server in [`client`]. This is the only
-//! layer that prints and that uses `anyhow`.
+//! runs on the one runtime `block_on` builds. The offline verbs (server stopped) are in
+//! `offline`, the verbs that talk to a running server in `client`. This is the only layer
+//! that prints and that uses `anyhow`.
 
 pub mod args;
 mod client;
