@@ -2,13 +2,14 @@
 //!
 //! Dependency direction: `cli/http -> app -> (keys, pki, access, audit) -> store -> crypto`;
 //! `identity`, `ids`, `clock`, `page`, `cache`, `sync`, `files` and `config` are leaves that any
-//! layer may use. docs/ARCHITECTURE.md has the map.
+//! layer may use; `src/main.rs` only calls [`cli::run`]. docs/ARCHITECTURE.md has the map.
 
 pub mod access;
 pub mod agent;
 pub mod app;
 pub mod audit;
 pub mod cache;
+pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;

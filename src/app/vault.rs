@@ -1,23 +1,33 @@
 //! Custody: a data directory opened without keys. A [`Vault`] holds the database lock, knows
-//! how the master key is obtained (the environment, the key file, or Shamir shares), checks
-//! and combines unseal shares, rotates the master key, and turns a master key into a [`Core`]
-//! ([`Vault::unseal`]). The master key itself is visible to custody alone.
+//! how the master key is obtained (the environment, the key file, or Shamir shares),
+//! initialises a directory sealed with shares, checks and combines unseal shares, rotates the
+//! master key (checked by a full unseal), and turns a master key into a [`Core`]
+//! ([`Vault::unseal`]). It also restores a backup into an empty data directory ([`restore`]):
+//! imported, authenticated with the master key, and marked for a new audit epoch, or nothing
+//! is left behind. The master key itself is visible to custody alone.
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use ring::digest;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{AppError, Core, MASTER_KEY_ENV, io};
+use super::{AppError, Core, MASTER_KEY_ENV, RESTORE_META, io};
 use crate::{
     clock::{Clock, SystemClock},
     config::Config,
     crypto::{hex, keyring::MasterKey, secret::Key256},
     files,
-    pki::bootstrap::CertPaths,
+    pki::{
+        PkiError,
+        bootstrap::{self, CertPaths},
+    },
     store::{
         Store, StoreError,
+        backup::{BackupError, Unverified},
         sled::{SledDb, SledOptions},
     },
     sync::Locked,
@@ -191,10 +201,31 @@ impl Vault {
         Ok(Some(key))
     }
 
+    /// Initialises a fresh data directory sealed with Shamir shares of a new master key (no
+    /// key file): seals it, unseals it once with the new key (which creates the CA and the
+    /// admin credential) and makes the server certificate. Returns the shares
+    /// (`share-<n>: <hex>`); the master key itself never leaves custody.
+    pub async fn init_shares(
+        &mut self,
+        shares: u8,
+        threshold: u8,
+    ) -> Result<Vec<Zeroizing<String>>, InitError> {
+        let (master, texts) = self.seal_with_shares(shares, threshold)?;
+        let core = self.unseal(master).await?;
+        bootstrap::ensure_server_cert(
+            core.pki(),
+            &self.paths,
+            &self.config.server_cert,
+            self.clock.now(),
+        )
+        .await?;
+        Ok(texts)
+    }
+
     /// Seals a fresh data directory with Shamir shares of a new master key: stores the
     /// threshold and the share hashes, writes no key file, and returns the master key and the
-    /// shares (`share-<n>: <hex>`).
-    pub fn init_shares(
+    /// shares.
+    fn seal_with_shares(
         &mut self,
         shares: u8,
         threshold: u8,
@@ -222,7 +253,22 @@ impl Vault {
     /// hashes stored, the key file removed); environment mode returns the new key for the
     /// operator to put in place. Crash-safe: the rewrapped keyring is staged first, the key
     /// switched, then the keyring promoted; an unseal finishes or drops an interrupted one.
-    pub fn rotate_master(
+    /// The new key must open everything (a full unseal) before this returns it.
+    pub async fn rotate_master(
+        &mut self,
+        old: &MasterKey,
+        shares: Option<(u8, u8)>,
+    ) -> Result<(MasterKey, Vec<Zeroizing<String>>), AppError> {
+        let (new, texts) = self.rewrap_master(old, shares)?;
+        let again = new
+            .duplicate()
+            .map_err(|e| AppError::MasterKey(e.to_string()))?;
+        drop(self.unseal(again).await?);
+        Ok((new, texts))
+    }
+
+    /// The rewrap and key switch of [`Vault::rotate_master`], without its check.
+    fn rewrap_master(
         &mut self,
         old: &MasterKey,
         shares: Option<(u8, u8)>,
@@ -367,4 +413,129 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
         )))?;
     let (store, _) = vault.db()?.unseal(&master)?;
     Ok(Arc::new(store))
+}
+
+/// Why `init` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// Sealing the new data directory, or unsealing it, failed.
+    #[error(transparent)]
+    Custody(#[from] AppError),
+    /// The server certificate could not be made (or the configured one loaded).
+    #[error(transparent)]
+    ServerCert(#[from] PkiError),
+}
+
+/// Why a restore did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The target data directory could not be opened (a server may hold its lock).
+    #[error("opening the target data directory (is a server running on it?)")]
+    Open(#[source] AppError),
+    /// The target already holds a database: a restore goes only into an empty one.
+    #[error(
+        "{} already holds a database: restore only into an empty data directory",
+        .0.display()
+    )]
+    NotEmpty(PathBuf),
+    /// The backup was refused; the target holds no database.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// The store failed outside the import (reading the target, marking the restore).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a backup was refused while it was imported and authenticated. Nothing of it stays in
+/// the target.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// Its entries could not be written into the target.
+    #[error(transparent)]
+    Import(StoreError),
+    /// The seal configuration it brought, or the target's master key, could not be read.
+    #[error(transparent)]
+    MasterKey(AppError),
+    /// It was made by a server with a key file or `TESSERA_MASTER_KEY`, and neither is here.
+    #[error(
+        "restore needs the master key that the backup's server used: copy its master.key \
+         into {} (mode 0600) or set TESSERA_MASTER_KEY",
+        .0.display()
+    )]
+    NoMasterKey(PathBuf),
+    /// The unseal shares could not be read.
+    #[error(transparent)]
+    Shares(Box<dyn std::error::Error + Send + Sync>),
+    /// The master key given does not open the backup's keyring.
+    #[error("the master key does not open the backup's keyring")]
+    WrongKey(#[source] StoreError),
+    /// Its MAC does not verify under its own keyring's backup key (changed, or forged).
+    #[error(transparent)]
+    Forged(BackupError),
+}
+
+/// Restores a parsed backup into the (empty) data directory of `config`, with the server
+/// stopped. The backup's MAC key comes from its own keyring, which only the master key opens:
+/// the key file or `TESSERA_MASTER_KEY` in the target, or, for a backup of a directory sealed
+/// with shares, `read_shares` (called once, with the vault holding the backup's seal). Nothing
+/// of an unauthenticated backup stays behind: on [`RestoreError::Refused`] the target's
+/// database is removed. On success the first unseal opens a new audit epoch.
+pub fn restore<E>(
+    config: &Config,
+    backup: &Unverified<'_>,
+    read_shares: impl FnOnce(&Vault) -> Result<MasterKey, E>,
+) -> Result<(), RestoreError>
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let db_dir = config.data_dir.join("db");
+    let mut vault = Vault::open(config.clone()).map_err(RestoreError::Open)?;
+    if !vault.db()?.is_empty() {
+        return Err(RestoreError::NotEmpty(config.data_dir.clone()));
+    }
+    if let Err(e) = import_authenticated(&mut vault, backup, read_shares) {
+        drop(vault);
+        let _ = std::fs::remove_dir_all(&db_dir);
+        return Err(e.into());
+    }
+    let summary = serde_json::json!({
+        "backup_created_at": backup.header.created_at,
+        "backup_audit_head_seq": backup.header.audit_head_seq,
+    });
+    vault
+        .db()?
+        .put_meta(RESTORE_META, summary.to_string().as_bytes())?;
+    Ok(())
+}
+
+/// Imports a backup into the (empty, locked) target and checks it against the MAC key of its
+/// own keyring, opened with the operator's master key.
+fn import_authenticated<E>(
+    vault: &mut Vault,
+    backup: &Unverified<'_>,
+    read_shares: impl FnOnce(&Vault) -> Result<MasterKey, E>,
+) -> Result<(), Refused>
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    vault
+        .db()
+        .and_then(|db| db.import(&backup.entries))
+        .map_err(Refused::Import)?;
+    vault.reload_seal().map_err(Refused::MasterKey)?;
+    let master = match vault.automatic_master().map_err(Refused::MasterKey)? {
+        Some(m) => m,
+        None if vault.seal.is_some() => {
+            read_shares(vault).map_err(|e| Refused::Shares(e.into()))?
+        }
+        None => return Err(Refused::NoMasterKey(vault.config.data_dir.clone())),
+    };
+    let (_, keyring) = vault
+        .db()
+        .and_then(|db| db.unseal(&master))
+        .map_err(Refused::WrongKey)?;
+    backup
+        .verify(&keyring.pepper().backup_key())
+        .map_err(Refused::Forged)?;
+    Ok(())
 }

@@ -1,123 +1,18 @@
-//! The client verbs (`tessera apis|keys|certs|whoami`): thin calls to the API, printed as a
-//! table or as the server's JSON. Errors are the server's own message, and a non-zero exit.
-//! Secrets are never taken as arguments (they would show in `ps`): a key to verify comes from
-//! `TESSERA_KEY` or standard input.
+//! The client verbs: thin calls to a running server's API. `apis`, `keys`, `certs` and
+//! `whoami` print a table or the server's JSON; `backup` downloads an online backup; `unseal`
+//! sends one share to a sealed server; `agent` keeps a certificate renewed. Errors are the
+//! server's own message, and a non-zero exit. Secrets are never taken as arguments (they
+//! would show in `ps`): a key to verify comes from `TESSERA_KEY` or standard input, a share or
+//! an enrolment token from standard input.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use clap::{Subcommand, ValueEnum};
 use reqwest::Method;
 use serde_json::{Value, json};
-use tessera::client::Client;
 
-#[derive(Clone, Copy, Debug, Default, ValueEnum)]
-pub enum Output {
-    #[default]
-    Table,
-    Json,
-}
-
-#[derive(Subcommand)]
-pub enum Apis {
-    /// Register an API.
-    Create {
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        purpose: String,
-        #[arg(long)]
-        owner: String,
-        /// low, medium, high or critical.
-        #[arg(long)]
-        risk: String,
-        /// The prefix of its keys (default `tsk`).
-        #[arg(long)]
-        prefix: Option<String>,
-    },
-    /// List the APIs the caller may see.
-    List,
-}
-
-#[derive(Subcommand)]
-pub enum Keys {
-    /// Issue a key (the secret is printed once).
-    Create {
-        #[arg(long)]
-        api: String,
-        #[arg(long)]
-        name: Option<String>,
-        /// A scope (repeat for more).
-        #[arg(long = "scope")]
-        scopes: Vec<String>,
-        #[arg(long)]
-        ttl: Option<u64>,
-        #[arg(long)]
-        remaining: Option<u64>,
-    },
-    /// An API's keys.
-    List {
-        #[arg(long)]
-        api: String,
-    },
-    Get {
-        id: String,
-    },
-    /// A new key; the old one keeps working for --grace seconds.
-    Rotate {
-        id: String,
-        #[arg(long)]
-        grace: Option<u64>,
-    },
-    Revoke {
-        id: String,
-    },
-    /// Verify a key read from TESSERA_KEY or the first line of standard input.
-    Verify {
-        #[arg(long)]
-        api: Option<String>,
-        #[arg(long = "scope")]
-        scopes: Vec<String>,
-    },
-}
-
-#[derive(Subcommand)]
-pub enum Certs {
-    /// Issue a certificate from a CSR (recommended), or make the key pair here (--generate,
-    /// with --key-out).
-    Issue {
-        #[arg(long)]
-        identity: String,
-        #[arg(long)]
-        tenant: Option<String>,
-        /// A PEM CSR file.
-        #[arg(long, conflicts_with = "generate")]
-        csr: Option<PathBuf>,
-        #[arg(long, requires = "key_out")]
-        generate: bool,
-        /// Where to write the generated private key (0600).
-        #[arg(long)]
-        key_out: Option<PathBuf>,
-        /// Where to write the certificate and its chain (PEM).
-        #[arg(long)]
-        cert_out: Option<PathBuf>,
-        #[arg(long)]
-        ttl: Option<u64>,
-    },
-    List {
-        /// A service name or SPIFFE id.
-        #[arg(long)]
-        identity: Option<String>,
-    },
-    Revoke {
-        serial: String,
-        /// e.g. key_compromise, superseded, cessation_of_operation.
-        #[arg(long)]
-        reason: Option<String>,
-    },
-    /// Verify a certificate (PEM file, leaf first).
-    Verify { file: PathBuf },
-}
+use super::args::{AgentArgs, Apis, Certs, Keys, Output, ServerArgs, TargetArgs};
+use crate::{agent, client::Client, config::LogFormat, crypto::secret::SecretString, files};
 
 async fn call(
     c: &Client,
@@ -156,7 +51,7 @@ fn set(body: &mut Value, field: &str, v: Option<impl Into<Value>>) {
 
 /// A secret from the environment variable `var` when it is set, else the first line of
 /// standard input (never from the command line, where `ps` and shell history would keep it).
-pub fn secret_input(var: Option<&str>) -> std::io::Result<zeroize::Zeroizing<String>> {
+pub(super) fn secret_input(var: Option<&str>) -> std::io::Result<zeroize::Zeroizing<String>> {
     if let Some(v) = var.and_then(|v| std::env::var(v).ok()) {
         return Ok(zeroize::Zeroizing::new(v));
     }
@@ -165,7 +60,7 @@ pub fn secret_input(var: Option<&str>) -> std::io::Result<zeroize::Zeroizing<Str
     Ok(line)
 }
 
-pub async fn apis(c: &Client, cmd: Apis, out: Output) -> anyhow::Result<()> {
+pub(super) async fn apis(c: &Client, cmd: Apis, out: Output) -> anyhow::Result<()> {
     match cmd {
         Apis::Create {
             name,
@@ -191,7 +86,7 @@ pub async fn apis(c: &Client, cmd: Apis, out: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn keys(c: &Client, cmd: Keys, out: Output) -> anyhow::Result<()> {
+pub(super) async fn keys(c: &Client, cmd: Keys, out: Output) -> anyhow::Result<()> {
     let v = match cmd {
         Keys::Create {
             api,
@@ -253,7 +148,7 @@ pub async fn keys(c: &Client, cmd: Keys, out: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn certs(c: &Client, cmd: Certs, out: Output) -> anyhow::Result<()> {
+pub(super) async fn certs(c: &Client, cmd: Certs, out: Output) -> anyhow::Result<()> {
     let v = match cmd {
         Certs::Issue {
             identity,
@@ -281,15 +176,15 @@ pub async fn certs(c: &Client, cmd: Certs, out: Output) -> anyhow::Result<()> {
             // A generated key goes to its file, never to the terminal.
             if let (Some(path), Some(key)) = (&key_out, v["private_key"].as_str()) {
                 let key = zeroize::Zeroizing::new(key.to_owned());
-                tessera::files::write_atomic(path, key.as_bytes(), tessera::files::PRIVATE)
+                files::write_atomic(path, key.as_bytes(), files::PRIVATE)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             if let Some(o) = v.as_object_mut() {
                 o.remove("private_key");
             }
             if let Some(path) = &cert_out {
-                let pem = tessera::agent::chain_pem(&v);
-                tessera::files::write_atomic(path, pem.as_bytes(), tessera::files::PUBLIC)
+                let pem = agent::chain_pem(&v);
+                files::write_atomic(path, pem.as_bytes(), files::PUBLIC)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             v
@@ -333,7 +228,7 @@ pub async fn certs(c: &Client, cmd: Certs, out: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn whoami(c: &Client, out: Output) -> anyhow::Result<()> {
+pub(super) async fn whoami(c: &Client, out: Output) -> anyhow::Result<()> {
     show(out, &call(c, Method::GET, "/v1/whoami", None).await?, None);
     Ok(())
 }
@@ -409,4 +304,91 @@ fn show(out: Output, v: &Value, columns: Option<&[&str]>) {
             }
         }
     }
+}
+
+/// `tessera backup`: downloads an online backup and writes it (0600) once its structure
+/// checks out.
+pub(super) async fn backup(target: TargetArgs, out: PathBuf) -> anyhow::Result<()> {
+    let client = Client::new(&target.target())?;
+    let answer = client
+        .call(Method::GET, "/v1/sys/backup", None)
+        .await?
+        .ok()?;
+    // Its structure only: checking its MAC takes the master key (restore does).
+    crate::store::backup::parse(&answer.body).context("the server's backup does not check out")?;
+    files::write_atomic(&out, &answer.body, files::PRIVATE)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "backup written: {} ({} bytes)",
+        out.display(),
+        answer.body.len()
+    );
+    Ok(())
+}
+
+/// `tessera unseal`: sends one share, read from standard input, with no client certificate.
+pub(super) async fn unseal(target: TargetArgs) -> anyhow::Result<()> {
+    let mut t = target.target();
+    t.cert = None;
+    t.key = None;
+    let client = Client::new(&t)?;
+    let line = secret_input(None)?;
+    let body = json!({"share": line.trim()});
+    let answer = client
+        .call(Method::POST, "/v1/sys/unseal", Some(&body))
+        .await?
+        .ok()?;
+    println!("{}", answer.json());
+    Ok(())
+}
+
+/// `tessera agent bootstrap`: the first certificate, from an enrolment token.
+pub(super) async fn agent_bootstrap(
+    ServerArgs { server, ca }: ServerArgs,
+    identity: String,
+    cert: PathBuf,
+    key: PathBuf,
+    ttl: Option<u64>,
+) -> anyhow::Result<()> {
+    let token = secret_input(Some("TESSERA_ENROL_TOKEN"))?;
+    let b = agent::Bootstrap {
+        server,
+        ca,
+        cert: cert.clone(),
+        key,
+        identity,
+        token: SecretString::new(token.trim().to_owned()),
+        ttl_seconds: ttl,
+    };
+    let v = agent::bootstrap(b).await?;
+    println!(
+        "Wrote {} (valid until unix {}) and its key. Keep it renewed with `tessera agent`.",
+        cert.display(),
+        v.not_after
+    );
+    Ok(())
+}
+
+/// `tessera agent`: renews the certificate at --renew-at of its lifetime until stopped (or
+/// once, with --once).
+pub(super) async fn agent_run(a: AgentArgs) -> anyhow::Result<()> {
+    super::init_logging(LogFormat::Human);
+    let (Some(cert), Some(key)) = (a.cert, a.key) else {
+        bail!("--cert and --key are required");
+    };
+    let exec = a.exec.as_deref().map(agent::split_command).transpose()?;
+    let opts = agent::Options {
+        server: a.server.server,
+        ca: a.server.ca,
+        cert,
+        key,
+        exec,
+        signal_pid: a.signal_pid,
+        renew_at: a.renew_at,
+        rekey: a.rekey,
+        ttl_seconds: a.ttl,
+        once: a.once,
+    };
+    agent::run(opts).await?;
+    Ok(())
 }

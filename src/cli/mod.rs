@@ -1,0 +1,130 @@
+//! The `tessera` command line: [`run`] parses the arguments ([`args`]) and runs one verb.
+//! `serve` runs on actix's runtime, as the server does; every other verb that needs async
+//! runs on the one runtime `block_on` builds. The offline verbs (server stopped) are in
+//! `offline`, the verbs that talk to a running server in `client`. This is the only layer
+//! that prints and that uses `anyhow`.
+
+pub mod args;
+mod client;
+mod offline;
+
+use std::future::Future;
+
+use clap::Parser;
+
+use self::args::{AgentArgs, AgentCommand, AuditCommand, Cli, ClientArgs, Command, ServeArgs};
+use crate::{
+    app::Vault,
+    config::{Config, LogFormat},
+};
+
+/// Parses the command line and runs the verb it names. Returns the process's exit code when
+/// the verb ran to its end (`audit verify` exits 1 on an invalid log); an error is reported
+/// by the caller (exit code 1).
+pub fn run() -> anyhow::Result<i32> {
+    let cli = Cli::parse();
+    // One crypto provider for the process: ring. Failing means one was already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::Serve(args) => serve(args)?,
+        Command::Init(args) => block_on(offline::init(args))?,
+        Command::AdminCert(args) => block_on(offline::admin_cert(args))?,
+        Command::Audit(AuditCommand::Verify { dirs, checkpoint }) => {
+            return block_on(offline::audit_verify(dirs, checkpoint));
+        }
+        Command::Backup { target, out } => block_on(client::backup(target, out))?,
+        Command::Restore {
+            file,
+            dirs,
+            audit_log,
+        } => offline::restore(&file, &dirs, audit_log.as_deref())?,
+        Command::RotateMaster {
+            dirs,
+            shares,
+            threshold,
+        } => block_on(offline::rotate_master(dirs, shares, threshold))?,
+        Command::BenchPreload { dirs, keys, out } => {
+            block_on(offline::bench_preload(dirs, keys, out))?;
+        }
+        Command::Agent(AgentArgs {
+            command:
+                Some(AgentCommand::Bootstrap {
+                    server,
+                    identity,
+                    cert,
+                    key,
+                    ttl,
+                }),
+            ..
+        }) => block_on(client::agent_bootstrap(server, identity, cert, key, ttl))?,
+        Command::Agent(a) => block_on(client::agent_run(a))?,
+        Command::Whoami { client } => {
+            let (c, out) = connect(client)?;
+            block_on(async move { client::whoami(&c, out).await })?;
+        }
+        Command::Apis { client, command } => {
+            let (c, out) = connect(client)?;
+            block_on(async move { client::apis(&c, command, out).await })?;
+        }
+        Command::Keys { client, command } => {
+            let (c, out) = connect(client)?;
+            block_on(async move { client::keys(&c, command, out).await })?;
+        }
+        Command::Certs { client, command } => {
+            let (c, out) = connect(client)?;
+            block_on(async move { client::certs(&c, command, out).await })?;
+        }
+        Command::Unseal { target } => block_on(client::unseal(target))?,
+    }
+    Ok(0)
+}
+
+/// The one runtime of every verb but `serve`: a current-thread tokio runtime, built here and
+/// nowhere else, that runs `verb` to its end.
+fn block_on<T>(verb: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(verb)
+}
+
+/// `tessera serve`: on actix's own runtime (its `System`), which the server needs.
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut o = args.dirs.overrides();
+    o.listen = args.listen;
+    o.trust_domain = args.trust_domain;
+    o.log_format = args.log_format;
+    o.shutdown_timeout_seconds = args.shutdown_timeout;
+    let config = Config::load(&o)?;
+    init_logging(config.log_format);
+    actix_web::rt::System::new().block_on(async move {
+        let vault = Vault::open(config)?;
+        let core = match vault.automatic_master()? {
+            Some(master) => Some(vault.unseal(master).await?),
+            None => None,
+        };
+        crate::http::server::serve(vault, core).await?;
+        Ok(())
+    })
+}
+
+/// The client of a client verb, and how it prints.
+fn connect(args: ClientArgs) -> anyhow::Result<(crate::client::Client, args::Output)> {
+    Ok((
+        crate::client::Client::new(&args.target.target())?,
+        args.output,
+    ))
+}
+
+/// Logs to standard error, filtered by `RUST_LOG` (default `info`).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,321 @@
+//! The offline verbs, run with the server stopped (each takes the data directory's lock):
+//! `init`, `admin-cert`, `rotate-master`, `restore`, `audit verify` and `bench-preload`. Each
+//! loads the configuration, asks custody (`app`) or the domain to do the work, and prints the
+//! outcome. Reading unseal shares from standard input is here; checking and combining them is
+//! custody's.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context;
+
+use super::{
+    args::{AdminCertArgs, DirArgs, InitArgs},
+    init_logging,
+};
+use crate::{
+    app::{
+        Core, KeySource, Vault,
+        vault::{self, RestoreError},
+    },
+    audit::AuditContext,
+    config::Config,
+    crypto::keyring::MasterKey,
+    files,
+    pki::bootstrap,
+};
+
+/// The configuration of an offline verb: the file, the environment, then the directories.
+fn load(dirs: &DirArgs) -> anyhow::Result<Config> {
+    Ok(Config::load(&dirs.overrides())?)
+}
+
+/// `tessera init`: a fresh data directory sealed with Shamir shares, with its CA, server
+/// certificate and admin credential; prints the shares.
+pub(super) async fn init(args: InitArgs) -> anyhow::Result<()> {
+    let mut o = args.dirs.overrides();
+    o.trust_domain = args.trust_domain;
+    let config = Config::load(&o)?;
+    init_logging(config.log_format);
+    let mut vault = Vault::open(config)?;
+    let shares = vault.init_shares(args.shares, args.threshold).await?;
+    println!(
+        "Initialised {} sealed with {} shares, {} needed to unseal. No key file was written.",
+        vault.config.data_dir.display(),
+        args.shares,
+        args.threshold
+    );
+    println!("  trust anchor: {}", vault.paths.ca.display());
+    println!("  admin cert:   {}", vault.paths.admin_cert.display());
+    for s in &shares {
+        println!("{}", s.as_str());
+    }
+    Ok(())
+}
+
+/// `tessera admin-cert`: re-issues the bootstrap admin credential, and revokes the earlier
+/// ones unless told to keep them.
+pub(super) async fn admin_cert(
+    AdminCertArgs { dirs, keep_old }: AdminCertArgs,
+) -> anyhow::Result<()> {
+    let config = load(&dirs)?;
+    init_logging(config.log_format);
+    let vault =
+        Vault::open(config).context("opening the data directory (is a server running on it?)")?;
+    let core = unseal_offline(&vault).await?;
+    // On a fresh data directory the unseal itself issued the first one.
+    let issued = if core.first_start() {
+        None
+    } else {
+        let rec = AuditContext::system("reissue admin credential (offline)", vault.clock.now());
+        Some(bootstrap::issue_admin_cert(&*rec, core.pki(), &vault.paths, vault.clock.now()).await?)
+    };
+    println!(
+        "admin credential written: {} (key {})",
+        vault.paths.admin_cert.display(),
+        vault.paths.admin_key.display()
+    );
+    if let Some(i) = issued {
+        println!("  serial {}, valid until {}", i.serial, i.not_after);
+        if !keep_old {
+            let rec = AuditContext::system(
+                "revoke earlier admin credentials (offline)",
+                vault.clock.now(),
+            );
+            let revoked = core
+                .pki()
+                .revoke_admin_certs_except(&*rec, &i.serial, vault.clock.now())
+                .await?;
+            for s in &revoked {
+                println!("  revoked the earlier admin certificate {s}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `tessera rotate-master`: a new master key, the keyring rewrapped; prints where the new key
+/// went (or the new shares).
+pub(super) async fn rotate_master(
+    dirs: DirArgs,
+    shares: Option<u8>,
+    threshold: Option<u8>,
+) -> anyhow::Result<()> {
+    let config = load(&dirs)?;
+    init_logging(config.log_format);
+    let mut vault =
+        Vault::open(config).context("opening the data directory (is a server running on it?)")?;
+    let old = match vault.automatic_master()? {
+        Some(m) => m,
+        None => read_shares(&vault)?,
+    };
+    let source = vault.key_source();
+    // The new key opens everything once this returns.
+    let (new, texts) = vault.rotate_master(&old, shares.zip(threshold)).await?;
+    println!("master key rotated (the data keys and the pepper are unchanged)");
+    if texts.is_empty() {
+        match source {
+            KeySource::Environment => println!(
+                "set TESSERA_MASTER_KEY to: {}",
+                crate::crypto::hex::encode(new.expose())
+            ),
+            _ => println!(
+                "new key written to {}",
+                vault.config.data_dir.join("master.key").display()
+            ),
+        }
+    }
+    for t in &texts {
+        println!("{}", t.as_str());
+    }
+    Ok(())
+}
+
+/// `tessera bench-preload`: `keys` API keys under one new API, their secrets written one per
+/// line to `out`; prints the API's id.
+pub(super) async fn bench_preload(dirs: DirArgs, keys: usize, out: PathBuf) -> anyhow::Result<()> {
+    let config = load(&dirs)?;
+    let vault = Vault::open(config)?;
+    let core = unseal_offline(&vault).await?;
+    let now = vault.clock.now();
+    let api = core
+        .keys()
+        .create_api(
+            &crate::store::NoRecord,
+            crate::ids::TenantName::default_tenant(),
+            serde_json::from_value(serde_json::json!({
+                "name": "bench", "purpose": "benchmark", "owner": "bench", "risk": "low"
+            }))?,
+            now,
+        )
+        .await?;
+    let secrets = core
+        .keys()
+        .bulk_issue(&crate::ids::TenantScope::All, &api.id, keys, 2000, now)
+        .await?;
+    let mut text = String::with_capacity(secrets.len() * 48);
+    for s in &secrets {
+        text.push_str(s.expose());
+        text.push('\n');
+    }
+    files::write_atomic(&out, text.as_bytes(), files::PRIVATE)?;
+    println!("{}", api.id);
+    Ok(())
+}
+
+/// `tessera audit verify`: checks the hash chain, optionally against a saved checkpoint.
+/// Returns the exit code: 0 when the log is valid, 1 when it is not.
+pub(super) async fn audit_verify(
+    dirs: DirArgs,
+    checkpoint: Option<PathBuf>,
+) -> anyhow::Result<i32> {
+    let config = load(&dirs)?;
+    init_logging(config.log_format);
+    let store = crate::app::open_store(&config)
+        .context("opening the data directory (is a server running on it?)")?;
+    let cp = match &checkpoint {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let cp: crate::audit::Checkpoint =
+                serde_json::from_str(&text).context("the checkpoint file is not a checkpoint")?;
+            cp.verify_signature()
+                .context("the checkpoint's signature does not verify")?;
+            let ours = crate::audit::stored_public_key(&*store).await?;
+            if ours.as_deref() != Some(cp.public_key.as_str()) {
+                anyhow::bail!("the checkpoint was signed by another key than this log's");
+            }
+            Some(cp)
+        }
+        None => None,
+    };
+    let report = crate::audit::check(&*store, cp.as_ref()).await?;
+    if report.valid {
+        println!(
+            "audit log valid: {} entries checked, head seq {}",
+            report.checked, report.head_seq
+        );
+        Ok(0)
+    } else {
+        println!(
+            "audit log INVALID at seq {}: {} ({} entries checked before it)",
+            report.first_bad_seq.unwrap_or(0),
+            report.problem.as_deref().unwrap_or("unknown problem"),
+            report.checked
+        );
+        Ok(1)
+    }
+}
+
+/// `tessera restore`: restores a backup into an empty data directory (see
+/// [`vault::restore`]), and names the revocations made after the backup that it lost (from the
+/// certs directory's published CRLs, and the shipped audit log).
+pub(super) fn restore(file: &Path, dirs: &DirArgs, audit_log: Option<&Path>) -> anyhow::Result<()> {
+    let config = load(dirs)?;
+    init_logging(config.log_format);
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let backup = crate::store::backup::parse(&bytes)
+        .with_context(|| format!("{} is not a usable backup", file.display()))?;
+    vault::restore(&config, &backup, read_shares).map_err(|e| match e {
+        RestoreError::Refused(e) => anyhow::Error::new(e).context(format!(
+            "{} was not restored (the target directory holds no database)",
+            file.display()
+        )),
+        other => other.into(),
+    })?;
+    let header = &backup.header;
+    println!(
+        "restored {} entries from a backup made at {} into {} (authenticated with the master key)",
+        backup.entries.len(),
+        header.created_at,
+        config.data_dir.display()
+    );
+    println!("The first unseal opens a new audit epoch. The master key is not in the backup.");
+
+    // Revocations made after the backup are not in it: name them.
+    let in_backup: BTreeSet<String> = header.revoked_serials.iter().cloned().collect();
+    let mut lost: Vec<String> = Vec::new();
+    if let Ok(text) = std::fs::read_to_string(config.certs_dir.join("crls.pem")) {
+        for block in pem::parse_many(&text).unwrap_or_default() {
+            if let Ok((_, crl)) = x509_parser::parse_x509_crl(block.contents()) {
+                for r in crl.iter_revoked_certificates() {
+                    let serial = crate::identity::Serial::from_bytes(r.raw_serial());
+                    if !in_backup.contains(serial.as_str()) {
+                        lost.push(format!("certificate {serial} (in the published CRL)"));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(path) = audit_log {
+        let head = header.audit_head_seq;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        for line in text.lines() {
+            let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let action = e["action"].as_str().unwrap_or("");
+            if e["seq"].as_u64().unwrap_or(0) > head
+                && e["outcome"] == "success"
+                && action.ends_with("/revoke")
+            {
+                lost.push(format!(
+                    "{} {} (audit seq {})",
+                    if action.contains("/certs/") {
+                        "certificate"
+                    } else {
+                        "key"
+                    },
+                    e["object"].as_str().unwrap_or("?"),
+                    e["seq"]
+                ));
+            }
+        }
+    }
+    lost.sort();
+    lost.dedup();
+    if lost.is_empty() {
+        println!("No revocation made after the backup is known to be lost.");
+    } else {
+        println!("Revocations made after the backup, LOST by this restore (revoke them again):");
+        for l in &lost {
+            println!("  {l}");
+        }
+    }
+    Ok(())
+}
+
+/// Unseals for an offline command: the key file or `TESSERA_MASTER_KEY`, or shares read from
+/// standard input, one per line, as `tessera init` printed them.
+async fn unseal_offline(vault: &Vault) -> anyhow::Result<Core> {
+    let master = match vault.automatic_master()? {
+        Some(m) => m,
+        None => read_shares(vault)?,
+    };
+    Ok(vault.unseal(master).await?)
+}
+
+/// Reads shares from standard input until the threshold is reached.
+fn read_shares(vault: &Vault) -> anyhow::Result<MasterKey> {
+    let threshold = vault.seal.as_ref().map_or(0, |s| usize::from(s.threshold));
+    eprintln!("the data directory is sealed: enter {threshold} shares, one per line");
+    let mut shares = Vec::new();
+    let mut seen = BTreeSet::new();
+    for line in std::io::stdin().lines() {
+        let line = zeroize::Zeroizing::new(line?);
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (n, bytes) = vault.check_share(&line)?;
+        if seen.insert(n) {
+            shares.push(bytes);
+        }
+        if shares.len() == threshold {
+            break;
+        }
+    }
+    Ok(vault.combine(&shares)?)
+}
