@@ -31,7 +31,8 @@ impl Timestamp {
     }
 
     pub fn from_offset(t: OffsetDateTime) -> Self {
-        Self(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
+        // Floor, not toward zero: an instant before the epoch stays before it.
+        Self(i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).unwrap_or(i64::MAX))
     }
 
     pub fn to_offset(self) -> OffsetDateTime {
@@ -48,9 +49,14 @@ impl Timestamp {
         if s.len() > 40 {
             return Err("must be an RFC 3339 timestamp");
         }
+        // Only instants this type can print back the same way: from the epoch to the end of
+        // year 9999 in UTC (an offset can push a valid-looking local time outside it).
+        const LAST: i64 = 253_402_300_799_999;
         OffsetDateTime::parse(s, &Rfc3339)
             .map(Self::from_offset)
-            .map_err(|_| "must be an RFC 3339 timestamp")
+            .ok()
+            .filter(|t| (0..=LAST).contains(&t.0))
+            .ok_or("must be an RFC 3339 timestamp between 1970 and 9999 (UTC)")
     }
 }
 
@@ -174,5 +180,15 @@ mod tests {
         assert!(Timestamp::parse("yesterday").is_err());
         assert_eq!(Day::parse("2027-01-31").unwrap().to_string(), "2027-01-31");
         assert!(Day::parse("2027-02-31").is_err());
+        // Found by fuzzing: accepted but printed as something else.
+        for odd in [
+            "9999-12-31T23:59:59-23:59",
+            "0000-01-01T00:00:00+23:59",
+            "1969-12-31T23:59:59.9995Z",
+        ] {
+            assert!(Timestamp::parse(odd).is_err(), "{odd}");
+        }
+        let last = Timestamp::parse("9999-12-31T23:59:59.999Z").unwrap();
+        assert_eq!(Timestamp::parse(&last.to_string()).unwrap(), last);
     }
 }

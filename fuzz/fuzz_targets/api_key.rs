@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
                 } else {
                     KeyFormatError::Shape
                 };
-                assert_eq!(parsed, Err(want), "{s:?}");
+                assert_eq!(parsed.err(), Some(want), "{s:?}");
             }
         }
         Err(e) => {
@@ -58,7 +58,7 @@ fn check_key(s: &str, key: &ApiKey) {
     assert_eq!(key.expose(), s);
     // Its string form parses again, to an equal key.
     let again = ApiKey::parse(key.expose());
-    assert_eq!(again.as_ref(), Ok(key));
+    assert_eq!(again.as_ref().map(ApiKey::expose).ok(), Some(key.expose()));
     let prefix = key.prefix();
     assert!(KeyPrefix::parse(prefix).is_ok(), "prefix {prefix:?}");
     let start = key.start();

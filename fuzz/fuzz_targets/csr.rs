@@ -10,8 +10,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use tessera::{
+    identity::ServiceName,
     ids::{TenantName, TenantScope},
-    pki::{self, KeySource, PkiError, identity::ServiceName, verify::MAX_CHAIN},
+    pki::{self, KeySource, PkiError, ceiling::Ceiling, verify::MAX_CHAIN},
     store::NoRecord,
 };
 use tessera_fuzz::{Fixture, fixture};
@@ -45,6 +46,7 @@ fn issue(f: &Fixture, csr: String) {
         name,
         KeySource::Csr(csr),
         3600,
+        Ceiling::from_bits(0),
         f.now,
     ));
     match result {

@@ -7,13 +7,10 @@
 use libfuzzer_sys::fuzz_target;
 use tessera::{
     clock::{Day, Timestamp},
+    identity::{Serial, ServiceName, SpiffeId, TrustDomain},
     ids::{ApiId, CaId, KeyId, TenantId, TenantName},
     keys::model::Scope,
     page::Cursor,
-    pki::{
-        identity::{ServiceName, SpiffeId, TrustDomain},
-        serial::Serial,
-    },
 };
 use tessera_fuzz::TRUST_DOMAIN;
 

@@ -10,11 +10,9 @@ use std::sync::{
 use tessera::{
     clock::{Clock, SystemClock, Timestamp},
     crypto::keyring::MasterKey,
+    identity::{ServiceName, TrustDomain},
     ids::TenantName,
-    pki::{
-        KeySource, Pki, Policy,
-        identity::{ServiceName, TrustDomain},
-    },
+    pki::{KeySource, Pki, Policy, ceiling::Ceiling},
     store::{
         Batch, IndexEntry, IndexName, Kind, NoRecord, Store, StoreFuture, Stored, log,
         sled::SledStore,
@@ -65,6 +63,7 @@ fn build() -> Result<Fixture, Box<dyn std::error::Error>> {
             Policy {
                 default_ttl_secs: 3600,
                 max_ttl_secs: 86_400,
+                max_lineage_secs: 90 * 86_400,
             },
             None,
             now,
@@ -77,6 +76,7 @@ fn build() -> Result<Fixture, Box<dyn std::error::Error>> {
                 ServiceName::parse("fuzz")?,
                 KeySource::Generate,
                 3600,
+                Ceiling::from_bits(0),
                 now,
             )
             .await?;

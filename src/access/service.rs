@@ -254,11 +254,10 @@ impl Access {
         b.index_put(IDX_ROLES, id.as_bytes(), &id, false);
         rec.record(&mut b, &id, Some(tenant))?;
         self.forget_all();
-        match self.store.commit(b).await {
-            Ok(()) => {
-                self.forget_all();
-                Ok(role)
-            }
+        let committed = self.store.commit(b).await;
+        self.forget_all();
+        match committed {
+            Ok(()) => Ok(role),
             Err(StoreError::Conflict) => Err(AccessError::Conflict("the role changed meanwhile")),
             Err(e) => Err(e.into()),
         }
@@ -364,8 +363,10 @@ impl Access {
         b.index_put(IDX_BINDINGS, id.as_bytes(), &id, false);
         rec.record(&mut b, &id, Some(tenant))?;
         self.forget_all();
-        self.store.commit(b).await?;
+        // Forgotten again whatever the outcome: a failed flush may still have applied it.
+        let committed = self.store.commit(b).await;
         self.forget_all();
+        committed?;
         Ok(self.view(&binding, granted))
     }
 

@@ -86,7 +86,7 @@ impl Core {
     async fn open(vault: &Vault, master: MasterKey) -> Result<Core, AppError> {
         let (sled, keyring) = vault.db()?.unseal(&master)?;
         let store: Arc<dyn Store> = Arc::new(sled.clone());
-        let audit = Arc::new(Audit::open(store.clone()).await?);
+        let audit = Arc::new(Audit::open(store.clone(), keyring.clone()).await?);
         let access = Arc::new(Access::new(
             store.clone(),
             vault.config.trust_domain.clone(),
@@ -204,6 +204,14 @@ impl Core {
         rec.record(&mut b, "backup", None)?;
         self.store.commit(b).await?;
         let head = self.store.log_head(crate::audit::LOG).await?;
+        // Read before the snapshot: a revocation made in between is then in the data but not
+        // in this list, so a restore reports it as lost (the safe mistake), never the reverse.
+        let revoked_serials: Vec<String> = self
+            .pki
+            .revoked_serials()
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect();
         let admin = self.admin.clone();
         let entries = tokio::task::spawn_blocking(move || admin.snapshot())
             .await
@@ -215,12 +223,7 @@ impl Core {
             trust_domain: trust_domain.to_owned(),
             entries: entries.len() as u64,
             audit_head_seq: head.seq,
-            revoked_serials: self
-                .pki
-                .revoked_serials()
-                .iter()
-                .map(|s| s.as_str().to_owned())
-                .collect(),
+            revoked_serials,
         };
         let key = self.keyring.pepper().backup_key();
         tokio::task::spawn_blocking(move || backup::encode(&header, &entries, &key))

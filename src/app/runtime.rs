@@ -11,8 +11,18 @@ use zeroize::Zeroizing;
 use super::{AppError, Core, Vault};
 use crate::{audit::AuditContext, audit::refusals::Refusals, metrics, store::Batch, sync::Locked};
 
-/// Called with the core that is now in service (`None`: sealed or being reopened).
-pub type OnChange = Box<dyn Fn(Option<&Arc<Core>>) + Send + Sync>;
+/// What happened to the core in service.
+pub enum Change<'a> {
+    /// This core is about to serve.
+    Installed(&'a Arc<Core>),
+    /// The core was taken out to reopen the store; another follows.
+    Out,
+    /// Sealed: every key leaves memory.
+    Sealed,
+}
+
+/// Told of every [`Change`] (the serving layer: its TLS verifier, lockout guard, replies).
+pub type OnChange = Box<dyn Fn(Change<'_>) + Send + Sync>;
 
 /// Where an unseal stands after a share.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,8 +82,10 @@ impl Runtime {
     /// Puts an unsealed core in service.
     pub fn install(&self, core: Core) -> Arc<Core> {
         let core = Arc::new(core);
+        // The serving layer first (handshakes against this CA, lockouts into this log), then
+        // the core: no request sees the core before its TLS verifier does.
+        (self.on_change)(Change::Installed(&core));
         *self.core.write_locked() = Some(core.clone());
-        (self.on_change)(Some(&core));
         metrics::SEALED.set(0);
         core
     }
@@ -81,14 +93,15 @@ impl Runtime {
     /// Takes the core out of service to reopen the store (requests see "sealed" meanwhile).
     pub fn take(&self) -> Option<Arc<Core>> {
         let core = self.core.write_locked().take();
-        (self.on_change)(None);
+        (self.on_change)(Change::Out);
         core
     }
 
     /// Seals: takes the core out of service and forgets unseal progress. The core's keys are
     /// dropped (zeroized) as soon as the requests still holding it finish.
     pub fn seal(&self) -> Option<Arc<Core>> {
-        let core = self.take();
+        let core = self.core.write_locked().take();
+        (self.on_change)(Change::Sealed);
         self.progress.write_locked().clear();
         metrics::SEALED.set(1);
         core

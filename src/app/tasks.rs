@@ -69,7 +69,10 @@ pub async fn rewrap(rt: Arc<Runtime>) {
                 // write still using the old key when the pass began cannot be missed.
                 let since = *clean_since.get_or_insert(started);
                 if since.elapsed() >= Duration::from_secs(2) {
-                    match core.retire_old_keys(current) {
+                    let c = core.clone();
+                    let retired =
+                        tokio::task::spawn_blocking(move || c.retire_old_keys(current)).await;
+                    match retired.unwrap_or(Ok(false)) {
                         Ok(true) => tracing::info!("old data keys retired"),
                         Ok(false) => tracing::info!("a rotation came first: not retiring yet"),
                         Err(e) => tracing::error!(error = %e, "could not retire old data keys"),

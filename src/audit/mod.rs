@@ -234,13 +234,28 @@ impl Recorder for AuditContext {
 pub struct Audit {
     store: Arc<dyn Store>,
     signer: checkpoint::Signer,
+    /// Seals tenant cursors: a position in the tenant index holds the global sequence number,
+    /// which a tenant must not learn.
+    keyring: Arc<crate::crypto::keyring::Keyring>,
+}
+
+/// Associated data of a sealed tenant cursor: it opens only for the tenant it was made for.
+fn cursor_aad(tenant: &TenantName) -> Vec<u8> {
+    format!("tessera/audit-cursor/v1/{}", tenant.as_str()).into_bytes()
 }
 
 impl Audit {
     /// Opens the audit log, creating its checkpoint-signing key on first use.
-    pub async fn open(store: Arc<dyn Store>) -> Result<Self, CheckpointError> {
+    pub async fn open(
+        store: Arc<dyn Store>,
+        keyring: Arc<crate::crypto::keyring::Keyring>,
+    ) -> Result<Self, CheckpointError> {
         let signer = checkpoint::Signer::load_or_create(&*store).await?;
-        let audit = Self { store, signer };
+        let audit = Self {
+            store,
+            signer,
+            keyring,
+        };
         audit.build_tenant_index().await?;
         Ok(audit)
     }
@@ -309,19 +324,25 @@ impl Audit {
         Ok(())
     }
 
-    /// One tenant's entries, oldest first, strictly after the index position `after`, at
-    /// most `limit`; returns them and the position of the last one. Reads only that tenant's
-    /// entries, whatever the others wrote.
+    /// One tenant's entries, oldest first, after `cursor` (a `next_cursor` this gave the same
+    /// tenant), at most `limit`; returns them and the cursor of the last one. Reads only that
+    /// tenant's entries, whatever the others wrote. The cursor is sealed (AEAD under the
+    /// current data key, bound to the tenant): it is opaque, so it tells nothing of the global
+    /// chain. `Err(None)` for a cursor that does not open.
     pub async fn list_tenant(
         &self,
         tenant: &TenantName,
-        after: Option<&[u8]>,
+        cursor: Option<&str>,
         limit: usize,
-    ) -> Result<(Vec<EntryView>, Option<Vec<u8>>), StoreError> {
+    ) -> Result<(Vec<EntryView>, Option<String>), Option<StoreError>> {
+        let after = match cursor {
+            Some(c) => Some(self.open_cursor(tenant, c).ok_or(None)?),
+            None => None,
+        };
         let prefix = tenant_prefix(tenant.as_str());
         let entries = self
             .store
-            .scan(IDX_BY_TENANT, &prefix, after, limit)
+            .scan(IDX_BY_TENANT, &prefix, after.as_deref(), limit)
             .await?;
         let mut out = Vec::with_capacity(entries.len());
         let mut last = None;
@@ -342,7 +363,40 @@ impl Audit {
             }
             last = Some(e.key);
         }
-        Ok((out, last))
+        let next = match last {
+            Some(k) => Some(self.seal_cursor(tenant, &k)?),
+            None => None,
+        };
+        Ok((out, next))
+    }
+
+    fn seal_cursor(&self, tenant: &TenantName, position: &[u8]) -> Result<String, StoreError> {
+        let nonce = crate::crypto::random::bytes::<{ crate::crypto::aead::NONCE_BYTES }>()
+            .map_err(|_| StoreError::Crypto)?;
+        let (version, sealed) = self.keyring.seal(nonce, &cursor_aad(tenant), position);
+        let mut out = version.to_be_bytes().to_vec();
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(hex::encode(&out))
+    }
+
+    fn open_cursor(&self, tenant: &TenantName, cursor: &str) -> Option<Vec<u8>> {
+        const N: usize = crate::crypto::aead::NONCE_BYTES;
+        if cursor.len() > 512 {
+            return None;
+        }
+        let raw = hex::decode(cursor)?;
+        if raw.len() < 4 + N + crate::crypto::aead::TAG_BYTES {
+            return None;
+        }
+        let version = u32::from_be_bytes(raw[..4].try_into().ok()?);
+        let nonce: [u8; N] = raw[4..4 + N].try_into().ok()?;
+        let position = self
+            .keyring
+            .open(version, nonce, &cursor_aad(tenant), &raw[4 + N..])
+            .ok()?;
+        // A position inside this tenant's part of the index (the AAD binds the tenant).
+        Some(position.expose().to_vec())
     }
 
     /// Entries after `after`, at most `limit`.

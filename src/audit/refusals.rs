@@ -8,8 +8,8 @@
 //! server is sealed the tallies wait (bounded) and are written after the unseal.
 //!
 //! Memory is bounded: past [`MAX_TALLIES`] distinct tallies in a window, further ones are
-//! folded into one per action and outcome with source `*`, so a spread-out flood costs a
-//! bounded number of entries too.
+//! folded into one per outcome (source, principal and action `*`), so a spread-out flood costs
+//! a bounded number of entries too.
 
 use crate::sync::Locked;
 use std::{collections::HashMap, sync::Mutex};
@@ -54,8 +54,10 @@ impl Refusals {
             outcome: event.outcome.clone(),
         };
         if !t.contains_key(&key) && t.len() >= MAX_TALLIES {
+            // One per outcome past the cap, whatever varies (sources, names, actions).
             key.source = "*".to_owned();
             key.principal = "*".to_owned();
+            key.action = "*".to_owned();
         }
         let time = event.time;
         t.entry(key.clone())
@@ -157,6 +159,17 @@ mod tests {
                 .starts_with("refused 1000 times")
         );
         assert!(r.drain().is_empty(), "a window is written once");
+    }
+
+    #[test]
+    fn many_actions_fold_too() {
+        let r = Refusals::default();
+        for i in 0..(MAX_TALLIES + 5000) {
+            let mut e = refusal("10.0.0.1", 1_000);
+            e.action = format!("X{i} /v1/apis");
+            r.note(e);
+        }
+        assert_eq!(r.drain().len(), MAX_TALLIES + 1);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub const DEFAULT_CERT_TTL_SECS: u64 = 24 * 3600;
 pub const DEFAULT_CERT_MAX_TTL_SECS: u64 = 30 * 24 * 3600;
 pub const DEFAULT_CERT_MAX_LINEAGE_SECS: u64 = 90 * 24 * 3600;
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+/// How many key records the verification cache holds by default (about 1 KiB each).
+pub const DEFAULT_VERIFY_CACHE_KEYS: usize = 1 << 20;
 
 /// A setting that could not be accepted.
 #[derive(Debug, thiserror::Error)]
@@ -257,7 +259,7 @@ impl Config {
         let verify_cache_keys = file
             .server
             .verify_cache_keys
-            .unwrap_or(crate::keys::cache::DEFAULT_CAPACITY);
+            .unwrap_or(DEFAULT_VERIFY_CACHE_KEYS);
         if verify_cache_keys == 0 {
             return Err(err("server.verify_cache_keys", "must be at least 1"));
         }

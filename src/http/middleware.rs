@@ -120,8 +120,12 @@ const PUBLIC: &[&str] = &[
 /// counts for nothing). A locked-out source is refused here too. Returns the seconds to wait
 /// when it is refused.
 fn throttle_anonymous(state: &web::Data<AppState>, req: &ServiceRequest) -> Option<u64> {
+    // A header authenticates something only on a route that reads it: on a public route or a
+    // path no route matches it is nothing, and must not switch the throttle off.
     let anonymous = req.conn_data::<PeerCert>().is_none()
-        && (!req.headers().contains_key(header::AUTHORIZATION) || PUBLIC.contains(&req.path()));
+        && (!req.headers().contains_key(header::AUTHORIZATION)
+            || PUBLIC.contains(&req.path())
+            || req.match_pattern().is_none());
     if !anonymous {
         return None;
     }

@@ -181,10 +181,15 @@ pub async fn serve(vault: Vault, core: Option<Core>) -> Result<(), ServeError> {
     for t in &tasks {
         t.abort();
     }
-    if let Some(core) = state.try_core()
-        && let Err(e) = core.keys().usage().flush().await
-    {
-        tracing::error!(error = %e, "could not persist usage counters at shutdown");
+    if let Some(core) = state.try_core() {
+        if let Err(e) = core.keys().usage().flush().await {
+            tracing::error!(error = %e, "could not persist usage counters at shutdown");
+        }
+        // The window's tallied refusals are written before going, not lost.
+        let refusals = state.runtime.refusals.drain();
+        if let Err(e) = core.audit().write_all(&refusals).await {
+            tracing::error!(error = %e, "could not write the tallied refusals at shutdown");
+        }
     }
     tracing::info!("stopped");
     result.map_err(|source| {

@@ -10,7 +10,7 @@ use super::{
     tls::{CertResolver, ClientVerifier},
 };
 use crate::{
-    app::{Core, Runtime, Vault},
+    app::{Core, Runtime, Vault, runtime::Change},
     clock::Clock,
     config::Config,
 };
@@ -41,15 +41,20 @@ impl AppState {
         let on_change = {
             let (verifier, guard, idempotency) =
                 (verifier.clone(), guard.clone(), idempotency.clone());
-            Box::new(move |core: Option<&Arc<Core>>| {
+            Box::new(move |change: Change<'_>| {
                 // Handshakes verify against the core's CA and CRLs; the guard writes lockouts
                 // to its audit log. Remembered replies may hold new keys: nothing secret stays
-                // in memory once the core is out.
+                // in memory once sealed (a store reopen keeps them, so retries still replay).
+                let core = match change {
+                    Change::Installed(core) => Some(core),
+                    Change::Out => None,
+                    Change::Sealed => {
+                        idempotency.clear();
+                        None
+                    }
+                };
                 verifier.set_pki(core.map(|c| c.pki().clone()));
                 guard.set_audit(core.map(|c| c.audit().clone()));
-                if core.is_none() {
-                    idempotency.clear();
-                }
             })
         };
         Self {

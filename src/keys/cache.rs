@@ -17,9 +17,6 @@ use zeroize::Zeroize;
 use super::model::Key;
 use crate::ids::ApiId;
 
-/// How many key records the cache holds by default (about 1 KiB each).
-pub const DEFAULT_CAPACITY: usize = 1 << 20;
-
 /// A cached key record.
 pub struct Cached(Key);
 

@@ -429,7 +429,7 @@ impl Keys {
             check_future(t, now, "expires_at")?;
         }
         let patch = &patch;
-        retrying(|| async move {
+        let k = retrying(|| async move {
             let (rev, mut k) = self.visible_key(scope, id, kind).await?;
             let before = k.clone();
             if k.revoked_at.is_some() {
@@ -472,16 +472,18 @@ impl Keys {
             track_end(&mut b, Some(&before), &k);
             rec.record(&mut b, k.id.as_str(), Some(&k.tenant))?;
             self.commit_changing(b, &[&k], &[]).await?;
-            let refill_from = matches!(patch.refill, Some(Some(_))).then_some(now);
-            if patch.remaining.is_some() || refill_from.is_some() {
-                self.usage
-                    .set_quota(k.budget_id(), patch.remaining, refill_from)
-                    .await?;
-            }
-            let usage = self.usage.current(&k, now).await?;
-            Ok(KeyView::new(&k, &usage, now))
+            Ok(k)
         })
-        .await
+        .await?;
+        // After the commit, outside the retries: nothing below may re-run the change.
+        let refill_from = matches!(patch.refill, Some(Some(_))).then_some(now);
+        if patch.remaining.is_some() || refill_from.is_some() {
+            self.usage
+                .set_quota(k.budget_id(), patch.remaining, refill_from)
+                .await?;
+        }
+        let usage = self.usage.current(&k, now).await?;
+        Ok(KeyView::new(&k, &usage, now))
     }
 
     /// Replaces a key with a new one (new id, new secret, same API, name, scopes, metadata,
@@ -504,7 +506,7 @@ impl Keys {
         }
         let explicit = expiry(input.expires_at, input.ttl_seconds, now)?;
         let grace = input.grace_seconds;
-        retrying(|| async move {
+        let (new, secret) = retrying(|| async move {
             let (rev, mut old) = self.visible_key(scope, id, kind).await?;
             if old.superseded_by.is_some() {
                 return Err(KeysError::Conflict("the key has already been rotated"));
@@ -549,10 +551,11 @@ impl Keys {
             self.add_new_key(&mut b, (&api, api_rev), &new, &secret, None)?;
             rec.record(&mut b, new.id.as_str(), Some(&new.tenant))?;
             self.commit_changing(b, &[&old], &[]).await?;
-            let usage = self.usage.current(&new, now).await?;
-            Ok((KeyView::new(&new, &usage, now), secret))
+            Ok((new, secret))
         })
-        .await
+        .await?;
+        let usage = self.usage.current(&new, now).await?;
+        Ok((KeyView::new(&new, &usage, now), secret))
     }
 
     /// Revokes a key at once. Revoking a revoked key changes nothing and succeeds.

@@ -33,12 +33,17 @@ use crate::{
 impl Pki {
     /// Revokes a certificate (with `key_compromise`, also every live certificate sharing its
     /// key pair or its lineage). Revoking a revoked certificate changes nothing and succeeds.
+    /// `checked`: the certificates the caller was found allowed to end (see
+    /// [`Pki::revocation_reach`]); a compromise revocation that would now reach another one
+    /// (issued or renewed with the key meanwhile) is refused with a conflict, so the caller
+    /// retries and is checked again.
     pub async fn revoke(
         &self,
         rec: &dyn Recorder,
         scope: &TenantScope,
         serial: &Serial,
         reason: RevocationReason,
+        checked: &[Serial],
         now: Timestamp,
     ) -> Result<CertRecord, PkiError> {
         let _one = self.changes.lock().await;
@@ -53,6 +58,14 @@ impl Pki {
         }
         if reason == RevocationReason::KeyCompromise {
             targets.extend(self.compromised_with(scope, &cert, now).await?);
+        }
+        if targets
+            .iter()
+            .any(|(_, t)| t.serial != *serial && !checked.contains(&t.serial))
+        {
+            return Err(PkiError::Conflict(
+                "a certificate with this key was issued meanwhile; retry",
+            ));
         }
         if targets.is_empty() {
             // Revoked already: an earlier attempt may have been applied without being

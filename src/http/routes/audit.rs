@@ -12,7 +12,7 @@ use crate::{
         state::AppState,
     },
     ids::TenantScope,
-    page::{Cursor, DEFAULT_LIMIT, MAX_LIMIT, Page},
+    page::{DEFAULT_LIMIT, MAX_LIMIT, Page},
 };
 
 /// `GET /v1/audit?after_seq=&cursor=&limit=`.
@@ -105,19 +105,15 @@ pub async fn list(
                     "may only be used by the global admin; page with cursor",
                 ));
             }
-            let cursor =
-                q.0.cursor
-                    .as_deref()
-                    .map(Cursor::parse)
-                    .transpose()
-                    .map_err(|m| ApiError::bad("cursor", m))?;
             let (items, last) = core
                 .audit()
-                .list_tenant(&tenant, cursor.as_ref().map(Cursor::position), limit)
-                .await?;
-            let next = (items.len() == limit)
-                .then(|| last.map(|k| Cursor::from_position(&k).encode()))
-                .flatten();
+                .list_tenant(&tenant, q.0.cursor.as_deref(), limit)
+                .await
+                .map_err(|e| match e {
+                    Some(e) => ApiError::from(e),
+                    None => ApiError::bad("cursor", "must be a next_cursor from this list"),
+                })?;
+            let next = (items.len() == limit).then_some(last).flatten();
             Ok(HttpResponse::Ok().json(Page {
                 items: items
                     .into_iter()

@@ -331,11 +331,11 @@ pub async fn revoke(
     // compromise revocation also ends the certificates sharing the key or the lineage, so the
     // caller must be able to act on each of them: a CSR is public, and a planted certificate
     // with a wider service's public key must not become a way to revoke that service.
-    for target in core
+    let reach = core
         .pki()
         .revocation_reach(&scope, &serial, reason, now)
-        .await?
-    {
+        .await?;
+    for target in &reach {
         if let Ok(id) = SpiffeId::parse(&target.identity, core.pki().trust_domain())
             && let Identity::Service { tenant, name } = &id.identity
         {
@@ -344,7 +344,14 @@ pub async fn revoke(
     }
     let rec = core
         .pki()
-        .revoke(&*audit, &scope, &serial, reason, now)
+        .revoke(
+            &*audit,
+            &scope,
+            &serial,
+            reason,
+            &reach.iter().map(|c| c.serial.clone()).collect::<Vec<_>>(),
+            now,
+        )
         .await?;
     Ok(HttpResponse::Ok().json(CertView::new(&rec, now)))
 }
