@@ -639,9 +639,14 @@ async fn shipped_nginx(home: &Home, server: &Server, admin: &Api, dir: &Path, ap
                     "/var/log/nginx/tessera-gateway.error.log",
                     &dir.join("error.log").display().to_string(),
                 )
-                .replace("127.0.0.1:8443", &server.addr.to_string())
-                .replace("127.0.0.1:8080", &app.to_string())
-                .replace("127.0.0.1:443", &addr.to_string())
+                // Whole directives: a port that starts with another's digits (44311 after
+                // 443) must not be rewritten twice.
+                .replace(
+                    "server 127.0.0.1:8443;",
+                    &format!("server {};", server.addr),
+                )
+                .replace("server 127.0.0.1:8080;", &format!("server {app};"))
+                .replace("listen 127.0.0.1:443 ssl;", &format!("listen {addr} ssl;"))
                 .replace("API_ID", api);
             Nginx::start(dir, &conf, addr)
         })
