@@ -31,10 +31,20 @@ pub struct AuditQuery {
     limit: Option<u64>,
 }
 
-/// An audit entry as a tenant-scoped reader sees it: the event, without its place in the
-/// global chain (whose length would tell one tenant how busy the others are).
+/// An audit entry as `GET /v1/audit` shows it. The global admin also sees its place in the
+/// chain (`seq`, `hash`, `prev_hash`); a tenant-scoped reader does not (the global chain's
+/// positions would tell one tenant how busy the others are).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct TenantEntryView {
+pub struct AuditEntry {
+    /// The global admin only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// SHA-256 over the previous hash and the canonical event, hex (the global admin only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// The global admin only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prev_hash: Option<String>,
     pub time: crate::clock::Timestamp,
     pub request_id: String,
     pub principal: String,
@@ -47,9 +57,18 @@ pub struct TenantEntryView {
     pub detail: Option<String>,
 }
 
-impl From<EntryView> for TenantEntryView {
-    fn from(e: EntryView) -> Self {
+impl AuditEntry {
+    /// The entry with (`chain`) or without its place in the chain.
+    fn of(e: EntryView, chain: bool) -> Self {
+        let (seq, hash, prev_hash) = if chain {
+            (Some(e.seq), Some(e.hash), Some(e.prev_hash))
+        } else {
+            (None, None, None)
+        };
         Self {
+            seq,
+            hash,
+            prev_hash,
             time: e.time,
             request_id: e.request_id,
             principal: e.principal,
@@ -66,7 +85,7 @@ impl From<EntryView> for TenantEntryView {
 #[utoipa::path(
     get, path = "/v1/audit", tag = "audit", operation_id = "listAudit",
     params(AuditQuery),
-    responses((status = 200, description = "Entries oldest first. The global admin pages by sequence number (`after_seq`, or `cursor` = the last seq of a full page) and sees each entry's place in the chain; a tenant-scoped reader sees its tenant's entries only, without chain positions, and pages with the opaque `next_cursor`.", body = Page<EntryView>)),
+    responses((status = 200, description = "Entries oldest first. The global admin pages by sequence number (`after_seq`, or `cursor` = the last seq of a full page) and sees each entry's place in the chain; a tenant-scoped reader sees its tenant's entries only, without chain positions, and pages with the opaque `next_cursor`.", body = Page<AuditEntry>)),
 )]
 pub async fn list(
     auth: Authenticated,
@@ -94,7 +113,10 @@ pub async fn list(
                 .then(|| items.last().map(|e| e.seq.to_string()))
                 .flatten();
             Ok(HttpResponse::Ok().json(Page {
-                items,
+                items: items
+                    .into_iter()
+                    .map(|e| AuditEntry::of(e, true))
+                    .collect::<Vec<_>>(),
                 next_cursor: next,
             }))
         }
@@ -117,7 +139,7 @@ pub async fn list(
             Ok(HttpResponse::Ok().json(Page {
                 items: items
                     .into_iter()
-                    .map(TenantEntryView::from)
+                    .map(|e| AuditEntry::of(e, false))
                     .collect::<Vec<_>>(),
                 next_cursor: next,
             }))
