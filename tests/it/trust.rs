@@ -462,6 +462,24 @@ async fn a_header_does_not_switch_the_public_throttle_off() {
     assert!(r.headers.contains_key("retry-after"));
     // A valid client certificate is never refused for others' failures.
     server.admin().get("/v1/whoami").await.expect(200);
+
+    // A real credential in the header still counts as one on the routes that read it: a
+    // root key's requests are throttled per principal (burst 1000), not per source (40).
+    let home = Home::new();
+    let server = Server::start(&home);
+    let rk = server
+        .admin()
+        .post("/v1/root-keys", json!({"permissions": ["keys:read"]}))
+        .await
+        .expect(201)["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let portal = bearer(&server, &rk);
+    for i in 0..80 {
+        let r = portal.get("/v1/whoami").await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text);
+    }
 }
 
 /// A tenant's auditor reads its own entries through its own index: no global sequence
