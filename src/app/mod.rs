@@ -84,8 +84,11 @@ impl Core {
     /// The composition root: unwraps the keyring with `master` and assembles every service
     /// (opening the CA on first start, and writing a restore's new audit epoch).
     async fn open(vault: &Vault, master: MasterKey) -> Result<Core, AppError> {
-        let (sled, keyring) = vault.db()?.unseal(&master)?;
-        let store: Arc<dyn Store> = Arc::new(sled.clone());
+        let crate::store::Unsealed {
+            store,
+            admin,
+            keyring,
+        } = vault.db()?.unseal(&master)?;
         let audit = Arc::new(Audit::open(store.clone(), keyring.clone()).await?);
         let access = Arc::new(Access::new(
             store.clone(),
@@ -133,7 +136,7 @@ impl Core {
         );
         Ok(Core {
             store,
-            admin: Arc::new(sled),
+            admin,
             keyring,
             master,
             pki,

@@ -26,9 +26,9 @@ use crate::{
         bootstrap::{self, CertPaths},
     },
     store::{
-        Store, StoreError,
+        Database, Store, StoreError,
         backup::{BackupError, Unverified},
-        sled::{SledDb, SledOptions},
+        open_database,
     },
     sync::Locked,
 };
@@ -64,14 +64,14 @@ pub enum KeySource {
 /// A data directory opened without keys.
 pub struct Vault {
     pub config: Config,
-    db: std::sync::RwLock<Option<SledDb>>,
+    db: std::sync::RwLock<Option<Arc<dyn Database>>>,
     pub paths: CertPaths,
     pub clock: Arc<dyn Clock>,
     pub seal: Option<SealConfig>,
 }
 
 /// The seal configuration a database holds, if it is sealed with shares.
-fn read_seal(db: &SledDb) -> Result<Option<SealConfig>, AppError> {
+fn read_seal(db: &dyn Database) -> Result<Option<SealConfig>, AppError> {
     Ok(db
         .meta(SEAL_META)?
         .map(|v| serde_json::from_slice::<SealConfig>(&v))
@@ -89,13 +89,8 @@ impl Vault {
             .map_err(io("cannot create", &config.data_dir))?;
         files::ensure_dir(&config.certs_dir, 0o755)
             .map_err(io("cannot create", &config.certs_dir))?;
-        let db = SledDb::open(
-            &config.data_dir.join("db"),
-            &SledOptions {
-                cache_capacity: config.store_cache_bytes,
-            },
-        )?;
-        let seal = read_seal(&db)?;
+        let db = open_database(&config.data_dir.join("db"), config.store_cache_bytes)?;
+        let seal = read_seal(&*db)?;
         let paths = CertPaths::new(&config.certs_dir);
         Ok(Self {
             config,
@@ -108,30 +103,29 @@ impl Vault {
 
     /// Reads the seal configuration again (after a restore imported one).
     pub fn reload_seal(&mut self) -> Result<(), AppError> {
-        self.seal = read_seal(&self.db()?)?;
+        self.seal = read_seal(&*self.db()?)?;
         Ok(())
     }
 
     /// The database handle (absent only while [`Vault::reopen`] swaps it).
-    pub fn db(&self) -> Result<SledDb, StoreError> {
+    pub fn db(&self) -> Result<Arc<dyn Database>, StoreError> {
         self.db.read_locked().clone().ok_or(StoreError::Unavailable(
             "the database is being reopened".into(),
         ))
     }
 
-    /// Closes and reopens the database (after an I/O error sled stays failed; reopening from
-    /// disk is the recovery). Every other handle must be gone: the old core dropped.
+    /// Closes and reopens the database (after an I/O error the embedded engine stays failed;
+    /// reopening from disk is the recovery). Every other handle must be gone: the old core
+    /// dropped.
     pub fn reopen(&self) -> Result<(), StoreError> {
         let mut slot = self.db.write_locked();
         drop(slot.take());
         let mut last = StoreError::Locked;
-        // sled's own threads let go of the files a moment after the last handle drops.
+        // The engine's own threads let go of the files a moment after the last handle drops.
         for _ in 0..100 {
-            match SledDb::open(
+            match open_database(
                 &self.config.data_dir.join("db"),
-                &SledOptions {
-                    cache_capacity: self.config.store_cache_bytes,
-                },
+                self.config.store_cache_bytes,
             ) {
                 Ok(db) => {
                     *slot = Some(db);
@@ -411,8 +405,8 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
         .ok_or(AppError::MasterKey(format!(
             "the data directory is sealed with shares; set {MASTER_KEY_ENV} for offline commands"
         )))?;
-    let (store, _) = vault.db()?.unseal(&master)?;
-    Ok(Arc::new(store))
+    let store = vault.db()?.unseal(&master)?.store;
+    Ok(store)
 }
 
 /// Why `init` failed.
@@ -530,10 +524,11 @@ where
         }
         None => return Err(Refused::NoMasterKey(vault.config.data_dir.clone())),
     };
-    let (_, keyring) = vault
+    let keyring = vault
         .db()
         .and_then(|db| db.unseal(&master))
-        .map_err(Refused::WrongKey)?;
+        .map_err(Refused::WrongKey)?
+        .keyring;
     backup
         .verify(&keyring.pepper().backup_key())
         .map_err(Refused::Forged)?;

@@ -267,7 +267,7 @@ pub struct DirArgs {
     /// Optional TOML configuration file.
     #[arg(long, env = "TESSERA_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Data directory (sled database, master key file).
+    /// Data directory (the database, the master key file).
     #[arg(long, env = "TESSERA_DATA")]
     pub data: Option<PathBuf>,
     /// Directory of public trust material and local credentials.

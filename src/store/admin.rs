@@ -42,3 +42,53 @@ pub trait StoreAdmin: Send + Sync {
     /// The data format version of the entries this store holds and a snapshot carries.
     fn format_version(&self) -> u32;
 }
+
+/// An unsealed store: the record half, the admin half, and the keyring that seals them.
+pub struct Unsealed {
+    pub store: std::sync::Arc<dyn super::Store>,
+    pub admin: std::sync::Arc<dyn StoreAdmin>,
+    pub keyring: std::sync::Arc<crate::crypto::keyring::Keyring>,
+}
+
+/// A database opened without any key: it holds the one-process lock and reads and writes the
+/// plaintext metadata (the wrapped keyring, the seal configuration, markers). Custody works
+/// through it; records need [`Database::unseal`]. Like [`Store`](super::Store), it names no
+/// engine type.
+pub trait Database: Send + Sync {
+    /// Whether the database holds a keyring (it was initialised).
+    fn initialized(&self) -> Result<bool, StoreError>;
+    /// A metadata value, plaintext.
+    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Writes a metadata value durably.
+    fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Removes a metadata value durably.
+    fn delete_meta(&self, name: &str) -> Result<(), StoreError>;
+    /// Whether the database holds nothing at all.
+    fn is_empty(&self) -> bool;
+    /// Loads raw entries (a restore) into an empty database, durably.
+    fn import(&self, entries: &[RawEntry]) -> Result<(), StoreError>;
+    /// The persisted (wrapped) keyring.
+    fn wrapped_keyring(&self)
+    -> Result<Option<crate::crypto::keyring::WrappedKeyring>, StoreError>;
+    /// Stages the keyring wrapped by a new master key (master-key rotation, step one).
+    fn stage_keyring(&self, w: &crate::crypto::keyring::WrappedKeyring) -> Result<(), StoreError>;
+    /// Makes the staged keyring the keyring, with `meta` in the same durable write.
+    fn promote_keyring(&self, meta: Option<(&str, &[u8])>) -> Result<(), StoreError>;
+    /// Unwraps the keyring with `master` (creating it in a fresh database).
+    fn unseal(&self, master: &MasterKey) -> Result<Unsealed, StoreError>;
+}
+
+/// Opens the embedded engine's database in `dir` (taking its lock), with `cache_bytes` of page
+/// cache. The one place that chooses an engine.
+pub fn open_database(
+    dir: &std::path::Path,
+    cache_bytes: u64,
+) -> Result<std::sync::Arc<dyn Database>, StoreError> {
+    let db = super::sled::SledDb::open(
+        dir,
+        &super::sled::SledOptions {
+            cache_capacity: cache_bytes,
+        },
+    )?;
+    Ok(std::sync::Arc::new(db))
+}

@@ -15,7 +15,7 @@ use std::{future::Future, pin::Pin};
 
 use crate::crypto::secret::SecretBytes;
 
-pub use admin::StoreAdmin;
+pub use admin::{Database, StoreAdmin, Unsealed, open_database};
 pub use record::Record;
 
 /// The name of a record type. It is part of every record's associated data, so a record

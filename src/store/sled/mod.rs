@@ -28,7 +28,7 @@ use super::{
     Batch, Expect, IndexEntry, IndexName, Kind, Op, Rev, Store, StoreAdmin, StoreError,
     StoreFuture, Stored, envelope, log,
 };
-use crate::crypto::keyring::{Keyring, MasterKey};
+use crate::crypto::keyring::{Keyring, MasterKey, WrappedKeyring};
 
 pub use super::RawEntry;
 use layout::{head_key, index_key, meta_key, range, record_key};
@@ -457,6 +457,44 @@ impl StoreAdmin for SledStore {
 
     fn format_version(&self) -> u32 {
         FORMAT_VERSION
+    }
+}
+
+impl super::Database for SledDb {
+    fn initialized(&self) -> Result<bool, StoreError> {
+        SledDb::initialized(self)
+    }
+    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        SledDb::meta(self, name)
+    }
+    fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        SledDb::put_meta(self, name, value)
+    }
+    fn delete_meta(&self, name: &str) -> Result<(), StoreError> {
+        SledDb::delete_meta(self, name)
+    }
+    fn is_empty(&self) -> bool {
+        SledDb::is_empty(self)
+    }
+    fn import(&self, entries: &[RawEntry]) -> Result<(), StoreError> {
+        SledDb::import(self, entries)
+    }
+    fn wrapped_keyring(&self) -> Result<Option<WrappedKeyring>, StoreError> {
+        SledDb::wrapped_keyring(self)
+    }
+    fn stage_keyring(&self, w: &WrappedKeyring) -> Result<(), StoreError> {
+        SledDb::stage_keyring(self, w)
+    }
+    fn promote_keyring(&self, meta: Option<(&str, &[u8])>) -> Result<(), StoreError> {
+        SledDb::promote_keyring(self, meta)
+    }
+    fn unseal(&self, master: &MasterKey) -> Result<super::Unsealed, StoreError> {
+        let (store, keyring) = SledDb::unseal(self, master)?;
+        Ok(super::Unsealed {
+            store: Arc::new(store.clone()),
+            admin: Arc::new(store),
+            keyring,
+        })
     }
 }
 
