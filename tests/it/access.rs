@@ -26,6 +26,25 @@ pub(crate) async fn put(api: &Api, path: &str, body: Value) -> crate::helpers::R
     api.send(api.http.put(api.url(path)).json(&body)).await
 }
 
+/// A PEM CSR for a fresh P-256 key pair (its key is dropped: only the public part matters).
+fn fresh_csr() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap()
+}
+
+/// Issues a certificate (`POST /v1/certs`, expecting 201) and returns its serial.
+async fn issue_serial(api: &Api, body: Value) -> String {
+    api.post("/v1/certs", body).await.expect(201)["serial"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 pub(crate) async fn tenant(admin: &Api, name: &str) {
     admin
         .post("/v1/tenants", json!({"name": name}))
@@ -1111,30 +1130,13 @@ async fn revoking_a_more_privileged_principal_is_refused() {
     // A key-compromise cascade stays inside the caller's tenant: a CSR is no secret, so a
     // certificate of another tenant's key pair proves nothing about who holds it.
     tenant(&admin, "rival").await;
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    let theirs = admin
-        .post(
-            "/v1/certs",
-            json!({"tenant": "rival", "identity": "db", "csr": csr}),
-        )
-        .await
-        .expect(201)["serial"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let planted = issuer
-        .post("/v1/certs", json!({"identity": "planted", "csr": csr}))
-        .await
-        .expect(201)["serial"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let csr = fresh_csr();
+    let theirs = issue_serial(
+        &admin,
+        json!({"tenant": "rival", "identity": "db", "csr": csr}),
+    )
+    .await;
+    let planted = issue_serial(&issuer, json!({"identity": "planted", "csr": csr})).await;
     issuer
         .post(
             &format!("/v1/certs/{planted}/revoke"),
@@ -1149,30 +1151,13 @@ async fn revoking_a_more_privileged_principal_is_refused() {
     // tenant admin's certificate from a CSR (public); the issuer plants one with that key for
     // a name it may handle, then claims the key compromised. The cascade would end the tenant
     // admin's certificate, so the revocation is refused and changes nothing.
-    let boss_key = rcgen::KeyPair::generate().unwrap();
-    let boss_csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .unwrap()
-        .serialize_request(&boss_key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    let boss2 = admin
-        .post(
-            "/v1/certs",
-            json!({"tenant": "acme", "identity": "boss", "csr": boss_csr}),
-        )
-        .await
-        .expect(201)["serial"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let planted = issuer
-        .post("/v1/certs", json!({"identity": "decoy", "csr": boss_csr}))
-        .await
-        .expect(201)["serial"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let boss_csr = fresh_csr();
+    let boss2 = issue_serial(
+        &admin,
+        json!({"tenant": "acme", "identity": "boss", "csr": boss_csr}),
+    )
+    .await;
+    let planted = issue_serial(&issuer, json!({"identity": "decoy", "csr": boss_csr})).await;
     issuer
         .post(
             &format!("/v1/certs/{planted}/revoke"),
