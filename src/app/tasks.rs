@@ -122,7 +122,9 @@ pub async fn store_doctor(rt: Arc<Runtime>) {
         let Some(core) = rt.core() else {
             continue;
         };
-        if core.store().healthy() {
+        // A shared database's pool reconnects by itself; only the embedded engine stays
+        // failed after an I/O error and is reopened from disk.
+        if core.store().healthy() || rt.vault.config.store_url.is_some() {
             continue;
         }
         drop(core);

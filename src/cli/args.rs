@@ -273,6 +273,10 @@ pub struct DirArgs {
     /// Directory of public trust material and local credentials.
     #[arg(long, env = "TESSERA_CERTS")]
     pub certs: Option<PathBuf>,
+    /// A shared PostgreSQL database (`postgres://…`) instead of the embedded one under the
+    /// data directory.
+    #[arg(long = "store", env = "TESSERA_STORE_URL", hide_env_values = true)]
+    pub store_url: Option<String>,
 }
 
 #[derive(Args)]
@@ -324,6 +328,7 @@ impl DirArgs {
             config_file: self.config.clone(),
             data: self.data.clone(),
             certs: self.certs.clone(),
+            store_url: self.store_url.clone(),
             ..Overrides::default()
         }
     }

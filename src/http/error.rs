@@ -206,6 +206,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Corrupt { .. }
             | StoreError::NewerFormat { .. }
+            | StoreError::NewerSchema { .. }
             | StoreError::WrongMasterKey
             | StoreError::Crypto => {
                 tracing::error!(error = %e, "internal error");

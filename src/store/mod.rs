@@ -6,8 +6,11 @@
 
 pub mod admin;
 pub mod backup;
+pub(crate) mod engine;
 mod envelope;
 pub mod log;
+pub mod pg;
+pub mod raw;
 pub mod record;
 pub mod sled;
 
@@ -15,7 +18,7 @@ use std::{future::Future, pin::Pin};
 
 use crate::crypto::secret::SecretBytes;
 
-pub use admin::{Database, StoreAdmin, Unsealed, open_database};
+pub use admin::{Database, Location, StoreAdmin, Unsealed, open_database};
 pub use record::Record;
 
 /// The name of a record type. It is part of every record's associated data, so a record
@@ -244,6 +247,9 @@ pub enum StoreError {
         "the data directory has format version {found}; this build understands up to {supported}"
     )]
     NewerFormat { found: u32, supported: u32 },
+    /// The database's schema was migrated by a newer, incompatible version of Tessera.
+    #[error("the database has schema version {found}; this build understands up to {supported}")]
+    NewerSchema { found: u32, supported: u32 },
     /// The master key does not unwrap this database's keyring.
     #[error("the master key does not match this data directory")]
     WrongMasterKey,

@@ -25,10 +25,11 @@ use std::{
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::{
-    Batch, Expect, IndexEntry, IndexName, Kind, Op, Rev, Store, StoreAdmin, StoreError,
-    StoreFuture, Stored, envelope, log,
+    Batch, IndexEntry, IndexName, Kind, Op, Rev, Store, StoreAdmin, StoreError, StoreFuture,
+    Stored, envelope, log,
 };
 use crate::crypto::keyring::{Keyring, MasterKey, WrappedKeyring};
+use crate::store::engine::{holds, next_rev};
 
 pub use super::RawEntry;
 use layout::{head_key, index_key, meta_key, range, record_key};
@@ -138,7 +139,7 @@ impl SledDb {
     /// store that can read and write records.
     pub fn unseal(&self, master: &MasterKey) -> Result<(SledStore, Arc<Keyring>), StoreError> {
         let db = self.db.clone();
-        let keyring = match self.unwrap_keyring(master)? {
+        let keyring = match crate::store::engine::unwrap_keyring(self, master)? {
             Some(ring) => ring,
             None => {
                 let ring = self.create_keyring(master)?;
@@ -281,28 +282,6 @@ impl SledStore {
                 Err(io(e))
             }
         }
-    }
-}
-
-/// Whether a record's current sealed value satisfies `expect`.
-fn holds(current: Option<&[u8]>, expect: Expect) -> bool {
-    match expect {
-        Expect::Any => true,
-        Expect::Absent => current.is_none(),
-        Expect::Rev(r) => current.and_then(envelope::rev_of) == Some(r),
-    }
-}
-
-/// The revision a write gets, or `None` if its condition fails.
-fn next_rev(current: Option<&[u8]>, expect: Expect) -> Option<Rev> {
-    let current_rev = current.map(|c| envelope::rev_of(c).unwrap_or(Rev(0)));
-    match (expect, current_rev) {
-        (Expect::Absent, None) => Some(Rev(1)),
-        (Expect::Absent, Some(_)) => None,
-        (Expect::Rev(want), Some(have)) if want == have => Some(Rev(have.0 + 1)),
-        (Expect::Rev(_), _) => None,
-        (Expect::Any, None) => Some(Rev(1)),
-        (Expect::Any, Some(have)) => Some(Rev(have.0 + 1)),
     }
 }
 
@@ -479,6 +458,11 @@ impl super::Database for SledDb {
     fn import(&self, entries: &[RawEntry]) -> Result<(), StoreError> {
         SledDb::import(self, entries)
     }
+    fn wipe(&self) -> Result<(), StoreError> {
+        self.db.clear().map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
     fn wrapped_keyring(&self) -> Result<Option<WrappedKeyring>, StoreError> {
         SledDb::wrapped_keyring(self)
     }
@@ -502,6 +486,7 @@ impl super::Database for SledDb {
 mod tests {
     use super::*;
     use crate::crypto::secret::SecretBytes;
+    use crate::store::Expect;
 
     pub(super) const K: Kind = Kind("thing");
     const I: IndexName = IndexName("things_by_x");
