@@ -355,12 +355,7 @@ impl Config {
                 "must be between 1 and 86400",
             ));
         }
-        let store_url = match o.store_url.clone().or(file.store.url) {
-            Some(u) => {
-                Some(crate::store::pg::PgTarget::parse(&u).map_err(|m| err("store.url", m))?)
-            }
-            None => None,
-        };
+        let store_url = o.store_url.clone().or(file.store.url);
         let max_staleness_ms = file.store.max_staleness_ms.unwrap_or(1_000);
         if !(50..=60_000).contains(&max_staleness_ms) {
             return Err(err("store.max_staleness_ms", "must be 50 to 60000"));
@@ -372,6 +367,17 @@ impl Config {
                 "must be 10 to 10000 and at most half of store.max_staleness_ms",
             ));
         }
+        let store_url = match store_url {
+            Some(u) => Some(
+                crate::store::pg::PgTarget::parse(&u)
+                    .map_err(|m| err("store.url", m))?
+                    .with_timing(
+                        std::time::Duration::from_millis(max_staleness_ms),
+                        std::time::Duration::from_millis(poll_interval_ms),
+                    ),
+            ),
+            None => None,
+        };
         let audit_refusal_window_secs = file.audit.refusal_window_seconds.unwrap_or(10);
         if !(1..=3_600).contains(&audit_refusal_window_secs) {
             return Err(err(

@@ -301,7 +301,32 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the last write and flush succeeded.
     fn healthy(&self) -> bool;
+
+    /// Starts following the changes other processes commit to a shared database: `apply` is
+    /// awaited for each group of them, in commit order, before the store counts itself caught
+    /// up past them. An engine only this process writes has none to follow.
+    fn follow(&self, apply: OnRemote) {
+        let _ = apply;
+    }
+
+    /// Whether this process has applied every change committed elsewhere up to the
+    /// configured staleness bound ago: when not, no answer may come from a cache. Always
+    /// for an engine only this process writes.
+    fn fresh(&self) -> bool {
+        true
+    }
 }
+
+/// A record another process wrote or removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Changed {
+    pub kind: String,
+    pub id: String,
+}
+
+/// What a process does with changes other processes committed: drop what it cached of them.
+pub type OnRemote =
+    std::sync::Arc<dyn Fn(Vec<Changed>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// Attaches a record of a change to the batch that makes it (the audit log implements this;
 /// the domain calls it without knowing the format).

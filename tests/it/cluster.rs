@@ -1,6 +1,8 @@
 //! Tessera on PostgreSQL: the real binary against a real PostgreSQL the test starts itself,
 //! one node and several on one database.
 
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 use tessera::{
     crypto::{hex, keyring::MasterKey, secret::Key256},
@@ -9,7 +11,7 @@ use tessera::{
 };
 
 use crate::{
-    helpers::{Home, Server},
+    helpers::{Api, Home, Server, client_config},
     pg::Postgres,
 };
 
@@ -120,4 +122,375 @@ fn store_url_from_the_environment_and_weak_tls_refused() {
         err.contains("store.url") && err.contains("verify-full"),
         "{err}"
     );
+}
+
+/// Three Tessera nodes on one PostgreSQL database. Node A starts first (it creates the
+/// keyring, the CA and the admin credential); B and C get the same master key from
+/// `TESSERA_MASTER_KEY`, as an operator would give it to them.
+///
+/// The staleness bound is 5 s here, five times the propagation these tests require: what
+/// they see within 1 s the change follower brought, not a node too stale to use its cache.
+struct Cluster {
+    pg: Postgres,
+    url: String,
+    master_hex: String,
+    homes: Vec<Home>,
+    nodes: Vec<Server>,
+}
+
+const NODE_CONFIG: &str = "[store]\nmax_staleness_ms = 5000\npoll_interval_ms = 100\n";
+
+impl Cluster {
+    fn start(n: usize, db: &str) -> Self {
+        let pg = Postgres::start();
+        let url = pg.create_db(db);
+        let first = Home::new();
+        let config = first.tmp.path().join("tessera.toml");
+        std::fs::write(&config, NODE_CONFIG).unwrap();
+        let a = Server::start_with(
+            &first,
+            &["--store", &url, "--config", config.to_str().unwrap()],
+        );
+        let (master_hex, _) = master_of(&first);
+        let mut c = Self {
+            pg,
+            url,
+            master_hex,
+            homes: vec![first],
+            nodes: vec![a],
+        };
+        for _ in 1..n {
+            let home = Home::new();
+            let node = c.start_node(&home);
+            c.homes.push(home);
+            c.nodes.push(node);
+        }
+        c
+    }
+
+    fn start_node(&self, home: &Home) -> Server {
+        let config = home.tmp.path().join("tessera.toml");
+        std::fs::write(&config, NODE_CONFIG).unwrap();
+        Server::start_with_env(
+            home,
+            &["--store", &self.url, "--config", config.to_str().unwrap()],
+            &[("TESSERA_MASTER_KEY", &self.master_hex)],
+        )
+    }
+
+    /// Node `i`'s client holding the admin credential node A wrote.
+    fn admin(&self, i: usize) -> Api {
+        let certs = self.homes[0].certs();
+        Api::new(
+            &self.nodes[i],
+            client_config(
+                &certs.join("ca.pem"),
+                Some((&certs.join("admin.pem"), &certs.join("admin.key"))),
+            ),
+        )
+    }
+}
+
+/// How long until `check` holds, polling every 5 ms; panics past `limit`.
+async fn within<F, Fut>(limit: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The bound: a key created on one node verifies on the others; revoked on B, every other
+/// node answers REVOKED within 1 s (the default `store.max_staleness_ms`), although each
+/// had the key in its verification cache. The delays' p50 and p99 are printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_share_keys_and_see_revocations_within_the_bound() {
+    let c = Cluster::start(3, "shared");
+    let (a, b, cc) = (c.admin(0), c.admin(1), c.admin(2));
+    let api = a.create_api("cluster").await;
+    let mut delays = Vec::new();
+    for i in 0..12 {
+        let (id, secret) = a.issue(&api, json!({ "name": format!("k{i}") })).await;
+        for n in [&a, &b, &cc] {
+            assert_eq!(
+                n.verify(&secret).await,
+                "VALID",
+                "created on A, cached everywhere"
+            );
+        }
+        let writer = if i % 2 == 0 { &b } else { &cc };
+        writer
+            .post(&format!("/v1/keys/{id}/revoke"), json!({}))
+            .await
+            .expect(200);
+        let start = Instant::now();
+        for n in [&a, &b, &cc] {
+            within(Duration::from_secs(1), || async {
+                n.verify(&secret).await == "REVOKED"
+            })
+            .await;
+            delays.push(start.elapsed());
+        }
+    }
+    delays.sort();
+    println!(
+        "revocation propagation over 3 nodes: p50 {:?}, p99 {:?}, max {:?}",
+        percentile(&delays, 0.5),
+        percentile(&delays, 0.99),
+        delays[delays.len() - 1]
+    );
+}
+
+/// A certificate revoked on A is refused on B and C within the bound: on a connection kept
+/// open from before the revocation, at a new handshake, and in every node's CRL, whose
+/// numbers only grow whichever node signed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_certificate_revoked_on_one_node_is_refused_by_all() {
+    let c = Cluster::start(3, "certs");
+    let a = c.admin(0);
+    let dir = tempfile::tempdir().unwrap();
+    crate::helpers::bind(&a, "default", "svc", &["tenant-admin"]).await;
+    let (cert, key, serial) =
+        crate::helpers::identity_files(&a, dir.path(), "default", "svc").await;
+    let ca = c.homes[0].certs().join("ca.pem");
+    let config = std::sync::Arc::new(client_config(&ca, Some((&cert, &key))));
+    let mut kept = Vec::new();
+    for node in &c.nodes[1..] {
+        let mut conn = crate::raw::RawConn::connect(node.addr, config.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            conn.request("GET", "/v1/whoami", None).await.unwrap().0,
+            200
+        );
+        kept.push(conn);
+    }
+    let crl_number = |api: Api| async move {
+        let pem = api.get("/v1/pki/crl?format=pem").await.text;
+        let p = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(p.path(), pem).unwrap();
+        crate::certs::crl_number(
+            &crate::certs::openssl(&["crl", "-noout", "-text", "-in", p.path().to_str().unwrap()])
+                .1,
+        )
+    };
+    let before = crl_number(c.admin(1)).await;
+    a.post(&format!("/v1/certs/{serial}/revoke"), json!({}))
+        .await
+        .expect(200);
+    for (i, conn) in kept.iter_mut().enumerate() {
+        let node = &c.nodes[i + 1];
+        let start = Instant::now();
+        while conn.request("GET", "/v1/whoami", None).await.unwrap().0 != 401 {
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "kept connection on node {}",
+                i + 1
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let fresh = crate::raw::RawConn::connect(node.addr, config.clone()).await;
+        let refused = match fresh {
+            Err(_) => true,
+            Ok(mut f) => !matches!(f.request("GET", "/v1/whoami", None).await, Ok((200, _))),
+        };
+        assert!(
+            refused,
+            "a new handshake with the revoked certificate on node {}",
+            i + 1
+        );
+    }
+    for i in 0..3 {
+        let n = crl_number(c.admin(i)).await;
+        assert!(n > before, "node {i}: CRL number {before} -> {n}");
+        let text = {
+            let pem = c.admin(i).get("/v1/pki/crl?format=pem").await.text;
+            let p = dir.path().join(format!("crl{i}.pem"));
+            std::fs::write(&p, pem).unwrap();
+            crate::certs::openssl(&["crl", "-noout", "-text", "-in", p.to_str().unwrap()]).1
+        };
+        assert!(
+            text.to_uppercase().contains(&serial.to_uppercase()),
+            "node {i}'s CRL lists the serial"
+        );
+    }
+}
+
+/// Thirty rotations of one key race over three nodes: exactly one wins, the others are
+/// told of the conflict, and every node then verifies the winner's new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_one_of_thirty_parallel_rotations_wins() {
+    let c = Cluster::start(3, "rotate");
+    let a = c.admin(0);
+    let api = a.create_api("rot").await;
+    let (id, _) = a.issue(&api, json!({"name": "r"})).await;
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let n = c.admin(i % 3);
+        let id = id.clone();
+        tasks.push(tokio::spawn(async move {
+            n.post(
+                &format!("/v1/keys/{id}/rotate"),
+                json!({"grace_seconds": 60}),
+            )
+            .await
+        }));
+    }
+    let mut won = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            201 => won.push(r.json()["key"].as_str().unwrap().to_owned()),
+            409 => {}
+            s => panic!("rotation answered {s}: {}", r.text),
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one rotation wins");
+    for i in 0..3 {
+        assert_eq!(c.admin(i).verify(&won[0]).await, "VALID");
+    }
+}
+
+/// PostgreSQL stops under load: writes answer 503 and never a 2xx that was not stored,
+/// `/readyz` turns 503, a key every node had cached is not answered VALID once the
+/// staleness bound has passed (the node reads the database, which fails: 503), and
+/// everything comes back by itself when the database does. Every key acknowledged before,
+/// during or after verifies on every node at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_outage_fails_closed_and_heals() {
+    let mut c = Cluster::start(2, "outage");
+    let (a, b) = (c.admin(0), c.admin(1));
+    let api = a.create_api("outage").await;
+    let (_, cached) = a.issue(&api, json!({"name": "cached"})).await;
+    for n in [&a, &b] {
+        assert_eq!(n.verify(&cached).await, "VALID");
+    }
+    // Writers on both nodes, recording what was acknowledged.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (w, n) in [a.clone(), b.clone()].into_iter().enumerate() {
+        let (stop, api) = (stop.clone(), api.clone());
+        writers.push(tokio::spawn(async move {
+            let (mut acked, mut statuses) = (Vec::new(), std::collections::BTreeSet::new());
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                let r = n
+                    .try_post(
+                        &format!("/v1/apis/{api}/keys"),
+                        json!({"name": format!("w{w}-{i}")}),
+                    )
+                    .await;
+                if let Some(r) = r {
+                    statuses.insert(r.status);
+                    if r.status == 201 {
+                        acked.push(r.json()["key"].as_str().unwrap().to_owned());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (acked, statuses)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.pg.stop();
+    // Past the bound (5 s here), a cached key is no longer answered from the cache.
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    for n in [&a, &b] {
+        let r = n.post("/v1/keys/verify", json!({"key": cached})).await;
+        assert_eq!(
+            r.status, 503,
+            "a stale node answers from the database or not at all"
+        );
+        assert_eq!(n.get("/readyz").await.status, 503);
+    }
+    c.pg.resume();
+    for n in [&a, &b] {
+        within(Duration::from_secs(10), || async {
+            n.get("/readyz").await.status == 200
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut all = Vec::new();
+    for w in writers {
+        let (acked, statuses) = w.await.unwrap();
+        assert!(
+            statuses.iter().all(|s| [201, 503].contains(s)),
+            "only 201 or 503: {statuses:?}"
+        );
+        assert!(statuses.contains(&503), "the outage was seen");
+        all.extend(acked);
+    }
+    assert!(!all.is_empty());
+    for key in all.iter().chain([&cached]) {
+        for n in [&a, &b] {
+            assert_eq!(
+                n.verify(key).await,
+                "VALID",
+                "an acknowledged key is stored"
+            );
+        }
+    }
+}
+
+/// A node killed with SIGKILL under writes: the others keep serving, and every write it
+/// acknowledged is there (on the other nodes, and on the node when it comes back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_node_loses_nothing_it_acknowledged() {
+    let mut c = Cluster::start(3, "kill");
+    let api = c.admin(0).create_api("kill").await;
+    let victim = c.admin(1);
+    let writer = tokio::spawn({
+        let api = api.clone();
+        async move {
+            let mut acked = Vec::new();
+            for i in 0..400 {
+                match victim
+                    .try_post(
+                        &format!("/v1/apis/{api}/keys"),
+                        json!({"name": format!("v{i}")}),
+                    )
+                    .await
+                {
+                    Some(r) if r.status == 201 => {
+                        acked.push(r.json()["key"].as_str().unwrap().to_owned())
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            acked
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    c.nodes[1].kill9();
+    let acked = writer.await.unwrap();
+    assert!(!acked.is_empty());
+    for i in [0, 2] {
+        let n = c.admin(i);
+        assert_eq!(n.get("/readyz").await.status, 200, "node {i} keeps serving");
+        for key in &acked {
+            assert_eq!(n.verify(key).await, "VALID");
+        }
+    }
+    let home = Home::new();
+    c.nodes[1] = c.start_node(&home);
+    c.homes[1] = home;
+    let n = c.admin(1);
+    for key in &acked {
+        assert_eq!(n.verify(key).await, "VALID");
+    }
 }

@@ -183,7 +183,10 @@ async fn cert_principal(
     peer: &PeerCert,
     now: Timestamp,
 ) -> Result<Principal, ApiError> {
-    let usable = peer.not_after > now && !core.pki().is_revoked(&peer.serial);
+    // Revocation unknown (a node behind other nodes' changes that cannot read the store):
+    // refused as unavailable, not as unauthenticated.
+    let revoked = core.pki().is_revoked_now(&peer.serial).await?;
+    let usable = peer.not_after > now && !revoked;
     let id = peer
         .uri
         .as_deref()

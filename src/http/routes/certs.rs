@@ -368,9 +368,10 @@ pub async fn verify(
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::CertsVerify)?;
-    let verdict =
-        core.pki()
-            .verify_certificate(&scope, &body.value.certificate, state.clock.now())?;
+    let verdict = core
+        .pki()
+        .verify_certificate_now(&scope, &body.value.certificate, state.clock.now())
+        .await?;
     metrics::CERT_VERIFY
         .with_label_values(&[verdict.code.as_str()])
         .inc();

@@ -176,7 +176,7 @@ async fn decide(
         let Some(pem) = unescape_pem(escaped) else {
             return Ok(deny(StatusCode::UNAUTHORIZED));
         };
-        let verdict = match core.pki().verify_certificate(&scope, &pem, now) {
+        let verdict = match core.pki().verify_certificate_now(&scope, &pem, now).await {
             Ok(v) => v,
             Err(PkiError::Invalid { .. }) => return Ok(deny(StatusCode::UNAUTHORIZED)),
             Err(e) => return Err(e.into()),

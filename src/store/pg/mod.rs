@@ -17,6 +17,7 @@
 //! is on (actix's per-worker runtimes, a blocking thread for the admin half): connections
 //! are driven by the runtime that owns them.
 
+mod feed;
 mod schema;
 mod target;
 
@@ -24,9 +25,9 @@ use std::{
     future::Future,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -352,6 +353,17 @@ impl PgDb {
             });
         }
         let wrapped = self.get_meta(KEYRING)?.unwrap_or_default();
+        // Where following begins: everything committed before is in what the services load
+        // after this (their caches start empty).
+        let pool = self.conn.pool.clone();
+        let seen = self.conn.block(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let row = c
+                .query_one("SELECT seq FROM tessera_change_head", &[])
+                .await
+                .map_err(pg_error)?;
+            Ok(row.get::<_, i64>(0))
+        })?;
         Ok(PgStore {
             shared: Arc::new(Shared {
                 conn: self.conn.clone(),
@@ -359,6 +371,11 @@ impl PgDb {
                 master: master.duplicate().map_err(|_| StoreError::Crypto)?,
                 healthy: AtomicBool::new(true),
                 rotation: Mutex::new(()),
+                seen: AtomicI64::new(seen),
+                caught_up: Mutex::new(Instant::now()),
+                staleness: self.conn.target.max_staleness,
+                poll: self.conn.target.poll_interval,
+                stop: Arc::new(tokio::sync::Notify::new()),
             }),
         })
     }
@@ -376,9 +393,33 @@ struct Shared {
     /// Serialises this node's keyring rotations and retirements (the database serialises
     /// them across nodes).
     rotation: Mutex<()>,
+    /// The last number of the change sequence this node has applied.
+    seen: AtomicI64,
+    /// When the last complete read of the change sequence began.
+    caught_up: Mutex<Instant>,
+    /// How old `caught_up` may be while caches are used.
+    staleness: Duration,
+    /// How often the change sequence is read.
+    poll: Duration,
+    /// Tells the LISTEN connection to close when the store is dropped.
+    stop: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop.notify_waiters();
+    }
 }
 
 impl Shared {
+    /// Records a complete read of the change sequence that began at `started`.
+    fn caught_up(&self, started: Instant) {
+        let mut at = self.caught_up.write_locked();
+        if started > *at {
+            *at = started;
+        }
+    }
+
     fn keyring(&self) -> Arc<Keyring> {
         self.keyring.read_locked().0.clone()
     }
@@ -889,6 +930,14 @@ impl Store for PgStore {
 
     fn healthy(&self) -> bool {
         self.shared.healthy.load(Ordering::SeqCst)
+    }
+
+    fn follow(&self, apply: super::OnRemote) {
+        feed::start(&self.shared, apply);
+    }
+
+    fn fresh(&self) -> bool {
+        self.shared.caught_up.read_locked().elapsed() <= self.shared.staleness
     }
 }
 

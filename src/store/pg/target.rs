@@ -17,6 +17,10 @@ pub struct PgTarget {
     pub(super) config: tokio_postgres::Config,
     pub(super) tls: Option<Arc<rustls::ClientConfig>>,
     shown: String,
+    /// How stale a node's view of other nodes' changes may be while it uses its caches.
+    pub(super) max_staleness: Duration,
+    /// How often a node reads the change sequence.
+    pub(super) poll_interval: Duration,
 }
 
 impl std::fmt::Debug for PgTarget {
@@ -93,7 +97,20 @@ impl PgTarget {
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(10));
         let shown = shown(&config, tls.is_some());
-        Ok(Self { config, tls, shown })
+        Ok(Self {
+            config,
+            tls,
+            shown,
+            max_staleness: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(100),
+        })
+    }
+
+    /// Sets the staleness bound and the polling interval of the change follower.
+    pub fn with_timing(mut self, max_staleness: Duration, poll_interval: Duration) -> Self {
+        self.max_staleness = max_staleness;
+        self.poll_interval = poll_interval;
+        self
     }
 }
 
