@@ -159,6 +159,11 @@ impl Keys {
                     Ok(Some((_, key))) => self.changed(&key),
                     _ => self.cache.invalidate_all(),
                 },
+                "usage" => {
+                    if let Ok(id) = crate::ids::KeyId::parse(&c.id) {
+                        self.usage.forget(&id);
+                    }
+                }
                 "api" => match crate::ids::ApiId::parse(&c.id) {
                     Ok(api) => self.policies.invalidate(&api),
                     Err(_) => self.policies.invalidate_all(),

@@ -302,6 +302,25 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the last write and flush succeeded.
     fn healthy(&self) -> bool;
 
+    /// Reads, changes and writes one record as one atomic step that no other writer of the
+    /// record, in this process or another, can interleave with: `change` gets the current
+    /// plaintext (`None`: absent) and returns the new one. Returns the new plaintext. With
+    /// `durable`, returns once it is on disk; without, it may be lost in a crash of the
+    /// database (usage counters: the one documented exception) but never half-applied.
+    fn update<'a>(
+        &'a self,
+        kind: Kind,
+        id: &'a str,
+        durable: bool,
+        change: Change,
+    ) -> StoreFuture<'a, SecretBytes>;
+
+    /// Whether other processes write to this store too (a shared database): what a process
+    /// counts in memory alone would then not be exact.
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Starts following the changes other processes commit to a shared database: `apply` is
     /// awaited for each group of them, in commit order, before the store counts itself caught
     /// up past them. An engine only this process writes has none to follow.
@@ -316,6 +335,9 @@ pub trait Store: Send + Sync + 'static {
         true
     }
 }
+
+/// What [`Store::update`] does to a record's plaintext.
+pub type Change = Box<dyn FnMut(Option<&[u8]>) -> Result<Vec<u8>, StoreError> + Send + 'static>;
 
 /// A record another process wrote or removed.
 #[derive(Clone, Debug, PartialEq, Eq)]

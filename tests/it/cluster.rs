@@ -494,3 +494,58 @@ async fn a_killed_node_loses_nothing_it_acknowledged() {
         assert_eq!(n.verify(key).await, "VALID");
     }
 }
+
+/// Verifies of one key spread over three nodes, all at once: a quota of 100 gives exactly
+/// 100 VALID answers, and a rate limit of 20 a day exactly 20, whichever node answers. A
+/// quota set on one node is the quota on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quotas_and_rate_limits_are_exact_across_nodes() {
+    let c = Cluster::start(3, "quota");
+    let a = c.admin(0);
+    let api = a.create_api("quota").await;
+    let (_, quota_key) = a.issue(&api, json!({"name": "q", "remaining": 100})).await;
+    let (_, rated_key) = a
+        .issue(
+            &api,
+            json!({"name": "r", "ratelimit": {"limit": 20, "window_seconds": 86400}}),
+        )
+        .await;
+    let count = |key: String, n: usize| {
+        let nodes: Vec<Api> = (0..3).map(|i| c.admin(i)).collect();
+        async move {
+            let mut tasks = Vec::new();
+            for i in 0..n {
+                let (node, key) = (nodes[i % 3].clone(), key.clone());
+                tasks.push(tokio::spawn(async move { node.verify(&key).await }));
+            }
+            let mut codes = std::collections::BTreeMap::new();
+            for t in tasks {
+                *codes.entry(t.await.unwrap()).or_insert(0) += 1;
+            }
+            codes
+        }
+    };
+    let codes = count(quota_key.clone(), 300).await;
+    assert_eq!(codes.get("VALID"), Some(&100), "{codes:?}");
+    assert_eq!(codes.get("USAGE_EXCEEDED"), Some(&200), "{codes:?}");
+    let codes = count(rated_key, 90).await;
+    assert_eq!(codes.get("VALID"), Some(&20), "{codes:?}");
+    assert_eq!(codes.get("RATE_LIMITED"), Some(&70), "{codes:?}");
+
+    // A new quota set on B holds on A and C at once.
+    let id = a.get(&format!("/v1/apis/{api}/keys")).await.expect(200)["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "q")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    c.admin(1)
+        .patch(&format!("/v1/keys/{id}"), json!({"remaining": 2}))
+        .await
+        .expect(200);
+    let codes = count(quota_key, 9).await;
+    assert_eq!(codes.get("VALID"), Some(&2), "{codes:?}");
+}

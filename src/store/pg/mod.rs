@@ -697,6 +697,68 @@ async fn apply(shared: &Shared, batch: &Batch) -> Result<(), Failed> {
     Ok(())
 }
 
+/// One attempt at [`Store::update`]: the record's lock, read, change, write, in one
+/// transaction (not waiting for the WAL flush unless `durable`). Counters ticking are not
+/// listed in the change sequence (no node caches them); a durable update is.
+async fn update_once(
+    shared: &Shared,
+    kind: Kind,
+    id: &str,
+    durable: bool,
+    change: &mut super::Change,
+) -> Result<crate::crypto::secret::SecretBytes, Failed> {
+    let mut client = shared.conn.pool.get().await?;
+    let tx = client.transaction().await?;
+    if !durable {
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .await?;
+    }
+    let st = tx
+        .prepare_cached("SELECT value FROM tessera_meta WHERE name = 'keyring' FOR SHARE")
+        .await?;
+    let wrapped: Vec<u8> =
+        tx.query_opt(&st, &[])
+            .await?
+            .map(|r| r.get(0))
+            .ok_or(StoreError::Corrupt {
+                kind: "keyring",
+                id: "missing".into(),
+            })?;
+    let keyring = shared.adopt(&wrapped)?;
+    let st = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock($1)")
+        .await?;
+    tx.execute(&st, &[&lock_key(&[b"r", kind.0.as_bytes(), id.as_bytes()])])
+        .await?;
+    let st = tx
+        .prepare_cached("SELECT sealed FROM tessera_records WHERE kind = $1 AND id = $2")
+        .await?;
+    let current: Option<Vec<u8>> = tx.query_opt(&st, &[&kind.0, &id]).await?.map(|r| r.get(0));
+    let (rev, plain) = match &current {
+        Some(sealed) => {
+            let (rev, p) = envelope::open(&keyring, kind, id, sealed)?;
+            (Rev(rev.0 + 1), Some(p))
+        }
+        None => (Rev(1), None),
+    };
+    let next = change(plain.as_ref().map(|p| p.expose()))?;
+    let nonce = crate::crypto::random::bytes().map_err(|_| StoreError::Crypto)?;
+    let sealed = envelope::seal(&keyring, kind, id, rev, nonce, &next);
+    let st = tx
+        .prepare_cached(
+            "INSERT INTO tessera_records (kind, id, sealed) VALUES ($1, $2, $3) \
+             ON CONFLICT (kind, id) DO UPDATE SET sealed = EXCLUDED.sealed",
+        )
+        .await?;
+    tx.execute(&st, &[&kind.0, &id, &sealed]).await?;
+    if durable {
+        // A deliberate change (a quota set), not a counter ticking: other nodes hear of it.
+        record_change(&tx, &shared.conn.node, &[kind.0], &[id]).await?;
+    }
+    tx.commit().await?;
+    Ok(crate::crypto::secret::SecretBytes::new(next))
+}
+
 /// Takes the next number of the change sequence and writes what changed under it, in the
 /// caller's transaction (the head row's lock makes the sequence gap-free: numbers become
 /// visible in order).
@@ -930,6 +992,39 @@ impl Store for PgStore {
 
     fn healthy(&self) -> bool {
         self.shared.healthy.load(Ordering::SeqCst)
+    }
+
+    fn update<'a>(
+        &'a self,
+        kind: Kind,
+        id: &'a str,
+        durable: bool,
+        change: super::Change,
+    ) -> StoreFuture<'a, crate::crypto::secret::SecretBytes> {
+        Box::pin(async move {
+            let shared = self.shared.clone();
+            let id = id.to_owned();
+            let mut change = change;
+            let r = self
+                .shared
+                .conn
+                .run(async move {
+                    for _ in 0..ATTEMPTS {
+                        match update_once(&shared, kind, &id, durable, &mut change).await {
+                            Ok(next) => return Ok(next),
+                            Err(Failed::Retry) => continue,
+                            Err(Failed::Stop(e)) => return Err(e),
+                        }
+                    }
+                    Err(StoreError::Conflict)
+                })
+                .await;
+            self.shared.note(r)
+        })
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 
     fn follow(&self, apply: super::OnRemote) {

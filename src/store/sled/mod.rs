@@ -404,6 +404,53 @@ impl Store for SledStore {
     fn healthy(&self) -> bool {
         self.shared.healthy.load(Ordering::SeqCst)
     }
+
+    fn update<'a>(
+        &'a self,
+        kind: Kind,
+        id: &'a str,
+        durable: bool,
+        change: super::Change,
+    ) -> StoreFuture<'a, crate::crypto::secret::SecretBytes> {
+        Box::pin(async move {
+            // sled may re-run the transaction closure (a `Fn`): the change is called again then.
+            let change = std::sync::Mutex::new(change);
+            let key = record_key(kind, id);
+            let nonce = crate::crypto::random::bytes().map_err(|_| StoreError::Crypto)?;
+            let result = {
+                let _shared = self.shared.gate.read_locked();
+                let keyring = self.keyring();
+                self.shared.db.transaction(|tx| {
+                    let current = tx.get(&key)?;
+                    let (rev, plain) = match &current {
+                        Some(sealed) => {
+                            let (rev, p) = envelope::open(&keyring, kind, id, sealed)
+                                .map_err(ConflictableTransactionError::Abort)?;
+                            (Rev(rev.0 + 1), Some(p))
+                        }
+                        None => (Rev(1), None),
+                    };
+                    let next = (change.write_locked())(plain.as_ref().map(|p| p.expose()))
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    let sealed = envelope::seal(&keyring, kind, id, rev, nonce, &next);
+                    tx.insert(key.as_slice(), sealed)?;
+                    Ok(crate::crypto::secret::SecretBytes::new(next))
+                })
+            };
+            let next = match result {
+                Ok(next) => next,
+                Err(TransactionError::Abort(e)) => return Err(e),
+                Err(TransactionError::Storage(e)) => {
+                    self.shared.healthy.store(false, Ordering::SeqCst);
+                    return Err(io(e));
+                }
+            };
+            if durable {
+                self.durable().await?;
+            }
+            Ok(next)
+        })
+    }
 }
 
 impl StoreAdmin for SledStore {
