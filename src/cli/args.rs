@@ -54,6 +54,23 @@ pub enum Command {
         #[arg(long)]
         audit_log: Option<PathBuf>,
     },
+    /// Copy an embedded store (a data directory) into an empty PostgreSQL database, with
+    /// every server stopped: records stay sealed as they are; counts and the audit chain are
+    /// checked in the target before it says what to do next. The master key comes from the
+    /// source's key file, `TESSERA_MASTER_KEY`, or shares on stdin.
+    Migrate {
+        /// The source data directory (holding `db/` and, unless sealed with shares,
+        /// `master.key`).
+        #[arg(long)]
+        from: PathBuf,
+        /// The target database, `postgres://…` (it must hold no Tessera data).
+        #[arg(long, env = "TESSERA_STORE_URL", hide_env_values = true)]
+        to: String,
+        /// Optional TOML configuration file (for the target's TLS settings in the URL, use
+        /// the URL itself).
+        #[arg(long, env = "TESSERA_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Rotate the master key offline (server stopped): the keyring is rewrapped; the key file
     /// is replaced, or new shares are printed with --shares/--threshold (which also moves a
     /// key-file directory to shares). Shares mode reads the current shares from stdin.

@@ -38,6 +38,7 @@ pub fn run() -> anyhow::Result<i32> {
             dirs,
             audit_log,
         } => offline::restore(&file, &dirs, audit_log.as_deref())?,
+        Command::Migrate { from, to, config } => block_on(offline::migrate(&from, &to, config))?,
         Command::RotateMaster {
             dirs,
             shares,

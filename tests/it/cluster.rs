@@ -549,3 +549,117 @@ async fn quotas_and_rate_limits_are_exact_across_nodes() {
     let codes = count(quota_key, 9).await;
     assert_eq!(codes.get("VALID"), Some(&2), "{codes:?}");
 }
+
+/// Runs the binary; its success and everything it printed.
+fn run(args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
+    let out = std::process::Command::new(crate::helpers::BIN)
+        .args(args)
+        .env_remove("TESSERA_MASTER_KEY")
+        .envs(envs.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Moving up: a data directory with keys (one revoked) and a certificate is copied into
+/// PostgreSQL by `tessera migrate`; a node on the copy answers as the old server did and its
+/// audit chain verifies. A second migrate into the now non-empty database is refused. Then
+/// backup and restore on the cluster engine: a backup of the node restores into a fresh
+/// database, and a node there answers the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrate_from_sled_then_backup_and_restore_on_postgres() {
+    let pg = Postgres::start();
+    let home = Home::new();
+    let mut server = Server::start(&home);
+    let admin = server.admin();
+    let api = admin.create_api("moving").await;
+    let mut keys = Vec::new();
+    for i in 0..8 {
+        keys.push(admin.issue(&api, json!({"name": format!("k{i}")})).await);
+    }
+    admin
+        .post(&format!("/v1/keys/{}/revoke", keys[0].0), json!({}))
+        .await
+        .expect(200);
+    let serial = admin
+        .post("/v1/certs", json!({"identity": "svc", "generate": true}))
+        .await
+        .expect(201)["serial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server.terminate();
+
+    let url = pg.create_db("moved");
+    let data = home.data();
+    let (ok, out) = run(
+        &["migrate", "--from", data.to_str().unwrap(), "--to", &url],
+        &[],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("audit chain valid") && out.contains("Next:"),
+        "{out}"
+    );
+    let (ok, out) = run(
+        &["migrate", "--from", data.to_str().unwrap(), "--to", &url],
+        &[],
+    );
+    assert!(!ok && out.contains("already holds Tessera data"), "{out}");
+
+    // The same data directory (its master key file) and certs, now on PostgreSQL.
+    let mut node = Server::start_with(&home, &["--store", &url]);
+    let admin = node.admin();
+    assert_eq!(admin.verify(&keys[0].1).await, "REVOKED");
+    for (_, secret) in &keys[1..] {
+        assert_eq!(admin.verify(secret).await, "VALID");
+    }
+    admin.get(&format!("/v1/certs/{serial}")).await.expect(200);
+    let audit = admin.get("/v1/audit/verify").await.expect(200);
+    assert_eq!(audit["valid"], true, "{audit}");
+    let (_, late) = admin.issue(&api, json!({"name": "late"})).await;
+
+    // Backup of the PostgreSQL-backed node, restored into a fresh database.
+    let backup = home.tmp.path().join("pg.backup");
+    let (ok, out) = run(
+        &[
+            "backup",
+            "--server",
+            &node.url(""),
+            "--ca",
+            home.certs().join("ca.pem").to_str().unwrap(),
+            "--cert",
+            home.certs().join("admin.pem").to_str().unwrap(),
+            "--key",
+            home.certs().join("admin.key").to_str().unwrap(),
+            "--out",
+            backup.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(ok, "{out}");
+    node.terminate();
+    let restored_url = pg.create_db("restored");
+    let (ok, out) = run(
+        &[
+            "restore",
+            backup.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--certs",
+            home.certs().to_str().unwrap(),
+            "--store",
+            &restored_url,
+        ],
+        &[],
+    );
+    assert!(ok, "{out}");
+    let node = Server::start_with(&home, &["--store", &restored_url]);
+    let admin = node.admin();
+    assert_eq!(admin.verify(&keys[0].1).await, "REVOKED");
+    assert_eq!(admin.verify(&late).await, "VALID");
+    assert_eq!(admin.verify(&keys[3].1).await, "VALID");
+}
