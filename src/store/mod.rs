@@ -315,6 +315,20 @@ pub trait Store: Send + Sync + 'static {
         change: Change,
     ) -> StoreFuture<'a, SecretBytes>;
 
+    /// Holds, or takes when free, the lease `name` for `ttl` on behalf of this process, for a
+    /// job that one process at a time should run (CRL re-signing, tidy, checkpoints, the
+    /// keyring rewrap). Returns the fencing token while this process holds it (it grows each
+    /// time the lease changes hands), `None` while another live process does. An engine
+    /// only this process writes always grants it.
+    fn lease<'a>(
+        &'a self,
+        name: &'a str,
+        ttl: std::time::Duration,
+    ) -> StoreFuture<'a, Option<u64>> {
+        let _ = (name, ttl);
+        Box::pin(async { Ok(Some(0)) })
+    }
+
     /// Whether other processes write to this store too (a shared database): what a process
     /// counts in memory alone would then not be exact.
     fn shared(&self) -> bool {

@@ -360,6 +360,12 @@ async fn exactly_one_of_thirty_parallel_rotations_wins() {
     for i in 0..3 {
         assert_eq!(c.admin(i).verify(&won[0]).await, "VALID");
     }
+    // Concurrent writes on all nodes, refusals included, made one audit chain.
+    for i in 0..3 {
+        let v = c.admin(i).get("/v1/audit/verify").await.expect(200);
+        assert_eq!(v["valid"], true, "node {i}: {v}");
+        assert!(v["head_seq"].as_u64().unwrap() > 30, "node {i}: {v}");
+    }
 }
 
 /// PostgreSQL stops under load: writes answer 503 and never a 2xx that was not stored,
@@ -662,4 +668,47 @@ async fn migrate_from_sled_then_backup_and_restore_on_postgres() {
     assert_eq!(admin.verify(&keys[0].1).await, "REVOKED");
     assert_eq!(admin.verify(&late).await, "VALID");
     assert_eq!(admin.verify(&keys[3].1).await, "VALID");
+}
+
+/// The node leading a singleton job (here tidy) is killed: another takes the job's lease
+/// within its lifetime (10 s) and a renewal (2 s), with a higher fencing token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_leader_is_replaced_within_the_lease() {
+    let mut c = Cluster::start(3, "leader");
+    let lease = |pg: &Postgres| {
+        pg.sql(
+            "leader",
+            "SELECT fence FROM tessera_leases WHERE name = 'tidy'",
+        )
+    };
+    let leading = |c: &Cluster| -> Vec<usize> {
+        (0..c.homes.len())
+            .filter(|i| {
+                let log = std::fs::read_to_string(c.homes[*i].log()).unwrap_or_default();
+                log.lines()
+                    .rfind(|l| l.contains("tidy"))
+                    .is_some_and(|l| l.contains("leading this job") && !l.contains("no longer"))
+            })
+            .collect()
+    };
+    within(Duration::from_secs(10), || async { leading(&c).len() == 1 }).await;
+    let leader = leading(&c)[0];
+    let fence: u64 = lease(&c.pg).parse().unwrap();
+    c.nodes[leader].kill9();
+    let killed = Instant::now();
+    loop {
+        let now: u64 = lease(&c.pg).parse().unwrap();
+        if now > fence {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "no successor took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = killed.elapsed();
+    let successors: Vec<usize> = leading(&c).into_iter().filter(|i| *i != leader).collect();
+    assert_eq!(successors.len(), 1, "one successor: {successors:?}");
+    println!("tidy leader replaced {took:?} after a kill");
 }

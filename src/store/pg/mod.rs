@@ -1027,6 +1027,34 @@ impl Store for PgStore {
         true
     }
 
+    /// Expiry is judged by the database's clock, the one clock every node shares.
+    fn lease<'a>(&'a self, name: &'a str, ttl: Duration) -> StoreFuture<'a, Option<u64>> {
+        Box::pin(async move {
+            let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+            let rows = self
+                .rows(
+                    "INSERT INTO tessera_leases (name, holder, fence, expires_at) \
+                     VALUES ($1, $2, 1, now() + $3::text::interval) \
+                     ON CONFLICT (name) DO UPDATE SET \
+                       fence = CASE WHEN tessera_leases.holder = EXCLUDED.holder \
+                               THEN tessera_leases.fence ELSE tessera_leases.fence + 1 END, \
+                       holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
+                     WHERE tessera_leases.holder = EXCLUDED.holder \
+                        OR tessera_leases.expires_at < now() \
+                     RETURNING fence",
+                    vec![
+                        Box::new(name.to_owned()),
+                        Box::new(self.shared.conn.node.clone()),
+                        Box::new(format!("{ttl_ms} milliseconds")),
+                    ],
+                )
+                .await?;
+            Ok(rows
+                .first()
+                .map(|r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
+        })
+    }
+
     fn follow(&self, apply: super::OnRemote) {
         feed::start(&self.shared, apply);
     }
