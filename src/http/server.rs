@@ -276,6 +276,12 @@ async fn forget_replies(state: web::Data<AppState>) {
     loop {
         tick.tick().await;
         state.idempotency.purge_expired();
+        if let Some(core) = state.try_core()
+            && core.store().shared()
+            && let Err(e) = super::idempotency::purge_shared(&core, state.clock.now()).await
+        {
+            tracing::debug!(error = %e, "could not purge expired idempotent answers");
+        }
     }
 }
 

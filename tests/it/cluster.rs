@@ -41,6 +41,28 @@ async fn postgres_sees_nothing_secret() {
     for i in 0..10 {
         keys.push(admin.issue(&api, json!({"name": format!("k{i}")})).await);
     }
+    // An idempotent create: its answer (holding the key) is kept in the database to replay.
+    let v = admin
+        .send(
+            admin
+                .http
+                .post(admin.url(&format!("/v1/apis/{api}/keys")))
+                .header("Idempotency-Key", "at-rest-1")
+                .json(&json!({"name": "idem"})),
+        )
+        .await
+        .expect(201);
+    keys.push((
+        v["id"].as_str().unwrap().to_owned(),
+        v["key"].as_str().unwrap().to_owned(),
+    ));
+    assert_eq!(
+        pg.sql(
+            "atrest",
+            "SELECT count(*) FROM tessera_records WHERE kind = 'idempotency'"
+        ),
+        "1"
+    );
     assert_eq!(admin.verify(&keys[0].1).await, "VALID");
     server.terminate();
 
@@ -711,4 +733,47 @@ async fn a_killed_leader_is_replaced_within_the_lease() {
     let successors: Vec<usize> = leading(&c).into_iter().filter(|i| *i != leader).collect();
     assert_eq!(successors.len(), 1, "one successor: {successors:?}");
     println!("tidy leader replaced {took:?} after a kill");
+}
+
+/// A create retried with the same Idempotency-Key replays the first answer on another node
+/// (the same key, not a second one); with another body it is a conflict; another caller
+/// with the same header value gets an object of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idempotent_retry_replays_on_another_node() {
+    let c = Cluster::start(2, "idem");
+    let (a, b) = (c.admin(0), c.admin(1));
+    let api = a.create_api("idem").await;
+    let create = |n: &Api, name: &str| {
+        n.http
+            .post(n.url(&format!("/v1/apis/{api}/keys")))
+            .header("Idempotency-Key", "retry-7")
+            .json(&json!({ "name": name }))
+    };
+    let first = a.send(create(&a, "one")).await;
+    assert_eq!(first.status, 201);
+    let again = b.send(create(&b, "one")).await;
+    assert_eq!(again.status, 201);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.json()["key"], first.json()["key"]);
+    assert_eq!(again.json()["id"], first.json()["id"]);
+    assert_eq!(b.send(create(&b, "two")).await.status, 409);
+    let listed = a.get(&format!("/v1/apis/{api}/keys")).await.expect(200);
+    assert_eq!(
+        listed["items"].as_array().unwrap().len(),
+        1,
+        "one key, not two"
+    );
+
+    // Another principal, same header value: its own create.
+    crate::helpers::bind(&a, "default", "other", &["tenant-admin"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = crate::helpers::identity_files(&a, dir.path(), "default", "other").await;
+    let other = Api::new(
+        &c.nodes[1],
+        client_config(&c.homes[0].certs().join("ca.pem"), Some((&cert, &key))),
+    );
+    let theirs = other.send(create(&other, "one")).await;
+    assert_eq!(theirs.status, 201, "{}", theirs.text);
+    assert!(theirs.headers.get("idempotent-replayed").is_none());
+    assert_ne!(theirs.json()["key"], first.json()["key"]);
 }

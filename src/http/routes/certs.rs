@@ -193,17 +193,25 @@ pub async fn issue(
     let ceiling = Ceiling::from_bits(auth.0.ceiling().bits());
     state
         .idempotency
-        .run(&auth.0.name(), req.path(), idem, digest, || async {
-            let (issued, private_key) = core
-                .pki()
-                .issue_service(&*audit, tenant, b.identity, key, ttl, ceiling, now)
-                .await?;
-            metrics::CERTS_ISSUED.inc();
-            Reply::json(
-                StatusCode::CREATED,
-                &issued_body(&issued, private_key.as_ref().map(|k| k.expose())),
-            )
-        })
+        .run(
+            &core,
+            &auth.0.name(),
+            req.path(),
+            idem,
+            digest,
+            now,
+            || async {
+                let (issued, private_key) = core
+                    .pki()
+                    .issue_service(&*audit, tenant, b.identity, key, ttl, ceiling, now)
+                    .await?;
+                metrics::CERTS_ISSUED.inc();
+                Reply::json(
+                    StatusCode::CREATED,
+                    &issued_body(&issued, private_key.as_ref().map(|k| k.expose())),
+                )
+            },
+        )
         .await
 }
 
