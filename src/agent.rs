@@ -344,7 +344,8 @@ pub struct Bootstrap {
 }
 
 /// A new key pair made here, a CSR, and the token traded for the certificate; returns its
-/// validity.
+/// validity. Both files are created (empty) before the token is spent, so a path that cannot
+/// be written fails with the token still good.
 pub async fn bootstrap(b: Bootstrap) -> Result<Validity, AgentError> {
     let setup = |e: String| AgentError::Setup(e);
     let client = Client::new(&Target {
@@ -355,6 +356,16 @@ pub async fn bootstrap(b: Bootstrap) -> Result<Validity, AgentError> {
         token: None,
     })
     .map_err(|e| setup(e.to_string()))?;
+    // The token is single-use: make sure both files can be written before spending it.
+    if b.cert == b.key {
+        return Err(setup("--cert and --key must be different files".into()));
+    }
+    let stage = |path: &Path, mode| {
+        files::Staged::create(path, mode)
+            .map_err(|e| AgentError::Write(path.display().to_string(), e.to_string()))
+    };
+    let key_file = stage(&b.key, files::PRIVATE)?;
+    let cert_file = stage(&b.cert, files::PUBLIC)?;
     let pair = rcgen::KeyPair::generate().map_err(|e| setup(e.to_string()))?;
     let csr = rcgen::CertificateParams::default()
         .serialize_request(&pair)
@@ -382,7 +393,13 @@ pub async fn bootstrap(b: Bootstrap) -> Result<Validity, AgentError> {
     if pem.is_empty() {
         return Err(setup("the answer held no certificate".into()));
     }
-    write_files(&b.cert, &b.key, &pem, Some(key.as_str()))?;
+    // The key first, so that a reader that sees the certificate finds its key.
+    let commit = |f: files::Staged, path: &Path, bytes: &[u8]| {
+        f.commit(bytes)
+            .map_err(|e| AgentError::Write(path.display().to_string(), e.to_string()))
+    };
+    commit(key_file, &b.key, key.as_bytes())?;
+    commit(cert_file, &b.cert, pem.as_bytes())?;
     validity(&b.cert)
 }
 

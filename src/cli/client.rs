@@ -5,7 +5,7 @@
 //! would show in `ps`): a key to verify comes from `TESSERA_KEY` or standard input, a share or
 //! an enrolment token from standard input.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use reqwest::Method;
@@ -172,20 +172,28 @@ pub(super) async fn certs(c: &Client, cmd: Certs, out: Output) -> anyhow::Result
                 (None, true) => body["generate"] = json!(true),
                 (None, false) => bail!("give --csr FILE, or --generate with --key-out FILE"),
             }
+            // A generated key is in the answer only: know that its file (and the
+            // certificate's) can be written before asking for it.
+            let key_file = key_out
+                .as_deref()
+                .filter(|_| generate)
+                .map(|p| stage(p, files::PRIVATE))
+                .transpose()?;
+            let cert_file = cert_out
+                .as_deref()
+                .map(|p| stage(p, files::PUBLIC))
+                .transpose()?;
             let mut v = call(c, Method::POST, "/v1/certs", Some(body)).await?;
             // A generated key goes to its file, never to the terminal.
-            if let (Some(path), Some(key)) = (&key_out, v["private_key"].as_str()) {
+            if let (Some((f, path)), Some(key)) = (key_file, v["private_key"].as_str()) {
                 let key = zeroize::Zeroizing::new(key.to_owned());
-                files::write_atomic(path, key.as_bytes(), files::PRIVATE)
-                    .with_context(|| format!("writing {}", path.display()))?;
+                commit(f, path, key.as_bytes())?;
             }
             if let Some(o) = v.as_object_mut() {
                 o.remove("private_key");
             }
-            if let Some(path) = &cert_out {
-                let pem = agent::chain_pem(&v);
-                files::write_atomic(path, pem.as_bytes(), files::PUBLIC)
-                    .with_context(|| format!("writing {}", path.display()))?;
+            if let Some((f, path)) = cert_file {
+                commit(f, path, agent::chain_pem(&v).as_bytes())?;
             }
             v
         }
@@ -226,6 +234,19 @@ pub(super) async fn certs(c: &Client, cmd: Certs, out: Output) -> anyhow::Result
     };
     show(out, &v, None);
     Ok(())
+}
+
+/// A file to write once an answer arrives, created now so that a path that cannot be written
+/// fails before the call.
+fn stage(path: &Path, mode: u32) -> anyhow::Result<(files::Staged, &Path)> {
+    let f = files::Staged::create(path, mode)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok((f, path))
+}
+
+fn commit(f: files::Staged, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    f.commit(bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 pub(super) async fn whoami(c: &Client, out: Output) -> anyhow::Result<()> {
@@ -310,14 +331,14 @@ fn show(out: Output, v: &Value, columns: Option<&[&str]>) {
 /// checks out.
 pub(super) async fn backup(target: TargetArgs, out: PathBuf) -> anyhow::Result<()> {
     let client = Client::new(&target.target())?;
+    let (file, _) = stage(&out, files::PRIVATE)?;
     let answer = client
         .call(Method::GET, "/v1/sys/backup", None)
         .await?
         .ok()?;
     // Its structure only: checking its MAC takes the master key (restore does).
     crate::store::backup::parse(&answer.body).context("the server's backup does not check out")?;
-    files::write_atomic(&out, &answer.body, files::PRIVATE)
-        .with_context(|| format!("writing {}", out.display()))?;
+    commit(file, &out, &answer.body)?;
     println!(
         "backup written: {} ({} bytes)",
         out.display(),

@@ -1,27 +1,35 @@
 //! The client verbs against the real server, in both output formats.
 
-use std::process::{Command, Output};
+use std::{
+    os::unix::fs::PermissionsExt,
+    process::{Command, Output},
+};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::{Home, Server};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
-/// Runs `tessera <args>` as the bootstrap admin (credentials from the environment).
-fn run(server: &Server, args: &[&str], env: &[(&str, &str)]) -> Output {
+/// `tessera <args>` as the bootstrap admin (credentials from the environment).
+fn command(server: &Server, args: &[&str], env: &[(&str, &str)]) -> Command {
     let certs = &server.certs;
-    Command::new(BIN)
-        .args(args)
+    let mut c = Command::new(BIN);
+    c.args(args)
         .env("TESSERA_ADDR", server.url(""))
         .env("TESSERA_CACERT", certs.join("ca.pem"))
         .env("TESSERA_CLIENT_CERT", certs.join("admin.pem"))
         .env("TESSERA_CLIENT_KEY", certs.join("admin.key"))
         .env_remove("TESSERA_TOKEN")
         .env_remove("TESSERA_KEY")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
+        .env_remove("TESSERA_ENROL_TOKEN")
+        .envs(env.iter().copied());
+    c
+}
+
+/// Runs `tessera <args>` as the bootstrap admin.
+fn run(server: &Server, args: &[&str], env: &[(&str, &str)]) -> Output {
+    command(server, args, env).output().unwrap()
 }
 
 fn ok(o: &Output) -> String {
@@ -165,7 +173,6 @@ async fn client_verbs_in_both_formats() {
             .unwrap()
             .contains("PRIVATE KEY")
     );
-    use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&key_out).unwrap().permissions().mode() & 0o777,
         0o600
@@ -282,4 +289,167 @@ async fn admin_cert_revokes_the_admin_credentials_it_replaces() {
     assert!(works(&server, &previous.0, &previous.1).await);
     server.admin().get("/v1/whoami").await.expect(200);
     assert!(!works(&server, &lost.0, &lost.1).await);
+}
+
+/// Issue 20: every file the command line writes may be given as a bare name, relative to the
+/// working directory. The atomic writer synced the bare name's parent, the empty path, and
+/// failed after writing (after spending the token, for `agent bootstrap`).
+#[tokio::test]
+async fn issue_20_output_files_given_as_bare_names() {
+    let home = Home::new();
+    let mut server = Server::start(&home);
+    let cwd = tempfile::tempdir().unwrap();
+    let here = |args: &[&str], env: &[(&str, &str)]| {
+        ok(&command(&server, args, env)
+            .current_dir(cwd.path())
+            .output()
+            .unwrap())
+    };
+    let file = |name: &str| std::fs::read_to_string(cwd.path().join(name)).unwrap();
+    let mode = |name: &str| {
+        std::fs::metadata(cwd.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+
+    here(&["backup", "--out", "today.backup"], &[]);
+    assert!(
+        std::fs::read(cwd.path().join("today.backup"))
+            .unwrap()
+            .starts_with(b"TESSERA-BACKUP")
+    );
+    assert_eq!(mode("today.backup"), 0o600);
+
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap();
+    std::fs::write(cwd.path().join("svc.csr"), csr.pem().unwrap()).unwrap();
+    here(
+        &[
+            "certs",
+            "issue",
+            "--identity",
+            "svc",
+            "--csr",
+            "svc.csr",
+            "--cert-out",
+            "svc.pem",
+        ],
+        &[],
+    );
+    assert_eq!(file("svc.pem").matches("BEGIN CERTIFICATE").count(), 2);
+
+    here(
+        &[
+            "certs",
+            "issue",
+            "--identity",
+            "gen",
+            "--generate",
+            "--key-out",
+            "gen.key",
+            "--cert-out",
+            "gen.pem",
+        ],
+        &[],
+    );
+    assert!(file("gen.key").contains("PRIVATE KEY"));
+    assert_eq!(mode("gen.key"), 0o600);
+    assert_eq!(file("gen.pem").matches("BEGIN CERTIFICATE").count(), 2);
+
+    // The agent's renewal writes both files (with --rekey).
+    let before = file("gen.pem");
+    here(
+        &[
+            "agent",
+            "--once",
+            "--rekey",
+            "--renew-at",
+            "0.0001",
+            "--cert",
+            "gen.pem",
+            "--key",
+            "gen.key",
+        ],
+        &[],
+    );
+    assert_ne!(file("gen.pem"), before, "renewed");
+    let me = server
+        .client(&cwd.path().join("gen.pem"), &cwd.path().join("gen.key"))
+        .get("/v1/whoami")
+        .await
+        .expect(200);
+    assert!(
+        me["identity"].as_str().unwrap().ends_with("/svc/gen"),
+        "{me}"
+    );
+
+    let token = server
+        .admin()
+        .post("/v1/enrolment-tokens", json!({"identity": "boot"}))
+        .await
+        .expect(201)["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    here(
+        &[
+            "agent",
+            "bootstrap",
+            "--identity",
+            "boot",
+            "--cert",
+            "boot.pem",
+            "--key",
+            "boot.key",
+        ],
+        &[("TESSERA_ENROL_TOKEN", &token)],
+    );
+    assert!(file("boot.key").contains("PRIVATE KEY"));
+    assert_eq!(mode("boot.key"), 0o600);
+    assert_eq!(file("boot.pem").matches("BEGIN CERTIFICATE").count(), 2);
+
+    // Offline, with the server stopped.
+    server.terminate();
+    let out = Command::new(BIN)
+        .args([
+            "bench-preload",
+            "--keys",
+            "2",
+            "--out",
+            "keys.txt",
+            "--data",
+        ])
+        .arg(home.data())
+        .arg("--certs")
+        .arg(home.certs())
+        .env_remove("TESSERA_MASTER_KEY")
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    ok(&out);
+    assert_eq!(file("keys.txt").lines().count(), 2);
+
+    // Nothing else was left behind (no temp files).
+    let mut names: Vec<String> = std::fs::read_dir(cwd.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "boot.key",
+            "boot.pem",
+            "gen.key",
+            "gen.pem",
+            "keys.txt",
+            "svc.csr",
+            "svc.pem",
+            "today.backup"
+        ]
+    );
 }
