@@ -11,7 +11,10 @@ use anyhow::{Context, bail};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::args::{AgentArgs, Apis, Certs, Keys, Output, ServerArgs, TargetArgs};
+use super::{
+    args::{AgentArgs, Apis, Certs, Keys, Output, ServerArgs, TargetArgs},
+    exit,
+};
 use crate::{agent, client::Client, config::LogFormat, crypto::secret::SecretString, files};
 
 async fn call(
@@ -86,7 +89,17 @@ pub(super) async fn apis(c: &Client, cmd: Apis, out: Output) -> anyhow::Result<(
     Ok(())
 }
 
-pub(super) async fn keys(c: &Client, cmd: Keys, out: Output) -> anyhow::Result<()> {
+/// The exit code of a verdict (`keys verify`, `certs verify`): only VALID is success.
+fn verdict(v: &Value) -> i32 {
+    if v["code"] == "VALID" {
+        exit::OK
+    } else {
+        exit::NOT_VALID
+    }
+}
+
+/// Returns the exit code ([`verdict`]'s for `keys verify`).
+pub(super) async fn keys(c: &Client, cmd: Keys, out: Output) -> anyhow::Result<i32> {
     let v = match cmd {
         Keys::Create {
             api,
@@ -111,7 +124,7 @@ pub(super) async fn keys(c: &Client, cmd: Keys, out: Output) -> anyhow::Result<(
                 &v,
                 Some(&["id", "name", "start", "state", "scopes", "expires_at"]),
             );
-            return Ok(());
+            return Ok(exit::OK);
         }
         Keys::Get { id } => call(c, Method::GET, &format!("/v1/keys/{id}"), None).await?,
         Keys::Rotate { id, grace } => {
@@ -141,14 +154,17 @@ pub(super) async fn keys(c: &Client, cmd: Keys, out: Output) -> anyhow::Result<(
             if !scopes.is_empty() {
                 body["scopes"] = json!(scopes);
             }
-            call(c, Method::POST, "/v1/keys/verify", Some(body)).await?
+            let v = call(c, Method::POST, "/v1/keys/verify", Some(body)).await?;
+            show(out, &v, None);
+            return Ok(verdict(&v));
         }
     };
     show(out, &v, None);
-    Ok(())
+    Ok(exit::OK)
 }
 
-pub(super) async fn certs(c: &Client, cmd: Certs, out: Output) -> anyhow::Result<()> {
+/// Returns the exit code ([`verdict`]'s for `certs verify`).
+pub(super) async fn certs(c: &Client, cmd: Certs, out: Output) -> anyhow::Result<i32> {
     let v = match cmd {
         Certs::Issue {
             identity,
@@ -207,7 +223,7 @@ pub(super) async fn certs(c: &Client, cmd: Certs, out: Output) -> anyhow::Result
             };
             let v = list_all(c, &path).await?;
             show(out, &v, Some(&["serial", "identity", "state", "not_after"]));
-            return Ok(());
+            return Ok(exit::OK);
         }
         Certs::Revoke { serial, reason } => {
             let mut body = json!({});
@@ -223,17 +239,19 @@ pub(super) async fn certs(c: &Client, cmd: Certs, out: Output) -> anyhow::Result
         Certs::Verify { file } => {
             let pem = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            call(
+            let v = call(
                 c,
                 Method::POST,
                 "/v1/certs/verify",
                 Some(json!({ "certificate": pem })),
             )
-            .await?
+            .await?;
+            show(out, &v, None);
+            return Ok(verdict(&v));
         }
     };
     show(out, &v, None);
-    Ok(())
+    Ok(exit::OK)
 }
 
 /// A file to write once an answer arrives, created now so that a path that cannot be written
@@ -391,8 +409,9 @@ pub(super) async fn agent_bootstrap(
 }
 
 /// `tessera agent`: renews the certificate at --renew-at of its lifetime until stopped (or
-/// once, with --once).
-pub(super) async fn agent_run(a: AgentArgs) -> anyhow::Result<()> {
+/// once, with --once). Returns [`exit::NOT_VALID`] when the certificate is expired or refused:
+/// it must be replaced.
+pub(super) async fn agent_run(a: AgentArgs) -> anyhow::Result<i32> {
     super::init_logging(LogFormat::Human);
     let (Some(cert), Some(key)) = (a.cert, a.key) else {
         bail!("--cert and --key are required");
@@ -410,6 +429,12 @@ pub(super) async fn agent_run(a: AgentArgs) -> anyhow::Result<()> {
         ttl_seconds: a.ttl,
         once: a.once,
     };
-    agent::run(opts).await?;
-    Ok(())
+    match agent::run(opts).await {
+        Ok(()) => Ok(exit::OK),
+        Err(e) if e.is_verdict() => {
+            eprintln!("Error: {e}");
+            Ok(exit::NOT_VALID)
+        }
+        Err(e) => Err(e.into()),
+    }
 }

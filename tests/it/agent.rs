@@ -344,7 +344,12 @@ async fn enrolment_tokens_bootstrap_a_new_workload_once() {
     // Single use.
     let again = bootstrap("newbie", &t, "again");
     assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("enrolment token"));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("enrolment token"), "{err}");
+    assert!(
+        !err.contains("renewal"),
+        "a bootstrap is no renewal (issue 20): {err}"
+    );
 
     // Bound to one identity: the wrong one is refused and does not spend the token.
     let t = token("alpha", 60).await;

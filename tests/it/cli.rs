@@ -100,12 +100,14 @@ async fn client_verbs_in_both_formats() {
         &[("TESSERA_KEY", &secret)],
     );
     assert_eq!(v["code"], "VALID");
-    let table = ok(&run(
+    let out = run(
         &server,
         &["keys", "verify", "--scope", "write"],
         &[("TESSERA_KEY", &secret)],
-    ));
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("INSUFFICIENT_SCOPES"), "{table}");
+    assert_eq!(out.status.code(), Some(3), "a verdict other than VALID");
 
     let rotated = json(&server, &["keys", "rotate", &id, "--grace", "60"], &[]);
     let new_id = rotated["id"].as_str().unwrap().to_owned();
@@ -452,4 +454,90 @@ async fn issue_20_output_files_given_as_bare_names() {
             "today.backup"
         ]
     );
+}
+
+/// Issue 20: a script can tell VALID from any other verdict, and a verdict from a failure to
+/// reach one, by the exit code alone: 0 VALID, 3 another verdict, 1 no verdict, 2 usage.
+#[tokio::test]
+async fn issue_20_exit_codes_tell_a_verdict() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let code = |args: &[&str], env: &[(&str, &str)]| {
+        let out = run(&server, args, env);
+        (
+            out.status.code().unwrap(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let api = admin.create_api("codes").await;
+    let (key_id, key) = admin.issue(&api, json!({"scopes": ["read"]})).await;
+    let verify_key = |scope: &str| {
+        code(
+            &["keys", "verify", "--scope", scope],
+            &[("TESSERA_KEY", &key)],
+        )
+    };
+    assert_eq!(verify_key("read").0, 0);
+    let (c, out) = verify_key("write");
+    assert_eq!((c, out.contains("INSUFFICIENT_SCOPES")), (3, true), "{out}");
+    let (c, out) = code(
+        &["keys", "verify"],
+        &[("TESSERA_KEY", "tsk_not_a_key_at_all")],
+    );
+    assert_eq!(c, 3, "NOT_FOUND is a verdict: {out}");
+    admin
+        .post(&format!("/v1/keys/{key_id}/revoke"), json!({}))
+        .await
+        .expect(200);
+    let (c, out) = verify_key("read");
+    assert_eq!((c, out.contains("REVOKED")), (3, true), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, cert_key, serial) =
+        crate::helpers::identity_files(&admin, dir.path(), "default", "coded").await;
+    let cert_arg = cert.to_str().unwrap();
+    assert_eq!(code(&["certs", "verify", cert_arg], &[]).0, 0);
+
+    // `agent --once` with a certificate that is not due: done, and it said so.
+    let agent = |extra: &[&str]| {
+        let mut args = vec![
+            "agent",
+            "--cert",
+            cert_arg,
+            "--key",
+            cert_key.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        code(&args, &[])
+    };
+    let (c, out) = agent(&["--once"]);
+    assert_eq!((c, out.contains("not due")), (0, true), "{out}");
+
+    admin
+        .post(&format!("/v1/certs/{serial}/revoke"), json!({}))
+        .await
+        .expect(200);
+    let (c, out) = code(&["certs", "verify", cert_arg], &[]);
+    assert_eq!((c, out.contains("REVOKED")), (3, true), "{out}");
+    // Revoked but not due: the agent finds out at once (with --once, and when it starts),
+    // instead of "not due yet" and 0, or sleeping until a renewal that will fail.
+    for extra in [&["--once"][..], &[][..]] {
+        let (c, out) = agent(extra);
+        assert_eq!(c, 3, "{out}");
+        assert!(out.contains("revoked"), "{out}");
+        assert!(!out.contains("not due"), "{out}");
+    }
+
+    // No verdict: the command line is wrong, or the server cannot be reached.
+    assert_eq!(code(&["certs", "verify"], &[]).0, 2);
+    let nowhere = [("TESSERA_ADDR", "https://localhost:1")];
+    let (c, out) = code(&["keys", "verify"], &[nowhere[0], ("TESSERA_KEY", &key)]);
+    assert_eq!(c, 1, "{out}");
+    let (c, out) = code(&["certs", "verify", cert_arg], &nowhere);
+    assert_eq!(c, 1, "{out}");
 }
