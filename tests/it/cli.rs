@@ -13,8 +13,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
 /// `tessera <args>` as the bootstrap admin (credentials from the environment).
 fn command(server: &Server, args: &[&str], env: &[(&str, &str)]) -> Command {
+    as_admin(Command::new(BIN), server, args, env)
+}
+
+/// `program <args>` with the bootstrap admin's environment.
+fn as_admin(mut c: Command, server: &Server, args: &[&str], env: &[(&str, &str)]) -> Command {
     let certs = &server.certs;
-    let mut c = Command::new(BIN);
     c.args(args)
         .env("TESSERA_ADDR", server.url(""))
         .env("TESSERA_CACERT", certs.join("ca.pem"))
@@ -540,4 +544,52 @@ async fn issue_20_exit_codes_tell_a_verdict() {
     assert_eq!(c, 1, "{out}");
     let (c, out) = code(&["certs", "verify", cert_arg], &nowhere);
     assert_eq!(c, 1, "{out}");
+}
+
+/// Issue 20: logs carry ANSI colour codes only for a person at a terminal, and never with
+/// `NO_COLOR` set; a log file, a pipe or journald gets plain text.
+#[tokio::test]
+async fn issue_20_logs_have_colour_only_at_a_terminal() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = crate::helpers::identity_files(&admin, dir.path(), "default", "tty").await;
+    server.anonymous().get("/v1/apis").await.expect(401);
+    let log = std::fs::read_to_string(home.log()).unwrap();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(!log.contains('\x1b'), "the server's log file: {log:?}");
+
+    let agent = format!(
+        "{BIN} agent --once --cert {} --key {}",
+        cert.display(),
+        key.display()
+    );
+    let out = run(
+        &server,
+        &[
+            "agent",
+            "--once",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let piped = String::from_utf8_lossy(&out.stderr);
+    assert!(piped.contains("not due"), "{piped}");
+    assert!(!piped.contains('\x1b'), "a pipe: {piped:?}");
+    // At a terminal (`script` runs it on a pseudo-terminal): colours, unless NO_COLOR.
+    let at_a_terminal = |no_color: &[(&str, &str)]| {
+        let script = Command::new("script");
+        let mut c = as_admin(script, &server, &["-qec", &agent, "/dev/null"], no_color);
+        let out = c.stdin(std::process::Stdio::null()).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let tty = at_a_terminal(&[("NO_COLOR", "")]);
+    assert!(tty.contains("not due") && tty.contains('\x1b'), "{tty:?}");
+    let tty = at_a_terminal(&[("NO_COLOR", "1")]);
+    assert!(tty.contains("not due") && !tty.contains('\x1b'), "{tty:?}");
 }
