@@ -521,6 +521,16 @@ async fn issue_20_exit_codes_tell_a_verdict() {
     };
     let (c, out) = agent(&["--once"]);
     assert_eq!((c, out.contains("not due")), (0, true), "{out}");
+    // Not due and the server cannot be asked: nothing needed it yet, so a warning, not a
+    // failed cron job.
+    let mut args = vec!["agent", "--once", "--cert", cert_arg, "--key"];
+    args.push(cert_key.to_str().unwrap());
+    let (c, out) = code(&args, &[("TESSERA_ADDR", "https://localhost:1")]);
+    assert_eq!(c, 0, "{out}");
+    assert!(
+        out.contains("could not check") && out.contains("not due"),
+        "{out}"
+    );
 
     admin
         .post(&format!("/v1/certs/{serial}/revoke"), json!({}))
