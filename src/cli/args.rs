@@ -94,8 +94,8 @@ pub enum Command {
         out: PathBuf,
     },
     /// Keep a service's certificate renewed: at 2/3 of its lifetime (with jitter), over mTLS
-    /// with the certificate itself; files replaced atomically, then the reload hook. Exits
-    /// non-zero if the certificate has expired or is refused. SIGHUP renews at once.
+    /// with the certificate itself; files replaced atomically, then the reload hook. Exits 3
+    /// if the certificate has expired or is refused (revoked). SIGHUP renews at once.
     Agent(AgentArgs),
     /// Who the server takes you for.
     Whoami {
@@ -196,7 +196,8 @@ pub struct AgentArgs {
     /// Lifetime to ask for, in seconds (default: the server's default lifetime).
     #[arg(long)]
     pub ttl: Option<u64>,
-    /// Renew if due, then exit (for cron).
+    /// Renew if due, then exit (for cron); when not due, check that the server still takes the
+    /// certificate (exit 3 if it is revoked).
     #[arg(long)]
     pub once: bool,
 }
@@ -269,7 +270,7 @@ impl TargetArgs {
 #[derive(Subcommand)]
 pub enum AuditCommand {
     /// Check the hash chain offline (server stopped), optionally against a saved checkpoint.
-    /// Exits non-zero and names the first bad sequence number if the log was tampered with.
+    /// Exits 3 and names the first bad sequence number if the log was tampered with.
     Verify {
         #[command(flatten)]
         dirs: DirArgs,
@@ -412,7 +413,8 @@ pub enum Keys {
     Revoke {
         id: String,
     },
-    /// Verify a key read from TESSERA_KEY or the first line of standard input.
+    /// Verify a key read from TESSERA_KEY or the first line of standard input. Exits 0 when
+    /// VALID, 3 for any other verdict, 1 when there is no verdict.
     Verify {
         #[arg(long)]
         api: Option<String>,
@@ -455,6 +457,7 @@ pub enum Certs {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Verify a certificate (PEM file, leaf first).
+    /// Verify a certificate (PEM file, leaf first). Exits 0 when VALID, 3 for any other
+    /// verdict, 1 when there is no verdict.
     Verify { file: PathBuf },
 }

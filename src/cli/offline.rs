@@ -13,7 +13,7 @@ use anyhow::Context;
 
 use super::{
     args::{AdminCertArgs, DirArgs, InitArgs},
-    init_logging,
+    exit, init_logging,
 };
 use crate::{
     app::{
@@ -166,7 +166,8 @@ pub(super) async fn bench_preload(dirs: DirArgs, keys: usize, out: PathBuf) -> a
 }
 
 /// `tessera audit verify`: checks the hash chain, optionally against a saved checkpoint.
-/// Returns the exit code: 0 when the log is valid, 1 when it is not.
+/// Returns the exit code: [`exit::OK`] when the log is valid, [`exit::NOT_VALID`] when it is
+/// not.
 pub(super) async fn audit_verify(
     dirs: DirArgs,
     checkpoint: Option<PathBuf>,
@@ -205,7 +206,7 @@ pub(super) async fn audit_verify(
             report.problem.as_deref().unwrap_or("unknown problem"),
             report.checked
         );
-        Ok(1)
+        Ok(exit::NOT_VALID)
     }
 }
 

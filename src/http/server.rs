@@ -109,6 +109,7 @@ pub async fn serve(vault: Vault, core: Option<Core>) -> Result<(), ServeError> {
         Arc::new(tls_config),
         tuning,
         state.guard.clone(),
+        handshake_refusals(&state),
         move || {
             App::new()
                 .app_data(shared.clone())
@@ -199,6 +200,34 @@ pub async fn serve(vault: Vault, core: Option<Core>) -> Result<(), ServeError> {
             source,
         }
         .into()
+    })
+}
+
+/// Client certificates refused at the handshake: a log line with the serial, the reason and
+/// the peer, and a refusal tallied for the audit log (one entry per source and window, like
+/// every refusal without a usable credential, so a flood cannot fill the log).
+fn handshake_refusals(state: &web::Data<AppState>) -> listener::OnRefused {
+    let state = state.clone();
+    Arc::new(move |peer, refused| {
+        refused.log(peer);
+        let serial = refused.serial.as_ref().map(|s| s.as_str().to_owned());
+        let event = crate::audit::Event {
+            time: state.clock.now(),
+            request_id: String::new(),
+            principal: serial
+                .as_ref()
+                .map_or_else(|| "anonymous".to_owned(), |s| format!("cert:{s}")),
+            tenant: None,
+            action: format!("TLS handshake ({})", refused.reason),
+            object: serial,
+            outcome: "unauthenticated".to_owned(),
+            source: peer.map_or_else(|| "unknown".to_owned(), |p| p.ip().to_string()),
+            detail: None,
+        };
+        crate::metrics::AUDIT_REFUSALS
+            .with_label_values(&[event.outcome.as_str()])
+            .inc();
+        state.runtime.refusals.note(event);
     })
 }
 

@@ -22,6 +22,7 @@ mod lifecycle;
 mod openapi;
 mod pg;
 mod raw;
+mod refusals;
 mod startup;
 mod store_contract;
 mod trust;

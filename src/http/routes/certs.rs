@@ -235,7 +235,9 @@ pub async fn renew(
     // The bootstrap admin credential is never issued (or renewed) through the API.
     if matches!(&principal.credential, Credential::Cert { id, .. } if id.identity == Identity::Admin)
     {
-        return Err(ApiError::Forbidden);
+        return Err(ApiError::refused(
+            "the bootstrap admin credential is never renewed through the API",
+        ));
     }
     let b = body.0.value;
     let issued = core
@@ -504,6 +506,7 @@ pub async fn enrol(
             if let Some(ip) = source {
                 state.guard.failed(ip, "enrolment token refused");
             }
+            crate::http::extract::refuse(&req, "enrolment token refused", None);
             Err(ApiError::Unauthenticated)
         }
     }
