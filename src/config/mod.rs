@@ -92,7 +92,7 @@ pub struct Config {
     pub workers: usize,
     pub store_cache_bytes: u64,
     /// A shared PostgreSQL database, if not the embedded engine under `data/db`.
-    pub store_url: Option<crate::store::pg::PgTarget>,
+    pub store_url: Option<crate::store::postgres::PgTarget>,
     /// How stale this node's view of other nodes' changes may be before it stops answering
     /// from its caches.
     pub max_staleness: std::time::Duration,
@@ -369,7 +369,7 @@ impl Config {
         }
         let store_url = match store_url {
             Some(u) => Some(
-                crate::store::pg::PgTarget::parse(&u)
+                crate::store::postgres::PgTarget::parse(&u)
                     .map_err(|m| err("store.url", m))?
                     .with_timing(
                         std::time::Duration::from_millis(max_staleness_ms),

@@ -89,7 +89,7 @@ pub enum Location {
         cache_bytes: u64,
     },
     /// A PostgreSQL database that several nodes share.
-    Postgres(Box<super::pg::PgTarget>),
+    Postgres(Box<super::postgres::PgTarget>),
 }
 
 /// Opens the database at `location` (the embedded one takes its one-process lock). The one
@@ -105,6 +105,6 @@ pub fn open_database(location: &Location) -> Result<std::sync::Arc<dyn Database>
             )?;
             Ok(std::sync::Arc::new(db))
         }
-        Location::Postgres(target) => Ok(std::sync::Arc::new(super::pg::PgDb::open(target)?)),
+        Location::Postgres(target) => Ok(std::sync::Arc::new(super::postgres::PgDb::open(target)?)),
     }
 }

@@ -9,7 +9,7 @@ pub mod backup;
 pub(crate) mod engine;
 mod envelope;
 pub mod log;
-pub mod pg;
+pub mod postgres;
 pub mod raw;
 pub mod record;
 pub mod sled;

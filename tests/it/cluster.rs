@@ -7,7 +7,7 @@ use serde_json::json;
 use tessera::{
     crypto::{hex, keyring::MasterKey, secret::Key256},
     keys::model::Key,
-    store::{self, Location, Store, open_database, pg::PgTarget},
+    store::{self, Location, Store, open_database, postgres::PgTarget},
 };
 
 use crate::{
@@ -776,4 +776,65 @@ async fn an_idempotent_retry_replays_on_another_node() {
     assert_eq!(theirs.status, 201, "{}", theirs.text);
     assert!(theirs.headers.get("idempotent-replayed").is_none());
     assert_ne!(theirs.json()["key"], first.json()["key"]);
+}
+
+/// docs/cluster.md's nginx configuration, run as written (its ports replaced by free ones)
+/// in front of three nodes: every verification through it answers, also after one node is
+/// killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_load_balancer_in_front_of_three_nodes() {
+    let mut c = Cluster::start(3, "balanced");
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cluster.md")).unwrap();
+    let conf = doc
+        .split("```nginx\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/cluster.md has an nginx block")
+        .to_owned();
+    let a = c.admin(0);
+    let api = a.create_api("lb").await;
+    let (_, secret) = a.issue(&api, json!({"name": "lb"})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut lb = None;
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut conf = conf.replace("127.0.0.1:18440", &format!("127.0.0.1:{port}"));
+        for (i, node) in c.nodes.iter().enumerate() {
+            conf = conf.replace(&format!("127.0.0.1:1844{}", i + 1), &node.addr.to_string());
+        }
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        if let Some(n) = crate::gateway::Nginx::start(dir.path(), &conf, addr) {
+            lb = Some((n, port));
+            break;
+        }
+    }
+    let (_nginx, port) = lb.expect("nginx started");
+    let certs = c.homes[0].certs();
+    let through = Api::with_base(
+        format!("https://localhost:{port}"),
+        client_config(
+            &certs.join("ca.pem"),
+            Some((&certs.join("admin.pem"), &certs.join("admin.key"))),
+        ),
+    );
+    for _ in 0..9 {
+        assert_eq!(through.verify(&secret).await, "VALID");
+    }
+    c.nodes[1].kill9();
+    for _ in 0..9 {
+        // A fresh connection each time: the balancer skips the dead node at connect.
+        let fresh = Api::with_base(
+            format!("https://localhost:{port}"),
+            client_config(
+                &certs.join("ca.pem"),
+                Some((&certs.join("admin.pem"), &certs.join("admin.key"))),
+            ),
+        );
+        assert_eq!(fresh.verify(&secret).await, "VALID");
+    }
 }

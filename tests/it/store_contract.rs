@@ -17,7 +17,7 @@ use tessera::{
     crypto::{keyring::MasterKey, secret::SecretBytes},
     store::{
         Batch, Database, Expect, IndexName, Kind, Location, Rev, Store, StoreError, log,
-        open_database, pg::PgTarget,
+        open_database, postgres::PgTarget,
     },
 };
 
