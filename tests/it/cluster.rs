@@ -838,3 +838,99 @@ async fn a_load_balancer_in_front_of_three_nodes() {
         assert_eq!(fresh.verify(&secret).await, "VALID");
     }
 }
+
+/// A CA and a certificate it signs for `localhost`, as PEM (certificate, key, CA).
+fn tls_material() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (leaf.pem(), key.serialize_pem(), ca_cert.pem())
+}
+
+/// TLS to the database: with `sslmode=verify-full` and the database's CA, a node serves
+/// over an encrypted connection; with another CA it refuses to start (it never falls back
+/// to plaintext), and so does a URL naming a CA file that does not exist.
+#[test]
+fn tls_to_the_database_is_verified() {
+    let (cert, key, ca) = tls_material();
+    let pg = Postgres::start_with_tls(Some((&cert, &key)));
+    pg.create_db("tls");
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("db-ca.pem");
+    std::fs::write(&good, &ca).unwrap();
+    let other = dir.path().join("other-ca.pem");
+    std::fs::write(&other, tls_material().2).unwrap();
+    let url = |ca: &std::path::Path| {
+        format!(
+            "postgres://tessera@localhost:{}/tls?sslmode=verify-full&sslrootcert={}",
+            pg.port,
+            ca.display()
+        )
+    };
+    let home = Home::new();
+    let server = Server::start_with(&home, &["--store", &url(&good)]);
+    let count = |ssl: bool| -> u32 {
+        pg.sql(
+            "tls",
+            &format!(
+                "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                 WHERE a.application_name = 'tessera' AND s.ssl = {ssl}"
+            ),
+        )
+        .parse()
+        .unwrap()
+    };
+    assert!(count(true) > 0, "the node's connections are TLS");
+    assert_eq!(count(false), 0, "and none is plaintext");
+    drop(server);
+    let (ok, out) = run(
+        &[
+            "audit",
+            "verify",
+            "--data",
+            home.data().to_str().unwrap(),
+            "--store",
+            &url(&other),
+        ],
+        &[],
+    );
+    assert!(
+        !ok,
+        "a database whose certificate the CA did not sign: {out}"
+    );
+    assert!(
+        out.contains("certificate") || out.contains("PostgreSQL"),
+        "{out}"
+    );
+    let (ok, out) = run(
+        &[
+            "audit",
+            "verify",
+            "--data",
+            home.data().to_str().unwrap(),
+            "--store",
+            &url(&dir.path().join("missing.pem")),
+        ],
+        &[],
+    );
+    assert!(!ok && out.contains("sslrootcert"), "{out}");
+    let (ok, out) = run(
+        &[
+            "audit",
+            "verify",
+            "--data",
+            home.data().to_str().unwrap(),
+            "--store",
+            &url(&good),
+        ],
+        &[],
+    );
+    assert!(ok, "the right CA: {out}");
+}

@@ -64,6 +64,11 @@ pub struct Postgres {
 impl Postgres {
     /// initdb and start a fresh server; waits until it accepts connections.
     pub fn start() -> Self {
+        Self::start_with_tls(None)
+    }
+
+    /// [`Postgres::start`], serving TLS with this certificate and key (PEM) when given.
+    pub fn start_with_tls(tls: Option<(&str, &str)>) -> Self {
         let bin = bin_dir();
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("pg");
@@ -98,6 +103,33 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if let Some((cert, key)) = tls {
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = dir.join(name);
+                std::fs::write(&path, pem).unwrap();
+                std::fs::set_permissions(
+                    &path,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )
+                .unwrap();
+                if running_as_root() {
+                    assert!(
+                        Command::new("chown")
+                            .arg("postgres:postgres")
+                            .arg(&path)
+                            .status()
+                            .unwrap()
+                            .success()
+                    );
+                }
+            }
+            let conf = dir.join("postgresql.conf");
+            let mut text = std::fs::read_to_string(&conf).unwrap();
+            text.push_str(
+                "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+            );
+            std::fs::write(&conf, text).unwrap();
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
