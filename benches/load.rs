@@ -38,6 +38,11 @@ use tokio_rustls::{TlsConnector, client::TlsStream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
+/// The integration tests' PostgreSQL harness (initdb in a temp dir, as the postgres user).
+#[path = "../tests/it/pg.rs"]
+#[allow(dead_code)]
+mod pg;
+
 struct Opts {
     keys: Vec<usize>,
     duration: Duration,
@@ -137,6 +142,11 @@ lockout_threshold = 100000000\n[server]\nworkers = 1\nmax_connections = 100000\n
 store_cache_bytes = 134217728\n";
 
 fn start_server(home: &Path) -> Server {
+    start_server_with(home, &[], &[])
+}
+
+/// [`start_server`] with more arguments and environment (`--store`, the master key).
+fn start_server_with(home: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Server {
     fs::write(home.join("tessera.toml"), CONFIG).unwrap();
     let mut child = Command::new("taskset")
         .args([
@@ -155,7 +165,9 @@ fn start_server(home: &Path) -> Server {
         .arg(home.join("certs"))
         .arg("--config")
         .arg(home.join("tessera.toml"))
+        .args(extra)
         .env("RUST_LOG", "error")
+        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -179,6 +191,10 @@ fn start_server(home: &Path) -> Server {
 /// Fills a data directory with `n` keys (offline, in a separate process: its peak memory is
 /// the ingest peak). Returns the API id, the secrets and the ingest peak (MiB).
 fn preload(home: &Path, n: usize) -> (String, Vec<String>, f64) {
+    preload_with(home, n, &[])
+}
+
+fn preload_with(home: &Path, n: usize, extra: &[&str]) -> (String, Vec<String>, f64) {
     let out = home.join("secrets.txt");
     let child = Command::new(BIN)
         .args(["bench-preload", "--keys", &n.to_string(), "--out"])
@@ -187,6 +203,7 @@ fn preload(home: &Path, n: usize) -> (String, Vec<String>, f64) {
         .arg(home.join("data"))
         .arg("--certs")
         .arg(home.join("certs"))
+        .args(extra)
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .spawn()
@@ -988,6 +1005,9 @@ fn main() {
         });
         drop(server);
     }
+    if o.wants("postgres") {
+        rt.block_on(postgres_rows(&o, &mut rows));
+    }
     print_table(&rows);
     println!();
     for (n, rss, ingest) in &memory {
@@ -1012,6 +1032,170 @@ fn main() {
             );
         }
     }
+}
+
+/// The PostgreSQL engine next to the embedded one, in the same run: verification of cached
+/// keys, durable key creation and issuance per CPU-second (PostgreSQL's own processes counted
+/// with Tessera's), and how long a revocation on one node takes to be refused by another.
+async fn postgres_rows(o: &Opts, rows: &mut Vec<Row>) {
+    let n = if o.quick { 200 } else { 10_000 };
+    let (d, c) = (o.duration, o.connections);
+    let db = pg::Postgres::start();
+    let url = db.create_db("bench");
+    let mut per_engine: Vec<(&str, [f64; 3])> = Vec::new();
+    let mut kept_home = None;
+    for engine in ["sled", "postgres"] {
+        let home = tempfile::tempdir().unwrap();
+        let extra: Vec<&str> = if engine == "postgres" {
+            vec!["--store", &url]
+        } else {
+            vec![]
+        };
+        drop(start_server_with(home.path(), &extra, &[]));
+        let (api, secrets, _) = preload_with(home.path(), n, &extra);
+        let server = start_server_with(home.path(), &extra, &[]);
+        let mut pids = vec![server.child.id()];
+        let mtls = client_config(&home.path().join("certs"), true, true);
+        let verify: Vec<Vec<u8>> = secrets
+            .iter()
+            .map(|k| {
+                request(
+                    "POST",
+                    "/v1/keys/verify",
+                    Some(&format!("{{\"key\":\"{k}\"}}")),
+                    false,
+                )
+            })
+            .collect();
+        let verify = Arc::new(verify);
+        keepalive(server.addr, mtls.clone(), &pids, c, d / 4, verify.clone()).await;
+        if engine == "postgres" {
+            // The database's backends do the work of writes: count their CPU too.
+            pids.extend(family(db.pid().unwrap()));
+        }
+        let v = keepalive(server.addr, mtls.clone(), &pids, c, d, verify).await;
+        let create = Arc::new(vec![request(
+            "POST",
+            &format!("/v1/apis/{api}/keys"),
+            Some("{}"),
+            false,
+        )]);
+        let k = keepalive(server.addr, mtls.clone(), &pids, c, d, create).await;
+        let issue: Vec<Vec<u8>> = csrs(if o.quick { 50 } else { 400 })
+            .iter()
+            .map(|csr| {
+                let body = serde_json::json!({"identity": "bench", "csr": csr}).to_string();
+                request("POST", "/v1/certs", Some(&body), false)
+            })
+            .collect();
+        let i = keepalive(server.addr, mtls.clone(), &pids, c, d, Arc::new(issue)).await;
+        per_engine.push((
+            engine,
+            [v.per_cpu_second(), k.per_cpu_second(), i.per_cpu_second()],
+        ));
+        let ratio = |j: usize, now: f64| {
+            per_engine
+                .first()
+                .map_or(1.0, |(_, base)| now / base[j].max(1e-9))
+        };
+        let notes = [
+            format!("{:.2}x sled per CPU-s", ratio(0, v.per_cpu_second())),
+            format!("{:.2}x sled per CPU-s", ratio(1, k.per_cpu_second())),
+            format!("{:.2}x sled per CPU-s", ratio(2, i.per_cpu_second())),
+        ];
+        for (name, m, note) in [
+            (format!("verify, cached keys ({engine})"), v, &notes[0]),
+            (
+                format!("durable key creation, {c} clients ({engine})"),
+                k,
+                &notes[1],
+            ),
+            (
+                format!("certificate issuance from CSRs ({engine})"),
+                i,
+                &notes[2],
+            ),
+        ] {
+            rows.push(Row {
+                name,
+                note: note.clone(),
+                m,
+            });
+        }
+        if engine == "postgres" {
+            kept_home = Some((home, server));
+        }
+    }
+
+    // Revocation propagation: keys created and revoked on A, watched on B.
+    let Some((home, a)) = kept_home else { return };
+    let master = fs::read_to_string(home.path().join("data/master.key")).unwrap();
+    let b_home = tempfile::tempdir().unwrap();
+    fs::create_dir_all(b_home.path().join("certs")).unwrap();
+    let b = start_server_with(
+        b_home.path(),
+        &["--store", &url],
+        &[("TESSERA_MASTER_KEY", master.trim())],
+    );
+    let tls = (*client_config(&home.path().join("certs"), true, true)).clone();
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap();
+    let at = |s: &Server, p: &str| format!("https://localhost:{}{p}", s.addr.port());
+    let api: serde_json::Value = http
+        .post(at(&a, "/v1/apis"))
+        .json(&serde_json::json!({"name": "propagation", "purpose": "bench", "owner": "bench", "risk": "low"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let api = api["id"].as_str().unwrap().to_owned();
+    let mut delays = Vec::new();
+    for _ in 0..(if o.quick { 10 } else { 100 }) {
+        let k: serde_json::Value = http
+            .post(at(&a, &format!("/v1/apis/{api}/keys")))
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let (id, secret) = (k["id"].as_str().unwrap(), k["key"].as_str().unwrap());
+        let verify = || async {
+            let v: serde_json::Value = http
+                .post(at(&b, "/v1/keys/verify"))
+                .json(&serde_json::json!({ "key": secret }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["code"].as_str().unwrap_or("").to_owned()
+        };
+        assert_eq!(verify().await, "VALID");
+        http.post(at(&a, &format!("/v1/keys/{id}/revoke")))
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        let t = Instant::now();
+        while verify().await != "REVOKED" {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        delays.push(t.elapsed().as_micros() as u64);
+    }
+    delays.sort_unstable();
+    println!(
+        "revocation propagation, PostgreSQL, node A to node B ({} keys): p50 {:.1} ms, p99 {:.1} ms (store.poll_interval_ms 100, bound 1000)",
+        delays.len(),
+        percentile(&delays, 0.5) / 1000.0,
+        percentile(&delays, 0.99) / 1000.0
+    );
 }
 
 /// A paced load at `rate` requests/s; returns the p99 latency in µs.

@@ -42,38 +42,43 @@ pub async fn check(
     store: &dyn Store,
     checkpoint: Option<&Checkpoint>,
 ) -> Result<Report, StoreError> {
-    let head = store.log_head(LOG).await?;
     let cp_hash = checkpoint.and_then(|c| hex::decode(&c.hash));
     let mut prev = [0u8; log::HASH_LEN];
     let mut expected = 1u64;
-    loop {
+    // For reports of a break found on the way.
+    let seen = store.log_head(LOG).await?.seq;
+    // The head is read after the entries (an entry and the head move in one transaction, so
+    // a head read later is never behind the entries read before it); entries appended
+    // meanwhile are read too, a few rounds at most while writes go on.
+    let mut rounds = 0;
+    let head = loop {
         let page = store.read_log(LOG, expected - 1, 1000).await?;
         if page.is_empty() {
-            break;
+            let head = store.log_head(LOG).await?;
+            if head.seq > expected - 1 && rounds < 16 {
+                rounds += 1;
+                continue;
+            }
+            break head;
         }
         for r in page {
             let checked = expected - 1;
             if r.position != expected {
-                return Ok(Report::bad(checked, expected, "entry missing", head.seq));
+                return Ok(Report::bad(checked, expected, "entry missing", seen));
             }
             let Ok(e) = r.entry else {
                 return Ok(Report::bad(
                     checked,
                     expected,
                     "entry unreadable or moved",
-                    head.seq,
+                    seen,
                 ));
             };
             if e.seq != expected
                 || e.prev_hash != prev
                 || e.hash != log::chain_hash(&prev, e.seq, &e.body)
             {
-                return Ok(Report::bad(
-                    checked,
-                    expected,
-                    "hash chain broken",
-                    head.seq,
-                ));
+                return Ok(Report::bad(checked, expected, "hash chain broken", seen));
             }
             if let (Some(cp), Some(h)) = (checkpoint, &cp_hash)
                 && cp.seq == e.seq
@@ -83,13 +88,13 @@ pub async fn check(
                     checked,
                     expected,
                     "differs from the checkpoint",
-                    head.seq,
+                    seen,
                 ));
             }
             prev = e.hash;
             expected += 1;
         }
-    }
+    };
     let last = expected - 1;
     if head.seq != last || head.hash != prev {
         let at = head.seq.min(last) + 1;

@@ -329,6 +329,26 @@ pub trait Store: Send + Sync + 'static {
         Box::pin(async { Ok(Some(0)) })
     }
 
+    /// [`Store::update`] of many records of one kind in one atomic step (not durable):
+    /// `change` gets each id and its current plaintext. For merging counters in bulk.
+    fn update_many<'a>(
+        &'a self,
+        kind: Kind,
+        ids: Vec<String>,
+        change: ChangeMany,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            use crate::sync::Locked;
+            let change = std::sync::Arc::new(std::sync::Mutex::new(change));
+            for id in ids {
+                let (c, name) = (change.clone(), id.clone());
+                let step: Change = Box::new(move |plain| (c.write_locked())(&name, plain));
+                self.update(kind, &id, false, step).await?;
+            }
+            Ok(())
+        })
+    }
+
     /// Whether other processes write to this store too (a shared database): what a process
     /// counts in memory alone would then not be exact.
     fn shared(&self) -> bool {
@@ -352,6 +372,11 @@ pub trait Store: Send + Sync + 'static {
 
 /// What [`Store::update`] does to a record's plaintext.
 pub type Change = Box<dyn FnMut(Option<&[u8]>) -> Result<Vec<u8>, StoreError> + Send + 'static>;
+
+/// What [`Store::update_many`] does to each record: its id and current plaintext in, the new
+/// plaintext out.
+pub type ChangeMany =
+    Box<dyn FnMut(&str, Option<&[u8]>) -> Result<Vec<u8>, StoreError> + Send + 'static>;
 
 /// A record another process wrote or removed.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -185,6 +185,13 @@ impl Postgres {
         }
     }
 
+    /// The postmaster's process id (its backends are its children), while it runs: the load
+    /// bench counts PostgreSQL's CPU by it.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// What the server logged.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.with_file_name("postgres.log")).unwrap_or_default()

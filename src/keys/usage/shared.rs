@@ -27,6 +27,9 @@ use crate::{
     sync::Locked,
 };
 
+/// Keys merged per transaction.
+const MERGE_CHUNK: usize = 500;
+
 /// What this node counted of an unlimited key since the last flush.
 #[derive(Default)]
 struct Delta {
@@ -205,19 +208,42 @@ impl Shared {
         self.table.write_locked().unlimited.remove(id);
     }
 
-    /// Merges every key's counts into the stored counters.
+    /// Merges every key's counts into the stored counters, a few hundred keys per
+    /// transaction. What cannot be merged now is kept for the next flush.
     pub(super) async fn flush(&self) -> Result<(), StoreError> {
-        let deltas = std::mem::take(&mut self.table.write_locked().deltas);
-        let mut left = deltas.into_iter();
-        while let Some((id, d)) = left.next() {
-            let d = Arc::new(d);
-            let merged = d.clone();
-            if let Err(e) = self.update(&id, false, move |e| add(e, &merged)).await {
-                // Not merged: counted again at the next flush.
+        let deltas: Vec<(KeyId, Delta)> = std::mem::take(&mut self.table.write_locked().deltas)
+            .into_iter()
+            .collect();
+        let mut left = deltas.into_iter().peekable();
+        while left.peek().is_some() {
+            let chunk: Vec<(KeyId, Delta)> = left.by_ref().take(MERGE_CHUNK).collect();
+            let ids: Vec<String> = chunk.iter().map(|(id, _)| id.as_str().to_owned()).collect();
+            let merge: Arc<HashMap<String, Delta>> = Arc::new(
+                chunk
+                    .into_iter()
+                    .map(|(id, d)| (id.as_str().to_owned(), d))
+                    .collect(),
+            );
+            let m = merge.clone();
+            let change: store::ChangeMany = Box::new(move |id, plain| {
+                let key = KeyId::parse(id).map_err(|_| StoreError::Corrupt {
+                    kind: UsageRecord::KIND.0,
+                    id: id.to_owned(),
+                })?;
+                let mut e = decode(&key, plain)?;
+                if let Some(d) = m.get(id) {
+                    add(&mut e, d);
+                }
+                encode(&e)
+            });
+            if let Err(e) = self.store.update_many(UsageRecord::KIND, ids, change).await {
                 let mut t = self.table.write_locked();
-                for (id, d) in
-                    std::iter::once((id, Arc::try_unwrap(d).unwrap_or_default())).chain(left)
+                let unmerged = Arc::try_unwrap(merge).unwrap_or_default();
+                for (id, d) in unmerged
+                    .into_iter()
+                    .chain(left.map(|(id, d)| (id.as_str().to_owned(), d)))
                 {
+                    let Ok(id) = KeyId::parse(&id) else { continue };
                     let mine = t.deltas.entry(id).or_default();
                     mine.valid += d.valid;
                     for (code, n) in d.counts {

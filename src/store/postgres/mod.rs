@@ -364,7 +364,8 @@ impl PgDb {
                 .map_err(pg_error)?;
             Ok(row.get::<_, i64>(0))
         })?;
-        Ok(PgStore {
+        let (commits, queue) = tokio::sync::mpsc::unbounded_channel();
+        let store = PgStore {
             shared: Arc::new(Shared {
                 conn: self.conn.clone(),
                 keyring: RwLock::new((Arc::new(keyring), wrapped)),
@@ -376,8 +377,13 @@ impl PgDb {
                 staleness: self.conn.target.max_staleness,
                 poll: self.conn.target.poll_interval,
                 stop: Arc::new(tokio::sync::Notify::new()),
+                commits,
             }),
-        })
+        };
+        if let Some(handle) = self.conn.bridge.handle() {
+            handle.spawn(commit_groups(Arc::downgrade(&store.shared), queue));
+        }
+        Ok(store)
     }
 }
 
@@ -403,6 +409,82 @@ struct Shared {
     poll: Duration,
     /// Tells the LISTEN connection to close when the store is dropped.
     stop: Arc<tokio::sync::Notify>,
+    /// The group committer's queue (see [`commit_groups`]).
+    commits: tokio::sync::mpsc::UnboundedSender<Queued>,
+}
+
+/// The same error again, for every batch of a group that failed as a whole.
+fn copy_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Conflict => StoreError::Conflict,
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Locked => StoreError::Locked,
+        StoreError::Corrupt { kind, id } => StoreError::Corrupt {
+            kind,
+            id: id.clone(),
+        },
+        StoreError::NewerFormat { found, supported } => StoreError::NewerFormat {
+            found: *found,
+            supported: *supported,
+        },
+        StoreError::NewerSchema { found, supported } => StoreError::NewerSchema {
+            found: *found,
+            supported: *supported,
+        },
+        StoreError::WrongMasterKey => StoreError::WrongMasterKey,
+        StoreError::Crypto => StoreError::Crypto,
+    }
+}
+
+/// A batch waiting for the group committer, and where its outcome goes.
+type Queued = (Batch, tokio::sync::oneshot::Sender<Result<(), StoreError>>);
+
+/// The group committer: takes every batch waiting (up to [`GROUP_MAX`]) and commits them in
+/// one transaction. Ends when the store is dropped (its queue closes).
+async fn commit_groups(
+    weak: std::sync::Weak<Shared>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Queued>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX {
+            match queue.try_recv() {
+                Ok(q) => group.push(q),
+                Err(_) => break,
+            }
+        }
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        let batches: Vec<&Batch> = group.iter().map(|(b, _)| b).collect();
+        let mut outcome = Err(StoreError::Conflict);
+        for _ in 0..ATTEMPTS {
+            match apply_group(&shared, &batches).await {
+                Ok(each) => {
+                    outcome = Ok(each);
+                    break;
+                }
+                Err(Failed::Retry) => continue,
+                Err(Failed::Stop(e)) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        drop(batches);
+        match outcome {
+            Ok(each) => {
+                for ((_, reply), r) in group.into_iter().zip(each) {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                for (_, reply) in group {
+                    let _ = reply.send(Err(copy_error(&e)));
+                }
+            }
+        }
+    }
 }
 
 impl Drop for Shared {
@@ -528,8 +610,18 @@ fn locks_of(batch: &Batch) -> Vec<i64> {
     keys
 }
 
-/// One attempt at a batch, in one transaction.
-async fn apply(shared: &Shared, batch: &Batch) -> Result<(), Failed> {
+/// Batches per group transaction, at most.
+const GROUP_MAX: usize = 64;
+
+/// One attempt at a group of batches, in one transaction (group commit: one WAL flush, one
+/// hold of the audit log's head and of the change sequence for them all). Every lock of
+/// every batch is taken first, sorted, so groups on different nodes never wait in a cycle;
+/// each batch runs under a savepoint, so one whose condition fails is rolled back alone.
+/// Returns each batch's outcome; an error of the transaction itself fails them all.
+async fn apply_group(
+    shared: &Shared,
+    batches: &[&Batch],
+) -> Result<Vec<Result<(), StoreError>>, Failed> {
     let mut client = shared.conn.pool.get().await?;
     let tx = client.transaction().await?;
     // The keyring, share-locked: a rotation or retirement on another node waits for this
@@ -546,11 +638,56 @@ async fn apply(shared: &Shared, batch: &Batch) -> Result<(), Failed> {
                 id: "missing".into(),
             })?;
     let keyring = shared.adopt(&wrapped)?;
+    let mut locks: Vec<i64> = batches.iter().flat_map(|b| locks_of(b)).collect();
+    locks.sort_unstable();
+    locks.dedup();
     let st = tx
         .prepare_cached("SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k")
         .await?;
-    tx.execute(&st, &[&locks_of(batch)]).await?;
+    tx.execute(&st, &[&locks]).await?;
 
+    let alone = batches.len() == 1;
+    let mut outcomes = Vec::with_capacity(batches.len());
+    let (mut kinds, mut ids): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
+    for batch in batches {
+        if !alone {
+            tx.batch_execute("SAVEPOINT batch").await?;
+        }
+        match apply_ops(&tx, &keyring, batch).await {
+            Ok((k, i)) => {
+                if !alone {
+                    tx.batch_execute("RELEASE SAVEPOINT batch").await?;
+                }
+                kinds.extend(k);
+                ids.extend(i);
+                outcomes.push(Ok(()));
+            }
+            Err(Failed::Stop(StoreError::Conflict)) => {
+                if !alone {
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT batch").await?;
+                }
+                outcomes.push(Err(StoreError::Conflict));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if outcomes.iter().all(Result::is_err) {
+        return Ok(outcomes);
+    }
+    if !kinds.is_empty() {
+        record_change(&tx, &shared.conn.node, &kinds, &ids).await?;
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// One batch's operations inside the group's transaction; the kinds and ids of the records
+/// it wrote. A failed condition is `Failed::Stop(StoreError::Conflict)`.
+async fn apply_ops<'b>(
+    tx: &deadpool_postgres::Transaction<'_>,
+    keyring: &Keyring,
+    batch: &'b Batch,
+) -> Result<(Vec<&'b str>, Vec<&'b str>), Failed> {
     let get_record = tx
         .prepare_cached("SELECT sealed FROM tessera_records WHERE kind = $1 AND id = $2")
         .await?;
@@ -592,7 +729,7 @@ async fn apply(shared: &Shared, batch: &Batch) -> Result<(), Failed> {
                     .await?
                     .map(|r| r.get(0));
                 let rev = next_rev(current.as_deref(), *expect).ok_or_else(conflict)?;
-                let sealed = envelope::seal(&keyring, *kind, id, rev, *nonce, plaintext.expose());
+                let sealed = envelope::seal(keyring, *kind, id, rev, *nonce, plaintext.expose());
                 tx.execute(&put_record, &[&kind.0, id, &sealed]).await?;
                 kinds.push(kind.0);
                 ids.push(id);
@@ -674,7 +811,7 @@ async fn apply(shared: &Shared, batch: &Batch) -> Result<(), Failed> {
                 };
                 let id = log::entry_id(seq);
                 let plain = crate::crypto::secret::SecretBytes::new(entry.encode());
-                let sealed = envelope::seal(&keyring, *kind, &id, Rev(1), *nonce, plain.expose());
+                let sealed = envelope::seal(keyring, *kind, &id, Rev(1), *nonce, plain.expose());
                 tx.execute(&put_record, &[&kind.0, &id, &sealed]).await?;
                 if let Some((index, prefix)) = index {
                     let mut k = prefix.clone();
@@ -690,11 +827,7 @@ async fn apply(shared: &Shared, batch: &Batch) -> Result<(), Failed> {
             }
         }
     }
-    if !kinds.is_empty() {
-        record_change(&tx, &shared.conn.node, &kinds, &ids).await?;
-    }
-    tx.commit().await?;
-    Ok(())
+    Ok((kinds, ids))
 }
 
 /// One attempt at [`Store::update`]: the record's lock, read, change, write, in one
@@ -757,6 +890,78 @@ async fn update_once(
     }
     tx.commit().await?;
     Ok(crate::crypto::secret::SecretBytes::new(next))
+}
+
+/// One attempt at [`Store::update_many`]: every record's lock (sorted), one read of them
+/// all, one write of them all, in one transaction that does not wait for the WAL flush.
+async fn update_many_once(
+    shared: &Shared,
+    kind: Kind,
+    ids: &[String],
+    change: &mut super::ChangeMany,
+) -> Result<(), Failed> {
+    let mut client = shared.conn.pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.batch_execute("SET LOCAL synchronous_commit = off")
+        .await?;
+    let st = tx
+        .prepare_cached("SELECT value FROM tessera_meta WHERE name = 'keyring' FOR SHARE")
+        .await?;
+    let wrapped: Vec<u8> =
+        tx.query_opt(&st, &[])
+            .await?
+            .map(|r| r.get(0))
+            .ok_or(StoreError::Corrupt {
+                kind: "keyring",
+                id: "missing".into(),
+            })?;
+    let keyring = shared.adopt(&wrapped)?;
+    let mut locks: Vec<i64> = ids
+        .iter()
+        .map(|id| lock_key(&[b"r", kind.0.as_bytes(), id.as_bytes()]))
+        .collect();
+    locks.sort_unstable();
+    locks.dedup();
+    let st = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k")
+        .await?;
+    tx.execute(&st, &[&locks]).await?;
+    let st = tx
+        .prepare_cached(
+            "SELECT id, sealed FROM tessera_records WHERE kind = $1 AND id = ANY($2::text[])",
+        )
+        .await?;
+    let mut current: std::collections::HashMap<String, Vec<u8>> = tx
+        .query(&st, &[&kind.0, &ids])
+        .await?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let (mut out_ids, mut out_sealed) =
+        (Vec::with_capacity(ids.len()), Vec::with_capacity(ids.len()));
+    for id in ids {
+        let (rev, plain) = match current.remove(id) {
+            Some(sealed) => {
+                let (rev, p) = envelope::open(&keyring, kind, id, &sealed)?;
+                (Rev(rev.0 + 1), Some(p))
+            }
+            None => (Rev(1), None),
+        };
+        let next = change(id, plain.as_ref().map(|p| p.expose()))?;
+        let nonce = crate::crypto::random::bytes().map_err(|_| StoreError::Crypto)?;
+        out_sealed.push(envelope::seal(&keyring, kind, id, rev, nonce, &next));
+        out_ids.push(id.as_str());
+    }
+    let st = tx
+        .prepare_cached(
+            "INSERT INTO tessera_records (kind, id, sealed) \
+             SELECT $1, i, s FROM unnest($2::text[], $3::bytea[]) AS t(i, s) \
+             ON CONFLICT (kind, id) DO UPDATE SET sealed = EXCLUDED.sealed",
+        )
+        .await?;
+    tx.execute(&st, &[&kind.0, &out_ids, &out_sealed]).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Takes the next number of the change sequence and writes what changed under it, in the
@@ -920,21 +1125,12 @@ impl Store for PgStore {
             if batch.is_empty() {
                 return Ok(());
             }
-            let shared = self.shared.clone();
-            let r = self
-                .shared
-                .conn
-                .run(async move {
-                    for _ in 0..ATTEMPTS {
-                        match apply(&shared, &batch).await {
-                            Ok(()) => return Ok(()),
-                            Err(Failed::Retry) => continue,
-                            Err(Failed::Stop(e)) => return Err(e),
-                        }
-                    }
-                    Err(StoreError::Conflict)
-                })
-                .await;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.shared
+                .commits
+                .send((batch, tx))
+                .map_err(|_| closed())?;
+            let r = rx.await.unwrap_or_else(|_| Err(closed()));
             self.shared.note(r)
         })
     }
@@ -1012,6 +1208,33 @@ impl Store for PgStore {
                     for _ in 0..ATTEMPTS {
                         match update_once(&shared, kind, &id, durable, &mut change).await {
                             Ok(next) => return Ok(next),
+                            Err(Failed::Retry) => continue,
+                            Err(Failed::Stop(e)) => return Err(e),
+                        }
+                    }
+                    Err(StoreError::Conflict)
+                })
+                .await;
+            self.shared.note(r)
+        })
+    }
+
+    fn update_many<'a>(
+        &'a self,
+        kind: Kind,
+        ids: Vec<String>,
+        change: super::ChangeMany,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let shared = self.shared.clone();
+            let mut change = change;
+            let r = self
+                .shared
+                .conn
+                .run(async move {
+                    for _ in 0..ATTEMPTS {
+                        match update_many_once(&shared, kind, &ids, &mut change).await {
+                            Ok(()) => return Ok(()),
                             Err(Failed::Retry) => continue,
                             Err(Failed::Stop(e)) => return Err(e),
                         }
