@@ -627,7 +627,7 @@ async fn logs_and_audit_never_hold_a_secret() {
 }
 
 /// Minimal base64 for the hygiene test (standard and URL-safe alphabets).
-mod base64_like {
+pub(crate) mod base64_like {
     pub fn encode(data: &[u8], url: bool) -> String {
         let alphabet: &[u8; 64] = if url {
             b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
