@@ -281,44 +281,83 @@ fn tls_stream(server: &Server) -> rustls::StreamOwned<rustls::ClientConnection, 
     rustls::StreamOwned::new(conn, tcp)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slowloris_client_is_cut_off_while_others_are_served() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let home = Home::new();
-    let server = Server::start_with_config(&home, "[server]\nclient_request_timeout_ms = 1500\n");
-    let addr_server = &server;
-    let started = Instant::now();
-    let slow = std::thread::scope(|s| {
-        let h = s.spawn(|| {
-            let mut tls = tls_stream(addr_server);
-            let head = b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nx-slow: ";
-            let mut cut_off = false;
-            for b in head.iter().chain(b"aaaaaaaaaaaaaaaa".iter()) {
-                if tls.write_all(&[*b]).and_then(|_| tls.flush()).is_err() {
-                    cut_off = true;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(300));
-                if started.elapsed() > Duration::from_secs(8) {
-                    break;
-                }
-            }
-            if !cut_off {
-                let mut buf = [0u8; 1024];
-                cut_off = matches!(tls.read(&mut buf), Ok(0) | Err(_))
-                    || String::from_utf8_lossy(&buf).contains("408");
-            }
-            (cut_off, started.elapsed())
-        });
-        h.join().unwrap()
-    });
-    assert!(slow.0, "the slow client was dropped");
-    assert!(
-        slow.1 < Duration::from_secs(8),
-        "dropped within the timeout: {:?}",
-        slow.1
+    // One worker: the slow client and the normal one share it.
+    let server = Server::start_with_config(
+        &home,
+        "[server]\nclient_request_timeout_ms = 3000\nworkers = 1\n",
     );
-    // Meanwhile (and after) a normal client is served.
-    server.admin().get("/v1/whoami").await.expect(200);
+    // The slow client sends a byte every 200 ms and never finishes its head. `sent` counts its
+    // bytes; `cut` is set once the server has dropped it.
+    let sent = Arc::new(AtomicUsize::new(0));
+    let cut = Arc::new(AtomicBool::new(false));
+    let slow = {
+        let cfg = Arc::new(client_config(&server.certs.join("ca.pem"), None));
+        let addr = server.addr;
+        let (sent, cut) = (sent.clone(), cut.clone());
+        std::thread::spawn(move || {
+            let conn = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
+            let tcp = TcpStream::connect(addr).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let started = Instant::now();
+            let head = b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nx-slow: ";
+            for b in head.iter().chain([b'a'; 64].iter()) {
+                if tls.write_all(&[*b]).and_then(|_| tls.flush()).is_err() {
+                    cut.store(true, Ordering::SeqCst);
+                    return started.elapsed();
+                }
+                sent.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(200));
+                if started.elapsed() > Duration::from_secs(10) {
+                    break;
+                }
+            }
+            let mut buf = [0u8; 1024];
+            let dropped = matches!(tls.read(&mut buf), Ok(0) | Err(_))
+                || String::from_utf8_lossy(&buf).contains("408");
+            cut.store(dropped, Ordering::SeqCst);
+            started.elapsed()
+        })
+    };
+    // Once the slow client is connected and part-way through its head, a normal client is
+    // served, several times, while the slow one is still there. "Still there" is counted in
+    // the slow client's bytes: once the server drops it, at most a byte or two more can be
+    // written before the writes fail, so a normal answer that came only after the drop would
+    // leave the slow client's final count within two bytes of the count at that answer.
+    while sent.load(Ordering::SeqCst) < 3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let admin = server.admin();
+    let mut served_at = Vec::new();
+    for _ in 0..3 {
+        let before = sent.load(Ordering::SeqCst);
+        admin.get("/v1/whoami").await.expect(200);
+        served_at.push(sent.load(Ordering::SeqCst));
+        // The slow client sends on between the normal requests.
+        while sent.load(Ordering::SeqCst) == before && !cut.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let took = tokio::task::spawn_blocking(move || slow.join().unwrap())
+        .await
+        .unwrap();
+    assert!(cut.load(Ordering::SeqCst), "the slow client was dropped");
+    assert!(
+        took < Duration::from_secs(8),
+        "dropped within the timeout: {took:?}"
+    );
+    let total = sent.load(Ordering::SeqCst);
+    assert!(
+        served_at.iter().all(|&at| at + 2 < total),
+        "the normal client was served only once the slow one was dropped: served at slow \
+         byte {served_at:?}, the slow client sent {total}"
+    );
+    // And after.
+    admin.get("/v1/whoami").await.expect(200);
 }
 
 #[tokio::test]
