@@ -1,7 +1,10 @@
 //! The crash harness: a mixed load (key issue, rotate, revoke; certificate issue and revoke)
 //! is SIGKILLed at random moments; after each restart every acknowledged write must be there
 //! and every acknowledged revocation must hold. 50 kill points by default
-//! (`TESSERA_CRASH_POINTS` for more).
+//! (`TESSERA_CRASH_POINTS` for more). The seed is printed; `TESSERA_CRASH_SEED=<seed>` replays
+//! the same operations, kill delays and samples (the interleaving of the workers with the kill
+//! is up to the machine). A worker that gets any answer but the expected 2xx fails the test
+//! with it; only a connection cut by the kill ends a worker quietly.
 
 use std::{
     sync::{Arc, Mutex},
@@ -39,21 +42,44 @@ impl Rng {
     }
 }
 
-async fn load(admin: Api, api: String, acked: Arc<Mutex<Vec<Acked>>>, worker: u64) {
-    let mut i = worker;
-    loop {
-        i += 1;
-        match i % 5 {
-            0 | 1 => {
-                let Some(r) = admin
-                    .try_post(&format!("/v1/apis/{api}/keys"), json!({}))
-                    .await
-                else {
-                    return;
-                };
-                if r.status != 201 {
+/// One worker's share of the load, until the server goes away. Its operations come from its
+/// own generator (seeded from the run's seed). An answer other than the expected 2xx is put
+/// in `errors` and ends the worker; a transport failure (the kill) ends it quietly.
+async fn load(
+    admin: Api,
+    api: String,
+    acked: Arc<Mutex<Vec<Acked>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    seed: u64,
+) {
+    let mut rng = Rng(seed | 1);
+    // `Some(resp)` with the expected status; `None` ends the worker (an error is recorded
+    // unless the connection was cut).
+    macro_rules! call {
+        ($what:expr, $path:expr, $body:expr, $status:expr) => {{
+            match admin.try_post(AsRef::<str>::as_ref(&$path), $body).await {
+                None => return,
+                Some(r) if r.status == $status => r,
+                Some(r) => {
+                    errors
+                        .lock()
+                        .unwrap()
+                        .push(format!("{} answered {}: {}", $what, r.status, r.text));
                     return;
                 }
+            }
+        }};
+    }
+    loop {
+        let op = rng.next() % 10;
+        match op {
+            0..=3 => {
+                let r = call!(
+                    "issuing a key",
+                    format!("/v1/apis/{api}/keys"),
+                    json!({}),
+                    201
+                );
                 let v = r.json();
                 let secret = v["key"].as_str().unwrap().to_owned();
                 let id = v["id"].as_str().unwrap().to_owned();
@@ -61,34 +87,25 @@ async fn load(admin: Api, api: String, acked: Arc<Mutex<Vec<Acked>>>, worker: u6
                     secret: secret.clone(),
                     revoked: false,
                 });
-                if i % 2 == 0 {
+                if op % 2 == 0 {
                     acked.lock().unwrap().push(Acked::Attempt(secret.clone()));
-                    let Some(r) = admin
-                        .try_post(&format!("/v1/keys/{id}/revoke"), json!({}))
-                        .await
-                    else {
-                        return;
-                    };
-                    if r.status != 200 {
-                        return;
-                    }
+                    call!(
+                        "revoking a key",
+                        format!("/v1/keys/{id}/revoke"),
+                        json!({}),
+                        200
+                    );
                     acked.lock().unwrap().push(Acked::Key {
                         secret,
                         revoked: true,
                     });
                 } else {
-                    let Some(r) = admin
-                        .try_post(
-                            &format!("/v1/keys/{id}/rotate"),
-                            json!({"grace_seconds": 86400}),
-                        )
-                        .await
-                    else {
-                        return;
-                    };
-                    if r.status != 201 {
-                        return;
-                    }
+                    let r = call!(
+                        "rotating a key",
+                        format!("/v1/keys/{id}/rotate"),
+                        json!({"grace_seconds": 86400}),
+                        201
+                    );
                     let secret = r.json()["key"].as_str().unwrap().to_owned();
                     acked.lock().unwrap().push(Acked::Key {
                         secret,
@@ -97,15 +114,12 @@ async fn load(admin: Api, api: String, acked: Arc<Mutex<Vec<Acked>>>, worker: u6
                 }
             }
             _ => {
-                let Some(r) = admin
-                    .try_post("/v1/certs", json!({"identity": "crash", "generate": true}))
-                    .await
-                else {
-                    return;
-                };
-                if r.status != 201 {
-                    return;
-                }
+                let r = call!(
+                    "issuing a certificate",
+                    "/v1/certs",
+                    json!({"identity": "crash", "generate": true}),
+                    201
+                );
                 let v = r.json();
                 let serial = v["serial"].as_str().unwrap().to_owned();
                 let pem = v["certificate"].as_str().unwrap().to_owned();
@@ -114,17 +128,14 @@ async fn load(admin: Api, api: String, acked: Arc<Mutex<Vec<Acked>>>, worker: u6
                     pem: pem.clone(),
                     revoked: false,
                 });
-                if i % 3 == 0 {
+                if op >= 8 {
                     acked.lock().unwrap().push(Acked::Attempt(serial.clone()));
-                    let Some(r) = admin
-                        .try_post(&format!("/v1/certs/{serial}/revoke"), json!({}))
-                        .await
-                    else {
-                        return;
-                    };
-                    if r.status != 200 {
-                        return;
-                    }
+                    call!(
+                        "revoking a certificate",
+                        format!("/v1/certs/{serial}/revoke"),
+                        json!({}),
+                        200
+                    );
                     acked.lock().unwrap().push(Acked::Cert {
                         serial,
                         pem,
@@ -178,35 +189,53 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("crash harness seed {seed}, {points} kill points");
+    let seed = match std::env::var("TESSERA_CRASH_SEED") {
+        Ok(v) => v.parse::<u64>().expect("TESSERA_CRASH_SEED is a number"),
+        Err(_) => {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        }
+    };
+    eprintln!(
+        "crash harness seed {seed}, {points} kill points (replay: TESSERA_CRASH_SEED={seed} \
+         TESSERA_CRASH_POINTS={points})"
+    );
     let mut rng = Rng(seed);
     let home = Home::new();
-    let mut server = Server::start(&home);
+    // The load runs as fast as it can: the per-principal throttle is out of its way, so that any
+    // refusal is a finding.
+    let config = "[limits]\nrequests_per_second = 100000\nburst = 100000\n";
+    let mut server = Server::start_with_config(&home, config);
     let api = server.admin().create_api("crash").await;
     let mut all: Vec<Acked> = Vec::new();
     for point in 0..points {
         let admin = server.admin();
         let acked = Arc::new(Mutex::new(Vec::new()));
+        let errors = Arc::new(Mutex::new(Vec::new()));
         let workers: Vec<_> = (0..4)
-            .map(|w| {
+            .map(|_| {
                 tokio::spawn(load(
                     admin.clone(),
                     api.clone(),
                     acked.clone(),
-                    w * 7 + point as u64,
+                    errors.clone(),
+                    rng.next(),
                 ))
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(30 + rng.next() % 300)).await;
         server.kill9();
         for w in workers {
-            let _ = w.await;
+            w.await.unwrap();
         }
+        let errors = errors.lock().unwrap().clone();
+        assert!(
+            errors.is_empty(),
+            "kill point {point} (seed {seed}): the load got refusals: {errors:#?}"
+        );
         let fresh = acked.lock().unwrap().clone();
         all.extend(fresh.iter().cloned());
         let revoked: Vec<String> = all
@@ -232,7 +261,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             })
             .collect();
 
-        server = Server::start(&home);
+        server = Server::start_with_config(&home, config);
         let admin = server.admin();
         // Everything acknowledged just before this kill, and a sample of what came before.
         for a in &fresh {
