@@ -15,6 +15,7 @@ mod custody;
 mod durability;
 mod faults;
 mod gateway;
+mod guarantees;
 mod helpers;
 mod input;
 mod lifecycle;
