@@ -4,7 +4,8 @@
 //! (`TESSERA_CRASH_POINTS` for more). The seed is printed; `TESSERA_CRASH_SEED=<seed>` replays
 //! the same operations, kill delays and samples (the interleaving of the workers with the kill
 //! is up to the machine). A worker that gets any answer but the expected 2xx fails the test
-//! with it; only a connection cut by the kill ends a worker quietly.
+//! with it; only a connection cut by the kill ends a worker quietly. After each restart every
+//! write acknowledged before the kill must also have its audit entry.
 
 use std::{
     sync::{Arc, Mutex},
@@ -28,6 +29,8 @@ enum Acked {
     },
     /// A revocation was sent; if it was not acknowledged it may or may not have landed.
     Attempt(String),
+    /// An acknowledged write's audit entry: (action, object).
+    Audited(&'static str, String),
 }
 
 /// A small deterministic generator (the seed is printed, so a failure can be replayed).
@@ -83,10 +86,13 @@ async fn load(
                 let v = r.json();
                 let secret = v["key"].as_str().unwrap().to_owned();
                 let id = v["id"].as_str().unwrap().to_owned();
-                acked.lock().unwrap().push(Acked::Key {
-                    secret: secret.clone(),
-                    revoked: false,
-                });
+                acked.lock().unwrap().extend([
+                    Acked::Key {
+                        secret: secret.clone(),
+                        revoked: false,
+                    },
+                    Acked::Audited("POST /v1/apis/{id}/keys", id.clone()),
+                ]);
                 if op % 2 == 0 {
                     acked.lock().unwrap().push(Acked::Attempt(secret.clone()));
                     call!(
@@ -95,10 +101,13 @@ async fn load(
                         json!({}),
                         200
                     );
-                    acked.lock().unwrap().push(Acked::Key {
-                        secret,
-                        revoked: true,
-                    });
+                    acked.lock().unwrap().extend([
+                        Acked::Key {
+                            secret,
+                            revoked: true,
+                        },
+                        Acked::Audited("POST /v1/keys/{id}/revoke", id),
+                    ]);
                 } else {
                     let r = call!(
                         "rotating a key",
@@ -106,11 +115,16 @@ async fn load(
                         json!({"grace_seconds": 86400}),
                         201
                     );
-                    let secret = r.json()["key"].as_str().unwrap().to_owned();
-                    acked.lock().unwrap().push(Acked::Key {
-                        secret,
-                        revoked: false,
-                    });
+                    let v = r.json();
+                    let secret = v["key"].as_str().unwrap().to_owned();
+                    let new_id = v["id"].as_str().unwrap().to_owned();
+                    acked.lock().unwrap().extend([
+                        Acked::Key {
+                            secret,
+                            revoked: false,
+                        },
+                        Acked::Audited("POST /v1/keys/{id}/rotate", new_id),
+                    ]);
                 }
             }
             _ => {
@@ -123,11 +137,14 @@ async fn load(
                 let v = r.json();
                 let serial = v["serial"].as_str().unwrap().to_owned();
                 let pem = v["certificate"].as_str().unwrap().to_owned();
-                acked.lock().unwrap().push(Acked::Cert {
-                    serial: serial.clone(),
-                    pem: pem.clone(),
-                    revoked: false,
-                });
+                acked.lock().unwrap().extend([
+                    Acked::Cert {
+                        serial: serial.clone(),
+                        pem: pem.clone(),
+                        revoked: false,
+                    },
+                    Acked::Audited("POST /v1/certs", serial.clone()),
+                ]);
                 if op >= 8 {
                     acked.lock().unwrap().push(Acked::Attempt(serial.clone()));
                     call!(
@@ -136,11 +153,14 @@ async fn load(
                         json!({}),
                         200
                     );
-                    acked.lock().unwrap().push(Acked::Cert {
-                        serial,
-                        pem,
-                        revoked: true,
-                    });
+                    acked.lock().unwrap().extend([
+                        Acked::Cert {
+                            serial: serial.clone(),
+                            pem,
+                            revoked: true,
+                        },
+                        Acked::Audited("POST /v1/certs/{serial}/revoke", serial),
+                    ]);
                 }
             }
         }
@@ -179,7 +199,7 @@ async fn check(admin: &Api, a: &Acked, revoked: &[String], attempted: &[String])
                 "certificate {serial} after a crash: {got}"
             );
         }
-        Acked::Attempt(_) => {}
+        Acked::Attempt(_) | Acked::Audited(..) => {}
     }
 }
 
@@ -211,6 +231,9 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let mut server = Server::start_with_config(&home, config);
     let api = server.admin().create_api("crash").await;
     let mut all: Vec<Acked> = Vec::new();
+    // The audit entries read so far, as (action, object), and the last sequence number read.
+    let mut audited = std::collections::HashSet::new();
+    let mut audit_seq = 0u64;
     for point in 0..points {
         let admin = server.admin();
         let acked = Arc::new(Mutex::new(Vec::new()));
@@ -266,6 +289,34 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         // Everything acknowledged just before this kill, and a sample of what came before.
         for a in &fresh {
             check(&admin, a, &revoked, &attempted).await;
+        }
+        // Every acknowledged write of this round has its audit entry (written in the same
+        // batch as the change, so a kill right after the answer cannot lose it).
+        loop {
+            let page = admin
+                .get(&format!("/v1/audit?after_seq={audit_seq}&limit=100"))
+                .await
+                .expect(200);
+            let items = page["items"].as_array().unwrap();
+            let Some(last) = items.last() else { break };
+            audit_seq = last["seq"].as_u64().unwrap();
+            for e in items {
+                if e["outcome"] == "success" {
+                    audited.insert((
+                        e["action"].as_str().unwrap().to_owned(),
+                        e["object"].as_str().unwrap_or_default().to_owned(),
+                    ));
+                }
+            }
+        }
+        for a in &fresh {
+            if let Acked::Audited(action, object) = a {
+                assert!(
+                    audited.contains(&((*action).to_owned(), object.clone())),
+                    "kill point {point} (seed {seed}): no audit entry for the acknowledged \
+                     {action} of {object}"
+                );
+            }
         }
         for _ in 0..10.min(all.len()) {
             let a = &all[(rng.next() as usize) % all.len()];
