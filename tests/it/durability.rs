@@ -166,9 +166,8 @@ async fn nothing_secret_at_rest() {
         .post("/v1/certs", json!({"identity": "svc", "generate": true}))
         .await
         .expect(201);
-    let generated = pem::parse(cert["private_key"].as_str().unwrap())
-        .unwrap()
-        .into_contents();
+    let generated_pem = cert["private_key"].as_str().unwrap().to_owned();
+    let generated = pem::parse(&generated_pem).unwrap().into_contents();
     // A CA rotation, so that two issuing CA keys exist.
     admin.post("/v1/pki/rotate", json!({})).await.expect(201);
     server.terminate();
@@ -242,6 +241,15 @@ async fn nothing_secret_at_rest() {
             if forms(secret).iter().any(|f| contains(bytes, f)) {
                 found.insert(format!("{what} in {path}"));
             }
+        }
+        // The generated key's PEM lines (the scalar straddles the first two, so its base64
+        // alone would not be found in a PEM copy).
+        if generated_pem
+            .lines()
+            .filter(|l| l.len() == 64)
+            .any(|l| contains(bytes, l.as_bytes()))
+        {
+            found.insert(format!("a generated private key (PEM) in {path}"));
         }
         if contains(bytes, b"PRIVATE KEY") && !path.ends_with("server.key") {
             found.insert(format!("a PEM private key in {path}"));
