@@ -426,8 +426,11 @@ async fn only_tls13_by_default_and_tls12_only_when_configured() {
     let home = Home::new();
     let server = Server::start(&home);
     let s_client = |port: u16, version: &str| {
-        let out = Command::new("openssl")
+        // Under `timeout`: a server that never answers must not hang the test.
+        let out = Command::new("timeout")
             .args([
+                "10",
+                "openssl",
                 "s_client",
                 "-connect",
                 &format!("127.0.0.1:{port}"),
@@ -466,8 +469,10 @@ async fn only_tls13_by_default_and_tls12_only_when_configured() {
         .iter()
         .copied()
         .filter(|suite| {
-            let out = Command::new("openssl")
+            let out = Command::new("timeout")
                 .args([
+                    "10",
+                    "openssl",
                     "s_client",
                     "-connect",
                     &format!("127.0.0.1:{}", server.addr.port()),
