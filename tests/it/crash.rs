@@ -1,4 +1,5 @@
-//! The crash harness: a mixed load (key issue, rotate, revoke; certificate issue and revoke)
+//! The crash harness: a mixed load (key issue, rotate, revoke, rename; certificate issue and
+//! revoke; root keys, tenants and role bindings)
 //! is SIGKILLed at random moments; after each restart every acknowledged write must be there
 //! and every acknowledged revocation must hold. 50 kill points by default
 //! (`TESSERA_CRASH_POINTS` for more). The seed is printed; `TESSERA_CRASH_SEED=<seed>` replays
@@ -31,6 +32,17 @@ enum Acked {
     Attempt(String),
     /// An acknowledged write's audit entry: (action, object).
     Audited(&'static str, String),
+    /// A key renamed (its only rename).
+    Named {
+        id: String,
+        name: String,
+    },
+    /// A root key created.
+    RootKey(String),
+    /// A tenant created.
+    Tenant(String),
+    /// A service bound to `verifier` in the default tenant.
+    Binding(String),
 }
 
 /// A small deterministic generator (the seed is printed, so a failure can be replayed).
@@ -55,12 +67,23 @@ async fn load(
     errors: Arc<Mutex<Vec<String>>>,
     seed: u64,
 ) {
-    let mut rng = Rng(seed | 1);
+    // Scrambled, so that the workers' sequences do not run along the run's own (a worker
+    // seeded with the next output of the same xorshift would repeat the others' choices).
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    let mut rng = Rng((z ^ (z >> 31)) | 1);
     // `Some(resp)` with the expected status; `None` ends the worker (an error is recorded
     // unless the connection was cut).
     macro_rules! call {
-        ($what:expr, $path:expr, $body:expr, $status:expr) => {{
-            match admin.try_post(AsRef::<str>::as_ref(&$path), $body).await {
+        ($what:expr, $path:expr, $body:expr, $status:expr) => {
+            call!($what, reqwest::Method::POST, $path, $body, $status)
+        };
+        ($what:expr, $method:expr, $path:expr, $body:expr, $status:expr) => {{
+            match admin
+                .try_call($method, AsRef::<str>::as_ref(&$path), $body)
+                .await
+            {
                 None => return,
                 Some(r) if r.status == $status => r,
                 Some(r) => {
@@ -74,8 +97,76 @@ async fn load(
         }};
     }
     loop {
-        let op = rng.next() % 10;
+        let op = rng.next() % 14;
+        let tag = rng.next() % 1_000_000_000;
         match op {
+            10 => {
+                let r = call!(
+                    "issuing a key",
+                    format!("/v1/apis/{api}/keys"),
+                    json!({}),
+                    201
+                );
+                let id = r.json()["id"].as_str().unwrap().to_owned();
+                let name = format!("renamed-{tag}");
+                call!(
+                    "renaming a key",
+                    reqwest::Method::PATCH,
+                    format!("/v1/keys/{id}"),
+                    json!({ "name": name }),
+                    200
+                );
+                acked.lock().unwrap().extend([
+                    Acked::Audited("PATCH /v1/keys/{id}", id.clone()),
+                    Acked::Named { id, name },
+                ]);
+            }
+            11 => {
+                let r = call!(
+                    "creating a root key",
+                    "/v1/root-keys",
+                    json!({"name": format!("rk-{tag}"), "permissions": ["apis:read"]}),
+                    201
+                );
+                let v = r.json();
+                acked.lock().unwrap().extend([
+                    Acked::Audited("POST /v1/root-keys", v["id"].as_str().unwrap().to_owned()),
+                    Acked::RootKey(v["key"].as_str().unwrap().to_owned()),
+                ]);
+            }
+            12 => {
+                let name = format!("t-{tag}");
+                let r = call!(
+                    "creating a tenant",
+                    "/v1/tenants",
+                    json!({ "name": name }),
+                    201
+                );
+                acked.lock().unwrap().extend([
+                    Acked::Audited(
+                        "POST /v1/tenants",
+                        r.json()["id"].as_str().unwrap().to_owned(),
+                    ),
+                    Acked::Tenant(name),
+                ]);
+            }
+            13 => {
+                let name = format!("svc-{tag}");
+                call!(
+                    "binding a role",
+                    reqwest::Method::PUT,
+                    format!("/v1/tenants/default/bindings/{name}"),
+                    json!({"roles": ["verifier"]}),
+                    200
+                );
+                acked.lock().unwrap().extend([
+                    Acked::Audited(
+                        "PUT /v1/tenants/{t}/bindings/{identity}",
+                        format!("default/{name}"),
+                    ),
+                    Acked::Binding(name),
+                ]);
+            }
             0..=3 => {
                 let r = call!(
                     "issuing a key",
@@ -198,6 +289,35 @@ async fn check(admin: &Api, a: &Acked, revoked: &[String], attempted: &[String])
                 allowed(serial, revoked, attempted).contains(&got),
                 "certificate {serial} after a crash: {got}"
             );
+        }
+        Acked::Named { id, name } => {
+            let k = admin.get(&format!("/v1/keys/{id}")).await.expect(200);
+            assert_eq!(k["name"], name.as_str(), "an acknowledged rename was lost");
+        }
+        Acked::RootKey(secret) => {
+            let r = admin
+                .send(
+                    admin
+                        .http
+                        .get(admin.url("/v1/apis"))
+                        .header("authorization", format!("Bearer {secret}")),
+                )
+                .await;
+            assert_eq!(
+                r.status, 200,
+                "an acknowledged root key was lost: {}",
+                r.text
+            );
+        }
+        Acked::Tenant(name) => {
+            admin.get(&format!("/v1/tenants/{name}")).await.expect(200);
+        }
+        Acked::Binding(name) => {
+            let b = admin
+                .get(&format!("/v1/tenants/default/bindings/{name}"))
+                .await
+                .expect(200);
+            assert_eq!(b["roles"], json!(["verifier"]), "{b}");
         }
         Acked::Attempt(_) | Acked::Audited(..) => {}
     }

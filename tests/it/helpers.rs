@@ -283,11 +283,12 @@ impl Api {
         Self { http, base }
     }
 
-    /// Like [`Api::send`], but a transport failure is `None` (the server may be gone).
-    pub async fn try_post(&self, path: &str, body: Value) -> Option<Resp> {
+    /// A JSON request with any method, like [`Api::send`], but a transport failure is `None`
+    /// (the server may be gone).
+    pub async fn try_call(&self, method: reqwest::Method, path: &str, body: Value) -> Option<Resp> {
         let r = self
             .http
-            .post(self.url(path))
+            .request(method, self.url(path))
             .json(&body)
             .send()
             .await
