@@ -6,7 +6,8 @@
 //! - failures retried with capped exponential back-off and full jitter, never hammering the
 //!   server and never sleeping past the certificate's expiry;
 //! - a certificate that has expired (or been revoked) cannot renew itself: the agent says so and
-//!   exits non-zero instead of looping;
+//!   exits non-zero instead of looping; one that is not due yet is checked with the server
+//!   (at start, and on each `--once`), so a revoked certificate is reported at once;
 //! - files replaced atomically (temp file, fsync, rename; the key 0600), the key before the
 //!   certificate, then the reload hook: a command run without a shell, and/or SIGHUP to the
 //!   process in a pid file;
@@ -58,21 +59,41 @@ pub struct Options {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// The certificate has expired: it can no longer authenticate its own renewal.
     #[error(
         "the certificate {path} expired at {at} (unix): it can no longer renew itself; have an \
          issuer issue a new one (POST /v1/certs) and start the agent again"
     )]
     Expired { path: String, at: i64 },
+    /// The server refused the renewal itself (a 4xx, or an alert at the handshake).
     #[error(
         "the server refused the renewal ({0}); the certificate may be revoked: issue a new one"
     )]
     Refused(String),
+    /// The server refuses the certificate itself (revoked, or no longer trusted), found by
+    /// the check made when it is not yet due for renewal.
+    #[error(
+        "the server refuses the certificate {path} ({why}): it is revoked or no longer \
+         trusted, and cannot renew itself; issue a new one (POST /v1/certs, or an enrolment \
+         token)"
+    )]
+    Rejected { path: String, why: String },
+    /// `agent bootstrap`: the token was refused.
+    #[error(
+        "the server refused the enrolment token: it is unknown, used, expired or for another \
+         identity"
+    )]
+    Enrolment,
+    /// A file (certificate, key) cannot be read or parsed.
     #[error("cannot read {0}: {1}")]
     Read(String, String),
+    /// A file cannot be written.
     #[error("cannot write {0}: {1}")]
     Write(String, String),
+    /// `--once`: every attempt failed for a reason worth retrying (cron will try again).
     #[error("renewal failed after {attempts} attempts: {last}")]
     GaveUp { attempts: u32, last: String },
+    /// The options or the local set-up are wrong.
     #[error("{0}")]
     Setup(String),
 }
@@ -82,6 +103,17 @@ pub enum AgentError {
 pub struct Validity {
     pub not_before: i64,
     pub not_after: i64,
+}
+
+impl AgentError {
+    /// Whether this is a verdict on the certificate (expired, revoked, refused) rather than a
+    /// failure to reach a verdict: the certificate needs replacing, retrying will not help.
+    pub fn is_verdict(&self) -> bool {
+        matches!(
+            self,
+            Self::Expired { .. } | Self::Refused(_) | Self::Rejected { .. }
+        )
+    }
 }
 
 impl Validity {
@@ -135,6 +167,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         ));
     }
     let mut hup = signal(SignalKind::hangup()).map_err(|e| AgentError::Setup(e.to_string()))?;
+    let mut first = true;
     loop {
         let v = validity(&opts.cert)?;
         let expired = || AgentError::Expired {
@@ -147,6 +180,12 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         let due = v.due(opts.renew_at, unit());
         let wait = due - now();
         if wait > 0.0 {
+            // Not due, but possibly revoked: a cron job (or a service manager) must learn that
+            // now, not when the renewal fails hours later.
+            if opts.once || first {
+                check(&opts).await?;
+            }
+            first = false;
             if opts.once {
                 tracing::info!(due_unix = due as i64, "not due yet");
                 return Ok(());
@@ -182,6 +221,51 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
                 _ = hup.recv() => tracing::info!("SIGHUP: renewing now"),
             }
         }
+    }
+}
+
+/// The alerts with which a server refuses a client certificate at the handshake.
+const REFUSAL_ALERTS: [&str; 4] = [
+    "CertificateRevoked",
+    "CertificateExpired",
+    "BadCertificate",
+    "UnknownCA",
+];
+
+/// Asks the server whether it still takes the certificate (`GET /v1/whoami` with it). A
+/// refusal is an error; a server that cannot be reached is only a warning (the certificate is
+/// not due, and nothing needs the server yet).
+async fn check(opts: &Options) -> Result<(), AgentError> {
+    let client = Client::new(&own_target(opts)).map_err(|e| AgentError::Setup(e.to_string()))?;
+    let rejected = |why: String| AgentError::Rejected {
+        path: opts.cert.display().to_string(),
+        why,
+    };
+    match client
+        .call(reqwest::Method::GET, "/v1/whoami", None)
+        .await
+        .and_then(|a| a.ok())
+    {
+        Ok(_) => Ok(()),
+        Err(ClientError::Server { status: 401, .. }) => Err(rejected("401".into())),
+        Err(ClientError::Connect(m)) if REFUSAL_ALERTS.iter().any(|a| m.contains(a)) => {
+            Err(rejected(m))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check the certificate with the server");
+            Ok(())
+        }
+    }
+}
+
+/// The server, authenticated with the certificate being kept.
+fn own_target(opts: &Options) -> Target {
+    Target {
+        addr: opts.server.clone(),
+        ca: opts.ca.clone(),
+        cert: Some(opts.cert.clone()),
+        key: Some(opts.key.clone()),
+        token: None,
     }
 }
 
@@ -226,15 +310,8 @@ enum Attempt {
 }
 
 async fn renew_once(opts: &Options) -> Result<Validity, Attempt> {
-    let target = Target {
-        addr: opts.server.clone(),
-        ca: opts.ca.clone(),
-        cert: Some(opts.cert.clone()),
-        key: Some(opts.key.clone()),
-        token: None,
-    };
-    let client =
-        Client::new(&target).map_err(|e| Attempt::Fatal(AgentError::Setup(e.to_string())))?;
+    let client = Client::new(&own_target(opts))
+        .map_err(|e| Attempt::Fatal(AgentError::Setup(e.to_string())))?;
     let (mut body, new_key) = if opts.rekey {
         let pair = rcgen::KeyPair::generate()
             .map_err(|e| Attempt::Fatal(AgentError::Setup(e.to_string())))?;
@@ -266,16 +343,7 @@ async fn renew_once(opts: &Options) -> Result<Validity, Attempt> {
             ))));
         }
         // The server refused the certificate itself at the handshake.
-        Err(ClientError::Connect(m))
-            if [
-                "CertificateRevoked",
-                "CertificateExpired",
-                "BadCertificate",
-                "UnknownCA",
-            ]
-            .iter()
-            .any(|a| m.contains(a)) =>
-        {
+        Err(ClientError::Connect(m)) if REFUSAL_ALERTS.iter().any(|a| m.contains(a)) => {
             return Err(Attempt::Fatal(AgentError::Refused(m)));
         }
         Err(e) => return Err(Attempt::Transient(e.to_string())),
@@ -344,7 +412,8 @@ pub struct Bootstrap {
 }
 
 /// A new key pair made here, a CSR, and the token traded for the certificate; returns its
-/// validity.
+/// validity. Both files are created (empty) before the token is spent, so a path that cannot
+/// be written fails with the token still good.
 pub async fn bootstrap(b: Bootstrap) -> Result<Validity, AgentError> {
     let setup = |e: String| AgentError::Setup(e);
     let client = Client::new(&Target {
@@ -355,6 +424,16 @@ pub async fn bootstrap(b: Bootstrap) -> Result<Validity, AgentError> {
         token: None,
     })
     .map_err(|e| setup(e.to_string()))?;
+    // The token is single-use: make sure both files can be written before spending it.
+    if b.cert == b.key {
+        return Err(setup("--cert and --key must be different files".into()));
+    }
+    let stage = |path: &Path, mode| {
+        files::Staged::create(path, mode)
+            .map_err(|e| AgentError::Write(path.display().to_string(), e.to_string()))
+    };
+    let key_file = stage(&b.key, files::PRIVATE)?;
+    let cert_file = stage(&b.cert, files::PUBLIC)?;
     let pair = rcgen::KeyPair::generate().map_err(|e| setup(e.to_string()))?;
     let csr = rcgen::CertificateParams::default()
         .serialize_request(&pair)
@@ -371,18 +450,20 @@ pub async fn bootstrap(b: Bootstrap) -> Result<Validity, AgentError> {
         .and_then(|a| a.ok())
     {
         Ok(a) => a,
-        Err(ClientError::Server { status: 401, .. }) => {
-            return Err(AgentError::Refused(
-                "the enrolment token is unknown, used, expired or for another identity".into(),
-            ));
-        }
+        Err(ClientError::Server { status: 401, .. }) => return Err(AgentError::Enrolment),
         Err(e) => return Err(setup(e.to_string())),
     };
     let pem = chain_pem(&answer.json());
     if pem.is_empty() {
         return Err(setup("the answer held no certificate".into()));
     }
-    write_files(&b.cert, &b.key, &pem, Some(key.as_str()))?;
+    // The key first, so that a reader that sees the certificate finds its key.
+    let commit = |f: files::Staged, path: &Path, bytes: &[u8]| {
+        f.commit(bytes)
+            .map_err(|e| AgentError::Write(path.display().to_string(), e.to_string()))
+    };
+    commit(key_file, &b.key, key.as_bytes())?;
+    commit(cert_file, &b.cert, pem.as_bytes())?;
     validity(&b.cert)
 }
 

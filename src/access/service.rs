@@ -118,6 +118,17 @@ impl Access {
         self.cache.invalidate_all();
     }
 
+    /// Applies other nodes' changes to a shared database: any role, binding or tenant
+    /// changed forgets every resolved binding.
+    pub fn apply_remote(&self, changes: &[crate::store::Changed]) {
+        if changes
+            .iter()
+            .any(|c| matches!(c.kind.as_str(), "role" | "binding" | "tenant" | "*"))
+        {
+            self.forget_all();
+        }
+    }
+
     // ---- tenants ----
 
     /// Creates the `default` tenant if it does not exist (data from before tenants lives in

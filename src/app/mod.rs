@@ -75,9 +75,39 @@ pub struct Core {
     pki: Arc<Pki>,
     access: Arc<Access>,
     audit: Arc<Audit>,
-    keys: Keys,
+    keys: Arc<Keys>,
     /// Whether this unseal created the CA (and so the admin credential).
     first_start: bool,
+}
+
+/// On a shared database, hands other nodes' changes to the services that cache what they
+/// touch. The follower holds the services weakly: sealing drops them, and the store with them.
+fn follow_remote(
+    store: &dyn Store,
+    keys: &Arc<Keys>,
+    access: &Arc<Access>,
+    pki: &Arc<Pki>,
+    clock: Arc<dyn crate::clock::Clock>,
+) {
+    let (keys, access, pki) = (
+        Arc::downgrade(keys),
+        Arc::downgrade(access),
+        Arc::downgrade(pki),
+    );
+    store.follow(Arc::new(move |changes| {
+        let (keys, access, pki, clock) = (keys.clone(), access.clone(), pki.clone(), clock.clone());
+        Box::pin(async move {
+            if let Some(access) = access.upgrade() {
+                access.apply_remote(&changes);
+            }
+            if let Some(keys) = keys.upgrade() {
+                keys.apply_remote(&changes).await;
+            }
+            if let Some(pki) = pki.upgrade() {
+                pki.apply_remote(&changes, clock.now()).await;
+            }
+        })
+    }));
 }
 
 impl Core {
@@ -129,11 +159,12 @@ impl Core {
             store.commit(b).await?;
             vault.db()?.delete_meta(RESTORE_META)?;
         }
-        let keys = Keys::new(
+        let keys = Arc::new(Keys::new(
             store.clone(),
             keyring.clone(),
             vault.config.verify_cache_keys,
-        );
+        ));
+        follow_remote(&*store, &keys, &access, &pki, vault.clock.clone());
         Ok(Core {
             store,
             admin,

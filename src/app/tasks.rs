@@ -32,14 +32,71 @@ pub async fn flush_usage(rt: Arc<Runtime>) {
     }
 }
 
+/// How long a singleton job's lease lasts: a node that stops renewing it (killed,
+/// partitioned from the database) is replaced by another within this, plus one renewal.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// How often a node renews (or tries to take) the leases of the singleton jobs.
+const LEASE_RENEW: Duration = Duration::from_secs(2);
+
+/// A job that one node at a time runs, every `every`, while it holds the job's lease (on
+/// the embedded engine, always). The lease's fencing token is logged when it changes hands;
+/// what the jobs write is compare-and-swap throughout, so a deposed leader still running
+/// cannot overwrite its successor's work.
+struct Singleton {
+    name: &'static str,
+    every: Duration,
+    fence: Option<u64>,
+    last_run: Option<Instant>,
+}
+
+impl Singleton {
+    fn new(name: &'static str, every: Duration) -> Self {
+        Self {
+            name,
+            every,
+            fence: None,
+            last_run: None,
+        }
+    }
+
+    /// Renews the lease; whether this node should run the job now.
+    async fn due(&mut self, core: &crate::app::Core) -> bool {
+        let held = match core.store().lease(self.name, LEASE_TTL).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(job = self.name, error = %e, "cannot renew the job's lease");
+                None
+            }
+        };
+        if held != self.fence {
+            match held {
+                Some(fence) => tracing::info!(job = self.name, fence, "leading this job"),
+                None => tracing::info!(job = self.name, "no longer leading this job"),
+            }
+            self.fence = held;
+            self.last_run = None;
+        }
+        held.is_some() && self.last_run.is_none_or(|t| t.elapsed() >= self.every)
+    }
+
+    fn ran(&mut self) {
+        self.last_run = Some(Instant::now());
+    }
+}
+
 /// Re-signs CRLs before their nextUpdate.
 pub async fn keep_crls(rt: Arc<Runtime>) {
-    let mut tick = tokio::time::interval(CRL_CHECK_EVERY);
+    let mut job = Singleton::new("crl", CRL_CHECK_EVERY);
+    let mut tick = tokio::time::interval(LEASE_RENEW.min(CRL_CHECK_EVERY));
     loop {
         tick.tick().await;
         let Some(core) = rt.core() else {
             continue;
         };
+        if !job.due(&core).await {
+            continue;
+        }
+        job.ran();
         if let Err(e) = core.pki().refresh_crls(rt.vault.clock.now(), false).await {
             tracing::error!(error = %e, "CRL refresh failed");
         }
@@ -49,6 +106,7 @@ pub async fn keep_crls(rt: Arc<Runtime>) {
 /// Moves records sealed under older data keys to the current one (after a keyring rotation,
 /// and at start if a rotation was interrupted), then retires the old keys.
 pub async fn rewrap(rt: Arc<Runtime>) {
+    let mut job = Singleton::new("rewrap", Duration::from_secs(1));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut clean_since: Option<Instant> = None;
     loop {
@@ -56,6 +114,11 @@ pub async fn rewrap(rt: Arc<Runtime>) {
         let Some(core) = rt.core() else {
             continue;
         };
+        if !job.due(&core).await {
+            clean_since = None;
+            continue;
+        }
+        job.ran();
         let (current, versions) = core.key_versions();
         if versions.len() < 2 {
             clean_since = None;
@@ -122,7 +185,9 @@ pub async fn store_doctor(rt: Arc<Runtime>) {
         let Some(core) = rt.core() else {
             continue;
         };
-        if core.store().healthy() {
+        // A shared database's pool reconnects by itself; only the embedded engine stays
+        // failed after an I/O error and is reopened from disk.
+        if core.store().healthy() || rt.vault.config.store_url.is_some() {
             continue;
         }
         drop(core);
@@ -189,6 +254,7 @@ pub async fn checkpoints(rt: Arc<Runtime>) {
     let every = Duration::from_secs(rt.vault.config.audit_checkpoint_secs);
     let ship_every = Duration::from_millis(500).min(every);
     let mut last_cp = Instant::now();
+    let mut job = Singleton::new("checkpoint", every);
     let mut tick = tokio::time::interval(ship_every);
     loop {
         tick.tick().await;
@@ -200,10 +266,14 @@ pub async fn checkpoints(rt: Arc<Runtime>) {
         {
             tracing::error!(error = %e, "could not ship audit entries");
         }
-        if last_cp.elapsed() < every {
+        if last_cp.elapsed() < every.min(LEASE_RENEW) {
             continue;
         }
         last_cp = Instant::now();
+        if !job.due(&core).await {
+            continue;
+        }
+        job.ran();
         let latest = core.audit().latest_checkpoint().await.ok().flatten();
         let head = core.store().log_head(crate::audit::LOG).await.ok();
         if let Some(h) = head {
@@ -222,12 +292,17 @@ pub async fn checkpoints(rt: Arc<Runtime>) {
 pub async fn tidy(rt: Arc<Runtime>) {
     let every = Duration::from_secs(rt.vault.config.tidy_interval_secs);
     let retention = rt.vault.config.tidy_retention_secs;
-    let mut tick = tokio::time::interval(every);
+    let mut job = Singleton::new("tidy", every);
+    let mut tick = tokio::time::interval(LEASE_RENEW.min(every));
     loop {
         tick.tick().await;
         let Some(core) = rt.core() else {
             continue;
         };
+        if !job.due(&core).await {
+            continue;
+        }
+        job.ran();
         let now = rt.vault.clock.now();
         if let Err(e) = core.pki().tidy_enrolment_tokens(now).await {
             tracing::error!(error = %e, "could not tidy enrolment tokens");

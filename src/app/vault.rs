@@ -89,7 +89,7 @@ impl Vault {
             .map_err(io("cannot create", &config.data_dir))?;
         files::ensure_dir(&config.certs_dir, 0o755)
             .map_err(io("cannot create", &config.certs_dir))?;
-        let db = open_database(&config.data_dir.join("db"), config.store_cache_bytes)?;
+        let db = open_database(&config.store_location())?;
         let seal = read_seal(&*db)?;
         let paths = CertPaths::new(&config.certs_dir);
         Ok(Self {
@@ -123,10 +123,7 @@ impl Vault {
         let mut last = StoreError::Locked;
         // The engine's own threads let go of the files a moment after the last handle drops.
         for _ in 0..100 {
-            match open_database(
-                &self.config.data_dir.join("db"),
-                self.config.store_cache_bytes,
-            ) {
+            match open_database(&self.config.store_location()) {
                 Ok(db) => {
                     *slot = Some(db);
                     return Ok(());
@@ -393,7 +390,7 @@ pub fn write_key_file(path: &Path, key: &MasterKey) -> Result<(), AppError> {
 /// Opens only the store of an existing data directory (for offline checks that must write
 /// nothing): the master key must be available without help.
 pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
-    if !config.data_dir.join("db").exists() {
+    if config.store_url.is_none() && !config.data_dir.join("db").exists() {
         return Err(AppError::MasterKey(format!(
             "{} holds no database",
             config.data_dir.display()
@@ -488,8 +485,13 @@ where
         return Err(RestoreError::NotEmpty(config.data_dir.clone()));
     }
     if let Err(e) = import_authenticated(&mut vault, backup, read_shares) {
+        // Nothing of an unauthenticated backup stays: emptied in place (a shared database),
+        // and the embedded engine's directory removed.
+        let _ = vault.db().and_then(|db| db.wipe());
         drop(vault);
-        let _ = std::fs::remove_dir_all(&db_dir);
+        if config.store_url.is_none() {
+            let _ = std::fs::remove_dir_all(&db_dir);
+        }
         return Err(e.into());
     }
     let summary = serde_json::json!({

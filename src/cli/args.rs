@@ -54,6 +54,23 @@ pub enum Command {
         #[arg(long)]
         audit_log: Option<PathBuf>,
     },
+    /// Copy an embedded store (a data directory) into an empty PostgreSQL database, with
+    /// every server stopped: records stay sealed as they are; counts and the audit chain are
+    /// checked in the target before it says what to do next. The master key comes from the
+    /// source's key file, `TESSERA_MASTER_KEY`, or shares on stdin.
+    Migrate {
+        /// The source data directory (holding `db/` and, unless sealed with shares,
+        /// `master.key`).
+        #[arg(long)]
+        from: PathBuf,
+        /// The target database, `postgres://…` (it must hold no Tessera data).
+        #[arg(long, env = "TESSERA_STORE_URL", hide_env_values = true)]
+        to: String,
+        /// Optional TOML configuration file (for the target's TLS settings in the URL, use
+        /// the URL itself).
+        #[arg(long, env = "TESSERA_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Rotate the master key offline (server stopped): the keyring is rewrapped; the key file
     /// is replaced, or new shares are printed with --shares/--threshold (which also moves a
     /// key-file directory to shares). Shares mode reads the current shares from stdin.
@@ -77,8 +94,8 @@ pub enum Command {
         out: PathBuf,
     },
     /// Keep a service's certificate renewed: at 2/3 of its lifetime (with jitter), over mTLS
-    /// with the certificate itself; files replaced atomically, then the reload hook. Exits
-    /// non-zero if the certificate has expired or is refused. SIGHUP renews at once.
+    /// with the certificate itself; files replaced atomically, then the reload hook. Exits 3
+    /// if the certificate has expired or is refused (revoked). SIGHUP renews at once.
     Agent(AgentArgs),
     /// Who the server takes you for.
     Whoami {
@@ -179,7 +196,8 @@ pub struct AgentArgs {
     /// Lifetime to ask for, in seconds (default: the server's default lifetime).
     #[arg(long)]
     pub ttl: Option<u64>,
-    /// Renew if due, then exit (for cron).
+    /// Renew if due, then exit (for cron); when not due, check that the server still takes the
+    /// certificate (exit 3 if it is revoked).
     #[arg(long)]
     pub once: bool,
 }
@@ -252,7 +270,7 @@ impl TargetArgs {
 #[derive(Subcommand)]
 pub enum AuditCommand {
     /// Check the hash chain offline (server stopped), optionally against a saved checkpoint.
-    /// Exits non-zero and names the first bad sequence number if the log was tampered with.
+    /// Exits 3 and names the first bad sequence number if the log was tampered with.
     Verify {
         #[command(flatten)]
         dirs: DirArgs,
@@ -273,6 +291,10 @@ pub struct DirArgs {
     /// Directory of public trust material and local credentials.
     #[arg(long, env = "TESSERA_CERTS")]
     pub certs: Option<PathBuf>,
+    /// A shared PostgreSQL database (`postgres://…`) instead of the embedded one under the
+    /// data directory.
+    #[arg(long = "store", env = "TESSERA_STORE_URL", hide_env_values = true)]
+    pub store_url: Option<String>,
 }
 
 #[derive(Args)]
@@ -324,6 +346,7 @@ impl DirArgs {
             config_file: self.config.clone(),
             data: self.data.clone(),
             certs: self.certs.clone(),
+            store_url: self.store_url.clone(),
             ..Overrides::default()
         }
     }
@@ -390,7 +413,8 @@ pub enum Keys {
     Revoke {
         id: String,
     },
-    /// Verify a key read from TESSERA_KEY or the first line of standard input.
+    /// Verify a key read from TESSERA_KEY or the first line of standard input. Exits 0 when
+    /// VALID, 3 for any other verdict, 1 when there is no verdict.
     Verify {
         #[arg(long)]
         api: Option<String>,
@@ -433,6 +457,7 @@ pub enum Certs {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Verify a certificate (PEM file, leaf first).
+    /// Verify a certificate (PEM file, leaf first). Exits 0 when VALID, 3 for any other
+    /// verdict, 1 when there is no verdict.
     Verify { file: PathBuf },
 }

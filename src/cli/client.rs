@@ -5,13 +5,16 @@
 //! would show in `ps`): a key to verify comes from `TESSERA_KEY` or standard input, a share or
 //! an enrolment token from standard input.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::args::{AgentArgs, Apis, Certs, Keys, Output, ServerArgs, TargetArgs};
+use super::{
+    args::{AgentArgs, Apis, Certs, Keys, Output, ServerArgs, TargetArgs},
+    exit,
+};
 use crate::{agent, client::Client, config::LogFormat, crypto::secret::SecretString, files};
 
 async fn call(
@@ -86,7 +89,17 @@ pub(super) async fn apis(c: &Client, cmd: Apis, out: Output) -> anyhow::Result<(
     Ok(())
 }
 
-pub(super) async fn keys(c: &Client, cmd: Keys, out: Output) -> anyhow::Result<()> {
+/// The exit code of a verdict (`keys verify`, `certs verify`): only VALID is success.
+fn verdict(v: &Value) -> i32 {
+    if v["code"] == "VALID" {
+        exit::OK
+    } else {
+        exit::NOT_VALID
+    }
+}
+
+/// Returns the exit code ([`verdict`]'s for `keys verify`).
+pub(super) async fn keys(c: &Client, cmd: Keys, out: Output) -> anyhow::Result<i32> {
     let v = match cmd {
         Keys::Create {
             api,
@@ -111,7 +124,7 @@ pub(super) async fn keys(c: &Client, cmd: Keys, out: Output) -> anyhow::Result<(
                 &v,
                 Some(&["id", "name", "start", "state", "scopes", "expires_at"]),
             );
-            return Ok(());
+            return Ok(exit::OK);
         }
         Keys::Get { id } => call(c, Method::GET, &format!("/v1/keys/{id}"), None).await?,
         Keys::Rotate { id, grace } => {
@@ -141,14 +154,17 @@ pub(super) async fn keys(c: &Client, cmd: Keys, out: Output) -> anyhow::Result<(
             if !scopes.is_empty() {
                 body["scopes"] = json!(scopes);
             }
-            call(c, Method::POST, "/v1/keys/verify", Some(body)).await?
+            let v = call(c, Method::POST, "/v1/keys/verify", Some(body)).await?;
+            show(out, &v, None);
+            return Ok(verdict(&v));
         }
     };
     show(out, &v, None);
-    Ok(())
+    Ok(exit::OK)
 }
 
-pub(super) async fn certs(c: &Client, cmd: Certs, out: Output) -> anyhow::Result<()> {
+/// Returns the exit code ([`verdict`]'s for `certs verify`).
+pub(super) async fn certs(c: &Client, cmd: Certs, out: Output) -> anyhow::Result<i32> {
     let v = match cmd {
         Certs::Issue {
             identity,
@@ -172,20 +188,28 @@ pub(super) async fn certs(c: &Client, cmd: Certs, out: Output) -> anyhow::Result
                 (None, true) => body["generate"] = json!(true),
                 (None, false) => bail!("give --csr FILE, or --generate with --key-out FILE"),
             }
+            // A generated key is in the answer only: know that its file (and the
+            // certificate's) can be written before asking for it.
+            let key_file = key_out
+                .as_deref()
+                .filter(|_| generate)
+                .map(|p| stage(p, files::PRIVATE))
+                .transpose()?;
+            let cert_file = cert_out
+                .as_deref()
+                .map(|p| stage(p, files::PUBLIC))
+                .transpose()?;
             let mut v = call(c, Method::POST, "/v1/certs", Some(body)).await?;
             // A generated key goes to its file, never to the terminal.
-            if let (Some(path), Some(key)) = (&key_out, v["private_key"].as_str()) {
+            if let (Some((f, path)), Some(key)) = (key_file, v["private_key"].as_str()) {
                 let key = zeroize::Zeroizing::new(key.to_owned());
-                files::write_atomic(path, key.as_bytes(), files::PRIVATE)
-                    .with_context(|| format!("writing {}", path.display()))?;
+                commit(f, path, key.as_bytes())?;
             }
             if let Some(o) = v.as_object_mut() {
                 o.remove("private_key");
             }
-            if let Some(path) = &cert_out {
-                let pem = agent::chain_pem(&v);
-                files::write_atomic(path, pem.as_bytes(), files::PUBLIC)
-                    .with_context(|| format!("writing {}", path.display()))?;
+            if let Some((f, path)) = cert_file {
+                commit(f, path, agent::chain_pem(&v).as_bytes())?;
             }
             v
         }
@@ -199,7 +223,7 @@ pub(super) async fn certs(c: &Client, cmd: Certs, out: Output) -> anyhow::Result
             };
             let v = list_all(c, &path).await?;
             show(out, &v, Some(&["serial", "identity", "state", "not_after"]));
-            return Ok(());
+            return Ok(exit::OK);
         }
         Certs::Revoke { serial, reason } => {
             let mut body = json!({});
@@ -215,17 +239,32 @@ pub(super) async fn certs(c: &Client, cmd: Certs, out: Output) -> anyhow::Result
         Certs::Verify { file } => {
             let pem = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            call(
+            let v = call(
                 c,
                 Method::POST,
                 "/v1/certs/verify",
                 Some(json!({ "certificate": pem })),
             )
-            .await?
+            .await?;
+            show(out, &v, None);
+            return Ok(verdict(&v));
         }
     };
     show(out, &v, None);
-    Ok(())
+    Ok(exit::OK)
+}
+
+/// A file to write once an answer arrives, created now so that a path that cannot be written
+/// fails before the call.
+fn stage(path: &Path, mode: u32) -> anyhow::Result<(files::Staged, &Path)> {
+    let f = files::Staged::create(path, mode)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok((f, path))
+}
+
+fn commit(f: files::Staged, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    f.commit(bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 pub(super) async fn whoami(c: &Client, out: Output) -> anyhow::Result<()> {
@@ -310,14 +349,14 @@ fn show(out: Output, v: &Value, columns: Option<&[&str]>) {
 /// checks out.
 pub(super) async fn backup(target: TargetArgs, out: PathBuf) -> anyhow::Result<()> {
     let client = Client::new(&target.target())?;
+    let (file, _) = stage(&out, files::PRIVATE)?;
     let answer = client
         .call(Method::GET, "/v1/sys/backup", None)
         .await?
         .ok()?;
     // Its structure only: checking its MAC takes the master key (restore does).
     crate::store::backup::parse(&answer.body).context("the server's backup does not check out")?;
-    files::write_atomic(&out, &answer.body, files::PRIVATE)
-        .with_context(|| format!("writing {}", out.display()))?;
+    commit(file, &out, &answer.body)?;
     println!(
         "backup written: {} ({} bytes)",
         out.display(),
@@ -370,8 +409,9 @@ pub(super) async fn agent_bootstrap(
 }
 
 /// `tessera agent`: renews the certificate at --renew-at of its lifetime until stopped (or
-/// once, with --once).
-pub(super) async fn agent_run(a: AgentArgs) -> anyhow::Result<()> {
+/// once, with --once). Returns [`exit::NOT_VALID`] when the certificate is expired or refused:
+/// it must be replaced.
+pub(super) async fn agent_run(a: AgentArgs) -> anyhow::Result<i32> {
     super::init_logging(LogFormat::Human);
     let (Some(cert), Some(key)) = (a.cert, a.key) else {
         bail!("--cert and --key are required");
@@ -389,6 +429,12 @@ pub(super) async fn agent_run(a: AgentArgs) -> anyhow::Result<()> {
         ttl_seconds: a.ttl,
         once: a.once,
     };
-    agent::run(opts).await?;
-    Ok(())
+    match agent::run(opts).await {
+        Ok(()) => Ok(exit::OK),
+        Err(e) if e.is_verdict() => {
+            eprintln!("Error: {e}");
+            Ok(exit::NOT_VALID)
+        }
+        Err(e) => Err(e.into()),
+    }
 }

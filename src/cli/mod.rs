@@ -18,9 +18,23 @@ use crate::{
     config::{Config, LogFormat},
 };
 
+/// The exit codes, so that a script can branch on them (README, *Command line*).
+pub mod exit {
+    /// Done; for a verdict (`keys verify`, `certs verify`, `audit verify`), VALID.
+    pub const OK: i32 = 0;
+    /// The command failed: the server could not be reached or answered an error, a file
+    /// could not be read or written. Returned by `main` for any error that reaches it.
+    pub const FAILED: i32 = 1;
+    /// The command line itself is wrong (clap's own code for usage errors).
+    pub const USAGE: i32 = 2;
+    /// A definite verdict other than VALID: a key or certificate that is revoked, expired,
+    /// unknown, lacks a scope...; an audit log that does not verify; `tessera agent` with a
+    /// certificate that is expired or refused (revoked) and must be replaced.
+    pub const NOT_VALID: i32 = 3;
+}
+
 /// Parses the command line and runs the verb it names. Returns the process's exit code when
-/// the verb ran to its end (`audit verify` exits 1 on an invalid log); an error is reported
-/// by the caller (exit code 1).
+/// the verb ran to its end ([`exit`]); an error is reported by the caller ([`exit::FAILED`]).
 pub fn run() -> anyhow::Result<i32> {
     let cli = Cli::parse();
     // One crypto provider for the process: ring. Failing means one was already installed.
@@ -38,6 +52,7 @@ pub fn run() -> anyhow::Result<i32> {
             dirs,
             audit_log,
         } => offline::restore(&file, &dirs, audit_log.as_deref())?,
+        Command::Migrate { from, to, config } => block_on(offline::migrate(&from, &to, config))?,
         Command::RotateMaster {
             dirs,
             shares,
@@ -57,7 +72,7 @@ pub fn run() -> anyhow::Result<i32> {
                 }),
             ..
         }) => block_on(client::agent_bootstrap(server, identity, cert, key, ttl))?,
-        Command::Agent(a) => block_on(client::agent_run(a))?,
+        Command::Agent(a) => return block_on(client::agent_run(a)),
         Command::Whoami { client } => {
             let (c, out) = connect(client)?;
             block_on(async move { client::whoami(&c, out).await })?;
@@ -68,15 +83,15 @@ pub fn run() -> anyhow::Result<i32> {
         }
         Command::Keys { client, command } => {
             let (c, out) = connect(client)?;
-            block_on(async move { client::keys(&c, command, out).await })?;
+            return block_on(async move { client::keys(&c, command, out).await });
         }
         Command::Certs { client, command } => {
             let (c, out) = connect(client)?;
-            block_on(async move { client::certs(&c, command, out).await })?;
+            return block_on(async move { client::certs(&c, command, out).await });
         }
         Command::Unseal { target } => block_on(client::unseal(target))?,
     }
-    Ok(0)
+    Ok(exit::OK)
 }
 
 /// The one runtime of every verb but `serve`: a current-thread tokio runtime, built here and
@@ -116,15 +131,47 @@ fn connect(args: ClientArgs) -> anyhow::Result<(crate::client::Client, args::Out
     ))
 }
 
-/// Logs to standard error, filtered by `RUST_LOG` (default `info`).
+/// Logs to standard error, filtered by `RUST_LOG` (default `info`). Colours only for a
+/// person at a terminal ([`colour`]).
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Whether log lines get ANSI colours: only when standard error is a terminal (a file, a pipe,
+/// journald or a log shipper would get escape codes in its text) and `NO_COLOR` is unset or
+/// empty (<https://no-color.org>).
+fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::colour;
+
+    #[test]
+    fn colours_only_for_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(
+            colour(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(!colour(false, None));
+        assert!(!colour(false, Some(OsStr::new("1"))));
     }
 }

@@ -29,6 +29,8 @@ pub struct FileConfig {
     pub limits: FileLimits,
     #[serde(default)]
     pub forward_auth: FileForwardAuth,
+    #[serde(default)]
+    pub store: FileStore,
     /// Base URL clients reach this server at (written into CRL distribution points).
     pub public_url: Option<String>,
     pub log_format: Option<String>,
@@ -78,6 +80,20 @@ pub struct FileForwardAuth {
 pub struct FileMetrics {
     /// A plain-HTTP listener serving only `/metrics`; must be a loopback address.
     pub listen: Option<String>,
+}
+
+/// Where the records live (default: the embedded engine under `data/db`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStore {
+    /// `postgres://user@host:port/db[?sslmode=verify-full&sslrootcert=ca.pem]`: several
+    /// nodes share this PostgreSQL database.
+    pub url: Option<String>,
+    /// How stale a node's view of changes made by other nodes may be before it stops
+    /// answering from its caches (milliseconds, default 1000).
+    pub max_staleness_ms: Option<u64>,
+    /// How often a node reads the change sequence (milliseconds, default 100).
+    pub poll_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -66,6 +66,8 @@ pub struct Overrides {
     pub trust_domain: Option<String>,
     pub log_format: Option<String>,
     pub shutdown_timeout_seconds: Option<u64>,
+    /// `--store` / `TESSERA_STORE_URL`: a PostgreSQL URL.
+    pub store_url: Option<String>,
 }
 
 /// How log lines are written.
@@ -89,6 +91,13 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     pub workers: usize,
     pub store_cache_bytes: u64,
+    /// A shared PostgreSQL database, if not the embedded engine under `data/db`.
+    pub store_url: Option<crate::store::postgres::PgTarget>,
+    /// How stale this node's view of other nodes' changes may be before it stops answering
+    /// from its caches.
+    pub max_staleness: std::time::Duration,
+    /// How often this node reads the change sequence.
+    pub poll_interval: std::time::Duration,
     pub verify_cache_keys: usize,
     pub forward_auth: ForwardAuth,
     pub log_format: LogFormat,
@@ -102,6 +111,19 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub limits: Limits,
     pub allow_tls12: bool,
+}
+
+impl Config {
+    /// Where this server's database lives.
+    pub fn store_location(&self) -> crate::store::Location {
+        match &self.store_url {
+            Some(t) => crate::store::Location::Postgres(Box::new(t.clone())),
+            None => crate::store::Location::Embedded {
+                dir: self.data_dir.join("db"),
+                cache_bytes: self.store_cache_bytes,
+            },
+        }
+    }
 }
 
 /// Where the forward-auth endpoint reads the end client's credentials (lower-case names).
@@ -333,6 +355,29 @@ impl Config {
                 "must be between 1 and 86400",
             ));
         }
+        let store_url = o.store_url.clone().or(file.store.url);
+        let max_staleness_ms = file.store.max_staleness_ms.unwrap_or(1_000);
+        if !(50..=60_000).contains(&max_staleness_ms) {
+            return Err(err("store.max_staleness_ms", "must be 50 to 60000"));
+        }
+        let poll_interval_ms = file.store.poll_interval_ms.unwrap_or(100);
+        if !(10..=10_000).contains(&poll_interval_ms) || poll_interval_ms * 2 > max_staleness_ms {
+            return Err(err(
+                "store.poll_interval_ms",
+                "must be 10 to 10000 and at most half of store.max_staleness_ms",
+            ));
+        }
+        let store_url = match store_url {
+            Some(u) => Some(
+                crate::store::postgres::PgTarget::parse(&u)
+                    .map_err(|m| err("store.url", m))?
+                    .with_timing(
+                        std::time::Duration::from_millis(max_staleness_ms),
+                        std::time::Duration::from_millis(poll_interval_ms),
+                    ),
+            ),
+            None => None,
+        };
         let audit_refusal_window_secs = file.audit.refusal_window_seconds.unwrap_or(10);
         if !(1..=3_600).contains(&audit_refusal_window_secs) {
             return Err(err(
@@ -440,6 +485,9 @@ impl Config {
             audit_file: file.audit.file,
             audit_checkpoint_secs,
             audit_refusal_window_secs,
+            store_url,
+            max_staleness: std::time::Duration::from_millis(max_staleness_ms),
+            poll_interval: std::time::Duration::from_millis(poll_interval_ms),
             metrics_listen,
             limits,
             allow_tls12,

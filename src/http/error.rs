@@ -13,7 +13,12 @@ use actix_web::{
 };
 use serde::Serialize;
 
-use crate::{access::Denied, keys::KeysError, pki::PkiError, store::StoreError};
+use crate::{
+    access::{Denied, Permission},
+    keys::KeysError,
+    pki::PkiError,
+    store::StoreError,
+};
 
 tokio::task_local! {
     /// The id of the request being served (set by the request middleware).
@@ -44,6 +49,11 @@ pub struct ErrorDetail {
     /// The offending field of a 400, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// The permission a 403 lacks, when one would do (e.g. `keys:verify`, or `admin` for
+    /// the global admin's routes). The caller is authenticated: this is no clue to an
+    /// attacker, and it tells an operator which role to bind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permission: Option<&'static str>,
 }
 
 /// Errors as the client sees them.
@@ -56,8 +66,11 @@ pub enum ApiError {
     },
     /// Not authenticated, whatever the reason.
     Unauthenticated,
-    /// Authenticated but not allowed.
-    Forbidden,
+    /// Authenticated but not allowed: why, and the permission it lacks when one would do.
+    Forbidden {
+        message: std::borrow::Cow<'static, str>,
+        permission: Option<&'static str>,
+    },
     /// No such object visible to the caller.
     NotFound,
     /// The route exists, the method does not; `Allow` lists the methods.
@@ -89,6 +102,34 @@ impl ApiError {
         }
     }
 
+    /// A 403 for a caller that lacks `permission` (in the tenant it acts in).
+    pub fn lacks(permission: Permission) -> Self {
+        Self::Forbidden {
+            message: format!(
+                "not allowed: this needs the permission {}",
+                permission.as_str()
+            )
+            .into(),
+            permission: Some(permission.as_str()),
+        }
+    }
+
+    /// A 403 for the global admin's routes, which no tenant permission opens.
+    pub fn global_admin_only() -> Self {
+        Self::Forbidden {
+            message: "not allowed: only the global admin may do this".into(),
+            permission: Some(Permission::Admin.as_str()),
+        }
+    }
+
+    /// A 403 for a rule no permission lifts.
+    pub fn refused(message: &'static str) -> Self {
+        Self::Forbidden {
+            message: format!("not allowed: {message}").into(),
+            permission: None,
+        }
+    }
+
     pub fn bad_body(message: impl Into<String>) -> Self {
         Self::BadRequest {
             field: None,
@@ -100,7 +141,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => "invalid_request",
             ApiError::Unauthenticated => "unauthenticated",
-            ApiError::Forbidden => "forbidden",
+            ApiError::Forbidden { .. } => "forbidden",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
@@ -118,7 +159,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { message, .. } => message.clone(),
             ApiError::Unauthenticated => "authentication required".into(),
-            ApiError::Forbidden => "not allowed".into(),
+            ApiError::Forbidden { message, .. } => message.to_string(),
             ApiError::NotFound => "not found".into(),
             ApiError::MethodNotAllowed(_) => "method not allowed".into(),
             ApiError::Conflict(m) => m.clone(),
@@ -144,7 +185,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -164,6 +205,10 @@ impl ResponseError for ApiError {
             request_id: request_id(),
             field: match self {
                 ApiError::BadRequest { field, .. } => field.clone(),
+                _ => None,
+            },
+            permission: match self {
+                ApiError::Forbidden { permission, .. } => *permission,
                 _ => None,
             },
         };
@@ -206,6 +251,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Corrupt { .. }
             | StoreError::NewerFormat { .. }
+            | StoreError::NewerSchema { .. }
             | StoreError::WrongMasterKey
             | StoreError::Crypto => {
                 tracing::error!(error = %e, "internal error");
@@ -239,7 +285,7 @@ impl From<PkiError> for ApiError {
             PkiError::Conflict(m) => ApiError::Conflict(m.to_owned()),
             PkiError::Refused(m) => {
                 tracing::info!(reason = m, "refused");
-                ApiError::Forbidden
+                ApiError::refused(m)
             }
             other => {
                 tracing::error!(error = %other, "pki failure");
@@ -265,6 +311,11 @@ impl From<crate::access::AccessError> for ApiError {
 impl From<Denied> for ApiError {
     fn from(e: Denied) -> Self {
         tracing::info!(reason = %e, "refused");
-        ApiError::Forbidden
+        match e {
+            Denied::Forbidden(p) => ApiError::lacks(p),
+            Denied::Escalation => {
+                ApiError::refused("this would grant permissions the caller does not hold")
+            }
+        }
     }
 }

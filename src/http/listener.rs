@@ -1,6 +1,6 @@
 //! The HTTPS listener: actix-server accepts TCP, our own step does the rustls handshake (so
-//! it knows the peer's address, counts a refused client certificate against that source, and
-//! bounds the handshake's time), then actix-http serves HTTP/1.1 or HTTP/2 to the actix-web
+//! it knows the peer's address, counts a refused client certificate against that source,
+//! reports it with its serial and peer ([`OnRefused`]), and bounds the handshake's time), then actix-http serves HTTP/1.1 or HTTP/2 to the actix-web
 //! application. This is what `HttpServer::listen_rustls` does internally, plus the
 //! per-source accounting it cannot offer.
 
@@ -44,12 +44,17 @@ fn refused_certificate(e: &std::io::Error) -> bool {
         })
 }
 
+/// What to do with a client certificate refused at the handshake, and the peer that sent it
+/// (log it, tally it for the audit log).
+pub type OnRefused = Arc<dyn Fn(Option<SocketAddr>, tls::Refused) + Send + Sync>;
+
 /// Builds the HTTPS server (not yet running).
 pub fn https<F, I, S, B>(
     listener: TcpListener,
     tls_config: Arc<ServerConfig>,
     tuning: Tuning,
     guard: Arc<Guard>,
+    on_refused: OnRefused,
     app: F,
 ) -> std::io::Result<actix_server::Server>
 where
@@ -71,15 +76,20 @@ where
         .listen("tessera-https", listener, move || {
             let acceptor = TlsAcceptor::from(tls_config.clone());
             let guard = guard.clone();
+            let on_refused = on_refused.clone();
             let accept = fn_service(move |io: TcpStream| {
                 let acceptor = acceptor.clone();
                 let guard = guard.clone();
+                let on_refused = on_refused.clone();
                 async move {
                     let peer = io.peer_addr().ok();
                     let _ = io.set_nodelay(true);
-                    match tokio::time::timeout(tuning.tls_handshake_timeout, acceptor.accept(io))
-                        .await
-                    {
+                    let (outcome, refused) = tls::handshake(tokio::time::timeout(
+                        tuning.tls_handshake_timeout,
+                        acceptor.accept(io),
+                    ))
+                    .await;
+                    match outcome {
                         Ok(Ok(stream)) => {
                             let proto = match stream.get_ref().1.alpn_protocol() {
                                 Some(b"h2") => Protocol::Http2,
@@ -88,10 +98,20 @@ where
                             Ok((stream, proto, peer))
                         }
                         Ok(Err(e)) => {
-                            if refused_certificate(&e)
-                                && let Some(p) = peer
-                            {
-                                guard.failed(p.ip(), "client certificate refused at the handshake");
+                            let refused = refused.or_else(|| {
+                                refused_certificate(&e).then_some(tls::Refused {
+                                    serial: None,
+                                    reason: "refused",
+                                })
+                            });
+                            if let Some(r) = refused {
+                                if let Some(p) = peer {
+                                    guard.failed(
+                                        p.ip(),
+                                        "client certificate refused at the handshake",
+                                    );
+                                }
+                                on_refused(peer, r);
                             }
                             Err(actix_http::error::DispatchError::Io(e))
                         }

@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::{
     abuse::Decision,
     error::{ApiError, REQUEST_ID},
-    extract::{PeerCert, PrincipalName, RateLimitInfo, base_event},
+    extract::{AuthRefusal, PeerCert, PrincipalName, RateLimitInfo, base_event},
     state::AppState,
 };
 use crate::crypto::random;
@@ -207,12 +207,34 @@ fn finish(
         h.insert(RATELIMIT_REMAINING, HeaderValue::from(r.remaining));
         h.insert(RATELIMIT_RESET, HeaderValue::from(r.reset));
     }
+    if status == 401 {
+        log_refusal(res.request());
+    }
     tracing::info!(
         status,
         micros = started.elapsed().as_micros() as u64,
         "served"
     );
     res
+}
+
+/// The log line of a 401: why, from where, and the serial of the certificate refused (the
+/// uniform body says none of it; the operator's log does). Never the credential.
+fn log_refusal(req: &actix_web::HttpRequest) {
+    let peer = req
+        .peer_addr()
+        .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+    let refusal = req.extensions().get::<AuthRefusal>().cloned();
+    let (reason, serial) = match refusal {
+        Some(r) => (r.reason, r.serial),
+        None => ("no credential".to_owned(), None),
+    };
+    match serial {
+        Some(serial) => {
+            tracing::info!(%peer, %reason, serial = serial.as_str(), "authentication refused")
+        }
+        None => tracing::info!(%peer, %reason, "authentication refused"),
+    }
 }
 
 const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");

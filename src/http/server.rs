@@ -109,6 +109,7 @@ pub async fn serve(vault: Vault, core: Option<Core>) -> Result<(), ServeError> {
         Arc::new(tls_config),
         tuning,
         state.guard.clone(),
+        handshake_refusals(&state),
         move || {
             App::new()
                 .app_data(shared.clone())
@@ -202,6 +203,34 @@ pub async fn serve(vault: Vault, core: Option<Core>) -> Result<(), ServeError> {
     })
 }
 
+/// Client certificates refused at the handshake: a log line with the serial, the reason and
+/// the peer, and a refusal tallied for the audit log (one entry per source and window, like
+/// every refusal without a usable credential, so a flood cannot fill the log).
+fn handshake_refusals(state: &web::Data<AppState>) -> listener::OnRefused {
+    let state = state.clone();
+    Arc::new(move |peer, refused| {
+        refused.log(peer);
+        let serial = refused.serial.as_ref().map(|s| s.as_str().to_owned());
+        let event = crate::audit::Event {
+            time: state.clock.now(),
+            request_id: String::new(),
+            principal: serial
+                .as_ref()
+                .map_or_else(|| "anonymous".to_owned(), |s| format!("cert:{s}")),
+            tenant: None,
+            action: format!("TLS handshake ({})", refused.reason),
+            object: serial,
+            outcome: "unauthenticated".to_owned(),
+            source: peer.map_or_else(|| "unknown".to_owned(), |p| p.ip().to_string()),
+            detail: None,
+        };
+        crate::metrics::AUDIT_REFUSALS
+            .with_label_values(&[event.outcome.as_str()])
+            .inc();
+        state.runtime.refusals.note(event);
+    })
+}
+
 /// Renews a managed server certificate when a third of its lifetime is left, and reloads the
 /// certificate on SIGHUP (operator-provided files, or a forced renewal). The new certificate
 /// is swapped into the resolver: no restart, no re-bind, open connections continue.
@@ -276,6 +305,12 @@ async fn forget_replies(state: web::Data<AppState>) {
     loop {
         tick.tick().await;
         state.idempotency.purge_expired();
+        if let Some(core) = state.try_core()
+            && core.store().shared()
+            && let Err(e) = super::idempotency::purge_shared(&core, state.clock.now()).await
+        {
+            tracing::debug!(error = %e, "could not purge expired idempotent answers");
+        }
     }
 }
 

@@ -25,8 +25,13 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, UnixTime};
 use tokio_rustls::server::TlsStream;
 
+use x509_parser::prelude::{FromDer, X509Certificate};
+
 use super::extract::PeerCert;
-use crate::pki::{Pki, bootstrap::ServerCredential};
+use crate::{
+    identity::Serial,
+    pki::{Pki, bootstrap::ServerCredential},
+};
 
 /// Errors building the TLS configuration.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +79,79 @@ impl ResolvesServerCert for CertResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current.read_locked().clone())
     }
+}
+
+/// A client certificate refused at the handshake: what the log line and the audit entry say
+/// about it (never more than its serial: the rest is the client's unverified claim).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// The leaf's serial, if it parses as a certificate.
+    pub serial: Option<Serial>,
+    /// Why, in a few words from a fixed set (so audit actions stay a bounded set).
+    pub reason: &'static str,
+}
+
+impl Refused {
+    fn new(leaf: &CertificateDer<'_>, e: &rustls::Error) -> Self {
+        let serial = X509Certificate::from_der(leaf)
+            .ok()
+            .map(|(_, c)| Serial::from_bytes(c.raw_serial()));
+        Self {
+            serial,
+            reason: refusal_reason(e),
+        }
+    }
+
+    /// The log line, with the peer when it is known.
+    pub fn log(&self, peer: Option<std::net::SocketAddr>) {
+        let serial = self.serial.as_ref().map_or("(unreadable)", Serial::as_str);
+        match peer {
+            Some(peer) => tracing::info!(
+                %peer, serial, reason = self.reason,
+                "client certificate refused at the handshake"
+            ),
+            None => tracing::info!(
+                serial,
+                reason = self.reason,
+                "client certificate refused at the handshake"
+            ),
+        }
+    }
+}
+
+/// A refusal's reason, in words.
+fn refusal_reason(e: &rustls::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::Revoked => "revoked",
+            C::Expired | C::ExpiredContext { .. } => "expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "not yet valid",
+            C::UnknownIssuer => "unknown issuer",
+            C::BadSignature | C::UnsupportedSignatureAlgorithmContext { .. } => "bad signature",
+            C::UnknownRevocationStatus => "unknown revocation status",
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => "not for client authentication",
+            C::BadEncoding => "malformed",
+            _ => "invalid certificate",
+        },
+        rustls::Error::InvalidCertRevocationList(_) => "unusable CRL",
+        _ => "refused",
+    }
+}
+
+tokio::task_local! {
+    /// Where [`ClientVerifier`] leaves the certificate it refused during the handshake the
+    /// listener is driving (see [`handshake`]).
+    static REFUSED: Arc<std::sync::Mutex<Option<Refused>>>;
+}
+
+/// Runs a handshake, and returns with its outcome the client certificate the verifier
+/// refused during it, if any. The verifier runs inside the handshake's poll, on this task.
+pub async fn handshake<F: std::future::Future>(f: F) -> (F::Output, Option<Refused>) {
+    let slot = Arc::new(std::sync::Mutex::new(None));
+    let out = REFUSED.scope(slot.clone(), f).await;
+    let refused = slot.write_locked().take();
+    (out, refused)
 }
 
 /// Verifies client certificates with the PKI's current verifier (root + every CA's CRL, which
@@ -134,7 +212,15 @@ impl ClientCertVerifier for ClientVerifier {
             .verify_client_cert(end_entity, intermediates, now);
         if let Err(e) = &result {
             crate::metrics::TLS_CLIENT_REJECTED.inc();
-            tracing::info!(error = %e, "client certificate refused at the handshake");
+            let refused = Refused::new(end_entity, e);
+            // The listener, which knows the peer, logs and audits it; outside a listener's
+            // handshake (there is none), log it here.
+            if REFUSED
+                .try_with(|slot| *slot.write_locked() = Some(refused.clone()))
+                .is_err()
+            {
+                refused.log(None);
+            }
         }
         result
     }

@@ -150,6 +150,33 @@ impl Keys {
         Ok(result?)
     }
 
+    /// Applies other nodes' changes to a shared database: a changed key's cached record and
+    /// a changed API's policy are dropped (a key that is gone, or `*`: every cached one).
+    pub async fn apply_remote(&self, changes: &[crate::store::Changed]) {
+        for c in changes {
+            match c.kind.as_str() {
+                "key" => match crate::store::record::get::<model::Key>(&*self.store, &c.id).await {
+                    Ok(Some((_, key))) => self.changed(&key),
+                    _ => self.cache.invalidate_all(),
+                },
+                "usage" => {
+                    if let Ok(id) = crate::ids::KeyId::parse(&c.id) {
+                        self.usage.forget(&id);
+                    }
+                }
+                "api" => match crate::ids::ApiId::parse(&c.id) {
+                    Ok(api) => self.policies.invalidate(&api),
+                    Err(_) => self.policies.invalidate_all(),
+                },
+                "*" => {
+                    self.cache.invalidate_all();
+                    self.policies.invalidate_all();
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// The usage counters, for the background flusher.
     pub fn usage(&self) -> Arc<usage::Usage> {
         self.usage.clone()

@@ -421,8 +421,10 @@ pub struct UsageRecord {
     /// When `remaining` was last refilled.
     #[serde(default)]
     pub last_refill_at: Option<Timestamp>,
-    /// The current rate-limit window (memory only: a restart starts a fresh window).
-    #[serde(skip)]
+    /// The current rate-limit window: its start (unix millis) and the requests in it. On
+    /// the embedded engine it is kept in memory and written with the other counters; on a
+    /// shared database every node updates it in the database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<(i64, u32)>,
 }
 

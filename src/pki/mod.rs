@@ -11,6 +11,7 @@ pub mod enrol;
 mod issue;
 pub mod records;
 mod reindex;
+mod remote;
 mod revoke;
 mod rotate;
 mod tidy;

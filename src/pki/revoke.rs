@@ -215,7 +215,7 @@ impl Pki {
     }
 
     /// Adds unexpired certificates to the revoked set; whether any was missing from it.
-    fn mark_revoked(&self, certs: &[CertRecord], now: Timestamp) -> bool {
+    pub(super) fn mark_revoked(&self, certs: &[CertRecord], now: Timestamp) -> bool {
         let mut set = self.revoked.write_locked();
         let mut added = false;
         for c in certs.iter().filter(|c| c.not_after > now) {

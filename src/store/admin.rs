@@ -67,6 +67,8 @@ pub trait Database: Send + Sync {
     fn is_empty(&self) -> bool;
     /// Loads raw entries (a restore) into an empty database, durably.
     fn import(&self, entries: &[RawEntry]) -> Result<(), StoreError>;
+    /// Removes every entry, durably (a restore that failed its authentication).
+    fn wipe(&self) -> Result<(), StoreError>;
     /// The persisted (wrapped) keyring.
     fn wrapped_keyring(&self)
     -> Result<Option<crate::crypto::keyring::WrappedKeyring>, StoreError>;
@@ -78,17 +80,31 @@ pub trait Database: Send + Sync {
     fn unseal(&self, master: &MasterKey) -> Result<Unsealed, StoreError>;
 }
 
-/// Opens the embedded engine's database in `dir` (taking its lock), with `cache_bytes` of page
-/// cache. The one place that chooses an engine.
-pub fn open_database(
-    dir: &std::path::Path,
-    cache_bytes: u64,
-) -> Result<std::sync::Arc<dyn Database>, StoreError> {
-    let db = super::sled::SledDb::open(
-        dir,
-        &super::sled::SledOptions {
-            cache_capacity: cache_bytes,
-        },
-    )?;
-    Ok(std::sync::Arc::new(db))
+/// Where a database lives.
+#[derive(Clone, Debug)]
+pub enum Location {
+    /// The embedded engine in a directory of this machine, with `cache_bytes` of page cache.
+    Embedded {
+        dir: std::path::PathBuf,
+        cache_bytes: u64,
+    },
+    /// A PostgreSQL database that several nodes share.
+    Postgres(Box<super::postgres::PgTarget>),
+}
+
+/// Opens the database at `location` (the embedded one takes its one-process lock). The one
+/// place that chooses an engine.
+pub fn open_database(location: &Location) -> Result<std::sync::Arc<dyn Database>, StoreError> {
+    match location {
+        Location::Embedded { dir, cache_bytes } => {
+            let db = super::sled::SledDb::open(
+                dir,
+                &super::sled::SledOptions {
+                    cache_capacity: *cache_bytes,
+                },
+            )?;
+            Ok(std::sync::Arc::new(db))
+        }
+        Location::Postgres(target) => Ok(std::sync::Arc::new(super::postgres::PgDb::open(target)?)),
+    }
 }

@@ -6,8 +6,11 @@
 
 pub mod admin;
 pub mod backup;
+pub(crate) mod engine;
 mod envelope;
 pub mod log;
+pub mod postgres;
+pub mod raw;
 pub mod record;
 pub mod sled;
 
@@ -15,7 +18,7 @@ use std::{future::Future, pin::Pin};
 
 use crate::crypto::secret::SecretBytes;
 
-pub use admin::{Database, StoreAdmin, Unsealed, open_database};
+pub use admin::{Database, Location, StoreAdmin, Unsealed, open_database};
 pub use record::Record;
 
 /// The name of a record type. It is part of every record's associated data, so a record
@@ -244,6 +247,9 @@ pub enum StoreError {
         "the data directory has format version {found}; this build understands up to {supported}"
     )]
     NewerFormat { found: u32, supported: u32 },
+    /// The database's schema was migrated by a newer, incompatible version of Tessera.
+    #[error("the database has schema version {found}; this build understands up to {supported}")]
+    NewerSchema { found: u32, supported: u32 },
     /// The master key does not unwrap this database's keyring.
     #[error("the master key does not match this data directory")]
     WrongMasterKey,
@@ -295,7 +301,68 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the last write and flush succeeded.
     fn healthy(&self) -> bool;
+
+    /// Reads, changes and writes one record as one atomic step that no other writer of the
+    /// record, in this process or another, can interleave with: `change` gets the current
+    /// plaintext (`None`: absent) and returns the new one. Returns the new plaintext. With
+    /// `durable`, returns once it is on disk; without, it may be lost in a crash of the
+    /// database (usage counters: the one documented exception) but never half-applied.
+    fn update<'a>(
+        &'a self,
+        kind: Kind,
+        id: &'a str,
+        durable: bool,
+        change: Change,
+    ) -> StoreFuture<'a, SecretBytes>;
+
+    /// Holds, or takes when free, the lease `name` for `ttl` on behalf of this process, for a
+    /// job that one process at a time should run (CRL re-signing, tidy, checkpoints, the
+    /// keyring rewrap). Returns the fencing token while this process holds it (it grows each
+    /// time the lease changes hands), `None` while another live process does. An engine
+    /// only this process writes always grants it.
+    fn lease<'a>(
+        &'a self,
+        name: &'a str,
+        ttl: std::time::Duration,
+    ) -> StoreFuture<'a, Option<u64>> {
+        let _ = (name, ttl);
+        Box::pin(async { Ok(Some(0)) })
+    }
+
+    /// Whether other processes write to this store too (a shared database): what a process
+    /// counts in memory alone would then not be exact.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Starts following the changes other processes commit to a shared database: `apply` is
+    /// awaited for each group of them, in commit order, before the store counts itself caught
+    /// up past them. An engine only this process writes has none to follow.
+    fn follow(&self, apply: OnRemote) {
+        let _ = apply;
+    }
+
+    /// Whether this process has applied every change committed elsewhere up to the
+    /// configured staleness bound ago: when not, no answer may come from a cache. Always
+    /// for an engine only this process writes.
+    fn fresh(&self) -> bool {
+        true
+    }
 }
+
+/// What [`Store::update`] does to a record's plaintext.
+pub type Change = Box<dyn FnMut(Option<&[u8]>) -> Result<Vec<u8>, StoreError> + Send + 'static>;
+
+/// A record another process wrote or removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Changed {
+    pub kind: String,
+    pub id: String,
+}
+
+/// What a process does with changes other processes committed: drop what it cached of them.
+pub type OnRemote =
+    std::sync::Arc<dyn Fn(Vec<Changed>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// Attaches a record of a change to the batch that makes it (the audit log implements this;
 /// the domain calls it without knowing the format).

@@ -378,7 +378,12 @@ async fn enrolment_tokens_bootstrap_a_new_workload_once() {
     // Single use.
     let again = bootstrap("newbie", &t, "again");
     assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("enrolment token"));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("enrolment token"), "{err}");
+    assert!(
+        !err.contains("renewal"),
+        "a bootstrap is no renewal (issue 20): {err}"
+    );
 
     // Bound to one identity: the wrong one is refused and does not spend the token.
     let t = token("alpha", 60).await;
@@ -411,4 +416,64 @@ async fn enrolment_tokens_bootstrap_a_new_workload_once() {
         .post("/v1/enrolment-tokens", json!({"identity": "intern"}))
         .await
         .expect(201);
+}
+
+/// Issue 20: `agent bootstrap` checks that it can write its files before it spends the
+/// single-use token; a bootstrap that cannot write them leaves the token for the next try.
+#[tokio::test]
+async fn issue_20_bootstrap_never_spends_a_token_it_cannot_use() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let dir = tempfile::tempdir().unwrap();
+    let token = server
+        .admin()
+        .post("/v1/enrolment-tokens", json!({"identity": "careful"}))
+        .await
+        .expect(201)["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bootstrap = |cert: &Path, key: &Path| {
+        Command::new(BIN)
+            .args(["agent", "bootstrap", "--server", &server.url("")])
+            .arg("--ca")
+            .arg(server.certs.join("ca.pem"))
+            .args(["--identity", "careful"])
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .env("TESSERA_ENROL_TOKEN", &token)
+            .output()
+            .unwrap()
+    };
+    let good = (
+        dir.path().join("careful.pem"),
+        dir.path().join("careful.key"),
+    );
+    let missing = dir.path().join("no-such-dir");
+    // A directory that does not exist, for the key and then for the certificate only.
+    for (cert, key) in [
+        (missing.join("careful.pem"), missing.join("careful.key")),
+        (missing.join("careful.pem"), good.1.clone()),
+    ] {
+        let out = bootstrap(&cert, &key);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cannot write"), "{err}");
+        assert!(err.contains("no-such-dir"), "{err}");
+        assert!(!good.1.exists(), "nothing is left behind");
+    }
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    let out = bootstrap(&good.0, &good.1);
+    assert!(
+        out.status.success(),
+        "the token is still good: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    from_files(&server, &good.0, &good.1)
+        .get("/v1/whoami")
+        .await
+        .expect(200);
 }

@@ -186,7 +186,8 @@ async fn every_mutation_and_refusal_writes_exactly_one_entry() {
     assert_eq!(report["checked"].as_u64().unwrap() as usize, count);
 }
 
-fn verify_offline(home_data: &Path, certs: &Path, checkpoint: Option<&Path>) -> (bool, String) {
+/// `tessera audit verify`: its exit code (0 valid, 3 invalid, 1 could not check) and output.
+fn verify_offline(home_data: &Path, certs: &Path, checkpoint: Option<&Path>) -> (i32, String) {
     let mut cmd = Command::new(BIN);
     cmd.args(["audit", "verify", "--data"])
         .arg(home_data)
@@ -199,7 +200,7 @@ fn verify_offline(home_data: &Path, certs: &Path, checkpoint: Option<&Path>) -> 
     let out = cmd.output().unwrap();
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+    (out.status.code().unwrap(), text)
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -225,7 +226,7 @@ fn tampered(
     name: &str,
     checkpoint: Option<&Path>,
     tamper: impl FnOnce(&sled::Db),
-) -> (bool, String) {
+) -> (i32, String) {
     let copy = home.tmp.path().join(name);
     copy_dir(&home.data(), &copy);
     {
@@ -259,35 +260,35 @@ async fn tampering_is_caught_offline_and_named() {
     server.terminate();
 
     // Untouched: valid, with and without the checkpoint.
-    let (ok, out) = verify_offline(&home.data(), &home.certs(), Some(&cp_path));
-    assert!(ok, "{out}");
+    let (code, out) = verify_offline(&home.data(), &home.certs(), Some(&cp_path));
+    assert_eq!(code, 0, "{out}");
     assert!(out.contains("10 entries"), "{out}");
 
     // A flipped byte in entry 4.
-    let (ok, out) = tampered(&home, "flip", None, |db| {
+    let (code, out) = tampered(&home, "flip", None, |db| {
         let mut v = db.get(audit_key(4)).unwrap().unwrap().to_vec();
         let last = v.len() - 1;
         v[last] ^= 1;
         db.insert(audit_key(4), v).unwrap();
     });
-    assert!(!ok);
+    assert_eq!(code, 3, "{out}");
     assert!(out.contains("at seq 4"), "{out}");
 
     // Entry 6 deleted.
-    let (ok, out) = tampered(&home, "delete", None, |db| {
+    let (code, out) = tampered(&home, "delete", None, |db| {
         db.remove(audit_key(6)).unwrap();
     });
-    assert!(!ok);
+    assert_eq!(code, 3, "{out}");
     assert!(out.contains("at seq 6"), "{out}");
 
     // Entries 3 and 7 swapped.
-    let (ok, out) = tampered(&home, "reorder", None, |db| {
+    let (code, out) = tampered(&home, "reorder", None, |db| {
         let a = db.get(audit_key(3)).unwrap().unwrap();
         let b = db.get(audit_key(7)).unwrap().unwrap();
         db.insert(audit_key(3), b).unwrap();
         db.insert(audit_key(7), a).unwrap();
     });
-    assert!(!ok);
+    assert_eq!(code, 3, "{out}");
     assert!(out.contains("at seq 3"), "{out}");
 
     // Truncated to 7 entries with a consistent head: only the checkpoint tells.
@@ -303,8 +304,11 @@ async fn tampering_is_caught_offline_and_named() {
         new_head.extend_from_slice(&head[8..]);
         db.insert(b"m/log/audit", new_head).unwrap();
     };
-    let (ok, out) = tampered(&home, "truncate-naive", None, truncate);
-    assert!(!ok, "a head not matching the last entry is caught: {out}");
+    let (code, out) = tampered(&home, "truncate-naive", None, truncate);
+    assert_eq!(
+        code, 3,
+        "a head not matching the last entry is caught: {out}"
+    );
 
     // A careful attacker with the master key rewrites the head to match entry 7.
     let copy = home.tmp.path().join("truncate");
@@ -328,13 +332,13 @@ async fn tampering_is_caught_offline_and_named() {
         db.insert(b"m/log/audit", head).unwrap();
         db.flush().unwrap();
     }
-    let (ok, out) = verify_offline(&copy, &home.certs(), None);
+    let (code, out) = verify_offline(&copy, &home.certs(), None);
     assert!(
-        ok,
+        code == 0,
         "without a checkpoint a clean truncation looks valid: {out}"
     );
-    let (ok, out) = verify_offline(&copy, &home.certs(), Some(&cp_path));
-    assert!(!ok);
+    let (code, out) = verify_offline(&copy, &home.certs(), Some(&cp_path));
+    assert_eq!(code, 3, "an invalid log: {out}");
     assert!(out.contains("at seq 8"), "{out}");
     assert!(out.contains("truncated"), "{out}");
 
@@ -364,8 +368,8 @@ async fn tampering_is_caught_offline_and_named() {
         .unwrap();
         store.commit(b).await.unwrap();
     }
-    let (ok, out) = verify_offline(&copy, &home.certs(), None);
-    assert!(!ok);
+    let (code, out) = verify_offline(&copy, &home.certs(), None);
+    assert_eq!(code, 3, "an invalid log: {out}");
     assert!(out.contains("at seq 5"), "{out}");
 
     // A checkpoint signed by another key is refused, although it names the real head (so the
@@ -388,22 +392,23 @@ async fn tampering_is_caught_offline_and_named() {
         .expect("a well-formed signature by the other key");
     let forged_path = home.tmp.path().join("forged.json");
     std::fs::write(&forged_path, serde_json::to_string(&forged).unwrap()).unwrap();
-    let (ok, out) = verify_offline(&home.data(), &home.certs(), Some(&forged_path));
-    assert!(!ok, "a checkpoint by another key was accepted: {out}");
+    let (code, out) = verify_offline(&home.data(), &home.certs(), Some(&forged_path));
+    // A checkpoint that cannot be used is no verdict on the log (exit code 1).
+    assert_eq!(code, 1, "a checkpoint by another key was accepted: {out}");
     assert!(out.contains("another key"), "{out}");
     // The other key's signature under this log's public key does not verify either.
     let mut swapped = forged.clone();
     swapped.public_key = checkpoint.public_key.clone();
     assert!(swapped.verify_signature().is_err());
     std::fs::write(&forged_path, serde_json::to_string(&swapped).unwrap()).unwrap();
-    let (ok, out) = verify_offline(&home.data(), &home.certs(), Some(&forged_path));
-    assert!(!ok, "a signature by another key was accepted: {out}");
+    let (code, out) = verify_offline(&home.data(), &home.certs(), Some(&forged_path));
+    assert_eq!(code, 1, "a signature by another key was accepted: {out}");
     assert!(out.contains("signature does not verify"), "{out}");
     // The genuine checkpoint, written back the same way, still passes (the refusals above are
     // about the key, not the file).
     std::fs::write(&forged_path, serde_json::to_string(&checkpoint).unwrap()).unwrap();
-    let (ok, out) = verify_offline(&home.data(), &home.certs(), Some(&forged_path));
-    assert!(ok, "{out}");
+    let (code, out) = verify_offline(&home.data(), &home.certs(), Some(&forged_path));
+    assert_eq!(code, 0, "{out}");
 }
 
 /// One secret the hygiene test searches for, in the forms it may leak in.

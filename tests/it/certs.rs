@@ -16,7 +16,7 @@ use crate::{
     raw::RawConn,
 };
 
-fn openssl(args: &[&str]) -> (bool, String) {
+pub(crate) fn openssl(args: &[&str]) -> (bool, String) {
     let out = Command::new("openssl")
         .args(args)
         .output()
@@ -358,7 +358,7 @@ async fn revocation_holds_on_new_resumed_and_kept_alive_connections() {
     );
 }
 
-fn crl_number(text: &str) -> u64 {
+pub(crate) fn crl_number(text: &str) -> u64 {
     let after = text.split("X509v3 CRL Number:").nth(1).unwrap();
     after.split_whitespace().next().unwrap().parse().unwrap()
 }

@@ -1,27 +1,39 @@
 //! The client verbs against the real server, in both output formats.
 
-use std::process::{Command, Output};
+use std::{
+    os::unix::fs::PermissionsExt,
+    process::{Command, Output},
+};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::{Home, Server};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
-/// Runs `tessera <args>` as the bootstrap admin (credentials from the environment).
-fn run(server: &Server, args: &[&str], env: &[(&str, &str)]) -> Output {
+/// `tessera <args>` as the bootstrap admin (credentials from the environment).
+fn command(server: &Server, args: &[&str], env: &[(&str, &str)]) -> Command {
+    as_admin(Command::new(BIN), server, args, env)
+}
+
+/// `program <args>` with the bootstrap admin's environment.
+fn as_admin(mut c: Command, server: &Server, args: &[&str], env: &[(&str, &str)]) -> Command {
     let certs = &server.certs;
-    Command::new(BIN)
-        .args(args)
+    c.args(args)
         .env("TESSERA_ADDR", server.url(""))
         .env("TESSERA_CACERT", certs.join("ca.pem"))
         .env("TESSERA_CLIENT_CERT", certs.join("admin.pem"))
         .env("TESSERA_CLIENT_KEY", certs.join("admin.key"))
         .env_remove("TESSERA_TOKEN")
         .env_remove("TESSERA_KEY")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
+        .env_remove("TESSERA_ENROL_TOKEN")
+        .envs(env.iter().copied());
+    c
+}
+
+/// Runs `tessera <args>` as the bootstrap admin.
+fn run(server: &Server, args: &[&str], env: &[(&str, &str)]) -> Output {
+    command(server, args, env).output().unwrap()
 }
 
 fn ok(o: &Output) -> String {
@@ -92,12 +104,14 @@ async fn client_verbs_in_both_formats() {
         &[("TESSERA_KEY", &secret)],
     );
     assert_eq!(v["code"], "VALID");
-    let table = ok(&run(
+    let out = run(
         &server,
         &["keys", "verify", "--scope", "write"],
         &[("TESSERA_KEY", &secret)],
-    ));
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("INSUFFICIENT_SCOPES"), "{table}");
+    assert_eq!(out.status.code(), Some(3), "a verdict other than VALID");
 
     let rotated = json(&server, &["keys", "rotate", &id, "--grace", "60"], &[]);
     let new_id = rotated["id"].as_str().unwrap().to_owned();
@@ -165,7 +179,6 @@ async fn client_verbs_in_both_formats() {
             .unwrap()
             .contains("PRIVATE KEY")
     );
-    use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&key_out).unwrap().permissions().mode() & 0o777,
         0o600
@@ -282,4 +295,311 @@ async fn admin_cert_revokes_the_admin_credentials_it_replaces() {
     assert!(works(&server, &previous.0, &previous.1).await);
     server.admin().get("/v1/whoami").await.expect(200);
     assert!(!works(&server, &lost.0, &lost.1).await);
+}
+
+/// Issue 20: every file the command line writes may be given as a bare name, relative to the
+/// working directory. The atomic writer synced the bare name's parent, the empty path, and
+/// failed after writing (after spending the token, for `agent bootstrap`).
+#[tokio::test]
+async fn issue_20_output_files_given_as_bare_names() {
+    let home = Home::new();
+    let mut server = Server::start(&home);
+    let cwd = tempfile::tempdir().unwrap();
+    let here = |args: &[&str], env: &[(&str, &str)]| {
+        ok(&command(&server, args, env)
+            .current_dir(cwd.path())
+            .output()
+            .unwrap())
+    };
+    let file = |name: &str| std::fs::read_to_string(cwd.path().join(name)).unwrap();
+    let mode = |name: &str| {
+        std::fs::metadata(cwd.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+
+    here(&["backup", "--out", "today.backup"], &[]);
+    assert!(
+        std::fs::read(cwd.path().join("today.backup"))
+            .unwrap()
+            .starts_with(b"TESSERA-BACKUP")
+    );
+    assert_eq!(mode("today.backup"), 0o600);
+
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap();
+    std::fs::write(cwd.path().join("svc.csr"), csr.pem().unwrap()).unwrap();
+    here(
+        &[
+            "certs",
+            "issue",
+            "--identity",
+            "svc",
+            "--csr",
+            "svc.csr",
+            "--cert-out",
+            "svc.pem",
+        ],
+        &[],
+    );
+    assert_eq!(file("svc.pem").matches("BEGIN CERTIFICATE").count(), 2);
+
+    here(
+        &[
+            "certs",
+            "issue",
+            "--identity",
+            "gen",
+            "--generate",
+            "--key-out",
+            "gen.key",
+            "--cert-out",
+            "gen.pem",
+        ],
+        &[],
+    );
+    assert!(file("gen.key").contains("PRIVATE KEY"));
+    assert_eq!(mode("gen.key"), 0o600);
+    assert_eq!(file("gen.pem").matches("BEGIN CERTIFICATE").count(), 2);
+
+    // The agent's renewal writes both files (with --rekey).
+    let before = file("gen.pem");
+    here(
+        &[
+            "agent",
+            "--once",
+            "--rekey",
+            "--renew-at",
+            "0.0001",
+            "--cert",
+            "gen.pem",
+            "--key",
+            "gen.key",
+        ],
+        &[],
+    );
+    assert_ne!(file("gen.pem"), before, "renewed");
+    let me = server
+        .client(&cwd.path().join("gen.pem"), &cwd.path().join("gen.key"))
+        .get("/v1/whoami")
+        .await
+        .expect(200);
+    assert!(
+        me["identity"].as_str().unwrap().ends_with("/svc/gen"),
+        "{me}"
+    );
+
+    let token = server
+        .admin()
+        .post("/v1/enrolment-tokens", json!({"identity": "boot"}))
+        .await
+        .expect(201)["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    here(
+        &[
+            "agent",
+            "bootstrap",
+            "--identity",
+            "boot",
+            "--cert",
+            "boot.pem",
+            "--key",
+            "boot.key",
+        ],
+        &[("TESSERA_ENROL_TOKEN", &token)],
+    );
+    assert!(file("boot.key").contains("PRIVATE KEY"));
+    assert_eq!(mode("boot.key"), 0o600);
+    assert_eq!(file("boot.pem").matches("BEGIN CERTIFICATE").count(), 2);
+
+    // Offline, with the server stopped.
+    server.terminate();
+    let out = Command::new(BIN)
+        .args([
+            "bench-preload",
+            "--keys",
+            "2",
+            "--out",
+            "keys.txt",
+            "--data",
+        ])
+        .arg(home.data())
+        .arg("--certs")
+        .arg(home.certs())
+        .env_remove("TESSERA_MASTER_KEY")
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    ok(&out);
+    assert_eq!(file("keys.txt").lines().count(), 2);
+
+    // Nothing else was left behind (no temp files).
+    let mut names: Vec<String> = std::fs::read_dir(cwd.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "boot.key",
+            "boot.pem",
+            "gen.key",
+            "gen.pem",
+            "keys.txt",
+            "svc.csr",
+            "svc.pem",
+            "today.backup"
+        ]
+    );
+}
+
+/// Issue 20: a script can tell VALID from any other verdict, and a verdict from a failure to
+/// reach one, by the exit code alone: 0 VALID, 3 another verdict, 1 no verdict, 2 usage.
+#[tokio::test]
+async fn issue_20_exit_codes_tell_a_verdict() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let code = |args: &[&str], env: &[(&str, &str)]| {
+        let out = run(&server, args, env);
+        (
+            out.status.code().unwrap(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let api = admin.create_api("codes").await;
+    let (key_id, key) = admin.issue(&api, json!({"scopes": ["read"]})).await;
+    let verify_key = |scope: &str| {
+        code(
+            &["keys", "verify", "--scope", scope],
+            &[("TESSERA_KEY", &key)],
+        )
+    };
+    assert_eq!(verify_key("read").0, 0);
+    let (c, out) = verify_key("write");
+    assert_eq!((c, out.contains("INSUFFICIENT_SCOPES")), (3, true), "{out}");
+    let (c, out) = code(
+        &["keys", "verify"],
+        &[("TESSERA_KEY", "tsk_not_a_key_at_all")],
+    );
+    assert_eq!(c, 3, "NOT_FOUND is a verdict: {out}");
+    admin
+        .post(&format!("/v1/keys/{key_id}/revoke"), json!({}))
+        .await
+        .expect(200);
+    let (c, out) = verify_key("read");
+    assert_eq!((c, out.contains("REVOKED")), (3, true), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, cert_key, serial) =
+        crate::helpers::identity_files(&admin, dir.path(), "default", "coded").await;
+    let cert_arg = cert.to_str().unwrap();
+    assert_eq!(code(&["certs", "verify", cert_arg], &[]).0, 0);
+
+    // `agent --once` with a certificate that is not due: done, and it said so.
+    let agent = |extra: &[&str]| {
+        let mut args = vec![
+            "agent",
+            "--cert",
+            cert_arg,
+            "--key",
+            cert_key.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        code(&args, &[])
+    };
+    let (c, out) = agent(&["--once"]);
+    assert_eq!((c, out.contains("not due")), (0, true), "{out}");
+    // Not due and the server cannot be asked: nothing needed it yet, so a warning, not a
+    // failed cron job.
+    let mut args = vec!["agent", "--once", "--cert", cert_arg, "--key"];
+    args.push(cert_key.to_str().unwrap());
+    let (c, out) = code(&args, &[("TESSERA_ADDR", "https://localhost:1")]);
+    assert_eq!(c, 0, "{out}");
+    assert!(
+        out.contains("could not check") && out.contains("not due"),
+        "{out}"
+    );
+
+    admin
+        .post(&format!("/v1/certs/{serial}/revoke"), json!({}))
+        .await
+        .expect(200);
+    let (c, out) = code(&["certs", "verify", cert_arg], &[]);
+    assert_eq!((c, out.contains("REVOKED")), (3, true), "{out}");
+    // Revoked but not due: the agent finds out at once (with --once, and when it starts),
+    // instead of "not due yet" and 0, or sleeping until a renewal that will fail.
+    for extra in [&["--once"][..], &[][..]] {
+        let (c, out) = agent(extra);
+        assert_eq!(c, 3, "{out}");
+        assert!(out.contains("revoked"), "{out}");
+        assert!(!out.contains("not due"), "{out}");
+    }
+
+    // No verdict: the command line is wrong, or the server cannot be reached.
+    assert_eq!(code(&["certs", "verify"], &[]).0, 2);
+    let nowhere = [("TESSERA_ADDR", "https://localhost:1")];
+    let (c, out) = code(&["keys", "verify"], &[nowhere[0], ("TESSERA_KEY", &key)]);
+    assert_eq!(c, 1, "{out}");
+    let (c, out) = code(&["certs", "verify", cert_arg], &nowhere);
+    assert_eq!(c, 1, "{out}");
+}
+
+/// Issue 20: logs carry ANSI colour codes only for a person at a terminal, and never with
+/// `NO_COLOR` set; a log file, a pipe or journald gets plain text.
+#[tokio::test]
+async fn issue_20_logs_have_colour_only_at_a_terminal() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = crate::helpers::identity_files(&admin, dir.path(), "default", "tty").await;
+    server.anonymous().get("/v1/apis").await.expect(401);
+    let log = std::fs::read_to_string(home.log()).unwrap();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(!log.contains('\x1b'), "the server's log file: {log:?}");
+
+    let agent = format!(
+        "{BIN} agent --once --cert {} --key {}",
+        cert.display(),
+        key.display()
+    );
+    let out = run(
+        &server,
+        &[
+            "agent",
+            "--once",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let piped = String::from_utf8_lossy(&out.stderr);
+    assert!(piped.contains("not due"), "{piped}");
+    assert!(!piped.contains('\x1b'), "a pipe: {piped:?}");
+    // At a terminal (`script` runs it on a pseudo-terminal): colours, unless NO_COLOR.
+    let at_a_terminal = |no_color: &[(&str, &str)]| {
+        let script = Command::new("script");
+        let mut c = as_admin(script, &server, &["-qec", &agent, "/dev/null"], no_color);
+        let out = c.stdin(std::process::Stdio::null()).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let tty = at_a_terminal(&[("NO_COLOR", "")]);
+    assert!(tty.contains("not due") && tty.contains('\x1b'), "{tty:?}");
+    let tty = at_a_terminal(&[("NO_COLOR", "1")]);
+    assert!(tty.contains("not due") && !tty.contains('\x1b'), "{tty:?}");
 }

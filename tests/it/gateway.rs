@@ -455,7 +455,7 @@ async fn authorization_as_the_key_header_carries_the_end_clients_key() {
 }
 
 /// nginx, started in its own process group and killed with it.
-struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
     addr: SocketAddr,
     dir: PathBuf,
@@ -464,7 +464,7 @@ struct Nginx {
 impl Nginx {
     /// Starts nginx; `None` if it exits at once (its port was taken meanwhile: the caller
     /// tries another).
-    fn start(dir: &Path, conf: &str, addr: SocketAddr) -> Option<Self> {
+    pub(crate) fn start(dir: &Path, conf: &str, addr: SocketAddr) -> Option<Self> {
         use std::os::unix::process::CommandExt;
         let path = dir.join("nginx.conf");
         fs::write(&path, conf).unwrap();

@@ -283,8 +283,12 @@ impl Api {
         Self { http, base }
     }
 
-    /// A JSON request with any method, like [`Api::send`], but a transport failure is `None`
-    /// (the server may be gone).
+    /// Like [`Api::send`], but a transport failure is `None` (the server may be gone).
+    pub async fn try_post(&self, path: &str, body: Value) -> Option<Resp> {
+        self.try_call(reqwest::Method::POST, path, body).await
+    }
+
+    /// [`Api::try_post`] with any method.
     pub async fn try_call(&self, method: reqwest::Method, path: &str, body: Value) -> Option<Resp> {
         let r = self
             .http

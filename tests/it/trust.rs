@@ -253,7 +253,7 @@ async fn a_rotation_chain_shares_one_rate_limit() {
 }
 
 /// Every audit entry after `after` (the global admin's view).
-async fn entries_after(admin: &crate::helpers::Api, after: u64) -> Vec<serde_json::Value> {
+pub async fn entries_after(admin: &crate::helpers::Api, after: u64) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     let mut after = after;
     loop {
@@ -270,7 +270,7 @@ async fn entries_after(admin: &crate::helpers::Api, after: u64) -> Vec<serde_jso
     }
 }
 
-async fn head(admin: &crate::helpers::Api) -> u64 {
+pub async fn head(admin: &crate::helpers::Api) -> u64 {
     entries_after(admin, 0)
         .await
         .last()
@@ -278,7 +278,7 @@ async fn head(admin: &crate::helpers::Api) -> u64 {
 }
 
 /// The count a tally entry carries in its detail (`refused N times ...`).
-fn tally(e: &serde_json::Value) -> u64 {
+pub fn tally(e: &serde_json::Value) -> u64 {
     e["detail"]
         .as_str()
         .and_then(|d| d.strip_prefix("refused "))

@@ -6,8 +6,8 @@ mod principal;
 
 pub use body::{Json, MAX_JSON_DEPTH, OptionalJson, Query, parse_json};
 pub use principal::{
-    Authenticated, AuthenticatedCert, AuthenticatedConnection, PeerCert, PrincipalName,
-    RateLimitInfo,
+    AuthRefusal, Authenticated, AuthenticatedCert, AuthenticatedConnection, PeerCert,
+    PrincipalName, RateLimitInfo, refuse,
 };
 
 use std::sync::Arc;

@@ -93,7 +93,10 @@ impl FromRequest for AuthenticatedCert {
                 (p, Some(c)) if matches!(p.credential, Credential::Cert { .. }) => {
                     Ok(AuthenticatedCert(p, c))
                 }
-                _ => Err(ApiError::Unauthenticated),
+                _ => {
+                    refuse(&req, "this route takes a client certificate only", None);
+                    Err(ApiError::Unauthenticated)
+                }
             }
         })
     }
@@ -123,12 +126,30 @@ impl FromRequest for AuthenticatedConnection {
                 if req.headers().contains_key(header::AUTHORIZATION) {
                     throttle_source(&req, state)?;
                 }
+                refuse(&req, "no client certificate", None);
                 return Err(ApiError::Unauthenticated);
             };
             let principal = cert_principal(&req, state, &core, peer, state.clock.now()).await?;
             admit(&req, state, principal).map(AuthenticatedConnection)
         })
     }
+}
+
+/// Why a request is refused with the uniform 401, left in the request for its log line: a
+/// reason in words and the serial of the certificate refused, if one was. Never the credential
+/// itself; never in the response.
+#[derive(Clone, Debug)]
+pub struct AuthRefusal {
+    pub reason: String,
+    pub serial: Option<Serial>,
+}
+
+/// Notes why `req` is refused (see [`AuthRefusal`]).
+pub fn refuse(req: &HttpRequest, reason: impl Into<String>, serial: Option<&Serial>) {
+    req.extensions_mut().insert(AuthRefusal {
+        reason: reason.into(),
+        serial: serial.cloned(),
+    });
 }
 
 /// The authenticated principal's name, left in the request for the audit middleware.
@@ -160,12 +181,16 @@ async fn authenticate(req: &HttpRequest) -> Result<(Principal, Option<PeerCert>)
                     if let Some(ip) = source {
                         state.guard.failed(ip, "bearer root key refused");
                     }
+                    refuse(req, "bearer root key refused", None);
                     return Err(ApiError::Unauthenticated);
                 }
             }
         }
         None => {
-            let peer = peer.as_ref().ok_or(ApiError::Unauthenticated)?;
+            let Some(peer) = peer.as_ref() else {
+                refuse(req, "no credential", None);
+                return Err(ApiError::Unauthenticated);
+            };
             cert_principal(req, state, &core, peer, now).await?
         }
     };
@@ -183,15 +208,31 @@ async fn cert_principal(
     peer: &PeerCert,
     now: Timestamp,
 ) -> Result<Principal, ApiError> {
-    let usable = peer.not_after > now && !core.pki().is_revoked(&peer.serial);
+    // Revocation unknown (a node behind other nodes' changes that cannot read the store):
+    // refused as unavailable, not as unauthenticated.
+    let revoked = core.pki().is_revoked_now(&peer.serial).await?;
     let id = peer
         .uri
         .as_deref()
         .and_then(|u| SpiffeId::parse(u, &state.config.trust_domain).ok());
-    let Some(id) = id.filter(|_| usable) else {
+    let refusal = if peer.not_after <= now {
+        Some("client certificate expired")
+    } else if revoked {
+        Some("client certificate revoked")
+    } else if id.is_none() {
+        Some("client certificate names no identity of this trust domain")
+    } else {
+        None
+    };
+    let (None, Some(id)) = (refusal, id) else {
         if let Some(ip) = state.guard.source(req) {
             state.guard.failed(ip, "client certificate refused");
         }
+        refuse(
+            req,
+            refusal.unwrap_or("client certificate refused"),
+            Some(&peer.serial),
+        );
         return Err(ApiError::Unauthenticated);
     };
     Ok(core

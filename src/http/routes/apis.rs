@@ -45,10 +45,18 @@ pub async fn create(
     }
     state
         .idempotency
-        .run(&auth.0.name(), req.path(), idem, digest, || async {
-            let api = core.keys().create_api(&*audit, tenant, input, now).await?;
-            Reply::json(StatusCode::CREATED, &api)
-        })
+        .run(
+            &core,
+            &auth.0.name(),
+            req.path(),
+            idem,
+            digest,
+            now,
+            || async {
+                let api = core.keys().create_api(&*audit, tenant, input, now).await?;
+                Reply::json(StatusCode::CREATED, &api)
+            },
+        )
         .await
 }
 

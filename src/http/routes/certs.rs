@@ -193,17 +193,25 @@ pub async fn issue(
     let ceiling = Ceiling::from_bits(auth.0.ceiling().bits());
     state
         .idempotency
-        .run(&auth.0.name(), req.path(), idem, digest, || async {
-            let (issued, private_key) = core
-                .pki()
-                .issue_service(&*audit, tenant, b.identity, key, ttl, ceiling, now)
-                .await?;
-            metrics::CERTS_ISSUED.inc();
-            Reply::json(
-                StatusCode::CREATED,
-                &issued_body(&issued, private_key.as_ref().map(|k| k.expose())),
-            )
-        })
+        .run(
+            &core,
+            &auth.0.name(),
+            req.path(),
+            idem,
+            digest,
+            now,
+            || async {
+                let (issued, private_key) = core
+                    .pki()
+                    .issue_service(&*audit, tenant, b.identity, key, ttl, ceiling, now)
+                    .await?;
+                metrics::CERTS_ISSUED.inc();
+                Reply::json(
+                    StatusCode::CREATED,
+                    &issued_body(&issued, private_key.as_ref().map(|k| k.expose())),
+                )
+            },
+        )
         .await
 }
 
@@ -227,7 +235,9 @@ pub async fn renew(
     // The bootstrap admin credential is never issued (or renewed) through the API.
     if matches!(&principal.credential, Credential::Cert { id, .. } if id.identity == Identity::Admin)
     {
-        return Err(ApiError::Forbidden);
+        return Err(ApiError::refused(
+            "the bootstrap admin credential is never renewed through the API",
+        ));
     }
     let b = body.0.value;
     let issued = core
@@ -368,9 +378,10 @@ pub async fn verify(
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     let scope = authorize(&auth.0, Permission::CertsVerify)?;
-    let verdict =
-        core.pki()
-            .verify_certificate(&scope, &body.value.certificate, state.clock.now())?;
+    let verdict = core
+        .pki()
+        .verify_certificate_now(&scope, &body.value.certificate, state.clock.now())
+        .await?;
     metrics::CERT_VERIFY
         .with_label_values(&[verdict.code.as_str()])
         .inc();
@@ -495,6 +506,7 @@ pub async fn enrol(
             if let Some(ip) = source {
                 state.guard.failed(ip, "enrolment token refused");
             }
+            crate::http::extract::refuse(&req, "enrolment token refused", None);
             Err(ApiError::Unauthenticated)
         }
     }

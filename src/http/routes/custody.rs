@@ -66,7 +66,7 @@ fn admin_only(auth: &Authenticated) -> Result<(), ApiError> {
     if auth.0.is_global_admin() {
         Ok(())
     } else {
-        Err(ApiError::Forbidden)
+        Err(ApiError::global_admin_only())
     }
 }
 

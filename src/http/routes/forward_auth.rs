@@ -40,9 +40,10 @@ use crate::{
     crypto::secret::SecretString,
     http::{
         error::ApiError,
-        extract::{AuthenticatedConnection, Query},
+        extract::{self, AuthenticatedConnection, Query},
         state::AppState,
     },
+    identity::Serial,
     ids::{ApiId, KeyId, TenantName},
     keys::{
         CallerIdentity, Code, VerifyRequest,
@@ -162,7 +163,7 @@ async fn decide(
     let key = end_client_key(headers, &fa.key_header);
     let cert = header(headers, &fa.cert_header);
     if key.is_none() && cert.is_none() {
-        return Ok(deny(StatusCode::UNAUTHORIZED));
+        return Ok(refuse(&req, "end client: no key and no certificate", None));
     }
 
     let mut allowed = HttpResponse::NoContent();
@@ -174,18 +175,21 @@ async fn decide(
     if let Some(escaped) = cert {
         let scope = authorize(&auth.0, Permission::CertsVerify)?;
         let Some(pem) = unescape_pem(escaped) else {
-            return Ok(deny(StatusCode::UNAUTHORIZED));
+            return Ok(refuse(&req, "end client's certificate: not PEM", None));
         };
-        let verdict = match core.pki().verify_certificate(&scope, &pem, now) {
+        let verdict = match core.pki().verify_certificate_now(&scope, &pem, now).await {
             Ok(v) => v,
-            Err(PkiError::Invalid { .. }) => return Ok(deny(StatusCode::UNAUTHORIZED)),
+            Err(PkiError::Invalid { .. }) => {
+                return Ok(refuse(&req, "end client's certificate: malformed", None));
+            }
             Err(e) => return Err(e.into()),
         };
         metrics::CERT_VERIFY
             .with_label_values(&[verdict.code.as_str()])
             .inc();
         let (true, Some(identity)) = (verdict.valid, verdict.identity) else {
-            return Ok(deny(StatusCode::UNAUTHORIZED));
+            let reason = format!("end client's certificate: {}", verdict.code.as_str());
+            return Ok(refuse(&req, reason, verdict.serial.as_ref()));
         };
         let leaf = pki::parse_pem_certs(&pem, pki::verify::MAX_CHAIN)
             .ok()
@@ -202,7 +206,7 @@ async fn decide(
     if let Some(key) = key {
         let scope = authorize(&auth.0, Permission::KeysVerify)?;
         if key.len() > MAX_KEY_FIELD {
-            return Ok(deny(StatusCode::UNAUTHORIZED));
+            return Ok(refuse(&req, "end client's key: too long", None));
         }
         let request = VerifyRequest {
             key: SecretString::new(key.to_owned()),
@@ -232,11 +236,15 @@ async fn decide(
             | Code::Revoked
             | Code::Expired
             | Code::Disabled
-            | Code::IdentityMismatch => return Ok(deny(StatusCode::UNAUTHORIZED)),
+            | Code::IdentityMismatch => {
+                let reason = format!("end client's key: {}", verdict.code.as_str());
+                return Ok(refuse(&req, reason, None));
+            }
         }
         // A certificate and a key of two tenants are not one client.
         if cert_tenant.is_some_and(|t| t != verdict.tenant) {
-            return Ok(deny(StatusCode::UNAUTHORIZED));
+            let reason = "end client's certificate and key are of two tenants";
+            return Ok(refuse(&req, reason, None));
         }
         if let Some(id) = &verdict.key_id {
             allowed.insert_header((KEY_ID, id.as_str()));
@@ -253,6 +261,12 @@ async fn decide(
         }
     }
     Ok(allowed.finish())
+}
+
+/// An end client's credential refused: the empty 401, and the reason for the log line.
+fn refuse(req: &HttpRequest, reason: impl Into<String>, serial: Option<&Serial>) -> HttpResponse {
+    extract::refuse(req, reason, serial);
+    deny(StatusCode::UNAUTHORIZED)
 }
 
 /// A refusal: the status alone.

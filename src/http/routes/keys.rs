@@ -88,20 +88,28 @@ pub async fn create(
     let now = state.clock.now();
     state
         .idempotency
-        .run(&auth.0.name(), req.path(), idem, body.digest, || async {
-            let (view, secret) = core
-                .keys()
-                .issue_key(&*audit, &scope, api_id, body.value, now)
-                .await?;
-            metrics::KEYS_ISSUED.inc();
-            Reply::json(
-                StatusCode::CREATED,
-                &WithSecret {
-                    view: &view,
-                    key: secret.expose(),
-                },
-            )
-        })
+        .run(
+            &core,
+            &auth.0.name(),
+            req.path(),
+            idem,
+            body.digest,
+            now,
+            || async {
+                let (view, secret) = core
+                    .keys()
+                    .issue_key(&*audit, &scope, api_id, body.value, now)
+                    .await?;
+                metrics::KEYS_ISSUED.inc();
+                Reply::json(
+                    StatusCode::CREATED,
+                    &WithSecret {
+                        view: &view,
+                        key: secret.expose(),
+                    },
+                )
+            },
+        )
         .await
 }
 
@@ -217,20 +225,28 @@ pub(super) async fn rotate_in(
     let body = body.0;
     state
         .idempotency
-        .run(&auth.0.name(), req.path(), idem, body.digest, || async {
-            let (view, secret) = core
-                .keys()
-                .rotate_key(&**audit, scope, kind, id, body.value, now)
-                .await?;
-            metrics::KEYS_ISSUED.inc();
-            let key = secret.expose();
-            if kind == KeyKind::Root {
-                let view = &super::rootkeys::RootKeyView::from(&view);
-                Reply::json(StatusCode::CREATED, &WithSecret { view, key })
-            } else {
-                Reply::json(StatusCode::CREATED, &WithSecret { view: &view, key })
-            }
-        })
+        .run(
+            &core,
+            &auth.0.name(),
+            req.path(),
+            idem,
+            body.digest,
+            now,
+            || async {
+                let (view, secret) = core
+                    .keys()
+                    .rotate_key(&**audit, scope, kind, id, body.value, now)
+                    .await?;
+                metrics::KEYS_ISSUED.inc();
+                let key = secret.expose();
+                if kind == KeyKind::Root {
+                    let view = &super::rootkeys::RootKeyView::from(&view);
+                    Reply::json(StatusCode::CREATED, &WithSecret { view, key })
+                } else {
+                    Reply::json(StatusCode::CREATED, &WithSecret { view: &view, key })
+                }
+            },
+        )
         .await
 }
 

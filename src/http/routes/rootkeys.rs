@@ -138,19 +138,27 @@ pub async fn create(
     };
     state
         .idempotency
-        .run(&auth.0.name(), req.path(), idem, digest, || async {
-            let (view, secret) = core
-                .keys()
-                .issue_root_key(&*audit, &tenant, input, now)
-                .await?;
-            Reply::json(
-                StatusCode::CREATED,
-                &WithSecret {
-                    view: &RootKeyView::from(&view),
-                    key: secret.expose(),
-                },
-            )
-        })
+        .run(
+            &core,
+            &auth.0.name(),
+            req.path(),
+            idem,
+            digest,
+            now,
+            || async {
+                let (view, secret) = core
+                    .keys()
+                    .issue_root_key(&*audit, &tenant, input, now)
+                    .await?;
+                Reply::json(
+                    StatusCode::CREATED,
+                    &WithSecret {
+                        view: &RootKeyView::from(&view),
+                        key: secret.expose(),
+                    },
+                )
+            },
+        )
         .await
 }
 

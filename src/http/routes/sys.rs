@@ -69,7 +69,12 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 pub async fn metrics(auth: Authenticated) -> Result<HttpResponse, ApiError> {
     match authorize(&auth.0, Permission::MetricsRead)? {
         crate::ids::TenantScope::All => Ok(metrics_response()),
-        crate::ids::TenantScope::One(_) => Err(ApiError::Forbidden),
+        // Metrics span every tenant: a tenant's metrics:read does not open them.
+        crate::ids::TenantScope::One(_) => Err(ApiError::Forbidden {
+            message: "not allowed: this needs the permission metrics:read in the global scope"
+                .into(),
+            permission: Some(crate::access::Permission::MetricsRead.as_str()),
+        }),
     }
 }
 

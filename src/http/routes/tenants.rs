@@ -41,7 +41,7 @@ pub async fn create(
     let core = state.core()?;
     authorize(&auth.0, Permission::Admin)?;
     if !auth.0.is_global_admin() {
-        return Err(ApiError::Forbidden);
+        return Err(ApiError::global_admin_only());
     }
     let t = core
         .access()

@@ -8,22 +8,16 @@
 //! ```
 
 use crate::sync::Locked;
-use std::{collections::BTreeMap, sync::Arc};
-
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use super::{SledDb, SledStore, envelope, io, layout::meta_key};
+use crate::store::engine::{NEXT_KEYRING, decode_keyring, encode_keyring};
 use crate::{
-    crypto::{
-        hex,
-        keyring::{Keyring, MasterKey, WrappedKeyring},
-    },
+    crypto::keyring::{Keyring, MasterKey, WrappedKeyring},
     store::StoreError,
 };
 
 const KEYRING_KEY: &[u8] = b"m/keyring";
-/// A keyring wrapped by the next master key, during a master-key rotation.
-const NEXT_KEYRING: &str = "keyring_next";
 
 impl SledDb {
     /// Whether the database holds a keyring (it was initialised).
@@ -72,35 +66,6 @@ impl SledDb {
         self.db.apply_batch(b).map_err(io)?;
         self.db.flush().map_err(io)?;
         Ok(())
-    }
-
-    /// Unwraps the keyring with `master`, finishing or abandoning an interrupted master-key
-    /// rotation: if only the staged keyring opens with this key, the rotation got as far as
-    /// switching keys and is completed; if the current one opens, a staged one is dropped.
-    pub(super) fn unwrap_keyring(&self, master: &MasterKey) -> Result<Option<Keyring>, StoreError> {
-        let Some(wrapped) = self.wrapped_keyring()? else {
-            return Ok(None);
-        };
-        let staged = self.meta(NEXT_KEYRING)?.and_then(|b| decode_keyring(&b));
-        match Keyring::unwrap(master, &wrapped) {
-            Ok(ring) => {
-                if staged.is_some() {
-                    self.delete_meta(NEXT_KEYRING)?;
-                }
-                Ok(Some(ring))
-            }
-            Err(crate::crypto::CryptoError::Tampered) => {
-                let ring = staged
-                    .and_then(|s| Keyring::unwrap(master, &s).ok())
-                    .ok_or(StoreError::WrongMasterKey)?;
-                self.promote_keyring(None)?;
-                Ok(Some(ring))
-            }
-            Err(_) => Err(StoreError::Corrupt {
-                kind: "keyring",
-                id: String::new(),
-            }),
-        }
     }
 
     /// Creates the keyring of a fresh database, wrapped by `master`. Not flushed: the caller
@@ -206,50 +171,10 @@ fn install(store: &SledStore, ring: Keyring) {
     *store.shared.keyring.write_locked() = Arc::new(ring);
 }
 
-/// The keyring as stored at `m/keyring` (and staged at `m/keyring_next`): JSON with every
-/// wrapped key in hex, the data keys by version,
-/// `{"current":2,"data_keys":{"1":"<hex>","2":"<hex>"},"pepper":"<hex>"}`.
-/// Unknown fields are ignored; every listed one is required.
-#[derive(Serialize, Deserialize)]
-struct StoredKeyring {
-    current: u32,
-    data_keys: BTreeMap<u32, String>,
-    pepper: String,
-}
-
-fn encode_keyring(w: &WrappedKeyring) -> Result<Vec<u8>, StoreError> {
-    let stored = StoredKeyring {
-        current: w.current,
-        data_keys: w
-            .data_keys
-            .iter()
-            .map(|(v, k)| (*v, hex::encode(k)))
-            .collect(),
-        pepper: hex::encode(&w.pepper),
-    };
-    serde_json::to_vec(&stored).map_err(|_| StoreError::Corrupt {
-        kind: "keyring",
-        id: "encoding".into(),
-    })
-}
-
-fn decode_keyring(bytes: &[u8]) -> Option<WrappedKeyring> {
-    let stored: StoredKeyring = serde_json::from_slice(bytes).ok()?;
-    let data_keys = stored
-        .data_keys
-        .iter()
-        .map(|(v, k)| Some((*v, hex::decode(k)?)))
-        .collect::<Option<_>>()?;
-    Some(WrappedKeyring {
-        current: stored.current,
-        data_keys,
-        pepper: hex::decode(&stored.pepper)?,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::hex;
     use crate::store::sled::{SledOptions, tests::open};
 
     /// The hand-written codec this one replaced, as it was, to hold the new one to its

@@ -5,8 +5,7 @@
 use super::io;
 use crate::{crypto::keyring::Keyring, store::StoreError};
 
-/// The data format this build writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub use crate::store::engine::FORMAT_VERSION;
 
 /// Upgrades from older formats, in order: entry `(n, f)` turns format `n` into `n + 1`.
 /// Each must be idempotent, since a crash may interrupt it before the version is bumped.

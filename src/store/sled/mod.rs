@@ -25,10 +25,11 @@ use std::{
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::{
-    Batch, Expect, IndexEntry, IndexName, Kind, Op, Rev, Store, StoreAdmin, StoreError,
-    StoreFuture, Stored, envelope, log,
+    Batch, IndexEntry, IndexName, Kind, Op, Rev, Store, StoreAdmin, StoreError, StoreFuture,
+    Stored, envelope, log,
 };
 use crate::crypto::keyring::{Keyring, MasterKey, WrappedKeyring};
+use crate::store::engine::{holds, next_rev};
 
 pub use super::RawEntry;
 use layout::{head_key, index_key, meta_key, range, record_key};
@@ -138,7 +139,7 @@ impl SledDb {
     /// store that can read and write records.
     pub fn unseal(&self, master: &MasterKey) -> Result<(SledStore, Arc<Keyring>), StoreError> {
         let db = self.db.clone();
-        let keyring = match self.unwrap_keyring(master)? {
+        let keyring = match crate::store::engine::unwrap_keyring(self, master)? {
             Some(ring) => ring,
             None => {
                 let ring = self.create_keyring(master)?;
@@ -284,28 +285,6 @@ impl SledStore {
     }
 }
 
-/// Whether a record's current sealed value satisfies `expect`.
-fn holds(current: Option<&[u8]>, expect: Expect) -> bool {
-    match expect {
-        Expect::Any => true,
-        Expect::Absent => current.is_none(),
-        Expect::Rev(r) => current.and_then(envelope::rev_of) == Some(r),
-    }
-}
-
-/// The revision a write gets, or `None` if its condition fails.
-fn next_rev(current: Option<&[u8]>, expect: Expect) -> Option<Rev> {
-    let current_rev = current.map(|c| envelope::rev_of(c).unwrap_or(Rev(0)));
-    match (expect, current_rev) {
-        (Expect::Absent, None) => Some(Rev(1)),
-        (Expect::Absent, Some(_)) => None,
-        (Expect::Rev(want), Some(have)) if want == have => Some(Rev(have.0 + 1)),
-        (Expect::Rev(_), _) => None,
-        (Expect::Any, None) => Some(Rev(1)),
-        (Expect::Any, Some(have)) => Some(Rev(have.0 + 1)),
-    }
-}
-
 impl Store for SledStore {
     fn get<'a>(&'a self, kind: Kind, id: &'a str) -> StoreFuture<'a, Option<Stored>> {
         Box::pin(async move {
@@ -425,6 +404,53 @@ impl Store for SledStore {
     fn healthy(&self) -> bool {
         self.shared.healthy.load(Ordering::SeqCst)
     }
+
+    fn update<'a>(
+        &'a self,
+        kind: Kind,
+        id: &'a str,
+        durable: bool,
+        change: super::Change,
+    ) -> StoreFuture<'a, crate::crypto::secret::SecretBytes> {
+        Box::pin(async move {
+            // sled may re-run the transaction closure (a `Fn`): the change is called again then.
+            let change = std::sync::Mutex::new(change);
+            let key = record_key(kind, id);
+            let nonce = crate::crypto::random::bytes().map_err(|_| StoreError::Crypto)?;
+            let result = {
+                let _shared = self.shared.gate.read_locked();
+                let keyring = self.keyring();
+                self.shared.db.transaction(|tx| {
+                    let current = tx.get(&key)?;
+                    let (rev, plain) = match &current {
+                        Some(sealed) => {
+                            let (rev, p) = envelope::open(&keyring, kind, id, sealed)
+                                .map_err(ConflictableTransactionError::Abort)?;
+                            (Rev(rev.0 + 1), Some(p))
+                        }
+                        None => (Rev(1), None),
+                    };
+                    let next = (change.write_locked())(plain.as_ref().map(|p| p.expose()))
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    let sealed = envelope::seal(&keyring, kind, id, rev, nonce, &next);
+                    tx.insert(key.as_slice(), sealed)?;
+                    Ok(crate::crypto::secret::SecretBytes::new(next))
+                })
+            };
+            let next = match result {
+                Ok(next) => next,
+                Err(TransactionError::Abort(e)) => return Err(e),
+                Err(TransactionError::Storage(e)) => {
+                    self.shared.healthy.store(false, Ordering::SeqCst);
+                    return Err(io(e));
+                }
+            };
+            if durable {
+                self.durable().await?;
+            }
+            Ok(next)
+        })
+    }
 }
 
 impl StoreAdmin for SledStore {
@@ -479,6 +505,11 @@ impl super::Database for SledDb {
     fn import(&self, entries: &[RawEntry]) -> Result<(), StoreError> {
         SledDb::import(self, entries)
     }
+    fn wipe(&self) -> Result<(), StoreError> {
+        self.db.clear().map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
     fn wrapped_keyring(&self) -> Result<Option<WrappedKeyring>, StoreError> {
         SledDb::wrapped_keyring(self)
     }
@@ -502,6 +533,7 @@ impl super::Database for SledDb {
 mod tests {
     use super::*;
     use crate::crypto::secret::SecretBytes;
+    use crate::store::Expect;
 
     pub(super) const K: Kind = Kind("thing");
     const I: IndexName = IndexName("things_by_x");

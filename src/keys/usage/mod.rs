@@ -14,6 +14,8 @@
 //! The table is bounded: past [`MAX_ENTRIES`] keys, counters already on disk are dropped from
 //! memory and read back on the key's next use.
 
+mod shared;
+
 use crate::sync::Locked;
 use std::{
     collections::{HashMap, HashSet},
@@ -158,6 +160,42 @@ fn take_rate(
     }))
 }
 
+/// Spends one use of the counters `e`: the rate limit first (RATE_LIMITED outranks
+/// USAGE_EXCEEDED), then the quota, refilled when due; the answer is counted. Returns the
+/// outcome and whether the quota changed (statistics always do).
+fn spend_one(e: &mut UsageRecord, limits: &Limits, now: Timestamp) -> (Spend, bool) {
+    let mut quota_changed = apply_refill(e, limits, now);
+    let ratelimit = match take_rate(e, limits, now) {
+        Ok(r) => r,
+        Err(state) => {
+            count(e, "RATE_LIMITED");
+            return (Spend::RateLimited(state), quota_changed);
+        }
+    };
+    let remaining = match e.remaining {
+        Some(0) => {
+            count(e, "USAGE_EXCEEDED");
+            return (Spend::Exhausted { ratelimit }, quota_changed);
+        }
+        Some(n) => {
+            e.remaining = Some(n - 1);
+            quota_changed = true;
+            Some(n - 1)
+        }
+        None => None,
+    };
+    e.last_used_at = Some(now);
+    e.valid_count += 1;
+    count(e, "VALID");
+    (
+        Spend::Ok {
+            remaining,
+            ratelimit,
+        },
+        quota_changed,
+    )
+}
+
 /// Statistics-only changes written per periodic flush, at most.
 pub const STATS_PER_FLUSH: usize = 2000;
 /// Records per durable batch.
@@ -176,17 +214,21 @@ struct Table {
     trims: u64,
 }
 
-/// The in-memory counters and their persistence.
+/// The in-memory counters and their persistence; on a shared database, the counters in the
+/// database (see shared.rs).
 pub struct Usage {
     store: Arc<dyn Store>,
     table: Mutex<Table>,
     /// Serialises flushes, so a later snapshot is never overwritten by an earlier one.
     flushing: tokio::sync::Mutex<()>,
+    /// Set when other processes write the store too: the counters live in the database.
+    shared: Option<shared::Shared>,
 }
 
 impl Usage {
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self {
+            shared: store.shared().then(|| shared::Shared::new(store.clone())),
             store,
             table: Mutex::new(Table::default()),
             flushing: tokio::sync::Mutex::new(()),
@@ -233,6 +275,9 @@ impl Usage {
         limits: &Limits,
         now: Timestamp,
     ) -> Result<Spend, StoreError> {
+        if let Some(shared) = &self.shared {
+            return shared.spend(id, limits, now).await;
+        }
         let mut t = self.loaded(id).await?;
         let Table {
             entries,
@@ -243,38 +288,12 @@ impl Usage {
         let Some(e) = entries.get_mut(id) else {
             return Ok(Spend::Exhausted { ratelimit: None });
         };
-        if apply_refill(e, limits, now) {
+        let (spend, quota_changed) = spend_one(e, limits, now);
+        if quota_changed {
             mark(dirty, id);
         }
-        let ratelimit = match take_rate(e, limits, now) {
-            Ok(r) => r,
-            Err(state) => {
-                count(e, "RATE_LIMITED");
-                mark(stats, id);
-                return Ok(Spend::RateLimited(state));
-            }
-        };
-        let remaining = match e.remaining {
-            Some(0) => {
-                count(e, "USAGE_EXCEEDED");
-                mark(stats, id);
-                return Ok(Spend::Exhausted { ratelimit });
-            }
-            Some(n) => {
-                e.remaining = Some(n - 1);
-                mark(dirty, id);
-                Some(n - 1)
-            }
-            None => None,
-        };
-        e.last_used_at = Some(now);
-        e.valid_count += 1;
-        count(e, "VALID");
         mark(stats, id);
-        Ok(Spend::Ok {
-            remaining,
-            ratelimit,
-        })
+        Ok(spend)
     }
 
     /// Counts an answer other than VALID about the key; returns its quota left.
@@ -285,6 +304,9 @@ impl Usage {
         limits: &Limits,
         now: Timestamp,
     ) -> Result<Option<u64>, StoreError> {
+        if let Some(shared) = &self.shared {
+            return shared.note(id, code, limits, now).await;
+        }
         let mut t = self.loaded(id).await?;
         let Table {
             entries,
@@ -307,6 +329,9 @@ impl Usage {
     /// The counters are the key's rotation chain's ([`Key::budget_id`]).
     pub async fn current(&self, key: &Key, now: Timestamp) -> Result<UsageRecord, StoreError> {
         let id = key.budget_id();
+        if let Some(shared) = &self.shared {
+            return shared.current(id, &Limits::of(key), now).await;
+        }
         let mut t = self.loaded(id).await?;
         let Table { entries, dirty, .. } = &mut *t;
         let Some(e) = entries.get_mut(id) else {
@@ -327,6 +352,9 @@ impl Usage {
         remaining: Option<Option<u64>>,
         refill_from: Option<Timestamp>,
     ) -> Result<(), StoreError> {
+        if let Some(shared) = &self.shared {
+            return shared.set_quota(id, remaining, refill_from).await;
+        }
         {
             let mut t = self.loaded(id).await?;
             if let Some(e) = t.entries.get_mut(id) {
@@ -344,8 +372,12 @@ impl Usage {
         self.flush_locked(0).await
     }
 
-    /// Drops a key's counters from memory (its records were removed).
+    /// Drops a key's counters from memory (its records were removed, or another node
+    /// changed them).
     pub fn forget(&self, id: &KeyId) {
+        if let Some(shared) = &self.shared {
+            shared.forget(id);
+        }
         let mut t = self.table();
         t.entries.remove(id);
         t.dirty.remove(id);
@@ -355,6 +387,9 @@ impl Usage {
     /// Persists every changed counter, statistics included (at shutdown or sealing).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.flushing.lock().await;
+        if let Some(shared) = &self.shared {
+            return shared.flush().await;
+        }
         self.flush_locked(usize::MAX).await
     }
 
@@ -363,6 +398,9 @@ impl Usage {
     /// [`MAX_ENTRIES`].
     pub async fn flush_quotas(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.flushing.lock().await;
+        if let Some(shared) = &self.shared {
+            return shared.flush().await;
+        }
         let backlog = self.table().stats.len();
         let budget = STATS_PER_FLUSH.max(backlog.saturating_sub(MAX_ENTRIES / 2));
         self.flush_locked(budget).await?;
@@ -433,6 +471,9 @@ impl Usage {
     }
 
     pub fn len(&self) -> usize {
+        if let Some(shared) = &self.shared {
+            return shared.len();
+        }
         self.table().entries.len()
     }
 

@@ -1,6 +1,12 @@
 //! `Idempotency-Key` for create calls: a retry with the same key (same caller, same route,
-//! same body) gets the first answer again instead of a second object. Answers are kept in
-//! memory only (they can hold a secret), zeroized when dropped, for a short window.
+//! same body) gets the first answer again instead of a second object. On the embedded engine
+//! answers are kept in memory only (they can hold a secret), zeroized when dropped, for a
+//! short window; on a shared database they are kept in it, encrypted under a key only the
+//! retry's own header yields (shared.rs), so a retry replays on any node.
+
+mod shared;
+
+pub use shared::purge as purge_shared;
 
 use crate::sync::Locked;
 use std::{
@@ -94,7 +100,7 @@ pub fn key_from(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 }
 
 /// What a new request with a key may do.
-enum Claim {
+pub(super) enum Claim {
     /// Run it; its answer will be remembered.
     Claimed,
     /// Run it without remembering (the table is full).
@@ -159,13 +165,17 @@ impl Idempotency {
         self.entries.write_locked()
     }
 
-    /// Runs `create` at most once per (caller, request path, key) within the window.
+    /// Runs `create` at most once per (caller, request path, key) within the window (on a
+    /// shared database, across every node).
+    #[allow(clippy::too_many_arguments)]
     pub async fn run<F, Fut>(
         &self,
+        core: &std::sync::Arc<crate::app::Core>,
         caller: &str,
         route: &str,
         key: Option<String>,
         digest: [u8; 32],
+        now: crate::clock::Timestamp,
         create: F,
     ) -> Result<HttpResponse, ApiError>
     where
@@ -175,6 +185,9 @@ impl Idempotency {
         let Some(key) = key else {
             return create().await.map(|r| r.to_response(false));
         };
+        if core.store().shared() {
+            return run_shared(core, caller, route, &key, digest, now, create).await;
+        }
         let slot: Slot = (caller.to_owned(), route.to_owned(), key);
         match self.claim(&slot, digest)? {
             Claim::Replay(reply) => return Ok(reply.to_response(true)),
@@ -198,6 +211,60 @@ impl Idempotency {
         }
         result.map(|r| r.to_response(false))
     }
+}
+
+/// [`Idempotency::run`] on a shared database.
+async fn run_shared<F, Fut>(
+    core: &std::sync::Arc<crate::app::Core>,
+    caller: &str,
+    route: &str,
+    key: &str,
+    digest: [u8; 32],
+    now: crate::clock::Timestamp,
+    create: F,
+) -> Result<HttpResponse, ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Reply, ApiError>>,
+{
+    let slot = std::sync::Arc::new(shared::Slot::new(core, caller, route, key)?);
+    match slot.claim(core, &digest, now).await? {
+        Claim::Replay(reply) => return Ok(reply.to_response(true)),
+        Claim::Untracked | Claim::Claimed => {}
+    }
+    // A request dropped before it finishes lets the slot go (in the background).
+    struct Release(
+        Option<(
+            std::sync::Arc<crate::app::Core>,
+            std::sync::Arc<shared::Slot>,
+        )>,
+    );
+    impl Drop for Release {
+        fn drop(&mut self) {
+            if let Some((core, slot)) = self.0.take() {
+                actix_web::rt::spawn(async move {
+                    let _ = slot.release(&core).await;
+                });
+            }
+        }
+    }
+    let mut release = Release(Some((core.clone(), slot.clone())));
+    let result = create().await;
+    match &result {
+        Ok(reply) => {
+            release.0 = None;
+            if let Err(e) = slot.finish(core, &digest, reply, now).await {
+                // The object exists; only the replay is lost: a retry gets 409 until the
+                // in-flight marker expires.
+                tracing::warn!(error = %e, "could not keep an idempotent answer");
+            }
+        }
+        Err(_) => {
+            release.0 = None;
+            slot.release(core).await?;
+        }
+    }
+    result.map(|r| r.to_response(false))
 }
 
 #[cfg(test)]

@@ -1,0 +1,246 @@
+//! Usage counters on a shared database, exact across nodes.
+//!
+//! A key with a quota or a rate limit is spent in the database: one [`Store::update`] per
+//! verification reads, changes and writes its counters under the record's lock, so N
+//! verifications of a key with `remaining = k` over any number of nodes give exactly
+//! `min(N, k)` VALID answers, and a rate limit of `l` per window admits exactly `l`. These
+//! updates do not wait for the database's WAL flush (the documented exception: a crash of
+//! the *database* may re-grant the last moments of use; a crash of a node loses nothing).
+//!
+//! A key with neither never touches the database on a cache hit: its statistics (answer
+//! counts, `last_used_at`) are counted here and merged into the stored counters (added, not
+//! overwritten, so every node's count survives) at each periodic flush. Which keys have no
+//! quota is learnt from the stored counters once; another node setting one is in the change
+//! sequence, and [`Shared::forget`] drops what this node knew.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
+
+use super::{Limits, Spend, apply_refill, count, spend_one};
+use crate::{
+    clock::Timestamp,
+    ids::KeyId,
+    keys::model::UsageRecord,
+    store::{self, Record, Store, StoreError},
+    sync::Locked,
+};
+
+/// What this node counted of an unlimited key since the last flush.
+#[derive(Default)]
+struct Delta {
+    valid: u64,
+    counts: BTreeMap<String, u64>,
+    last_used: Option<Timestamp>,
+}
+
+#[derive(Default)]
+struct Table {
+    /// Keys whose stored counters have no quota.
+    unlimited: HashSet<KeyId>,
+    deltas: HashMap<KeyId, Delta>,
+}
+
+pub(super) struct Shared {
+    store: Arc<dyn Store>,
+    table: Mutex<Table>,
+}
+
+fn decode(id: &KeyId, plain: Option<&[u8]>) -> Result<UsageRecord, StoreError> {
+    match plain {
+        Some(p) => serde_json::from_slice(p).map_err(|_| StoreError::Corrupt {
+            kind: UsageRecord::KIND.0,
+            id: id.to_string(),
+        }),
+        None => Ok(UsageRecord::default()),
+    }
+}
+
+fn encode(e: &UsageRecord) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(e).map_err(|_| StoreError::Corrupt {
+        kind: UsageRecord::KIND.0,
+        id: String::new(),
+    })
+}
+
+impl Shared {
+    pub(super) fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            table: Mutex::new(Table::default()),
+        }
+    }
+
+    /// Whether the key's stored counters have no quota (read once, then known).
+    async fn unlimited(&self, id: &KeyId) -> Result<bool, StoreError> {
+        if self.table.read_locked().unlimited.contains(id) {
+            return Ok(true);
+        }
+        let rec = store::record::get::<UsageRecord>(&*self.store, id.as_str())
+            .await?
+            .map(|(_, r)| r)
+            .unwrap_or_default();
+        let unlimited = rec.remaining.is_none();
+        if unlimited {
+            self.table.write_locked().unlimited.insert(id.clone());
+        }
+        Ok(unlimited)
+    }
+
+    fn count_here(&self, id: &KeyId, code: &str, used: Option<Timestamp>) {
+        let mut t = self.table.write_locked();
+        let d = t.deltas.entry(id.clone()).or_default();
+        *d.counts.entry(code.to_owned()).or_default() += 1;
+        if let Some(at) = used {
+            d.valid += 1;
+            d.last_used = d.last_used.max(Some(at));
+        }
+    }
+
+    /// Changes the stored counters with `f` as one atomic step; returns what `f` returned.
+    async fn update<T: Send + 'static>(
+        &self,
+        id: &KeyId,
+        durable: bool,
+        f: impl FnMut(&mut UsageRecord) -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let out = Arc::new(Mutex::new(None));
+        let (slot, key, mut f) = (out.clone(), id.clone(), f);
+        let change: store::Change = Box::new(move |plain| {
+            let mut e = decode(&key, plain)?;
+            let r = f(&mut e);
+            *slot.write_locked() = Some(r);
+            encode(&e)
+        });
+        self.store
+            .update(UsageRecord::KIND, id.as_str(), durable, change)
+            .await?;
+        let r = out.write_locked().take();
+        r.ok_or(StoreError::Unavailable(
+            "the counter update did not run".into(),
+        ))
+    }
+
+    pub(super) async fn spend(
+        &self,
+        id: &KeyId,
+        limits: &Limits,
+        now: Timestamp,
+    ) -> Result<Spend, StoreError> {
+        if limits.ratelimit.is_none() && self.unlimited(id).await? {
+            self.count_here(id, "VALID", Some(now));
+            return Ok(Spend::Ok {
+                remaining: None,
+                ratelimit: None,
+            });
+        }
+        let limits = *limits;
+        self.update(id, false, move |e| spend_one(e, &limits, now).0)
+            .await
+    }
+
+    pub(super) async fn note(
+        &self,
+        id: &KeyId,
+        code: &'static str,
+        limits: &Limits,
+        now: Timestamp,
+    ) -> Result<Option<u64>, StoreError> {
+        if self.unlimited(id).await? {
+            self.count_here(id, code, None);
+            return Ok(None);
+        }
+        let limits = *limits;
+        self.update(id, false, move |e| {
+            apply_refill(e, &limits, now);
+            count(e, code);
+            e.remaining
+        })
+        .await
+    }
+
+    /// The stored counters with what this node has not merged yet (a due refill shown).
+    pub(super) async fn current(
+        &self,
+        id: &KeyId,
+        limits: &Limits,
+        now: Timestamp,
+    ) -> Result<UsageRecord, StoreError> {
+        let mut e = store::record::get::<UsageRecord>(&*self.store, id.as_str())
+            .await?
+            .map(|(_, r)| r)
+            .unwrap_or_default();
+        apply_refill(&mut e, limits, now);
+        if let Some(d) = self.table.read_locked().deltas.get(id) {
+            add(&mut e, d);
+        }
+        Ok(e)
+    }
+
+    /// Sets the quota and/or restarts the refill period; durable, and in the change
+    /// sequence (the other nodes forget that the key had none).
+    pub(super) async fn set_quota(
+        &self,
+        id: &KeyId,
+        remaining: Option<Option<u64>>,
+        refill_from: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        self.update(id, true, move |e| {
+            if let Some(r) = remaining {
+                e.remaining = r;
+            }
+            if let Some(at) = refill_from {
+                e.last_refill_at = Some(at);
+            }
+        })
+        .await?;
+        self.forget(id);
+        Ok(())
+    }
+
+    /// Forgets what this node knew of a key's counters (another node changed them, or the
+    /// key is gone); what it counted and has not merged is kept.
+    pub(super) fn forget(&self, id: &KeyId) {
+        self.table.write_locked().unlimited.remove(id);
+    }
+
+    /// Merges every key's counts into the stored counters.
+    pub(super) async fn flush(&self) -> Result<(), StoreError> {
+        let deltas = std::mem::take(&mut self.table.write_locked().deltas);
+        let mut left = deltas.into_iter();
+        while let Some((id, d)) = left.next() {
+            let d = Arc::new(d);
+            let merged = d.clone();
+            if let Err(e) = self.update(&id, false, move |e| add(e, &merged)).await {
+                // Not merged: counted again at the next flush.
+                let mut t = self.table.write_locked();
+                for (id, d) in
+                    std::iter::once((id, Arc::try_unwrap(d).unwrap_or_default())).chain(left)
+                {
+                    let mine = t.deltas.entry(id).or_default();
+                    mine.valid += d.valid;
+                    for (code, n) in d.counts {
+                        *mine.counts.entry(code).or_default() += n;
+                    }
+                    mine.last_used = mine.last_used.max(d.last_used);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn len(&self) -> usize {
+        let t = self.table.read_locked();
+        t.unlimited.len() + t.deltas.len()
+    }
+}
+
+fn add(e: &mut UsageRecord, d: &Delta) {
+    e.valid_count += d.valid;
+    for (code, n) in &d.counts {
+        *e.verify_counts.entry(code.clone()).or_default() += n;
+    }
+    e.last_used_at = e.last_used_at.max(d.last_used);
+}
