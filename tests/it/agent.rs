@@ -44,6 +44,15 @@ fn spawn(mut c: Command, log: &Path) -> Agent {
     Agent(c.stdout(Stdio::null()).stderr(log).spawn().unwrap())
 }
 
+/// Sets the flag when dropped.
+struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A client built from the files on disk right now, as a service reloading them would.
 fn from_files(server: &Server, cert: &Path, key: &Path) -> Api {
     server.client(cert, key)
@@ -73,22 +82,43 @@ async fn the_agent_renews_under_traffic_with_no_failed_call() {
         &dir.path().join("agent.log"),
     );
 
+    // A reader never sees a partial file. The files are replaced in microseconds, so they
+    // are read in a tight loop on a thread of their own for the whole run (a sample every few
+    // hundred milliseconds would almost never look at the moment of a write): every read must
+    // hold the leaf and its chain, complete and parseable, and the key must parse.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Stops the reader however the test ends (a failed assertion included).
+    let _stop_reader = StopOnDrop(stop.clone());
+    let reader = {
+        let (cert, key, stop) = (cert.clone(), key.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut reads, mut bad) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let pem = fs::read(&cert).unwrap_or_default();
+                let blocks = ::pem::parse_many(&pem).unwrap_or_default();
+                let whole = blocks.len() == 2
+                    && blocks.iter().all(|b| {
+                        b.tag() == "CERTIFICATE"
+                            && x509_parser::parse_x509_certificate(b.contents()).is_ok()
+                    });
+                let key_ok = ::pem::parse(fs::read(&key).unwrap_or_default()).is_ok();
+                if !(whole && key_ok) && bad.len() < 5 {
+                    bad.push(String::from_utf8_lossy(&pem).into_owned());
+                }
+                reads += 1;
+                // Gives way to other tests' threads; still reads thousands of times a second.
+                std::thread::yield_now();
+            }
+            (reads, bad)
+        })
+    };
+
     // 30-second certificates renewed at half their life: about every 13 s.
     let started = Instant::now();
     let mut serials = BTreeSet::from([first]);
     let mut calls = 0;
     while started.elapsed() < Duration::from_secs(50) {
-        // A reader never sees a partial file: both parse whenever they are read.
         let pem = fs::read_to_string(&cert).unwrap();
-        assert!(
-            pem.trim_end().ends_with("-----END CERTIFICATE-----"),
-            "{pem}"
-        );
-        assert_eq!(
-            pem.matches("BEGIN CERTIFICATE").count(),
-            2,
-            "leaf and chain"
-        );
         let r = from_files(&server, &cert, &key).get("/v1/whoami").await;
         assert_eq!(r.status, 200, "call {calls} failed: {}", r.text);
         calls += 1;
@@ -116,6 +146,10 @@ async fn the_agent_renews_under_traffic_with_no_failed_call() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     drop(running);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (reads, bad) = reader.join().unwrap();
+    assert!(bad.is_empty(), "a reader saw a partial file: {bad:#?}");
+    assert!(reads > 10_000, "the files were read {reads} times");
     assert!(
         serials.len() >= 4,
         "{} certificates; log:\n{log}",

@@ -372,21 +372,119 @@ async fn tampering_is_caught_offline_and_named() {
     assert_eq!(code, 3, "an invalid log: {out}");
     assert!(out.contains("at seq 5"), "{out}");
 
-    // A checkpoint signed by another key is refused.
-    let mut forged = cp.clone();
-    forged["seq"] = json!(3);
-    let forged_path = home.tmp.path().join("forged.json");
-    std::fs::write(&forged_path, forged.to_string()).unwrap();
-    let (code, out) = verify_offline(&home.data(), &home.certs(), Some(&forged_path));
-    assert_eq!(
-        code, 1,
-        "a checkpoint that cannot be used is no verdict: {out}"
+    // A checkpoint signed by another key is refused, although it names the real head (so the
+    // chain comparison alone would accept it) and its signature is valid for the key it carries.
+    let other = ring::signature::Ed25519KeyPair::from_pkcs8(
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+            .unwrap()
+            .as_ref(),
+    )
+    .unwrap();
+    let message = format!(
+        "tessera-audit-checkpoint-v1\n{}\n{}\n{}\n",
+        checkpoint.seq, checkpoint.hash, checkpoint.time
     );
+    let mut forged = checkpoint.clone();
+    forged.public_key = hex::encode(ring::signature::KeyPair::public_key(&other).as_ref());
+    forged.signature = hex::encode(other.sign(message.as_bytes()).as_ref());
+    forged
+        .verify_signature()
+        .expect("a well-formed signature by the other key");
+    let forged_path = home.tmp.path().join("forged.json");
+    std::fs::write(&forged_path, serde_json::to_string(&forged).unwrap()).unwrap();
+    let (code, out) = verify_offline(&home.data(), &home.certs(), Some(&forged_path));
+    // A checkpoint that cannot be used is no verdict on the log (exit code 1).
+    assert_eq!(code, 1, "a checkpoint by another key was accepted: {out}");
+    assert!(out.contains("another key"), "{out}");
+    // The other key's signature under this log's public key does not verify either.
+    let mut swapped = forged.clone();
+    swapped.public_key = checkpoint.public_key.clone();
+    assert!(swapped.verify_signature().is_err());
+    std::fs::write(&forged_path, serde_json::to_string(&swapped).unwrap()).unwrap();
+    let (code, out) = verify_offline(&home.data(), &home.certs(), Some(&forged_path));
+    assert_eq!(code, 1, "a signature by another key was accepted: {out}");
+    assert!(out.contains("signature does not verify"), "{out}");
+    // The genuine checkpoint, written back the same way, still passes (the refusals above are
+    // about the key, not the file).
+    std::fs::write(&forged_path, serde_json::to_string(&checkpoint).unwrap()).unwrap();
+    let (code, out) = verify_offline(&home.data(), &home.certs(), Some(&forged_path));
+    assert_eq!(code, 0, "{out}");
+}
+
+/// One secret the hygiene test searches for, in the forms it may leak in.
+struct Secret {
+    what: &'static str,
+    /// Needles: each must be absent from every haystack.
+    needles: Vec<Vec<u8>>,
+}
+
+impl Secret {
+    /// Raw, hex and both base64 alphabets of `core`; each whole, and (when longer than 24
+    /// bytes) its first and last 24 bytes, so a leak of either end of a secret is caught.
+    fn forms(core: &[u8]) -> Vec<Vec<u8>> {
+        use base64_like::encode as b64;
+        let mut out = Vec::new();
+        for f in [
+            core.to_vec(),
+            hex::encode(core).into_bytes(),
+            b64(core, false).into_bytes(),
+            b64(core, true).into_bytes(),
+        ] {
+            if f.len() > 24 {
+                out.push(f[..24].to_vec());
+                out.push(f[f.len() - 24..].to_vec());
+            }
+            out.push(f);
+        }
+        out
+    }
+
+    /// A key-shaped secret (`<prefix>_<body>`): the whole text and the body alone.
+    fn text(what: &'static str, secret: &str) -> Self {
+        let body = secret.split_once('_').map_or(secret, |(_, b)| b);
+        let mut needles = Self::forms(secret.as_bytes());
+        needles.extend(Self::forms(body.as_bytes()));
+        Self { what, needles }
+    }
+
+    /// A PKCS#8 P-256 private key (PEM): the private scalar, in every form, and each line of
+    /// the PEM body (the scalar straddles the first two). The DER's head is the same for every
+    /// P-256 key and its tail is the public key, so neither identifies it.
+    fn pkcs8(what: &'static str, pem: &str) -> Self {
+        let der = ::pem::parse(pem).unwrap().into_contents();
+        // SEQUENCE { version, algorithm, OCTET STRING { ECPrivateKey { 1, OCTET STRING(32) } } }
+        let at = der
+            .windows(5)
+            .position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20])
+            .expect("a P-256 ECPrivateKey")
+            + 5;
+        let mut needles = Self::forms(&der[at..at + 32]);
+        needles.extend(pem_lines(pem));
+        Self { what, needles }
+    }
+
+    /// A PEM document that is not secret but must not be logged (a CSR): its DER in every
+    /// form, and each line of its PEM body.
+    fn pem_body(what: &'static str, pem: &str) -> Self {
+        let der = ::pem::parse(pem).unwrap().into_contents();
+        let mut needles = Self::forms(&der);
+        needles.extend(pem_lines(pem));
+        Self { what, needles }
+    }
+}
+
+/// The full lines of a PEM body (the short last line could match anything).
+fn pem_lines(pem: &str) -> impl Iterator<Item = Vec<u8>> + '_ {
+    pem.lines()
+        .filter(|l| !l.starts_with("-----") && l.len() == 64)
+        .map(|l| l.as_bytes().to_vec())
 }
 
 #[tokio::test]
 async fn logs_and_audit_never_hold_a_secret() {
     let home = Home::new();
+    // Sealed with shares, so that unseal shares pass through the server too.
+    let shares = crate::custody::init(&home);
     let config = home.tmp.path().join("tessera.toml");
     std::fs::write(
         &config,
@@ -402,67 +500,139 @@ async fn logs_and_audit_never_hold_a_secret() {
         &["--config", config.to_str().unwrap()],
         &[("RUST_LOG", "trace")],
     );
+    let anon = server.anonymous();
+    let mut secrets: Vec<Secret> = Vec::new();
+    for share in &shares[..3] {
+        anon.post("/v1/sys/unseal", json!({ "share": share }))
+            .await
+            .expect(200);
+        let hex_part = share.split_once(": ").unwrap().1;
+        secrets.push(Secret::text("an unseal share", hex_part));
+        secrets.push(Secret {
+            what: "an unseal share's bytes",
+            needles: Secret::forms(&hex::decode(hex_part).unwrap()),
+        });
+    }
     let admin = server.admin();
     let api = admin.create_api("hygiene").await;
-    let mut secrets: Vec<Vec<u8>> = Vec::new();
     let (kid, key) = admin.issue(&api, json!({"scopes": ["a"]})).await;
-    secrets.push(key.clone().into_bytes());
+    secrets.push(Secret::text("an API key", &key));
     admin.verify(&key).await;
+    // A malformed key sent for verification is still somebody's secret.
+    let malformed = "tsk_thisIsNotAValidKeyButStillSecret0000000";
     admin
-        .post(
-            "/v1/keys/verify",
-            json!({"key": "tsk_thisIsNotAValidKeyButStillSecret0000000"}),
-        )
+        .post("/v1/keys/verify", json!({ "key": malformed }))
         .await
         .expect(200);
+    secrets.push(Secret::text("a malformed key", malformed));
     let rotated = admin
         .post(&format!("/v1/keys/{kid}/rotate"), json!({}))
         .await
         .expect(201);
-    secrets.push(rotated["key"].as_str().unwrap().as_bytes().to_vec());
+    secrets.push(Secret::text(
+        "a rotated API key",
+        rotated["key"].as_str().unwrap(),
+    ));
+
+    // A root key, created and then used as a bearer; and a made-up bearer, refused.
+    let root = admin
+        .post(
+            "/v1/root-keys",
+            json!({"name": "portal", "permissions": ["apis:read"]}),
+        )
+        .await
+        .expect(201)["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    secrets.push(Secret::text("a root key", &root));
+    let bearer = |token: &str| {
+        anon.http
+            .get(anon.url("/v1/apis"))
+            .header("authorization", format!("Bearer {token}"))
+    };
+    anon.send(bearer(&root)).await.expect(200);
+    let made_up = tessera::crypto::apikey::ApiKey::generate(
+        &tessera::crypto::apikey::KeyPrefix::parse("tsr").unwrap(),
+    )
+    .unwrap()
+    .expose()
+    .to_owned();
+    anon.send(bearer(&made_up)).await.expect(401);
+    secrets.push(Secret::text("a refused bearer key", &made_up));
+
+    // An enrolment token, traded with a CSR.
+    let token = admin
+        .post("/v1/enrolment-tokens", json!({"identity": "enrolled"}))
+        .await
+        .expect(201)["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    secrets.push(Secret::text("an enrolment token", &token));
+    let csr_key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&csr_key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    anon.post(
+        "/v1/enrol",
+        json!({"token": token, "identity": "enrolled", "csr": csr}),
+    )
+    .await
+    .expect(201);
+    secrets.push(Secret::pem_body("a CSR", &csr));
+    secrets.push(Secret::pkcs8(
+        "a CSR's private key",
+        &csr_key.serialize_pem(),
+    ));
+
     let cert = admin
         .post("/v1/certs", json!({"identity": "svc", "generate": true}))
         .await
         .expect(201);
-    let pk = cert["private_key"].as_str().unwrap();
-    let der = ::pem::parse(pk).unwrap().into_contents();
-    secrets.push(der.clone());
+    secrets.push(Secret::pkcs8(
+        "a generated private key",
+        cert["private_key"].as_str().unwrap(),
+    ));
     let admin_key = std::fs::read_to_string(home.certs().join("admin.key")).unwrap();
-    secrets.push(::pem::parse(&admin_key).unwrap().into_contents());
+    secrets.push(Secret::pkcs8("the admin key", &admin_key));
     // Let the JSON-lines sink and a checkpoint catch up.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    let mut haystacks = vec![
-        std::fs::read(home.log()).unwrap(),
-        serde_json::to_vec(&entries(&admin).await).unwrap(),
-        std::fs::read(home.tmp.path().join("audit.jsonl")).unwrap(),
+    let haystacks = [
+        ("the server log", std::fs::read(home.log()).unwrap()),
+        (
+            "the audit log",
+            serde_json::to_vec(&entries(&admin).await).unwrap(),
+        ),
+        (
+            "the JSON-lines audit file",
+            std::fs::read(home.tmp.path().join("audit.jsonl")).unwrap(),
+        ),
+        ("the metrics", admin.get("/metrics").await.text.into_bytes()),
     ];
-    assert!(haystacks[0].len() > 10_000, "trace logging was on");
-    assert!(String::from_utf8_lossy(&haystacks[2]).lines().count() >= 4);
-    haystacks.push(admin.get("/metrics").await.text.into_bytes());
-    use base64_like::encode as b64;
+    assert!(haystacks[0].1.len() > 10_000, "trace logging was on");
+    assert!(String::from_utf8_lossy(&haystacks[2].1).lines().count() >= 4);
+    // Every leak, named, so a failure says which secrets leaked where.
+    let mut leaks = std::collections::BTreeSet::new();
     for s in &secrets {
-        let forms: Vec<Vec<u8>> = vec![
-            s.clone(),
-            hex::encode(s).into_bytes(),
-            b64(s, false).into_bytes(),
-            b64(s, true).into_bytes(),
-        ];
-        for h in &haystacks {
-            for f in &forms {
-                // Only the parts of a secret long enough to identify it.
-                let needle = &f[f.len().saturating_sub(24)..];
-                assert!(
-                    !h.windows(needle.len()).any(|w| w == needle),
-                    "a secret appears in logs or audit"
-                );
+        for (place, h) in &haystacks {
+            if s.needles
+                .iter()
+                .any(|n| h.windows(n.len()).any(|w| w == n.as_slice()))
+            {
+                leaks.insert(format!("{} in {place}", s.what));
             }
         }
     }
+    assert!(leaks.is_empty(), "secrets leaked: {leaks:#?}");
 }
 
 /// Minimal base64 for the hygiene test (standard and URL-safe alphabets).
-mod base64_like {
+pub(crate) mod base64_like {
     pub fn encode(data: &[u8], url: bool) -> String {
         let alphabet: &[u8; 64] = if url {
             b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"

@@ -1,7 +1,12 @@
-//! The crash harness: a mixed load (key issue, rotate, revoke; certificate issue and revoke)
+//! The crash harness: a mixed load (key issue, rotate, revoke, rename; certificate issue and
+//! revoke; root keys, tenants and role bindings)
 //! is SIGKILLed at random moments; after each restart every acknowledged write must be there
 //! and every acknowledged revocation must hold. 50 kill points by default
-//! (`TESSERA_CRASH_POINTS` for more).
+//! (`TESSERA_CRASH_POINTS` for more). The seed is printed; `TESSERA_CRASH_SEED=<seed>` replays
+//! the same operations, kill delays and samples (the interleaving of the workers with the kill
+//! is up to the machine). A worker that gets any answer but the expected 2xx fails the test
+//! with it; only a connection cut by the kill ends a worker quietly. After each restart every
+//! write acknowledged before the kill must also have its audit entry.
 
 use std::{
     sync::{Arc, Mutex},
@@ -25,6 +30,19 @@ enum Acked {
     },
     /// A revocation was sent; if it was not acknowledged it may or may not have landed.
     Attempt(String),
+    /// An acknowledged write's audit entry: (action, object).
+    Audited(&'static str, String),
+    /// A key renamed (its only rename).
+    Named {
+        id: String,
+        name: String,
+    },
+    /// A root key created.
+    RootKey(String),
+    /// A tenant created.
+    Tenant(String),
+    /// A service bound to `verifier` in the default tenant.
+    Binding(String),
 }
 
 /// A small deterministic generator (the seed is printed, so a failure can be replayed).
@@ -39,97 +57,201 @@ impl Rng {
     }
 }
 
-async fn load(admin: Api, api: String, acked: Arc<Mutex<Vec<Acked>>>, worker: u64) {
-    let mut i = worker;
-    loop {
-        i += 1;
-        match i % 5 {
-            0 | 1 => {
-                let Some(r) = admin
-                    .try_post(&format!("/v1/apis/{api}/keys"), json!({}))
-                    .await
-                else {
-                    return;
-                };
-                if r.status != 201 {
+/// One worker's share of the load, until the server goes away. Its operations come from its
+/// own generator (seeded from the run's seed). An answer other than the expected 2xx is put
+/// in `errors` and ends the worker; a transport failure (the kill) ends it quietly.
+async fn load(
+    admin: Api,
+    api: String,
+    acked: Arc<Mutex<Vec<Acked>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    seed: u64,
+) {
+    // Scrambled, so that the workers' sequences do not run along the run's own (a worker
+    // seeded with the next output of the same xorshift would repeat the others' choices).
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    let mut rng = Rng((z ^ (z >> 31)) | 1);
+    // `Some(resp)` with the expected status; `None` ends the worker (an error is recorded
+    // unless the connection was cut).
+    macro_rules! call {
+        ($what:expr, $path:expr, $body:expr, $status:expr) => {
+            call!($what, reqwest::Method::POST, $path, $body, $status)
+        };
+        ($what:expr, $method:expr, $path:expr, $body:expr, $status:expr) => {{
+            match admin
+                .try_call($method, AsRef::<str>::as_ref(&$path), $body)
+                .await
+            {
+                None => return,
+                Some(r) if r.status == $status => r,
+                Some(r) => {
+                    errors
+                        .lock()
+                        .unwrap()
+                        .push(format!("{} answered {}: {}", $what, r.status, r.text));
                     return;
                 }
+            }
+        }};
+    }
+    loop {
+        let op = rng.next() % 14;
+        let tag = rng.next() % 1_000_000_000;
+        match op {
+            10 => {
+                let r = call!(
+                    "issuing a key",
+                    format!("/v1/apis/{api}/keys"),
+                    json!({}),
+                    201
+                );
+                let id = r.json()["id"].as_str().unwrap().to_owned();
+                let name = format!("renamed-{tag}");
+                call!(
+                    "renaming a key",
+                    reqwest::Method::PATCH,
+                    format!("/v1/keys/{id}"),
+                    json!({ "name": name }),
+                    200
+                );
+                acked.lock().unwrap().extend([
+                    Acked::Audited("PATCH /v1/keys/{id}", id.clone()),
+                    Acked::Named { id, name },
+                ]);
+            }
+            11 => {
+                let r = call!(
+                    "creating a root key",
+                    "/v1/root-keys",
+                    json!({"name": format!("rk-{tag}"), "permissions": ["apis:read"]}),
+                    201
+                );
+                let v = r.json();
+                acked.lock().unwrap().extend([
+                    Acked::Audited("POST /v1/root-keys", v["id"].as_str().unwrap().to_owned()),
+                    Acked::RootKey(v["key"].as_str().unwrap().to_owned()),
+                ]);
+            }
+            12 => {
+                let name = format!("t-{tag}");
+                let r = call!(
+                    "creating a tenant",
+                    "/v1/tenants",
+                    json!({ "name": name }),
+                    201
+                );
+                acked.lock().unwrap().extend([
+                    Acked::Audited(
+                        "POST /v1/tenants",
+                        r.json()["id"].as_str().unwrap().to_owned(),
+                    ),
+                    Acked::Tenant(name),
+                ]);
+            }
+            13 => {
+                let name = format!("svc-{tag}");
+                call!(
+                    "binding a role",
+                    reqwest::Method::PUT,
+                    format!("/v1/tenants/default/bindings/{name}"),
+                    json!({"roles": ["verifier"]}),
+                    200
+                );
+                acked.lock().unwrap().extend([
+                    Acked::Audited(
+                        "PUT /v1/tenants/{t}/bindings/{identity}",
+                        format!("default/{name}"),
+                    ),
+                    Acked::Binding(name),
+                ]);
+            }
+            0..=3 => {
+                let r = call!(
+                    "issuing a key",
+                    format!("/v1/apis/{api}/keys"),
+                    json!({}),
+                    201
+                );
                 let v = r.json();
                 let secret = v["key"].as_str().unwrap().to_owned();
                 let id = v["id"].as_str().unwrap().to_owned();
-                acked.lock().unwrap().push(Acked::Key {
-                    secret: secret.clone(),
-                    revoked: false,
-                });
-                if i % 2 == 0 {
-                    acked.lock().unwrap().push(Acked::Attempt(secret.clone()));
-                    let Some(r) = admin
-                        .try_post(&format!("/v1/keys/{id}/revoke"), json!({}))
-                        .await
-                    else {
-                        return;
-                    };
-                    if r.status != 200 {
-                        return;
-                    }
-                    acked.lock().unwrap().push(Acked::Key {
-                        secret,
-                        revoked: true,
-                    });
-                } else {
-                    let Some(r) = admin
-                        .try_post(
-                            &format!("/v1/keys/{id}/rotate"),
-                            json!({"grace_seconds": 86400}),
-                        )
-                        .await
-                    else {
-                        return;
-                    };
-                    if r.status != 201 {
-                        return;
-                    }
-                    let secret = r.json()["key"].as_str().unwrap().to_owned();
-                    acked.lock().unwrap().push(Acked::Key {
-                        secret,
+                acked.lock().unwrap().extend([
+                    Acked::Key {
+                        secret: secret.clone(),
                         revoked: false,
-                    });
+                    },
+                    Acked::Audited("POST /v1/apis/{id}/keys", id.clone()),
+                ]);
+                if op % 2 == 0 {
+                    acked.lock().unwrap().push(Acked::Attempt(secret.clone()));
+                    call!(
+                        "revoking a key",
+                        format!("/v1/keys/{id}/revoke"),
+                        json!({}),
+                        200
+                    );
+                    acked.lock().unwrap().extend([
+                        Acked::Key {
+                            secret,
+                            revoked: true,
+                        },
+                        Acked::Audited("POST /v1/keys/{id}/revoke", id),
+                    ]);
+                } else {
+                    let r = call!(
+                        "rotating a key",
+                        format!("/v1/keys/{id}/rotate"),
+                        json!({"grace_seconds": 86400}),
+                        201
+                    );
+                    let v = r.json();
+                    let secret = v["key"].as_str().unwrap().to_owned();
+                    let new_id = v["id"].as_str().unwrap().to_owned();
+                    acked.lock().unwrap().extend([
+                        Acked::Key {
+                            secret,
+                            revoked: false,
+                        },
+                        Acked::Audited("POST /v1/keys/{id}/rotate", new_id),
+                    ]);
                 }
             }
             _ => {
-                let Some(r) = admin
-                    .try_post("/v1/certs", json!({"identity": "crash", "generate": true}))
-                    .await
-                else {
-                    return;
-                };
-                if r.status != 201 {
-                    return;
-                }
+                let r = call!(
+                    "issuing a certificate",
+                    "/v1/certs",
+                    json!({"identity": "crash", "generate": true}),
+                    201
+                );
                 let v = r.json();
                 let serial = v["serial"].as_str().unwrap().to_owned();
                 let pem = v["certificate"].as_str().unwrap().to_owned();
-                acked.lock().unwrap().push(Acked::Cert {
-                    serial: serial.clone(),
-                    pem: pem.clone(),
-                    revoked: false,
-                });
-                if i % 3 == 0 {
+                acked.lock().unwrap().extend([
+                    Acked::Cert {
+                        serial: serial.clone(),
+                        pem: pem.clone(),
+                        revoked: false,
+                    },
+                    Acked::Audited("POST /v1/certs", serial.clone()),
+                ]);
+                if op >= 8 {
                     acked.lock().unwrap().push(Acked::Attempt(serial.clone()));
-                    let Some(r) = admin
-                        .try_post(&format!("/v1/certs/{serial}/revoke"), json!({}))
-                        .await
-                    else {
-                        return;
-                    };
-                    if r.status != 200 {
-                        return;
-                    }
-                    acked.lock().unwrap().push(Acked::Cert {
-                        serial,
-                        pem,
-                        revoked: true,
-                    });
+                    call!(
+                        "revoking a certificate",
+                        format!("/v1/certs/{serial}/revoke"),
+                        json!({}),
+                        200
+                    );
+                    acked.lock().unwrap().extend([
+                        Acked::Cert {
+                            serial: serial.clone(),
+                            pem,
+                            revoked: true,
+                        },
+                        Acked::Audited("POST /v1/certs/{serial}/revoke", serial),
+                    ]);
                 }
             }
         }
@@ -168,7 +290,36 @@ async fn check(admin: &Api, a: &Acked, revoked: &[String], attempted: &[String])
                 "certificate {serial} after a crash: {got}"
             );
         }
-        Acked::Attempt(_) => {}
+        Acked::Named { id, name } => {
+            let k = admin.get(&format!("/v1/keys/{id}")).await.expect(200);
+            assert_eq!(k["name"], name.as_str(), "an acknowledged rename was lost");
+        }
+        Acked::RootKey(secret) => {
+            let r = admin
+                .send(
+                    admin
+                        .http
+                        .get(admin.url("/v1/apis"))
+                        .header("authorization", format!("Bearer {secret}")),
+                )
+                .await;
+            assert_eq!(
+                r.status, 200,
+                "an acknowledged root key was lost: {}",
+                r.text
+            );
+        }
+        Acked::Tenant(name) => {
+            admin.get(&format!("/v1/tenants/{name}")).await.expect(200);
+        }
+        Acked::Binding(name) => {
+            let b = admin
+                .get(&format!("/v1/tenants/default/bindings/{name}"))
+                .await
+                .expect(200);
+            assert_eq!(b["roles"], json!(["verifier"]), "{b}");
+        }
+        Acked::Attempt(_) | Acked::Audited(..) => {}
     }
 }
 
@@ -178,35 +329,56 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("crash harness seed {seed}, {points} kill points");
+    let seed = match std::env::var("TESSERA_CRASH_SEED") {
+        Ok(v) => v.parse::<u64>().expect("TESSERA_CRASH_SEED is a number"),
+        Err(_) => {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        }
+    };
+    eprintln!(
+        "crash harness seed {seed}, {points} kill points (replay: TESSERA_CRASH_SEED={seed} \
+         TESSERA_CRASH_POINTS={points})"
+    );
     let mut rng = Rng(seed);
     let home = Home::new();
-    let mut server = Server::start(&home);
+    // The load runs as fast as it can: the per-principal throttle is out of its way, so that any
+    // refusal is a finding.
+    let config = "[limits]\nrequests_per_second = 100000\nburst = 100000\n";
+    let mut server = Server::start_with_config(&home, config);
     let api = server.admin().create_api("crash").await;
     let mut all: Vec<Acked> = Vec::new();
+    // The audit entries read so far, as (action, object), and the last sequence number read.
+    let mut audited = std::collections::HashSet::new();
+    let mut audit_seq = 0u64;
     for point in 0..points {
         let admin = server.admin();
         let acked = Arc::new(Mutex::new(Vec::new()));
+        let errors = Arc::new(Mutex::new(Vec::new()));
         let workers: Vec<_> = (0..4)
-            .map(|w| {
+            .map(|_| {
                 tokio::spawn(load(
                     admin.clone(),
                     api.clone(),
                     acked.clone(),
-                    w * 7 + point as u64,
+                    errors.clone(),
+                    rng.next(),
                 ))
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(30 + rng.next() % 300)).await;
         server.kill9();
         for w in workers {
-            let _ = w.await;
+            w.await.unwrap();
         }
+        let errors = errors.lock().unwrap().clone();
+        assert!(
+            errors.is_empty(),
+            "kill point {point} (seed {seed}): the load got refusals: {errors:#?}"
+        );
         let fresh = acked.lock().unwrap().clone();
         all.extend(fresh.iter().cloned());
         let revoked: Vec<String> = all
@@ -232,11 +404,39 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             })
             .collect();
 
-        server = Server::start(&home);
+        server = Server::start_with_config(&home, config);
         let admin = server.admin();
         // Everything acknowledged just before this kill, and a sample of what came before.
         for a in &fresh {
             check(&admin, a, &revoked, &attempted).await;
+        }
+        // Every acknowledged write of this round has its audit entry (written in the same
+        // batch as the change, so a kill right after the answer cannot lose it).
+        loop {
+            let page = admin
+                .get(&format!("/v1/audit?after_seq={audit_seq}&limit=100"))
+                .await
+                .expect(200);
+            let items = page["items"].as_array().unwrap();
+            let Some(last) = items.last() else { break };
+            audit_seq = last["seq"].as_u64().unwrap();
+            for e in items {
+                if e["outcome"] == "success" {
+                    audited.insert((
+                        e["action"].as_str().unwrap().to_owned(),
+                        e["object"].as_str().unwrap_or_default().to_owned(),
+                    ));
+                }
+            }
+        }
+        for a in &fresh {
+            if let Acked::Audited(action, object) = a {
+                assert!(
+                    audited.contains(&((*action).to_owned(), object.clone())),
+                    "kill point {point} (seed {seed}): no audit entry for the acknowledged \
+                     {action} of {object}"
+                );
+            }
         }
         for _ in 0..10.min(all.len()) {
             let a = &all[(rng.next() as usize) % all.len()];

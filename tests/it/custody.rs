@@ -265,6 +265,185 @@ async fn keyring_rotation_rewraps_under_load_and_after_kill9() {
     );
 }
 
+/// Data-key versions of the stored key records, read offline from sled (the envelope's
+/// version is the big-endian u32 after its format byte).
+fn key_record_versions(home: &Home) -> std::collections::BTreeMap<u32, usize> {
+    let db = sled::open(home.data().join("db")).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for item in db.scan_prefix(b"r/key/") {
+        let (_, v) = item.unwrap();
+        let version = u32::from_be_bytes(v[1..5].try_into().unwrap());
+        *out.entry(version).or_insert(0) += 1;
+    }
+    out
+}
+
+/// Renames keys (each worker its own share of them) until the server goes away; per key, the
+/// names in the order sent and how many of them were acknowledged.
+type Renames =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (Vec<String>, usize)>>>;
+
+async fn rename_until_gone(
+    admin: crate::helpers::Api,
+    ids: Vec<String>,
+    tag: String,
+    log: Renames,
+    rounds: usize,
+) {
+    for round in 0..rounds {
+        for id in &ids {
+            let name = format!("{tag}-{round}");
+            log.lock()
+                .unwrap()
+                .entry(id.clone())
+                .or_default()
+                .0
+                .push(name.clone());
+            let Ok(r) = admin
+                .http
+                .patch(admin.url(&format!("/v1/keys/{id}")))
+                .json(&json!({ "name": name }))
+                .send()
+                .await
+            else {
+                return;
+            };
+            match r.status().as_u16() {
+                200 => {
+                    let mut l = log.lock().unwrap();
+                    let e = l.get_mut(id).unwrap();
+                    e.1 = e.0.len();
+                }
+                other => panic!("a rename during the rewrap answered {other}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn keyring_rotation_killed_before_the_rewrap_ends_keeps_concurrent_updates() {
+    let home = Home::new();
+    let mut server = Server::start(&home);
+    let admin = server.admin();
+    let api = admin.create_api("rewrap").await;
+    let mut ids = Vec::new();
+    let mut secrets = Vec::new();
+    for chunk in 0..6 {
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let admin = admin.clone();
+                let api = api.clone();
+                tokio::spawn(async move {
+                    admin
+                        .issue(&api, json!({"name": format!("k{chunk}-{i}")}))
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (id, key) = t.await.unwrap();
+            ids.push(id);
+            secrets.push(key);
+        }
+    }
+    let renames: Renames = Default::default();
+    // Rotate while existing records are being updated, and die before the rewrap is done:
+    // the data directory must then hold records under the old data key (the kill landed
+    // before the rewrap finished) next to records rewritten under the new one. The rewrap
+    // runs on a one-second tick, so a kill right after the rotation nearly always lands in
+    // time; if it did not, rotate and kill again.
+    let mut landed = false;
+    for attempt in 0..4 {
+        let admin = server.admin();
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                let mine: Vec<String> = ids.iter().skip(w).step_by(4).cloned().collect();
+                tokio::spawn(rename_until_gone(
+                    admin.clone(),
+                    mine,
+                    format!("a{attempt}w{w}"),
+                    renames.clone(),
+                    usize::MAX,
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let current = admin
+            .post("/v1/sys/rotate-keyring", json!({}))
+            .await
+            .expect(200)["current"]
+            .as_u64()
+            .unwrap() as u32;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        server.kill9();
+        for w in workers {
+            w.await.unwrap();
+        }
+        let versions = key_record_versions(&home);
+        let old: usize = versions
+            .iter()
+            .filter(|(v, _)| **v < current)
+            .map(|(_, n)| n)
+            .sum();
+        let new = versions.get(&current).copied().unwrap_or(0);
+        server = Server::start(&home);
+        if old > 0 && new > 0 {
+            landed = true;
+            break;
+        }
+    }
+    assert!(landed, "no kill landed before the rewrap finished");
+
+    // After the restart the rewrap resumes at once; every key is renamed once meanwhile (once
+    // only: a later rename would hide a rewrap that overwrote an earlier one). The rewrap then
+    // ends with one data key.
+    let admin = server.admin();
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let mine: Vec<String> = ids.iter().skip(w).step_by(8).cloned().collect();
+            tokio::spawn(rename_until_gone(
+                admin.clone(),
+                mine,
+                format!("after-w{w}"),
+                renames.clone(),
+                1,
+            ))
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    wait_versions(&admin, 1).await;
+    assert_eq!(key_record_versions_live(&admin).await, 1);
+    // Every key is readable and valid, and holds its last acknowledged name or one sent after
+    // it (an unacknowledged write may have landed); never an older one, which is what a rewrap
+    // that overwrote a concurrent update would leave.
+    let log = renames.lock().unwrap().clone();
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(admin.verify(&secrets[i]).await, "VALID", "key {id}");
+        let got = admin.get(&format!("/v1/keys/{id}")).await.expect(200)["name"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (sent, acked) = &log[id];
+        // The rename after the restart was acknowledged, and it was the last one sent.
+        assert_eq!(*acked, sent.len(), "key {id}: {sent:?}");
+        assert_eq!(&got, sent.last().unwrap(), "key {id} lost its last rename");
+    }
+    assert_eq!(
+        admin.get("/v1/audit/verify").await.expect(200)["valid"],
+        true
+    );
+}
+
+/// How many data-key versions the running server's keyring holds.
+async fn key_record_versions_live(admin: &crate::helpers::Api) -> usize {
+    admin.get("/v1/sys/status").await.expect(200)["keyring"]["versions"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
 #[tokio::test]
 async fn backup_while_writing_then_restore() {
     let home = Home::new();
@@ -418,6 +597,19 @@ async fn backup_while_writing_then_restore() {
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0xff;
     bad_bytes.push(flipped);
+    // Truncated backups: by one byte, by the whole trailer, in the middle, right after the
+    // magic, and the cleanest cut of all (the last entry dropped, the original trailer kept).
+    let n = bytes.len();
+    for cut in [n - 1, n - 32, n / 2, 20] {
+        bad_bytes.push(bytes[..cut].to_vec());
+    }
+    let (last_k, last_v) = parsed.entries.last().unwrap();
+    let last_len = 4 + last_k.len() + 4 + last_v.len();
+    let mut clean_cut = bytes[..n - 32 - last_len].to_vec();
+    clean_cut.extend_from_slice(&bytes[n - 32..]);
+    bad_bytes.push(clean_cut);
+    // Every variant is tried; those that were not refused cleanly are named together.
+    let mut accepted = Vec::new();
     for (i, bad) in bad_bytes.iter().enumerate() {
         std::fs::write(&backup, bad).unwrap();
         let other = Home::new();
@@ -428,21 +620,27 @@ async fn backup_while_writing_then_restore() {
         )
         .unwrap();
         let (ok, out, err) = run(&other, &["restore", backup.to_str().unwrap()], None);
-        assert!(!ok, "forgery {i} restored: {out}{err}");
         let said = format!("{out}{err}");
-        assert!(
-            said.contains("authentication") || said.contains("malformed"),
-            "forgery {i}: {said}"
-        );
-        assert!(
-            !other.data().join("db").exists()
-                || std::fs::read_dir(other.data().join("db"))
-                    .unwrap()
-                    .next()
-                    .is_none(),
-            "forgery {i} left a database behind"
-        );
+        let named = said.contains("authentication")
+            || said.contains("malformed")
+            || said.contains("not a backup");
+        let left_db = other.data().join("db").exists()
+            && std::fs::read_dir(other.data().join("db"))
+                .unwrap()
+                .next()
+                .is_some();
+        if ok || !named || left_db {
+            accepted.push(format!(
+                "variant {i} ({} bytes of {}): restored {ok}, left a database {left_db}: {said}",
+                bad.len(),
+                bytes.len()
+            ));
+        }
     }
+    assert!(
+        accepted.is_empty(),
+        "bad backups not refused: {accepted:#?}"
+    );
     // Without the master key nothing is restored either.
     std::fs::write(&backup, &bytes).unwrap();
     let keyless = Home::new();

@@ -285,9 +285,14 @@ impl Api {
 
     /// Like [`Api::send`], but a transport failure is `None` (the server may be gone).
     pub async fn try_post(&self, path: &str, body: Value) -> Option<Resp> {
+        self.try_call(reqwest::Method::POST, path, body).await
+    }
+
+    /// [`Api::try_post`] with any method.
+    pub async fn try_call(&self, method: reqwest::Method, path: &str, body: Value) -> Option<Resp> {
         let r = self
             .http
-            .post(self.url(path))
+            .request(method, self.url(path))
             .json(&body)
             .send()
             .await

@@ -16,6 +16,7 @@ mod custody;
 mod durability;
 mod faults;
 mod gateway;
+mod guarantees;
 mod helpers;
 mod input;
 mod lifecycle;

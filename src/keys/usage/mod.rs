@@ -606,7 +606,9 @@ mod tests {
         assert_eq!(k.valid_count, 2);
     }
 
-    #[tokio::test]
+    // On several threads: on a current-thread runtime the spawned tasks never run at the same
+    // time, and a spend that read and wrote under two separate locks would still pass.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_spends_are_exact() {
         let (_d, u) = usage();
         let id = KeyId::generate().unwrap();
@@ -614,12 +616,16 @@ mod tests {
         let l = limits(Some((150, 3600)), None);
         let t = Timestamp::from_unix(3_600);
         let mut tasks = Vec::new();
+        // All start together, so that spends really overlap.
+        let start = Arc::new(tokio::sync::Barrier::new(400));
         for _ in 0..400 {
             let u = u.clone();
             let id = id.clone();
-            tasks.push(tokio::spawn(
-                async move { u.spend(&id, &l, t).await.unwrap() },
-            ));
+            let start = start.clone();
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                u.spend(&id, &l, t).await.unwrap()
+            }));
         }
         let (mut ok, mut limited, mut exhausted) = (0, 0, 0);
         for task in tasks {
