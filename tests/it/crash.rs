@@ -325,10 +325,25 @@ async fn check(admin: &Api, a: &Acked, revoked: &[String], attempted: &[String])
 
 #[tokio::test]
 async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
+    crash_harness(None, 50).await;
+}
+
+/// The same harness with the node on PostgreSQL: a kill -9 of the node (the database keeps
+/// running) loses nothing it acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_on_postgres_loses_nothing_acknowledged() {
+    let pg = crate::pg::Postgres::start();
+    let url = pg.create_db("crash");
+    crash_harness(Some(&url), 20).await;
+}
+
+/// Kills the server at random moments under a mixed write load, `points` times (or
+/// `TESSERA_CRASH_POINTS`), on the embedded store or on the PostgreSQL database `store`.
+async fn crash_harness(store: Option<&str>, default_points: usize) {
     let points: usize = std::env::var("TESSERA_CRASH_POINTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+        .unwrap_or(default_points);
     let seed = match std::env::var("TESSERA_CRASH_SEED") {
         Ok(v) => v.parse::<u64>().expect("TESSERA_CRASH_SEED is a number"),
         Err(_) => {
@@ -347,8 +362,17 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let home = Home::new();
     // The load runs as fast as it can: the per-principal throttle is out of its way, so that any
     // refusal is a finding.
-    let config = "[limits]\nrequests_per_second = 100000\nburst = 100000\n";
-    let mut server = Server::start_with_config(&home, config);
+    let config = home.tmp.path().join("tessera.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nrequests_per_second = 100000\nburst = 100000\n",
+    )
+    .unwrap();
+    let mut args = vec!["--config", config.to_str().unwrap()];
+    if let Some(url) = store {
+        args.extend(["--store", url]);
+    }
+    let mut server = Server::start_with(&home, &args);
     let api = server.admin().create_api("crash").await;
     let mut all: Vec<Acked> = Vec::new();
     // The audit entries read so far, as (action, object), and the last sequence number read.
@@ -404,7 +428,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             })
             .collect();
 
-        server = Server::start_with_config(&home, config);
+        server = Server::start_with(&home, &args);
         let admin = server.admin();
         // Everything acknowledged just before this kill, and a sample of what came before.
         for a in &fresh {
