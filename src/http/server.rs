@@ -330,6 +330,10 @@ fn print_banner(state: &AppState, p: &bootstrap::CertPaths, addr: std::net::Sock
         );
     }
     println!("  data:         {}", state.config.data_dir.display());
+    if let Some(store) = &state.config.store_url {
+        // Shown without its password.
+        println!("  store:        {store}");
+    }
     println!("  trust anchor: {}", p.ca.display());
     println!(
         "  server cert:  {} (key {})",

@@ -34,7 +34,14 @@ async fn postgres_sees_nothing_secret() {
     let pg = Postgres::start();
     let url = pg.create_db("atrest");
     let home = Home::new();
+    // A password in the URL (trust authentication ignores it): never printed or logged.
+    let url = url.replace("tessera@", "tessera:pw-n0t-sh0wn@");
     let mut server = Server::start_with(&home, &["--store", &url]);
+    let banner = server.stdout.lock().unwrap().join("\n");
+    assert!(
+        banner.contains("store:") && banner.contains("127.0.0.1"),
+        "{banner}"
+    );
     let admin = server.admin();
     let api = admin.create_api("at-rest").await;
     let mut keys = Vec::new();
@@ -65,6 +72,15 @@ async fn postgres_sees_nothing_secret() {
     );
     assert_eq!(admin.verify(&keys[0].1).await, "VALID");
     server.terminate();
+    let printed = format!(
+        "{}{}",
+        server.stdout.lock().unwrap().join("\n"),
+        std::fs::read_to_string(home.log()).unwrap()
+    );
+    assert!(
+        !printed.contains("pw-n0t-sh0wn"),
+        "the database password was printed"
+    );
 
     let (master_hex, master) = master_of(&home);
     let db = open_database(&Location::Postgres(Box::new(
