@@ -495,7 +495,18 @@ async fn keepalive_sample(
     run_clients(pids, connections, duration, |c, deadline| {
         let (cfg, requests) = (cfg.clone(), requests.clone());
         async move {
-            let mut conn = Conn::open(addr, cfg).await.unwrap();
+            // A handshake refused at a busy start (the server's handshake timeout) is retried.
+            let mut conn = None;
+            for _ in 0..20 {
+                match Conn::open(addr, cfg.clone()).await {
+                    Ok(c) => {
+                        conn = Some(c);
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+            let mut conn = conn.expect("a connection to the server");
             let mut lat = Vec::with_capacity(100_000);
             let mut ok = 0u64;
             let mut i = c.wrapping_mul(7919);

@@ -388,7 +388,7 @@ impl Usage {
     pub async fn flush(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.flushing.lock().await;
         if let Some(shared) = &self.shared {
-            return shared.flush().await;
+            return shared.flush(usize::MAX).await;
         }
         self.flush_locked(usize::MAX).await
     }
@@ -399,7 +399,7 @@ impl Usage {
     pub async fn flush_quotas(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.flushing.lock().await;
         if let Some(shared) = &self.shared {
-            return shared.flush().await;
+            return shared.flush(STATS_PER_FLUSH).await;
         }
         let backlog = self.table().stats.len();
         let budget = STATS_PER_FLUSH.max(backlog.saturating_sub(MAX_ENTRIES / 2));

@@ -9,7 +9,8 @@
 //!
 //! A key with neither never touches the database on a cache hit: its statistics (answer
 //! counts, `last_used_at`) are counted here and merged into the stored counters (added, not
-//! overwritten, so every node's count survives) at each periodic flush. Which keys have no
+//! overwritten, so every node's count survives), up to [`super::STATS_PER_FLUSH`] keys per
+//! periodic flush like the embedded engine's (all of them at shutdown). Which keys have no
 //! quota is learnt from the stored counters once; another node setting one is in the change
 //! sequence, and [`Shared::forget`] drops what this node knew.
 
@@ -208,12 +209,22 @@ impl Shared {
         self.table.write_locked().unlimited.remove(id);
     }
 
-    /// Merges every key's counts into the stored counters, a few hundred keys per
-    /// transaction. What cannot be merged now is kept for the next flush.
-    pub(super) async fn flush(&self) -> Result<(), StoreError> {
-        let deltas: Vec<(KeyId, Delta)> = std::mem::take(&mut self.table.write_locked().deltas)
-            .into_iter()
-            .collect();
+    /// Merges the counts of up to `budget` keys into the stored counters (more when the
+    /// backlog would pass half of [`super::MAX_ENTRIES`]), a few hundred keys per
+    /// transaction. What is not merged now is kept for the next flush.
+    pub(super) async fn flush(&self, budget: usize) -> Result<(), StoreError> {
+        let deltas: Vec<(KeyId, Delta)> = {
+            let mut t = self.table.write_locked();
+            let budget = budget.max(t.deltas.len().saturating_sub(super::MAX_ENTRIES / 2));
+            if t.deltas.len() <= budget {
+                std::mem::take(&mut t.deltas).into_iter().collect()
+            } else {
+                let ids: Vec<KeyId> = t.deltas.keys().take(budget).cloned().collect();
+                ids.into_iter()
+                    .filter_map(|id| t.deltas.remove(&id).map(|d| (id, d)))
+                    .collect()
+            }
+        };
         let mut left = deltas.into_iter().peekable();
         while left.peek().is_some() {
             let chunk: Vec<(KeyId, Delta)> = left.by_ref().take(MERGE_CHUNK).collect();
