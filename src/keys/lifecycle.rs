@@ -216,6 +216,7 @@ impl Keys {
             refill: None,
             budget: None,
             budget_since: None,
+            quota: Some(false),
         })
     }
 
@@ -315,6 +316,7 @@ impl Keys {
         key.bound_to = input.bound_to.clone();
         key.ratelimit = input.ratelimit.or(api.key_defaults.ratelimit);
         key.refill = input.refill;
+        key.quota = Some(input.remaining.is_some());
         let mut b = Batch::new();
         self.add_new_key(&mut b, (api, api_rev), &key, &secret, input.remaining)?;
         rec.record(&mut b, key.id.as_str(), Some(&key.tenant))?;
@@ -449,6 +451,9 @@ impl Keys {
             }
             if let Some(v) = patch.expires_at {
                 k.expires_at = v;
+            }
+            if let Some(r) = patch.remaining {
+                k.quota = Some(r.is_some());
             }
             if let Some(v) = &patch.bound_to {
                 k.bound_to = v.clone();

@@ -325,6 +325,24 @@ pub struct Key {
     /// When the chain's first key was created (its refill periods count from then).
     #[serde(default)]
     pub budget_since: Option<Timestamp>,
+    /// Whether the key's counters hold a quota (`remaining`): set at creation and by every
+    /// change of `remaining`, so a verifier on a shared database knows an unlimited key
+    /// without reading its counters. `None` in records from before it was kept; meaningful
+    /// only for a key outside any rotation chain (see [`Key::has_quota`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<bool>,
+}
+
+impl Key {
+    /// Whether the key's budget has a quota, when the key record can say: a key never
+    /// rotated, with the flag written. A rotation chain shares one budget whose quota any of
+    /// its keys may change, so for those (and for old records) `None`: read the counters.
+    pub fn has_quota(&self) -> Option<bool> {
+        if self.budget.is_some() || self.superseded_by.is_some() {
+            return None;
+        }
+        self.quota
+    }
 }
 
 impl Record for Key {
@@ -520,6 +538,7 @@ where
 #[cfg(test)]
 pub fn sample_key(now: Timestamp) -> Key {
     Key {
+        quota: None,
         id: KeyId::generate().unwrap_or_else(|_| unreachable!()),
         tenant: TenantName::default_tenant(),
         api_id: ApiId::generate().unwrap_or_else(|_| unreachable!()),

@@ -592,6 +592,25 @@ async fn quotas_and_rate_limits_are_exact_across_nodes() {
         .expect(200);
     let codes = count(quota_key, 9).await;
     assert_eq!(codes.get("VALID"), Some(&2), "{codes:?}");
+
+    // A key without a quota, verified everywhere (every node knows it unlimited), then
+    // given one on C: exactly that many VALID over all nodes.
+    let v = a
+        .post(&format!("/v1/apis/{api}/keys"), json!({"name": "later"}))
+        .await
+        .expect(201);
+    let (later_id, later) = (
+        v["id"].as_str().unwrap().to_owned(),
+        v["key"].as_str().unwrap().to_owned(),
+    );
+    let codes = count(later.clone(), 30).await;
+    assert_eq!(codes.get("VALID"), Some(&30), "{codes:?}");
+    c.admin(2)
+        .patch(&format!("/v1/keys/{later_id}"), json!({"remaining": 4}))
+        .await
+        .expect(200);
+    let codes = count(later, 30).await;
+    assert_eq!(codes.get("VALID"), Some(&4), "{codes:?}");
 }
 
 /// Runs the binary; its success and everything it printed.

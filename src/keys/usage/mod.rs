@@ -38,6 +38,8 @@ pub struct Limits {
     pub refill: Option<Refill>,
     /// When the key was created (the first refill period starts then).
     pub since: Timestamp,
+    /// Whether the budget has a quota, when the key record can say ([`Key::has_quota`]).
+    pub quota: Option<bool>,
 }
 
 impl Limits {
@@ -46,6 +48,7 @@ impl Limits {
             ratelimit: key.ratelimit,
             refill: key.refill,
             since: key.budget_since.unwrap_or(key.created_at),
+            quota: key.has_quota(),
         }
     }
 }
@@ -509,6 +512,7 @@ mod tests {
                 interval_seconds,
             }),
             since: Timestamp::from_unix(1_000),
+            quota: None,
         }
     }
 

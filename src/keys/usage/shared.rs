@@ -76,8 +76,12 @@ impl Shared {
         }
     }
 
-    /// Whether the key's stored counters have no quota (read once, then known).
-    async fn unlimited(&self, id: &KeyId) -> Result<bool, StoreError> {
+    /// Whether the key's budget has no quota: what its record says, else its stored
+    /// counters (read once, then known).
+    async fn unlimited(&self, id: &KeyId, limits: &Limits) -> Result<bool, StoreError> {
+        if let Some(quota) = limits.quota {
+            return Ok(!quota);
+        }
         if self.table.read_locked().unlimited.contains(id) {
             return Ok(true);
         }
@@ -87,7 +91,12 @@ impl Shared {
             .unwrap_or_default();
         let unlimited = rec.remaining.is_none();
         if unlimited {
-            self.table.write_locked().unlimited.insert(id.clone());
+            let mut t = self.table.write_locked();
+            // Bounded like the embedded engine's table: past it, learnt again.
+            if t.unlimited.len() >= super::MAX_ENTRIES {
+                t.unlimited.clear();
+            }
+            t.unlimited.insert(id.clone());
         }
         Ok(unlimited)
     }
@@ -132,7 +141,7 @@ impl Shared {
         limits: &Limits,
         now: Timestamp,
     ) -> Result<Spend, StoreError> {
-        if limits.ratelimit.is_none() && self.unlimited(id).await? {
+        if limits.ratelimit.is_none() && self.unlimited(id, limits).await? {
             self.count_here(id, "VALID", Some(now));
             return Ok(Spend::Ok {
                 remaining: None,
@@ -151,7 +160,7 @@ impl Shared {
         limits: &Limits,
         now: Timestamp,
     ) -> Result<Option<u64>, StoreError> {
-        if self.unlimited(id).await? {
+        if self.unlimited(id, limits).await? {
             self.count_here(id, code, None);
             return Ok(None);
         }
