@@ -131,6 +131,15 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // A server that is gone before the bench is done with it: say how it ended.
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let log = fs::read_to_string(self.home.join("server.stderr")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            eprintln!("the server exited early ({status}); its last log lines:");
+            for l in tail.iter().rev() {
+                eprintln!("  {l}");
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -169,7 +178,7 @@ fn start_server_with(home: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Serv
         .env("RUST_LOG", "error")
         .envs(envs.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(fs::File::create(home.join("server.stderr")).unwrap())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();

@@ -216,20 +216,25 @@ impl Postgres {
         }
     }
 
+    /// A client program of this server's, told where it is and who connects.
+    fn client(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let program = program.as_ref();
+        let path = self.bin.join(program);
+        let mut c = Command::new(if path.exists() { path } else { program.into() });
+        c.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "tessera",
+        ]);
+        c
+    }
+
     /// Creates a database and returns its URL.
     pub fn create_db(&self, name: &str) -> String {
-        let out = Command::new(self.bin.join("createdb"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "tessera",
-            ])
-            .arg(name)
-            .output()
-            .unwrap();
+        let out = self.client("createdb").arg(name).output().unwrap();
         assert!(
             out.status.success(),
             "createdb failed: {}",
@@ -244,15 +249,8 @@ impl Postgres {
 
     /// `pg_dump` of one database (data only), as text.
     pub fn dump(&self, db: &str) -> String {
-        let out = Command::new(self.bin.join("pg_dump"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "tessera",
-            ])
+        let out = self
+            .client("pg_dump")
             .args(["--data-only", db])
             .output()
             .unwrap();
@@ -263,20 +261,8 @@ impl Postgres {
     /// Runs one SQL command through `psql` (Debian's postgresql-client) and returns what it
     /// printed (unaligned, tuples only).
     pub fn sql(&self, db: &str, sql: &str) -> String {
-        let psql = if self.bin.join("psql").exists() {
-            self.bin.join("psql")
-        } else {
-            PathBuf::from("psql")
-        };
-        let out = Command::new(psql)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "tessera",
-            ])
+        let out = self
+            .client("psql")
             .args(["-At", "-d", db, "-c", sql])
             .output()
             .unwrap();

@@ -610,6 +610,27 @@ fn locks_of(batch: &Batch) -> Vec<i64> {
     keys
 }
 
+/// The keyring, read share-locked in the caller's transaction: a rotation or retirement on
+/// another node waits for it, and the caller seals under the keyring current when it runs
+/// (reloaded here if another node changed it).
+async fn keyring_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    shared: &Shared,
+) -> Result<Arc<Keyring>, Failed> {
+    let st = tx
+        .prepare_cached("SELECT value FROM tessera_meta WHERE name = 'keyring' FOR SHARE")
+        .await?;
+    let wrapped: Vec<u8> =
+        tx.query_opt(&st, &[])
+            .await?
+            .map(|r| r.get(0))
+            .ok_or(StoreError::Corrupt {
+                kind: "keyring",
+                id: "missing".into(),
+            })?;
+    Ok(shared.adopt(&wrapped)?)
+}
+
 /// Batches per group transaction, at most.
 const GROUP_MAX: usize = 64;
 
@@ -626,18 +647,7 @@ async fn apply_group(
     let tx = client.transaction().await?;
     // The keyring, share-locked: a rotation or retirement on another node waits for this
     // commit, and this commit seals under the keyring that is current when it runs.
-    let st = tx
-        .prepare_cached("SELECT value FROM tessera_meta WHERE name = 'keyring' FOR SHARE")
-        .await?;
-    let wrapped: Vec<u8> =
-        tx.query_opt(&st, &[])
-            .await?
-            .map(|r| r.get(0))
-            .ok_or(StoreError::Corrupt {
-                kind: "keyring",
-                id: "missing".into(),
-            })?;
-    let keyring = shared.adopt(&wrapped)?;
+    let keyring = keyring_in(&tx, shared).await?;
     let mut locks: Vec<i64> = batches.iter().flat_map(|b| locks_of(b)).collect();
     locks.sort_unstable();
     locks.dedup();
@@ -846,18 +856,7 @@ async fn update_once(
         tx.batch_execute("SET LOCAL synchronous_commit = off")
             .await?;
     }
-    let st = tx
-        .prepare_cached("SELECT value FROM tessera_meta WHERE name = 'keyring' FOR SHARE")
-        .await?;
-    let wrapped: Vec<u8> =
-        tx.query_opt(&st, &[])
-            .await?
-            .map(|r| r.get(0))
-            .ok_or(StoreError::Corrupt {
-                kind: "keyring",
-                id: "missing".into(),
-            })?;
-    let keyring = shared.adopt(&wrapped)?;
+    let keyring = keyring_in(&tx, shared).await?;
     let st = tx
         .prepare_cached("SELECT pg_advisory_xact_lock($1)")
         .await?;
@@ -904,18 +903,7 @@ async fn update_many_once(
     let tx = client.transaction().await?;
     tx.batch_execute("SET LOCAL synchronous_commit = off")
         .await?;
-    let st = tx
-        .prepare_cached("SELECT value FROM tessera_meta WHERE name = 'keyring' FOR SHARE")
-        .await?;
-    let wrapped: Vec<u8> =
-        tx.query_opt(&st, &[])
-            .await?
-            .map(|r| r.get(0))
-            .ok_or(StoreError::Corrupt {
-                kind: "keyring",
-                id: "missing".into(),
-            })?;
-    let keyring = shared.adopt(&wrapped)?;
+    let keyring = keyring_in(&tx, shared).await?;
     let mut locks: Vec<i64> = ids
         .iter()
         .map(|id| lock_key(&[b"r", kind.0.as_bytes(), id.as_bytes()]))
