@@ -157,4 +157,22 @@ impl Store for Frozen {
     fn healthy(&self) -> bool {
         self.inner.healthy()
     }
+
+    /// Once frozen, the change is computed on what is stored and not written, like commits.
+    fn update<'a>(
+        &'a self,
+        kind: Kind,
+        id: &'a str,
+        durable: bool,
+        mut change: tessera::store::Change,
+    ) -> StoreFuture<'a, tessera::crypto::secret::SecretBytes> {
+        if !self.frozen.load(Ordering::SeqCst) {
+            return self.inner.update(kind, id, durable, change);
+        }
+        Box::pin(async move {
+            let current = self.inner.get(kind, id).await?;
+            let next = change(current.as_ref().map(|s| s.plaintext.expose()))?;
+            Ok(tessera::crypto::secret::SecretBytes::new(next))
+        })
+    }
 }
