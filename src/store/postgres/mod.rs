@@ -25,7 +25,7 @@ use std::{
     future::Future,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicBool, AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -373,7 +373,8 @@ impl PgDb {
                 healthy: AtomicBool::new(true),
                 rotation: Mutex::new(()),
                 seen: AtomicI64::new(seen),
-                caught_up: Mutex::new(Instant::now()),
+                opened: Instant::now(),
+                caught_up_ms: AtomicU64::new(0),
                 staleness: self.conn.target.max_staleness,
                 poll: self.conn.target.poll_interval,
                 stop: Arc::new(tokio::sync::Notify::new()),
@@ -401,8 +402,10 @@ struct Shared {
     rotation: Mutex<()>,
     /// The last number of the change sequence this node has applied.
     seen: AtomicI64,
-    /// When the last complete read of the change sequence began.
-    caught_up: Mutex<Instant>,
+    /// When the last complete read of the change sequence began, in milliseconds after `opened`.
+    caught_up_ms: AtomicU64,
+    /// The origin of `caught_up_ms`.
+    opened: Instant,
     /// How old `caught_up` may be while caches are used.
     staleness: Duration,
     /// How often the change sequence is read.
@@ -496,10 +499,9 @@ impl Drop for Shared {
 impl Shared {
     /// Records a complete read of the change sequence that began at `started`.
     fn caught_up(&self, started: Instant) {
-        let mut at = self.caught_up.write_locked();
-        if started > *at {
-            *at = started;
-        }
+        let ms = u64::try_from(started.saturating_duration_since(self.opened).as_millis())
+            .unwrap_or(u64::MAX);
+        self.caught_up_ms.fetch_max(ms, Ordering::SeqCst);
     }
 
     fn keyring(&self) -> Arc<Keyring> {
@@ -691,6 +693,19 @@ async fn apply_group(
     Ok(outcomes)
 }
 
+/// A record's sealed value, read in the caller's transaction (under the batch's lock).
+async fn sealed_of(
+    tx: &deadpool_postgres::Transaction<'_>,
+    get_record: &tokio_postgres::Statement,
+    kind: Kind,
+    id: &str,
+) -> Result<Option<Vec<u8>>, tokio_postgres::Error> {
+    Ok(tx
+        .query_opt(get_record, &[&kind.0, &id])
+        .await?
+        .map(|r| r.get(0)))
+}
+
 /// One batch's operations inside the group's transaction; the kinds and ids of the records
 /// it wrote. A failed condition is `Failed::Stop(StoreError::Conflict)`.
 async fn apply_ops<'b>(
@@ -734,10 +749,7 @@ async fn apply_ops<'b>(
                 expect,
                 nonce,
             } => {
-                let current: Option<Vec<u8>> = tx
-                    .query_opt(&get_record, &[&kind.0, id])
-                    .await?
-                    .map(|r| r.get(0));
+                let current = sealed_of(tx, &get_record, *kind, id).await?;
                 let rev = next_rev(current.as_deref(), *expect).ok_or_else(conflict)?;
                 let sealed = envelope::seal(keyring, *kind, id, rev, *nonce, plaintext.expose());
                 tx.execute(&put_record, &[&kind.0, id, &sealed]).await?;
@@ -745,10 +757,7 @@ async fn apply_ops<'b>(
                 ids.push(id);
             }
             Op::Delete { kind, id, expect } => {
-                let current: Option<Vec<u8>> = tx
-                    .query_opt(&get_record, &[&kind.0, id])
-                    .await?
-                    .map(|r| r.get(0));
+                let current = sealed_of(tx, &get_record, *kind, id).await?;
                 if !holds(current.as_deref(), *expect) {
                     return Err(conflict());
                 }
@@ -761,10 +770,7 @@ async fn apply_ops<'b>(
                 ids.push(id);
             }
             Op::Check { kind, id, expect } => {
-                let current: Option<Vec<u8>> = tx
-                    .query_opt(&get_record, &[&kind.0, id])
-                    .await?
-                    .map(|r| r.get(0));
+                let current = sealed_of(tx, &get_record, *kind, id).await?;
                 if !holds(current.as_deref(), *expect) {
                     return Err(conflict());
                 }
@@ -1271,7 +1277,9 @@ impl Store for PgStore {
     }
 
     fn fresh(&self) -> bool {
-        self.shared.caught_up.read_locked().elapsed() <= self.shared.staleness
+        // Checked on every verification: one atomic load, no lock.
+        let since = Duration::from_millis(self.shared.caught_up_ms.load(Ordering::Relaxed));
+        self.shared.opened.elapsed().saturating_sub(since) <= self.shared.staleness
     }
 }
 
