@@ -134,9 +134,16 @@ impl Drop for Server {
         // A server that is gone before the bench is done with it: say how it ended.
         if let Ok(Some(status)) = self.child.try_wait() {
             let log = fs::read_to_string(self.home.join("server.stderr")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            // A panic's message first (a backtrace after it would push it out of the tail).
+            let lines: Vec<&str> = log.lines().collect();
+            if let Some(at) = lines.iter().position(|l| l.contains("panicked at")) {
+                eprintln!("the server panicked:");
+                for l in lines.iter().skip(at).take(3) {
+                    eprintln!("  {l}");
+                }
+            }
             eprintln!("the server exited early ({status}); its last log lines:");
-            for l in tail.iter().rev() {
+            for l in &lines[lines.len().saturating_sub(20)..] {
                 eprintln!("  {l}");
             }
         }
@@ -182,14 +189,16 @@ fn start_server_with(home: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Serv
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let mut addr = None;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        if let Some(rest) = line.split("listening on https://").nth(1) {
-            addr = Some(rest.trim().parse().unwrap());
-            break;
+    // The address, then the rest of stdout drained (a server's stdout is never closed on it).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on https://").nth(1) {
+                let _ = tx.send(rest.trim().parse::<SocketAddr>().unwrap());
+            }
         }
-    }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(60)).ok();
     Server {
         child,
         addr: addr.expect("the server started"),

@@ -173,7 +173,7 @@ pub async fn serve(vault: Vault, core: Option<Core>) -> Result<(), ServeError> {
         let handle = metrics_server.handle();
         actix_web::rt::spawn(metrics_server);
         metrics_handle = Some(handle);
-        println!("  metrics:      http://{bound}/metrics");
+        say(&format!("  metrics:      http://{bound}/metrics\n"));
     }
     let result = server.await;
     if let Some(h) = metrics_handle {
@@ -314,48 +314,69 @@ async fn forget_replies(state: web::Data<AppState>) {
     }
 }
 
+/// The banner on stdout, in one write. A server never dies because its stdout went away: a
+/// supervisor or bench that reads the address and closes the pipe gets an error here that is
+/// ignored (`println!` would panic on it).
 fn print_banner(state: &AppState, p: &bootstrap::CertPaths, addr: std::net::SocketAddr) {
+    use std::fmt::Write as _;
+    // Writing to a String cannot fail.
+    let mut out = String::new();
     let host = if addr.ip().is_loopback() {
         format!("localhost:{}", addr.port())
     } else {
         addr.to_string()
     };
-    println!(
+    let _ = writeln!(
+        out,
         "Tessera {} listening on https://{addr}",
         env!("CARGO_PKG_VERSION")
     );
     if state.sealed() {
-        println!(
+        let _ = writeln!(
+            out,
             "  SEALED: unseal with POST /v1/sys/unseal {{\"share\": \"...\"}} (or `tessera unseal`)"
         );
     }
-    println!("  data:         {}", state.config.data_dir.display());
+    let _ = writeln!(out, "  data:         {}", state.config.data_dir.display());
     if let Some(store) = &state.config.store_url {
         // Shown without its password.
-        println!("  store:        {store}");
+        let _ = writeln!(out, "  store:        {store}");
     }
-    println!("  trust anchor: {}", p.ca.display());
-    println!(
+    let _ = writeln!(out, "  trust anchor: {}", p.ca.display());
+    let _ = writeln!(
+        out,
         "  server cert:  {} (key {})",
         p.server_cert.display(),
         p.server_key.display()
     );
     if p.admin_cert.exists() {
-        println!(
+        let _ = writeln!(
+            out,
             "  admin cert:   {} (key {})",
             p.admin_cert.display(),
             p.admin_key.display()
         );
     } else {
-        println!(
+        let _ = writeln!(
+            out,
             "  admin cert:   missing; issue one with `tessera admin-cert` while the server is stopped"
         );
     }
-    println!("First call:");
-    println!(
+    let _ = writeln!(out, "First call:");
+    let _ = writeln!(
+        out,
         "  curl --cacert {} --cert {} --key {} https://{host}/v1/whoami",
         p.ca.display(),
         p.admin_cert.display(),
         p.admin_key.display()
     );
+    say(&out);
+}
+
+/// Writes `text` to stdout and flushes it, ignoring a closed or full stdout.
+fn say(text: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
 }

@@ -2,7 +2,7 @@
 
 use std::{fs, process::Command};
 
-use crate::helpers::{BIN, Home, Server};
+use crate::helpers::{Api, BIN, Home, Server, client_config};
 
 #[tokio::test]
 async fn first_start_creates_everything_and_second_start_reuses_it() {
@@ -101,4 +101,83 @@ async fn admin_cert_reissues_offline_and_refuses_a_running_server() {
     assert_ne!(fs::read(home.certs().join("admin.pem")).unwrap(), before);
     let server = Server::start(&home);
     server.admin().get("/v1/whoami").await.expect(200);
+}
+
+/// A supervisor that reads nothing (or reads the address and closes the pipe) must not take
+/// the server down: with stdout closed before the first line, the banner cannot be written,
+/// and the server still starts, serves and stops cleanly.
+#[tokio::test]
+async fn a_closed_stdout_never_stops_the_server() {
+    let home = Home::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    // Killed on every way out of the test.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Reaped(
+        Command::new(BIN)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--shutdown-timeout", "1"])
+            .arg("--data")
+            .arg(home.data())
+            .arg("--certs")
+            .arg(home.certs())
+            .env_remove("TESSERA_MASTER_KEY")
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(writer)
+            .stderr(fs::File::create(home.log()).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("https://localhost:{port}");
+    let mut answered = None;
+    for _ in 0..300 {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!(
+                "the server exited ({status}); log:\n{}",
+                fs::read_to_string(home.log()).unwrap_or_default()
+            );
+        }
+        if home.certs().join("admin.key").exists() {
+            let admin = Api::with_base(
+                base.clone(),
+                client_config(
+                    &home.certs().join("ca.pem"),
+                    Some((
+                        &home.certs().join("admin.pem"),
+                        &home.certs().join("admin.key"),
+                    )),
+                ),
+            );
+            if let Some(r) = admin
+                .try_call(reqwest::Method::GET, "/v1/whoami", serde_json::Value::Null)
+                .await
+            {
+                answered = Some(r.status);
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(answered, Some(200), "the server answered whoami");
+    // Still running after the banner would have been written, and it stops on SIGTERM with 0.
+    assert!(child.0.try_wait().unwrap().is_none());
+    let term = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "stopped with {status}");
 }
