@@ -61,10 +61,13 @@ pub struct Options {
 pub enum AgentError {
     /// The certificate has expired: it can no longer authenticate its own renewal.
     #[error(
-        "the certificate {path} expired at {at} (unix): it can no longer renew itself; have an \
+        "the certificate {path} expired at {at}: it can no longer renew itself; have an \
          issuer issue a new one (POST /v1/certs) and start the agent again"
     )]
-    Expired { path: String, at: i64 },
+    Expired {
+        path: String,
+        at: crate::clock::Timestamp,
+    },
     /// The server refused the renewal itself (a 4xx, or an alert at the handshake).
     #[error(
         "the server refused the renewal ({0}); the certificate may be revoked: issue a new one"
@@ -172,7 +175,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         let v = validity(&opts.cert)?;
         let expired = || AgentError::Expired {
             path: opts.cert.display().to_string(),
-            at: v.not_after,
+            at: crate::clock::Timestamp::from_unix(v.not_after),
         };
         if now() >= v.not_after as f64 {
             return Err(expired());
@@ -187,11 +190,11 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
             }
             first = false;
             if opts.once {
-                tracing::info!(due_unix = due as i64, "not due yet");
+                tracing::info!(due = %crate::clock::Timestamp::from_unix(due as i64), "not due yet");
                 return Ok(());
             }
             tracing::info!(
-                due_unix = due as i64,
+                due = %crate::clock::Timestamp::from_unix(due as i64),
                 in_seconds = wait as i64,
                 "next renewal"
             );
@@ -277,7 +280,10 @@ async fn renew_with_retry(opts: &Options, v: Validity) -> Result<(), AgentError>
         attempts += 1;
         match renew_once(opts).await {
             Ok(new) => {
-                tracing::info!(not_after_unix = new.not_after, "certificate renewed");
+                tracing::info!(
+                    not_after = %crate::clock::Timestamp::from_unix(new.not_after),
+                    "certificate renewed"
+                );
                 reload(opts);
                 return Ok(());
             }
@@ -287,7 +293,7 @@ async fn renew_with_retry(opts: &Options, v: Validity) -> Result<(), AgentError>
                 if left <= 0.0 {
                     return Err(AgentError::Expired {
                         path: opts.cert.display().to_string(),
-                        at: v.not_after,
+                        at: crate::clock::Timestamp::from_unix(v.not_after),
                     });
                 }
                 if opts.once && attempts >= ONCE_ATTEMPTS {

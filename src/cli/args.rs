@@ -102,21 +102,21 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Register and list APIs.
+    /// Register, list, read, change and delete APIs.
     Apis {
         #[command(flatten)]
         client: ClientArgs,
         #[command(subcommand)]
         command: Apis,
     },
-    /// Issue, list, read, rotate, revoke and verify API keys.
+    /// Issue, list, read, change, rotate, revoke and verify API keys.
     Keys {
         #[command(flatten)]
         client: ClientArgs,
         #[command(subcommand)]
         command: Keys,
     },
-    /// Issue, list, revoke and verify client certificates.
+    /// Issue, list, read, renew, revoke and verify client certificates; enrolment tokens.
     Certs {
         #[command(flatten)]
         client: ClientArgs,
@@ -127,6 +127,53 @@ pub enum Command {
     Unseal {
         #[command(flatten)]
         target: TargetArgs,
+    },
+    /// Create, list and read tenants (creating one takes the global admin).
+    Tenants {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: Tenants,
+    },
+    /// A tenant's roles: the built-in ones and its custom roles.
+    Roles {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: Roles,
+    },
+    /// A tenant's role bindings: which roles a service holds.
+    Bindings {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: Bindings,
+    },
+    /// Root keys: bearer credentials bound to one tenant (the secret is printed once).
+    RootKeys {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: RootKeys,
+    },
+    /// The CA bundle, the CRLs, and rotating the issuing CA.
+    Pki {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: Pki,
+    },
+    /// Seal state and keyring of a running server; seal it; rotate its data key.
+    Sys {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: Sys,
+    },
+    /// Print a shell completion script: `tessera completions bash > /etc/bash_completion.d/tessera`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -274,10 +321,178 @@ pub enum AuditCommand {
     Verify {
         #[command(flatten)]
         dirs: DirArgs,
-        /// A checkpoint saved from `GET /v1/audit/checkpoint`.
+        /// A checkpoint saved from `GET /v1/audit/checkpoint` (`tessera audit checkpoint`).
         #[arg(long)]
         checkpoint: Option<PathBuf>,
     },
+    /// Have a running server check its whole chain (global admin). Exits 3 if it does not
+    /// verify.
+    Check {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The newest entries the caller may read (a tenant principal: its tenant's only).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// How many entries (1 to 100).
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+        /// The global admin only: entries after this sequence number.
+        #[arg(long)]
+        after_seq: Option<u64>,
+    },
+    /// The latest signed checkpoint (global admin), to keep somewhere the server cannot
+    /// write and give to `tessera audit verify --checkpoint` later.
+    Checkpoint {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Sign a fresh one now rather than return the latest.
+        #[arg(long)]
+        fresh: bool,
+        /// Write it to this file (JSON) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum Tenants {
+    /// Create a tenant (global admin).
+    Create {
+        name: String,
+    },
+    /// The tenants the caller administers.
+    List,
+    Get {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum Roles {
+    /// The built-in roles and the tenant's custom roles.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    Get {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+    /// Define a custom role (only with permissions the caller holds).
+    Create {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+        /// A permission, e.g. keys:read (repeat for more).
+        #[arg(long = "permission", required = true)]
+        permissions: Vec<String>,
+    },
+    /// Replace a custom role's permissions.
+    Set {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+        #[arg(long = "permission", required = true)]
+        permissions: Vec<String>,
+    },
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum Bindings {
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// A service's roles.
+    Get {
+        #[arg(long)]
+        tenant: String,
+        /// The service name.
+        identity: String,
+    },
+    /// Bind roles to a service (replaces its roles).
+    Set {
+        #[arg(long)]
+        tenant: String,
+        identity: String,
+        /// A role name (repeat for more).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+    },
+    /// Take every role from a service.
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        identity: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RootKeys {
+    /// Create a root key (the secret is printed once).
+    Create {
+        /// The global admin only (default: `default`).
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// A permission it carries (repeat for more).
+        #[arg(long = "permission", required = true)]
+        permissions: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    List,
+    Get {
+        id: String,
+    },
+    /// A new secret; the old one keeps working for --grace seconds.
+    Rotate {
+        id: String,
+        #[arg(long)]
+        grace: Option<u64>,
+    },
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum Pki {
+    /// The CA bundle (PEM) that clients trust.
+    Ca {
+        /// Write it to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The CRL of every CA in one PEM file (what nginx's `ssl_crl` needs).
+    Crl {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// A new issuing CA (global admin); the old one keeps signing CRLs until its last
+    /// certificate expires.
+    Rotate,
+}
+
+#[derive(Subcommand)]
+pub enum Sys {
+    /// Sealed or not, unseal progress, keyring versions.
+    Status,
+    /// Seal the server at once: every key leaves memory (global admin).
+    Seal,
+    /// A new data key for new writes; existing records are rewrapped in the background
+    /// (global admin).
+    RotateKeyring,
 }
 
 #[derive(Args)]
@@ -378,6 +593,34 @@ pub enum Apis {
     },
     /// List the APIs the caller may see.
     List,
+    Get {
+        id: String,
+    },
+    /// Change an API's registry entry (only the fields given).
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        purpose: Option<String>,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        risk: Option<String>,
+        /// The day it went live (YYYY-MM-DD).
+        #[arg(long)]
+        live_date: Option<String>,
+        /// The day its keys and owner must be reviewed by (YYYY-MM-DD).
+        #[arg(long)]
+        review_by: Option<String>,
+        /// Verify reports `expiring` past 80 % of this age (seconds).
+        #[arg(long)]
+        max_key_age: Option<u64>,
+    },
+    /// Delete an API that has no live keys.
+    Delete {
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -403,6 +646,29 @@ pub enum Keys {
     },
     Get {
         id: String,
+    },
+    /// Change a key (only the fields given).
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace its scopes with these (repeat for more).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Turn it off (verify answers DISABLED) or back on.
+        #[arg(long, conflicts_with = "enable")]
+        disable: bool,
+        #[arg(long)]
+        enable: bool,
+        /// Verifications left.
+        #[arg(long, conflicts_with = "unlimited")]
+        remaining: Option<u64>,
+        /// No quota.
+        #[arg(long)]
+        unlimited: bool,
+        /// When it expires (RFC 3339).
+        #[arg(long)]
+        expires_at: Option<String>,
     },
     /// A new key; the old one keeps working for --grace seconds.
     Rotate {
@@ -451,11 +717,36 @@ pub enum Certs {
         #[arg(long)]
         identity: Option<String>,
     },
+    /// A certificate's metadata.
+    Get { serial: String },
+    /// Renew the client certificate given with --cert/--key, authenticated by itself (same
+    /// identity, fresh validity); --csr rotates the key pair.
+    Renew {
+        /// A CSR for a new key pair (PEM); without it the current public key is kept.
+        #[arg(long)]
+        csr: Option<PathBuf>,
+        /// Where to write the new certificate and its chain (PEM).
+        #[arg(long)]
+        cert_out: PathBuf,
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
     Revoke {
         serial: String,
         /// e.g. key_compromise, superseded, cessation_of_operation.
         #[arg(long)]
         reason: Option<String>,
+    },
+    /// A single-use enrolment token for one service (printed once), for
+    /// `tessera agent bootstrap` on the new workload.
+    Token {
+        #[arg(long)]
+        identity: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// How long it may be used, in seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
     },
     /// Verify a certificate (PEM file, leaf first). Exits 0 when VALID, 3 for any other
     /// verdict, 1 when there is no verdict.

@@ -17,17 +17,25 @@ use super::{
 };
 use crate::{agent, client::Client, config::LogFormat, crypto::secret::SecretString, files};
 
-async fn call(
+/// One call; a failure says which operation failed (`cannot revoke the key: …`), then the
+/// server's own message.
+pub(super) async fn call(
     c: &Client,
+    op: &str,
     method: Method,
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
-    Ok(c.call(method, path, body.as_ref()).await?.ok()?.json())
+    let answer = c
+        .call(method, path, body.as_ref())
+        .await
+        .and_then(crate::client::Answer::ok)
+        .with_context(|| format!("cannot {op}"))?;
+    Ok(answer.json())
 }
 
 /// Every page of a list.
-async fn list_all(c: &Client, path: &str) -> anyhow::Result<Value> {
+pub(super) async fn list_all(c: &Client, op: &str, path: &str) -> anyhow::Result<Value> {
     let mut items = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..1000 {
@@ -36,7 +44,7 @@ async fn list_all(c: &Client, path: &str) -> anyhow::Result<Value> {
             Some(cur) => format!("{path}{sep}limit=100&cursor={cur}"),
             None => format!("{path}{sep}limit=100"),
         };
-        let page = call(c, Method::GET, &page_path, None).await?;
+        let page = call(c, op, Method::GET, &page_path, None).await?;
         items.extend(page["items"].as_array().cloned().unwrap_or_default());
         match page["next_cursor"].as_str() {
             Some(next) => cursor = Some(next.to_owned()),
@@ -46,7 +54,7 @@ async fn list_all(c: &Client, path: &str) -> anyhow::Result<Value> {
     Ok(json!({ "items": items }))
 }
 
-fn set(body: &mut Value, field: &str, v: Option<impl Into<Value>>) {
+pub(super) fn set(body: &mut Value, field: &str, v: Option<impl Into<Value>>) {
     if let Some(v) = v {
         body[field] = v.into();
     }
@@ -76,15 +84,57 @@ pub(super) async fn apis(c: &Client, cmd: Apis, out: Output) -> anyhow::Result<(
             set(&mut body, "key_prefix", prefix);
             show(
                 out,
-                &call(c, Method::POST, "/v1/apis", Some(body)).await?,
+                &call(c, "register the API", Method::POST, "/v1/apis", Some(body)).await?,
                 None,
             );
         }
         Apis::List => show(
             out,
-            &list_all(c, "/v1/apis").await?,
-            Some(&["id", "name", "owner", "risk", "created_at"]),
+            &list_all(c, "list APIs", "/v1/apis").await?,
+            Some(&["id", "name", "owner", "risk", "review_by", "created_at"]),
         ),
+        Apis::Get { id } => show(
+            out,
+            &call(
+                c,
+                "read the API",
+                Method::GET,
+                &format!("/v1/apis/{id}"),
+                None,
+            )
+            .await?,
+            None,
+        ),
+        Apis::Update {
+            id,
+            name,
+            purpose,
+            owner,
+            risk,
+            live_date,
+            review_by,
+            max_key_age,
+        } => {
+            let mut body = json!({});
+            set(&mut body, "name", name);
+            set(&mut body, "purpose", purpose);
+            set(&mut body, "owner", owner);
+            set(&mut body, "risk", risk);
+            set(&mut body, "live_date", live_date);
+            set(&mut body, "review_by", review_by);
+            set(&mut body, "max_key_age_seconds", max_key_age);
+            let path = format!("/v1/apis/{id}");
+            show(
+                out,
+                &call(c, "change the API", Method::PATCH, &path, Some(body)).await?,
+                None,
+            );
+        }
+        Apis::Delete { id } => {
+            let path = format!("/v1/apis/{id}");
+            call(c, "delete the API", Method::DELETE, &path, None).await?;
+            println!("API {id} deleted");
+        }
     }
     Ok(())
 }
@@ -115,10 +165,11 @@ pub(super) async fn keys(c: &Client, cmd: Keys, out: Output) -> anyhow::Result<i
             }
             set(&mut body, "ttl_seconds", ttl);
             set(&mut body, "remaining", remaining);
-            call(c, Method::POST, &format!("/v1/apis/{api}/keys"), Some(body)).await?
+            let path = format!("/v1/apis/{api}/keys");
+            call(c, "issue the key", Method::POST, &path, Some(body)).await?
         }
         Keys::List { api } => {
-            let v = list_all(c, &format!("/v1/apis/{api}/keys")).await?;
+            let v = list_all(c, "list keys", &format!("/v1/apis/{api}/keys")).await?;
             show(
                 out,
                 &v,
@@ -126,12 +177,48 @@ pub(super) async fn keys(c: &Client, cmd: Keys, out: Output) -> anyhow::Result<i
             );
             return Ok(exit::OK);
         }
-        Keys::Get { id } => call(c, Method::GET, &format!("/v1/keys/{id}"), None).await?,
+        Keys::Get { id } => {
+            call(
+                c,
+                "read the key",
+                Method::GET,
+                &format!("/v1/keys/{id}"),
+                None,
+            )
+            .await?
+        }
+        Keys::Update {
+            id,
+            name,
+            scopes,
+            disable,
+            enable,
+            remaining,
+            unlimited,
+            expires_at,
+        } => {
+            let mut body = json!({});
+            set(&mut body, "name", name);
+            if !scopes.is_empty() {
+                body["scopes"] = json!(scopes);
+            }
+            if disable || enable {
+                body["enabled"] = json!(enable);
+            }
+            set(&mut body, "remaining", remaining);
+            if unlimited {
+                body["remaining"] = Value::Null;
+            }
+            set(&mut body, "expires_at", expires_at);
+            let path = format!("/v1/keys/{id}");
+            call(c, "change the key", Method::PATCH, &path, Some(body)).await?
+        }
         Keys::Rotate { id, grace } => {
             let mut body = json!({});
             set(&mut body, "grace_seconds", grace);
             call(
                 c,
+                "rotate the key",
                 Method::POST,
                 &format!("/v1/keys/{id}/rotate"),
                 Some(body),
@@ -141,6 +228,7 @@ pub(super) async fn keys(c: &Client, cmd: Keys, out: Output) -> anyhow::Result<i
         Keys::Revoke { id } => {
             call(
                 c,
+                "revoke the key",
                 Method::POST,
                 &format!("/v1/keys/{id}/revoke"),
                 Some(json!({})),
@@ -154,7 +242,14 @@ pub(super) async fn keys(c: &Client, cmd: Keys, out: Output) -> anyhow::Result<i
             if !scopes.is_empty() {
                 body["scopes"] = json!(scopes);
             }
-            let v = call(c, Method::POST, "/v1/keys/verify", Some(body)).await?;
+            let v = call(
+                c,
+                "verify the key",
+                Method::POST,
+                "/v1/keys/verify",
+                Some(body),
+            )
+            .await?;
             show(out, &v, None);
             return Ok(verdict(&v));
         }
@@ -199,7 +294,14 @@ pub(super) async fn certs(c: &Client, cmd: Certs, out: Output) -> anyhow::Result
                 .as_deref()
                 .map(|p| stage(p, files::PUBLIC))
                 .transpose()?;
-            let mut v = call(c, Method::POST, "/v1/certs", Some(body)).await?;
+            let mut v = call(
+                c,
+                "issue the certificate",
+                Method::POST,
+                "/v1/certs",
+                Some(body),
+            )
+            .await?;
             // A generated key goes to its file, never to the terminal.
             if let (Some((f, path)), Some(key)) = (key_file, v["private_key"].as_str()) {
                 let key = zeroize::Zeroizing::new(key.to_owned());
@@ -221,15 +323,58 @@ pub(super) async fn certs(c: &Client, cmd: Certs, out: Output) -> anyhow::Result
                 ),
                 None => "/v1/certs".to_owned(),
             };
-            let v = list_all(c, &path).await?;
+            let v = list_all(c, "list certificates", &path).await?;
             show(out, &v, Some(&["serial", "identity", "state", "not_after"]));
             return Ok(exit::OK);
+        }
+        Certs::Get { serial } => {
+            let path = format!("/v1/certs/{serial}");
+            call(c, "read the certificate", Method::GET, &path, None).await?
+        }
+        Certs::Renew { csr, cert_out, ttl } => {
+            let mut body = json!({});
+            set(&mut body, "ttl_seconds", ttl);
+            if let Some(path) = csr {
+                body["csr"] = json!(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?
+                );
+            }
+            let (f, path) = stage(&cert_out, files::PUBLIC)?;
+            let v = call(
+                c,
+                "renew the certificate",
+                Method::POST,
+                "/v1/certs/renew",
+                Some(body),
+            )
+            .await?;
+            commit(f, path, agent::chain_pem(&v).as_bytes())?;
+            v
+        }
+        Certs::Token {
+            identity,
+            tenant,
+            ttl,
+        } => {
+            let mut body = json!({ "identity": identity });
+            set(&mut body, "tenant", tenant);
+            set(&mut body, "ttl_seconds", ttl);
+            call(
+                c,
+                "make the enrolment token",
+                Method::POST,
+                "/v1/enrolment-tokens",
+                Some(body),
+            )
+            .await?
         }
         Certs::Revoke { serial, reason } => {
             let mut body = json!({});
             set(&mut body, "reason", reason);
             call(
                 c,
+                "revoke the certificate",
                 Method::POST,
                 &format!("/v1/certs/{serial}/revoke"),
                 Some(body),
@@ -241,6 +386,7 @@ pub(super) async fn certs(c: &Client, cmd: Certs, out: Output) -> anyhow::Result
                 .with_context(|| format!("reading {}", file.display()))?;
             let v = call(
                 c,
+                "verify the certificate",
                 Method::POST,
                 "/v1/certs/verify",
                 Some(json!({ "certificate": pem })),
@@ -256,19 +402,23 @@ pub(super) async fn certs(c: &Client, cmd: Certs, out: Output) -> anyhow::Result
 
 /// A file to write once an answer arrives, created now so that a path that cannot be written
 /// fails before the call.
-fn stage(path: &Path, mode: u32) -> anyhow::Result<(files::Staged, &Path)> {
+pub(super) fn stage(path: &Path, mode: u32) -> anyhow::Result<(files::Staged, &Path)> {
     let f = files::Staged::create(path, mode)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok((f, path))
 }
 
-fn commit(f: files::Staged, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(super) fn commit(f: files::Staged, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     f.commit(bytes)
         .with_context(|| format!("writing {}", path.display()))
 }
 
 pub(super) async fn whoami(c: &Client, out: Output) -> anyhow::Result<()> {
-    show(out, &call(c, Method::GET, "/v1/whoami", None).await?, None);
+    show(
+        out,
+        &call(c, "ask who you are", Method::GET, "/v1/whoami", None).await?,
+        None,
+    );
     Ok(())
 }
 
@@ -287,7 +437,7 @@ fn cell(v: &Value) -> String {
 
 /// Prints `v` as JSON, or as a table: `columns` of `v.items`, or one `field  value` line per
 /// field of an object.
-fn show(out: Output, v: &Value, columns: Option<&[&str]>) {
+pub(super) fn show(out: Output, v: &Value, columns: Option<&[&str]>) {
     if let Output::Json = out {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
         return;
@@ -373,12 +523,30 @@ pub(super) async fn unseal(target: TargetArgs) -> anyhow::Result<()> {
     let client = Client::new(&t)?;
     let line = secret_input(None)?;
     let body = json!({"share": line.trim()});
-    let answer = client
-        .call(Method::POST, "/v1/sys/unseal", Some(&body))
-        .await?
-        .ok()?;
-    println!("{}", answer.json());
+    let v = call(
+        &client,
+        "send the unseal share",
+        Method::POST,
+        "/v1/sys/unseal",
+        Some(body),
+    )
+    .await?;
+    println!("{}", unseal_progress(&v));
     Ok(())
+}
+
+/// An unseal answer in words.
+fn unseal_progress(v: &Value) -> String {
+    if v["sealed"] == Value::Bool(false) {
+        return "share accepted: the server is unsealed".into();
+    }
+    match (v["progress"].as_u64(), v["threshold"].as_u64()) {
+        (Some(p), Some(t)) => format!(
+            "share accepted: {p} of {t}; the server stays sealed until {} more",
+            t.saturating_sub(p)
+        ),
+        _ => "share accepted; the server is still sealed".into(),
+    }
 }
 
 /// `tessera agent bootstrap`: the first certificate, from an enrolment token.
@@ -401,9 +569,9 @@ pub(super) async fn agent_bootstrap(
     };
     let v = agent::bootstrap(b).await?;
     println!(
-        "Wrote {} (valid until unix {}) and its key. Keep it renewed with `tessera agent`.",
+        "Wrote {} (valid until {}) and its key. Keep it renewed with `tessera agent`.",
         cert.display(),
-        v.not_after
+        crate::clock::Timestamp::from_unix(v.not_after)
     );
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! The `tessera` command line: [`run`] parses the arguments ([`args`]) and runs one verb.
 //! `serve` runs on actix's runtime, as the server does; every other verb that needs async
 //! runs on the one runtime `block_on` builds. The offline verbs (server stopped) are in
-//! `offline`, the verbs that talk to a running server in `client`. This is the only layer
-//! that prints and that uses `anyhow`.
+//! `offline`, the verbs that talk to a running server in `client` (keys, certificates,
+//! APIs, the agent) and `admin` (tenants, roles, bindings, root keys, PKI, audit, seal).
+//! This is the only layer that prints and that uses `anyhow`.
 
+mod admin;
 pub mod args;
 mod client;
 mod offline;
@@ -45,6 +47,22 @@ pub fn run() -> anyhow::Result<i32> {
         Command::AdminCert(args) => block_on(offline::admin_cert(args))?,
         Command::Audit(AuditCommand::Verify { dirs, checkpoint }) => {
             return block_on(offline::audit_verify(dirs, checkpoint));
+        }
+        Command::Audit(AuditCommand::Check { client }) => {
+            let (c, out) = connect(client)?;
+            return block_on(async move { admin::audit_check(&c, out).await });
+        }
+        Command::Audit(AuditCommand::List {
+            client,
+            limit,
+            after_seq,
+        }) => {
+            let (c, out) = connect(client)?;
+            block_on(async move { admin::audit_list(&c, limit, after_seq, out).await })?;
+        }
+        Command::Audit(AuditCommand::Checkpoint { client, fresh, out }) => {
+            let (c, _) = connect(client)?;
+            block_on(async move { admin::audit_checkpoint(&c, fresh, out).await })?;
         }
         Command::Backup { target, out } => block_on(client::backup(target, out))?,
         Command::Restore {
@@ -90,6 +108,39 @@ pub fn run() -> anyhow::Result<i32> {
             return block_on(async move { client::certs(&c, command, out).await });
         }
         Command::Unseal { target } => block_on(client::unseal(target))?,
+        Command::Tenants { client, command } => {
+            let (c, out) = connect(client)?;
+            block_on(async move { admin::tenants(&c, command, out).await })?;
+        }
+        Command::Roles { client, command } => {
+            let (c, out) = connect(client)?;
+            block_on(async move { admin::roles(&c, command, out).await })?;
+        }
+        Command::Bindings { client, command } => {
+            let (c, out) = connect(client)?;
+            block_on(async move { admin::bindings(&c, command, out).await })?;
+        }
+        Command::RootKeys { client, command } => {
+            let (c, out) = connect(client)?;
+            block_on(async move { admin::root_keys(&c, command, out).await })?;
+        }
+        Command::Pki { client, command } => {
+            let (c, out) = connect(client)?;
+            block_on(async move { admin::pki(&c, command, out).await })?;
+        }
+        Command::Sys { client, command } => {
+            let (c, out) = connect(client)?;
+            block_on(async move { admin::sys(&c, command, out).await })?;
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "tessera",
+                &mut std::io::stdout(),
+            );
+        }
     }
     Ok(exit::OK)
 }

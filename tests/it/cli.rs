@@ -603,3 +603,412 @@ async fn issue_20_logs_have_colour_only_at_a_terminal() {
     let tty = at_a_terminal(&[("NO_COLOR", "1")]);
     assert!(tty.contains("not due") && !tty.contains('\x1b'), "{tty:?}");
 }
+
+/// Issue 20: every administrative operation from the CLI alone, through the public API with
+/// the caller's credential; a failure names the operation; times are RFC 3339.
+#[tokio::test]
+async fn issue_20_the_cli_covers_every_operation() {
+    let home = Home::new();
+    let mut server = Server::start(&home);
+    let j = |args: &[&str]| json(&server, args, &[]);
+    let fails = |args: &[&str], env: &[(&str, &str)]| {
+        let o = run(&server, args, env);
+        assert_eq!(o.status.code(), Some(1), "{args:?} should fail");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+
+    // Tenants, roles, bindings.
+    assert_eq!(j(&["tenants", "create", "acme"])["name"], "acme");
+    assert!(ok(&run(&server, &["tenants", "list"], &[])).contains("acme"));
+    assert_eq!(j(&["tenants", "get", "acme"])["name"], "acme");
+    let role = j(&[
+        "roles",
+        "create",
+        "--tenant",
+        "acme",
+        "reader",
+        "--permission",
+        "apis:read",
+        "--permission",
+        "keys:read",
+    ]);
+    assert_eq!(role["permissions"], json!(["apis:read", "keys:read"]));
+    j(&[
+        "roles",
+        "set",
+        "--tenant",
+        "acme",
+        "reader",
+        "--permission",
+        "apis:read",
+    ]);
+    assert_eq!(
+        j(&["roles", "get", "--tenant", "acme", "reader"])["permissions"],
+        json!(["apis:read"])
+    );
+    let roles = ok(&run(&server, &["roles", "list", "--tenant", "acme"], &[]));
+    assert!(
+        roles.contains("reader") && roles.contains("tenant-admin"),
+        "{roles}"
+    );
+    j(&[
+        "bindings", "set", "--tenant", "acme", "svc", "--role", "reader", "--role", "verifier",
+    ]);
+    assert_eq!(
+        j(&["bindings", "get", "--tenant", "acme", "svc"])["roles"],
+        json!(["reader", "verifier"])
+    );
+    assert!(
+        ok(&run(
+            &server,
+            &["bindings", "list", "--tenant", "acme"],
+            &[]
+        ))
+        .contains("svc")
+    );
+    ok(&run(
+        &server,
+        &["bindings", "delete", "--tenant", "acme", "svc"],
+        &[],
+    ));
+    ok(&run(
+        &server,
+        &["roles", "delete", "--tenant", "acme", "reader"],
+        &[],
+    ));
+    let err = fails(&["roles", "get", "--tenant", "acme", "reader"], &[]);
+    assert!(err.contains("cannot read the role"), "{err}");
+
+    // Root keys: created, used as the only credential, rotated, revoked.
+    let rk = j(&[
+        "root-keys",
+        "create",
+        "--tenant",
+        "acme",
+        "--name",
+        "portal",
+        "--permission",
+        "apis:read",
+        "--permission",
+        "apis:write",
+        "--permission",
+        "keys:create",
+    ]);
+    let (rk_id, rk_secret) = (rk["id"].as_str().unwrap(), rk["key"].as_str().unwrap());
+    assert!(ok(&run(&server, &["root-keys", "list"], &[])).contains(rk_id));
+    assert_eq!(j(&["root-keys", "get", rk_id])["name"], "portal");
+    assert!(
+        j(&["root-keys", "get", rk_id])["key"].is_null(),
+        "the secret once only"
+    );
+    let as_portal = |args: &[&str]| {
+        let mut c = command(&server, args, &[]);
+        c.env_remove("TESSERA_CLIENT_CERT")
+            .env_remove("TESSERA_CLIENT_KEY")
+            .env("TESSERA_TOKEN", rk_secret)
+            .env("TESSERA_CACERT", server.certs.join("ca.pem"));
+        c.output().unwrap()
+    };
+    let api: Value = serde_json::from_str(&ok(&as_portal(&[
+        "apis",
+        "create",
+        "--name",
+        "orders",
+        "--purpose",
+        "Orders",
+        "--owner",
+        "team",
+        "--risk",
+        "low",
+        "--output",
+        "json",
+    ])))
+    .unwrap();
+    assert_eq!(api["tenant"], "acme", "the root key's tenant");
+    let api = api["id"].as_str().unwrap().to_owned();
+    let rotated = j(&["root-keys", "rotate", rk_id]);
+    let new_rk = rotated["id"].as_str().unwrap().to_owned();
+    j(&["root-keys", "revoke", &new_rk]);
+    assert_eq!(j(&["root-keys", "get", &new_rk])["state"], "revoked");
+
+    // APIs and keys.
+    assert_eq!(j(&["apis", "get", &api])["name"], "orders");
+    let changed = j(&[
+        "apis",
+        "update",
+        &api,
+        "--owner",
+        "team-orders",
+        "--review-by",
+        "2031-01-31",
+    ]);
+    assert_eq!(changed["owner"], "team-orders");
+    assert_eq!(changed["review_by"], "2031-01-31");
+    let key = j(&["keys", "create", "--api", &api, "--scope", "orders:read"]);
+    let (kid, secret) = (
+        key["id"].as_str().unwrap().to_owned(),
+        key["key"].as_str().unwrap().to_owned(),
+    );
+    let verify = |scope: &str| {
+        run(
+            &server,
+            &["keys", "verify", "--scope", scope],
+            &[("TESSERA_KEY", &secret)],
+        )
+        .status
+        .code()
+    };
+    assert_eq!(verify("orders:write"), Some(3));
+    let upd = j(&[
+        "keys",
+        "update",
+        &kid,
+        "--scope",
+        "orders:read",
+        "--scope",
+        "orders:write",
+        "--disable",
+        "--remaining",
+        "5",
+        "--name",
+        "renamed",
+    ]);
+    assert_eq!(
+        (
+            upd["enabled"].clone(),
+            upd["remaining"].clone(),
+            upd["name"].clone()
+        ),
+        (json!(false), json!(5), json!("renamed"))
+    );
+    assert_eq!(verify("orders:write"), Some(3), "disabled");
+    j(&["keys", "update", &kid, "--enable", "--unlimited"]);
+    assert_eq!(verify("orders:write"), Some(0));
+    assert!(j(&["keys", "get", &kid])["remaining"].is_null());
+    // RFC 3339 times in the table, not unix seconds.
+    let table = ok(&run(&server, &["keys", "get", &kid], &[]));
+    let created = table
+        .lines()
+        .find(|l| l.starts_with("created_at"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    assert!(
+        created.len() >= 20 && created.contains('T') && created.ends_with('Z'),
+        "{table}"
+    );
+    let err = fails(&["apis", "delete", &api], &[]);
+    assert!(err.contains("cannot delete the API"), "{err}");
+    j(&["keys", "revoke", &kid]);
+    let err = fails(&["keys", "revoke", "key_doesnotexist000000"], &[]);
+    assert!(err.contains("cannot revoke the key"), "{err}");
+
+    // Certificates: an enrolment token, the agent's bootstrap, read, renew with itself.
+    let dir = tempfile::tempdir().unwrap();
+    let token = j(&["certs", "token", "--identity", "edge", "--ttl", "600"]);
+    let token = token["token"].as_str().unwrap().to_owned();
+    let boot = command(
+        &server,
+        &[
+            "agent",
+            "bootstrap",
+            "--identity",
+            "edge",
+            "--cert",
+            "edge.pem",
+            "--key",
+            "edge.key",
+        ],
+        &[("TESSERA_ENROL_TOKEN", &token)],
+    )
+    .env("TESSERA_ADDR", server.url(""))
+    .current_dir(dir.path())
+    .output()
+    .unwrap();
+    let said = ok(&boot);
+    assert!(
+        said.contains("valid until 20"),
+        "RFC 3339, not unix: {said}"
+    );
+    let again = command(
+        &server,
+        &[
+            "agent",
+            "bootstrap",
+            "--identity",
+            "edge",
+            "--cert",
+            "e2.pem",
+            "--key",
+            "e2.key",
+        ],
+        &[("TESSERA_ENROL_TOKEN", &token)],
+    )
+    .current_dir(dir.path())
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("enrolment token") && !err.contains("renew"),
+        "a reused token is named as such: {err}"
+    );
+    let serial = {
+        let list = j(&["certs", "list", "--identity", "edge"]);
+        list["items"][0]["serial"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(
+        j(&["certs", "get", &serial])["identity"],
+        "spiffe://tessera.local/tenant/default/svc/edge"
+    );
+    let renewed = command(
+        &server,
+        &[
+            "certs",
+            "renew",
+            "--cert",
+            "edge.pem",
+            "--key",
+            "edge.key",
+            "--cert-out",
+            "edge2.pem",
+            "--output",
+            "json",
+        ],
+        &[],
+    )
+    .current_dir(dir.path())
+    .output()
+    .unwrap();
+    let renewed: Value = serde_json::from_str(&ok(&renewed)).unwrap();
+    assert_ne!(renewed["serial"].as_str().unwrap(), serial);
+    let pem = std::fs::read_to_string(dir.path().join("edge2.pem")).unwrap();
+    assert_eq!(
+        pem.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "leaf and chain"
+    );
+
+    // PKI, audit, sys.
+    let ca = dir.path().join("ca-copy.pem");
+    ok(&run(
+        &server,
+        &["pki", "ca", "--out", ca.to_str().unwrap()],
+        &[],
+    ));
+    assert!(
+        std::fs::read_to_string(&ca)
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    let crl = ok(&run(&server, &["pki", "crl"], &[]));
+    assert!(crl.contains("BEGIN X509 CRL"), "{crl}");
+    let rotation = j(&["pki", "rotate"]);
+    assert!(rotation["issuing"].as_str().unwrap().starts_with("ca_"));
+    let audit = j(&["audit", "list", "--limit", "100"]);
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(
+        actions.iter().any(|a| a.contains("root-keys")),
+        "{actions:?}"
+    );
+    assert_eq!(j(&["audit", "check"])["valid"], true);
+    let cp = dir.path().join("checkpoint.json");
+    ok(&run(
+        &server,
+        &[
+            "audit",
+            "checkpoint",
+            "--fresh",
+            "--out",
+            cp.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert_eq!(j(&["sys", "status"])["sealed"], false);
+    let before = j(&["sys", "status"])["keyring"]["current"]
+        .as_u64()
+        .unwrap();
+    let after = j(&["sys", "rotate-keyring"])["current"].as_u64().unwrap();
+    assert_eq!(after, before + 1);
+    j(&["sys", "seal"]);
+    let err = fails(&["apis", "list"], &[]);
+    assert!(err.contains("cannot list APIs"), "{err}");
+
+    // The checkpoint saved online verifies the log offline.
+    server.terminate();
+    let o = Command::new(BIN)
+        .args(["audit", "verify", "--checkpoint", cp.to_str().unwrap()])
+        .arg("--data")
+        .arg(home.data())
+        .arg("--certs")
+        .arg(home.certs())
+        .env_remove("TESSERA_MASTER_KEY")
+        .output()
+        .unwrap();
+    ok(&o);
+
+    // Completions for the three shells name the verbs.
+    for shell in ["bash", "zsh", "fish"] {
+        let o = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        let script = ok(&o);
+        assert!(
+            script.contains("root-keys") && script.contains("rotate-keyring"),
+            "{shell}"
+        );
+    }
+}
+
+/// Issue 20: `tessera unseal` says where the unsealing stands in words.
+#[tokio::test]
+async fn issue_20_unseal_reports_progress_in_words() {
+    let home = Home::new();
+    let init = Command::new(BIN)
+        .args(["init", "--shares", "3", "--threshold", "2"])
+        .arg("--data")
+        .arg(home.data())
+        .arg("--certs")
+        .arg(home.certs())
+        .output()
+        .unwrap();
+    let shares: Vec<String> = ok(&init)
+        .lines()
+        .filter_map(|l| l.strip_prefix("share-")?.split_once(": "))
+        .map(|(_, share)| share.to_owned())
+        .collect();
+    assert_eq!(shares.len(), 3, "{shares:?}");
+    let server = Server::start(&home);
+    let unseal = |share: &str| {
+        use std::io::Write;
+        let mut c = Command::new(BIN)
+            .args(["unseal", "--server", &server.url(""), "--ca"])
+            .arg(home.certs().join("ca.pem"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{share}\n").as_bytes())
+            .unwrap();
+        ok(&c.wait_with_output().unwrap())
+    };
+    let first = unseal(&shares[0]);
+    assert!(
+        first.contains("1 of 2") && first.contains("sealed"),
+        "{first}"
+    );
+    assert!(!first.contains('{'), "words, not JSON: {first}");
+    let second = unseal(&shares[2]);
+    assert!(second.contains("unsealed"), "{second}");
+}
