@@ -13,6 +13,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod custody;
+mod docs;
 mod durability;
 mod faults;
 mod gateway;
