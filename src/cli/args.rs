@@ -567,6 +567,13 @@ impl DirArgs {
     }
 }
 
+/// `name=value` (the value may hold further `=`).
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}` is not name=value"))
+}
+
 #[derive(Clone, Copy, Debug, Default, ValueEnum)]
 pub enum Output {
     #[default]
@@ -638,6 +645,9 @@ pub enum Keys {
         ttl: Option<u64>,
         #[arg(long)]
         remaining: Option<u64>,
+        /// Metadata for the key's owner, e.g. --metadata customer=acme (repeat for more).
+        #[arg(long = "metadata", value_parser = key_value)]
+        metadata: Vec<(String, String)>,
     },
     /// An API's keys.
     List {
@@ -669,6 +679,9 @@ pub enum Keys {
         /// When it expires (RFC 3339).
         #[arg(long)]
         expires_at: Option<String>,
+        /// Replace its metadata with these pairs (repeat for more).
+        #[arg(long = "metadata", value_parser = key_value)]
+        metadata: Vec<(String, String)>,
     },
     /// A new key; the old one keeps working for --grace seconds.
     Rotate {

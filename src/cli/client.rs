@@ -139,6 +139,15 @@ pub(super) async fn apis(c: &Client, cmd: Apis, out: Output) -> anyhow::Result<(
     Ok(())
 }
 
+fn metadata_object(pairs: Vec<(String, String)>) -> Value {
+    Value::Object(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect(),
+    )
+}
+
 /// The exit code of a verdict (`keys verify`, `certs verify`): only VALID is success.
 fn verdict(v: &Value) -> i32 {
     if v["code"] == "VALID" {
@@ -157,8 +166,12 @@ pub(super) async fn keys(c: &Client, cmd: Keys, out: Output) -> anyhow::Result<i
             scopes,
             ttl,
             remaining,
+            metadata,
         } => {
             let mut body = json!({});
+            if !metadata.is_empty() {
+                body["metadata"] = metadata_object(metadata);
+            }
             set(&mut body, "name", name);
             if !scopes.is_empty() {
                 body["scopes"] = json!(scopes);
@@ -196,8 +209,12 @@ pub(super) async fn keys(c: &Client, cmd: Keys, out: Output) -> anyhow::Result<i
             remaining,
             unlimited,
             expires_at,
+            metadata,
         } => {
             let mut body = json!({});
+            if !metadata.is_empty() {
+                body["metadata"] = metadata_object(metadata);
+            }
             set(&mut body, "name", name);
             if !scopes.is_empty() {
                 body["scopes"] = json!(scopes);

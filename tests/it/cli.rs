@@ -744,7 +744,19 @@ async fn issue_20_the_cli_covers_every_operation() {
     ]);
     assert_eq!(changed["owner"], "team-orders");
     assert_eq!(changed["review_by"], "2031-01-31");
-    let key = j(&["keys", "create", "--api", &api, "--scope", "orders:read"]);
+    let key = j(&[
+        "keys",
+        "create",
+        "--api",
+        &api,
+        "--scope",
+        "orders:read",
+        "--metadata",
+        "customer=acme",
+        "--metadata",
+        "plan=a=b",
+    ]);
+    assert_eq!(key["metadata"], json!({"customer": "acme", "plan": "a=b"}));
     let (kid, secret) = (
         key["id"].as_str().unwrap().to_owned(),
         key["key"].as_str().unwrap().to_owned(),
