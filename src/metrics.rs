@@ -71,6 +71,14 @@ pub static KEY_VERIFY: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+pub static LEAKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "tessera_leak_reports_total",
+        "Reported tokens by source (github, holder) and what they were (malformed, unknown, revoked, already_revoked)",
+        &["source", "result"],
+    )
+});
+
 pub static CERT_VERIFY: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "tessera_cert_verifications_total",
@@ -169,6 +177,7 @@ pub fn init() {
     LazyLock::force(&HTTP_DURATION);
     LazyLock::force(&KEY_VERIFY);
     LazyLock::force(&CERT_VERIFY);
+    LazyLock::force(&LEAKS);
     LazyLock::force(&KEYS_ISSUED);
     LazyLock::force(&CERTS_ISSUED);
     LazyLock::force(&KEYS_BY_STATE);

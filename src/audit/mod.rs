@@ -197,6 +197,11 @@ impl AuditContext {
         }
     }
 
+    /// Sets the detail of the entries recorded from now on (never a secret).
+    pub fn set_detail(&self, detail: Option<String>) {
+        self.base.write_locked().detail = detail;
+    }
+
     /// Whether a change was recorded through this context.
     pub fn recorded(&self) -> bool {
         self.recorded.load(Ordering::SeqCst)

@@ -31,6 +31,8 @@ pub struct FileConfig {
     pub forward_auth: FileForwardAuth,
     #[serde(default)]
     pub store: FileStore,
+    #[serde(default)]
+    pub leaks: FileLeaks,
     /// Base URL clients reach this server at (written into CRL distribution points).
     pub public_url: Option<String>,
     pub log_format: Option<String>,
@@ -73,6 +75,19 @@ pub struct FileForwardAuth {
     /// The header the gateway passes the end client's URL-escaped PEM certificate in
     /// (nginx `$ssl_client_escaped_cert`; default `X-Client-Cert`).
     pub cert_header: Option<String>,
+}
+
+/// Leak reports from GitHub's secret scanning (`POST /v1/leaks/github`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLeaks {
+    /// GitHub's secret-scanning public keys, in the format of
+    /// `https://api.github.com/meta/public_keys/secret_scanning`; read at every report, so a
+    /// job that refreshes the file needs no restart. Unset: the route is off (404).
+    pub github_keys_file: Option<PathBuf>,
+    /// Answer each report with the labels GitHub's feedback expects (`true_positive`,
+    /// `false_positive`) instead of `204`.
+    pub github_feedback: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -52,8 +52,8 @@ fn err(setting: &str, message: impl Into<String>) -> ConfigError {
 }
 
 pub use file::{
-    FileAudit, FileCertificates, FileConfig, FileForwardAuth, FileLimits, FileMetrics, FileServer,
-    FileTidy, FileTls,
+    FileAudit, FileCertificates, FileConfig, FileForwardAuth, FileLeaks, FileLimits, FileMetrics,
+    FileServer, FileTidy, FileTls,
 };
 
 /// Values from flags and the environment (clap fills these in `main.rs`).
@@ -100,6 +100,7 @@ pub struct Config {
     pub poll_interval: std::time::Duration,
     pub verify_cache_keys: usize,
     pub forward_auth: ForwardAuth,
+    pub leaks: Leaks,
     pub log_format: LogFormat,
     pub server_cert: ServerCertSource,
     pub tidy_retention_secs: u64,
@@ -124,6 +125,14 @@ impl Config {
             },
         }
     }
+}
+
+/// Leak reports (`[leaks]`).
+#[derive(Clone, Debug, Default)]
+pub struct Leaks {
+    /// GitHub's public keys (JSON, GitHub's format); `None`: `POST /v1/leaks/github` is off.
+    pub github_keys_file: Option<PathBuf>,
+    pub github_feedback: bool,
 }
 
 /// Where the forward-auth endpoint reads the end client's credentials (lower-case names).
@@ -463,6 +472,14 @@ impl Config {
             }
         };
 
+        let FileLeaks {
+            github_keys_file,
+            github_feedback,
+        } = file.leaks;
+        let leaks = Leaks {
+            github_keys_file,
+            github_feedback: github_feedback.unwrap_or(false),
+        };
         Ok(Self {
             listen,
             data_dir,
@@ -477,6 +494,7 @@ impl Config {
             store_cache_bytes,
             verify_cache_keys,
             forward_auth,
+            leaks,
             log_format,
             server_cert,
             tidy_retention_secs,

@@ -6,8 +6,8 @@ use super::{
     BLIND_KEY, IDX_KEY_ENDS, IDX_KEY_HASH, IDX_KEYS_BY_API, IDX_ROOT_KEYS, KeyKind, Keys,
     KeysError,
     model::{
-        Api, ApiKeysMarker, BoundTo, Key, KeyView, MAX_GRACE_SECS, MAX_TTL_SECS, Metadata,
-        RateLimit, Refill, Scopes, Text, UsageRecord, double_option,
+        Api, ApiKeysMarker, BoundTo, Key, KeyRevocationReason, KeyView, MAX_GRACE_SECS,
+        MAX_TTL_SECS, Metadata, RateLimit, Refill, Scopes, Text, UsageRecord, double_option,
     },
     ordered, retrying,
 };
@@ -217,6 +217,7 @@ impl Keys {
             budget: None,
             budget_since: None,
             quota: Some(false),
+            revocation_reason: None,
         })
     }
 
@@ -563,13 +564,15 @@ impl Keys {
         Ok((KeyView::new(&new, &usage, now), secret))
     }
 
-    /// Revokes a key at once. Revoking a revoked key changes nothing and succeeds.
+    /// Revokes a key at once (`reason`: why, when not a principal's request). Revoking a
+    /// revoked key changes nothing and succeeds.
     pub async fn revoke_key(
         &self,
         rec: &dyn Recorder,
         scope: &TenantScope,
         kind: KeyKind,
         id: &KeyId,
+        reason: Option<KeyRevocationReason>,
         now: Timestamp,
     ) -> Result<KeyView, KeysError> {
         retrying(|| async move {
@@ -577,6 +580,7 @@ impl Keys {
             if k.revoked_at.is_none() {
                 let before = k.clone();
                 k.revoked_at = Some(now);
+                k.revocation_reason = reason;
                 k.updated_at = now;
                 let mut b = Batch::new();
                 b.put_record(id.as_str(), &k, Expect::Rev(rev))?;

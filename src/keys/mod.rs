@@ -2,6 +2,7 @@
 //! verify, usage quotas. No HTTP here; the caller passes the tenants it may see and `now`.
 
 pub mod cache;
+mod leaks;
 mod lifecycle;
 pub mod model;
 mod registry;
@@ -16,6 +17,7 @@ use crate::{
     store::{IndexName, Store, StoreError},
 };
 
+pub use leaks::Leak;
 pub use lifecycle::{KeyPatch, NewKey, NewRootKey, RotateKey};
 pub use registry::{ApiPatch, NewApi};
 pub use tidy::KeyCounts;

@@ -278,6 +278,14 @@ impl Record for ApiKeysMarker {
     const KIND: Kind = Kind("api_keys");
 }
 
+/// Why a key was revoked, when the record says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyRevocationReason {
+    /// Reported as leaked (`POST /v1/leaks/github`, `POST /v1/keys/report-leak`).
+    Leaked,
+}
+
 /// An API key's record. The secret is not here: only its HMAC.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Key {
@@ -331,6 +339,10 @@ pub struct Key {
     /// only for a key outside any rotation chain (see [`Key::has_quota`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<bool>,
+    /// Why it was revoked, when not by a principal's request (`leaked`: reported by a
+    /// secret scanner or a holder). Absent on older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_reason: Option<KeyRevocationReason>,
 }
 
 impl Key {
@@ -474,6 +486,9 @@ pub struct KeyView {
     pub updated_at: Timestamp,
     pub expires_at: Option<Timestamp>,
     pub revoked_at: Option<Timestamp>,
+    /// `leaked` when a leak report revoked it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocation_reason: Option<KeyRevocationReason>,
     pub remaining: Option<u64>,
     pub last_used_at: Option<Timestamp>,
     /// Verifications of this key so far, by answer code (persisted about a second behind).
@@ -514,6 +529,7 @@ impl KeyView {
             updated_at: k.updated_at,
             expires_at: k.expires_at,
             revoked_at: k.revoked_at,
+            revocation_reason: k.revocation_reason,
             remaining: usage.remaining,
             last_used_at: usage.last_used_at,
             verify_counts: usage.verify_counts.clone(),
@@ -539,6 +555,7 @@ where
 pub fn sample_key(now: Timestamp) -> Key {
     Key {
         quota: None,
+        revocation_reason: None,
         id: KeyId::generate().unwrap_or_else(|_| unreachable!()),
         tenant: TenantName::default_tenant(),
         api_id: ApiId::generate().unwrap_or_else(|_| unreachable!()),

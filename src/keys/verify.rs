@@ -233,7 +233,7 @@ impl Keys {
     /// stored HMAC compared in constant time.
     ///
     /// The record comes from the verification cache when it is there.
-    async fn find(&self, presented: &ApiKey) -> Result<Option<Arc<Cached>>, KeysError> {
+    pub(super) async fn find(&self, presented: &ApiKey) -> Result<Option<Arc<Cached>>, KeysError> {
         let secret = presented.expose().as_bytes();
         let pepper = self.keyring.pepper();
         let blind = pepper.blind_index(BLIND_KEY, secret);

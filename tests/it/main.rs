@@ -20,6 +20,7 @@ mod gateway;
 mod guarantees;
 mod helpers;
 mod input;
+mod leaks;
 mod lifecycle;
 mod openapi;
 mod pg;

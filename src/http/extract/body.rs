@@ -32,7 +32,8 @@ fn limit(req: &HttpRequest) -> usize {
         .map_or(crate::config::DEFAULT_BODY_LIMIT, |s| s.config.body_limit)
 }
 
-async fn read_body(req: HttpRequest, mut payload: Payload) -> Result<web::BytesMut, ApiError> {
+/// The raw body, at most the configured body limit (a 413 beyond it).
+pub async fn read_body(req: HttpRequest, mut payload: Payload) -> Result<web::BytesMut, ApiError> {
     let limit = limit(&req);
     if let Some(len) = req
         .headers()

@@ -4,7 +4,7 @@
 mod body;
 mod principal;
 
-pub use body::{Json, MAX_JSON_DEPTH, OptionalJson, Query, parse_json};
+pub use body::{Json, MAX_JSON_DEPTH, OptionalJson, Query, parse_json, read_body as raw_body};
 pub use principal::{
     AuthRefusal, Authenticated, AuthenticatedCert, AuthenticatedConnection, PeerCert,
     PrincipalName, RateLimitInfo, refuse,

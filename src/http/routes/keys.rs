@@ -276,7 +276,7 @@ pub async fn revoke(
     let scope = authorize(&auth.0, Permission::KeysRevoke)?;
     let view = core
         .keys()
-        .revoke_key(&*audit, &scope, KeyKind::Api, &id, state.clock.now())
+        .revoke_key(&*audit, &scope, KeyKind::Api, &id, None, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(view))
 }

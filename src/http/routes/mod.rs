@@ -8,6 +8,7 @@ mod certs;
 mod custody;
 mod forward_auth;
 mod keys;
+mod leaks;
 mod pki;
 mod rootkeys;
 pub(super) mod sys;
@@ -74,6 +75,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(keys::list))
                 .route(web::post().to(keys::create)),
         )
+        .service(resource("/v1/keys/report-leak", "POST").route(web::post().to(leaks::report)))
+        .service(resource("/v1/leaks/github", "POST").route(web::post().to(leaks::github)))
         .service(
             resource("/v1/keys/{id}", "GET, PATCH")
                 .route(web::get().to(keys::get))
@@ -179,6 +182,7 @@ impl ListQuery {
         custody::rotate_keyring, sys::metrics, audit::list, audit::verify, audit::checkpoint,
         apis::list, apis::create, apis::get, apis::update, apis::delete,
         keys::list, keys::create, keys::get, keys::update, keys::rotate, keys::revoke,
+        leaks::report, leaks::github,
         certs::list, certs::issue, certs::renew, certs::create_enrolment_token, certs::enrol,
         certs::get, certs::revoke,
         tenants::list, tenants::create, tenants::get, tenants::list_roles, tenants::create_role,

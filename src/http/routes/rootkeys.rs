@@ -256,7 +256,7 @@ pub async fn revoke(
     held_by(&auth, &state, &scope, &id).await?;
     let view = core
         .keys()
-        .revoke_key(&*audit, &scope, KeyKind::Root, &id, state.clock.now())
+        .revoke_key(&*audit, &scope, KeyKind::Root, &id, None, state.clock.now())
         .await?;
     Ok(HttpResponse::Ok().json(RootKeyView::from(&view)))
 }
