@@ -218,6 +218,30 @@ impl AuditContext {
     }
 }
 
+impl AuditContext {
+    /// [`Recorder::record`], with the principal named as `principal` instead of the
+    /// request's (an entry written into another tenant's log, which must not name this one's
+    /// principals).
+    pub fn record_as(
+        &self,
+        batch: &mut Batch,
+        object: &str,
+        tenant: Option<&TenantName>,
+        principal: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut e = self.event("success", Some(object.to_owned()));
+        if let Some(t) = tenant {
+            e.tenant = Some(t.as_str().to_owned());
+        }
+        if let Some(p) = principal {
+            p.clone_into(&mut e.principal);
+        }
+        append(batch, &e)?;
+        self.recorded.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
 impl Recorder for AuditContext {
     fn record(
         &self,
@@ -225,13 +249,7 @@ impl Recorder for AuditContext {
         object: &str,
         tenant: Option<&TenantName>,
     ) -> Result<(), StoreError> {
-        let mut e = self.event("success", Some(object.to_owned()));
-        if let Some(t) = tenant {
-            e.tenant = Some(t.as_str().to_owned());
-        }
-        append(batch, &e)?;
-        self.recorded.store(true, Ordering::SeqCst);
-        Ok(())
+        self.record_as(batch, object, tenant, None)
     }
 }
 

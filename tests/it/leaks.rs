@@ -289,6 +289,14 @@ async fn github_reports_revoke_live_keys_and_forgeries_change_nothing() {
     assert_eq!(metric(&admin, "already_revoked").await, 1.0);
 }
 
+fn count_reports(log: &Value) -> usize {
+    log["items"].as_array().map_or(0, |a| {
+        a.iter()
+            .filter(|e| e["action"] == "POST /v1/keys/report-leak")
+            .count()
+    })
+}
+
 #[tokio::test]
 async fn a_holder_reports_a_leaked_key_and_learns_nothing_about_it() {
     let home = Home::new();
@@ -323,6 +331,35 @@ async fn a_holder_reports_a_leaked_key_and_learns_nothing_about_it() {
     assert_eq!(admin.verify(&key).await, "REVOKED");
     let k = admin.get(&format!("/v1/keys/{kid}")).await.expect(200);
     assert_eq!(k["revocation_reason"], "leaked");
+    // One entry per report, in the key's tenant, and it does not name the other tenant's
+    // principal.
+    // (The two that changed nothing are written just after their answers.)
+    for _ in 0..50 {
+        if count_reports(&admin.get("/v1/audit?limit=100").await.expect(200)) >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let log = admin.get("/v1/audit?limit=100").await.expect(200);
+    assert_eq!(
+        count_reports(&log),
+        3,
+        "exactly one entry per report: {log}"
+    );
+    let reports: Vec<&Value> = log["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "POST /v1/keys/report-leak")
+        .collect();
+    let revocation = reports
+        .iter()
+        .find(|e| e["object"] == kid.as_str())
+        .unwrap();
+    assert_eq!(revocation["tenant"], "default");
+    assert_eq!(revocation["principal"], "a principal of another tenant");
+    assert!(!log.to_string().contains(&key));
     // Without a credential: the uniform 401.
     let r = server
         .anonymous()

@@ -12,14 +12,17 @@ use ring::{digest, signature};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    audit::AuditContext,
     crypto::{hex, secret::SecretString},
     http::{
         error::{ApiError, ErrorBody},
         extract::{Audited, Authenticated, Json, raw_body},
         state::AppState,
     },
+    ids::TenantName,
     keys::Leak,
     metrics,
+    store::{Batch, Recorder, StoreError},
 };
 
 /// The most tokens one report may carry.
@@ -223,6 +226,32 @@ pub async fn github(
     })
 }
 
+/// Records a holder's report in the key's tenant. A tenant principal reporting another
+/// tenant's key is not named there (the entry says so instead): one tenant's audit log never
+/// shows another tenant's principals. The reporter's own request log line still names it.
+struct HolderRecorder<'a> {
+    ctx: &'a AuditContext,
+    reporter: Option<TenantName>,
+}
+
+impl Recorder for HolderRecorder<'_> {
+    fn record(
+        &self,
+        batch: &mut Batch,
+        object: &str,
+        tenant: Option<&TenantName>,
+    ) -> Result<(), StoreError> {
+        let stranger =
+            matches!((&self.reporter, tenant), (Some(mine), Some(theirs)) if mine != theirs);
+        self.ctx.record_as(
+            batch,
+            object,
+            tenant,
+            stranger.then_some("a principal of another tenant"),
+        )
+    }
+}
+
 /// `POST /v1/keys/report-leak`.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -239,16 +268,20 @@ pub struct ReportLeak {
     responses((status = 202, description = "Taken: if it is a live key, it is revoked now (reason `leaked`). The answer is the same whatever the key was, and says nothing about it.")),
 )]
 pub async fn report(
-    _auth: Authenticated,
+    auth: Authenticated,
     audit: Audited,
     state: web::Data<AppState>,
     body: Json<ReportLeak>,
 ) -> Result<HttpResponse, ApiError> {
     let core = state.core()?;
     audit.set_detail(Some("leaked: reported by a holder".into()));
+    let rec = HolderRecorder {
+        ctx: &audit,
+        reporter: auth.0.tenant.clone(),
+    };
     let leak = core
         .keys()
-        .report_leak(&*audit, body.value.key.expose(), state.clock.now())
+        .report_leak(&rec, body.value.key.expose(), state.clock.now())
         .await?;
     metrics::LEAKS
         .with_label_values(&["holder", leak.as_str()])
