@@ -164,26 +164,44 @@ fn start_server(home: &Path) -> Server {
 /// [`start_server`] with more arguments and environment (`--store`, the master key).
 fn start_server_with(home: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Server {
     fs::write(home.join("tessera.toml"), CONFIG).unwrap();
-    let mut child = Command::new("taskset")
-        .args([
-            "-c",
-            "0",
-            BIN,
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--shutdown-timeout",
-            "1",
-        ])
-        .arg("--data")
-        .arg(home.join("data"))
-        .arg("--certs")
-        .arg(home.join("certs"))
-        .arg("--config")
-        .arg(home.join("tessera.toml"))
-        .args(extra)
+    let mut cmd = Command::new("taskset");
+    cmd.args([
+        "-c",
+        "0",
+        BIN,
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--shutdown-timeout",
+        "1",
+    ])
+    .arg("--data")
+    .arg(home.join("data"))
+    .arg("--certs")
+    .arg(home.join("certs"))
+    .arg("--config")
+    .arg(home.join("tessera.toml"))
+    .args(extra)
+    .envs(envs.iter().copied());
+    spawn_listening(cmd, home)
+}
+
+/// The framework floor (`tessera bench-floor`): bare actix-web + rustls with Tessera's TLS
+/// settings and the same certificates, pinned like the server. Its log goes to
+/// `home/floor/server.stderr`.
+fn start_floor(home: &Path) -> Server {
+    let dir = home.join("floor");
+    fs::create_dir_all(&dir).unwrap();
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0", BIN, "bench-floor", "--certs"])
+        .arg(home.join("certs"));
+    spawn_listening(cmd, &dir)
+}
+
+/// Starts `cmd` with its stderr in `home/server.stderr`, and waits for the address it prints.
+fn spawn_listening(mut cmd: Command, home: &Path) -> Server {
+    let mut child = cmd
         .env("RUST_LOG", "error")
-        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(fs::File::create(home.join("server.stderr")).unwrap())
         .spawn()
@@ -836,25 +854,37 @@ struct Row {
     note: String,
 }
 
+/// The name of the framework floor's row; every row is also shown as a ratio to it.
+const FLOOR: &str = "framework floor: GET /v1/whoami";
+
 fn print_table(rows: &[Row]) {
     println!();
+    let floor = rows
+        .iter()
+        .find(|r| r.name == FLOOR)
+        .map(|r| r.m.per_cpu_second());
     println!(
-        "| {:<46} | {:>10} | {:>9} | {:>9} | {:>11} | {:>12} | {}",
-        "scenario", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "req/CPU-s", "note"
+        "| {:<46} | {:>10} | {:>9} | {:>9} | {:>11} | {:>12} | {:>7} | {}",
+        "scenario", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "req/CPU-s", "/floor", "note"
     );
     println!(
-        "|{:-<48}|{:-<12}|{:-<11}|{:-<11}|{:-<13}|{:-<14}|------",
-        "", "", "", "", "", ""
+        "|{:-<48}|{:-<12}|{:-<11}|{:-<11}|{:-<13}|{:-<14}|{:-<9}|------",
+        "", "", "", "", "", "", ""
     );
     for r in rows {
+        let vs_floor = floor.map_or_else(
+            || "-".to_owned(),
+            |f| format!("{:.2}x", r.m.per_cpu_second() / f.max(1e-9)),
+        );
         println!(
-            "| {:<46} | {:>10.0} | {:>9.0} | {:>9.0} | {:>11.1} | {:>12.0} | {}",
+            "| {:<46} | {:>10.0} | {:>9.0} | {:>9.0} | {:>11.1} | {:>12.0} | {:>7} | {}",
             r.name,
             r.m.rps(),
             r.m.p50_us,
             r.m.p99_us,
             r.m.cpu_per_req * 1e6,
             r.m.per_cpu_second(),
+            vs_floor,
             r.note
         );
     }
@@ -894,7 +924,18 @@ fn main() {
             if o.wants("verify") {
                 let whoami = Arc::new(vec![request("GET", "/v1/whoami", None, false)]);
                 if round == 0 {
-                    // Warm up, then the baseline.
+                    // The framework floor (with Tessera idle), then warm up and the baseline.
+                    let floor = start_floor(home.path());
+                    let fpid = floor.child.id();
+                    keepalive(floor.addr, mtls.clone(), &[fpid], c, d / 4, whoami.clone()).await;
+                    let m =
+                        keepalive(floor.addr, mtls.clone(), &[fpid], c, d, whoami.clone()).await;
+                    rows.push(Row {
+                        name: FLOOR.into(),
+                        note: "bare actix-web + rustls, Tessera's TLS settings".into(),
+                        m,
+                    });
+                    drop(floor);
                     keepalive(server.addr, mtls.clone(), &[pid], c, d / 4, whoami.clone()).await;
                 }
                 let verify: Vec<Vec<u8>> = secrets

@@ -93,6 +93,16 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The load benchmark's framework floor: bare actix-web + rustls with Tessera's TLS
+    /// settings, one static route.
+    #[command(hide = true)]
+    BenchFloor {
+        /// The directory with ca.pem, server.pem and server.key.
+        #[arg(long)]
+        certs: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
     /// Keep a service's certificate renewed: at 2/3 of its lifetime (with jitter), over mTLS
     /// with the certificate itself; files replaced atomically, then the reload hook. Exits 3
     /// if the certificate has expired or is refused (revoked). SIGHUP renews at once.

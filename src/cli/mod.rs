@@ -8,6 +8,7 @@
 mod admin;
 pub mod args;
 mod client;
+mod floor;
 mod offline;
 
 use std::future::Future;
@@ -79,6 +80,7 @@ pub fn run() -> anyhow::Result<i32> {
         Command::BenchPreload { dirs, keys, out } => {
             block_on(offline::bench_preload(dirs, keys, out))?;
         }
+        Command::BenchFloor { certs, listen } => floor::run(&certs, &listen)?,
         Command::Agent(AgentArgs {
             command:
                 Some(AgentCommand::Bootstrap {
