@@ -50,6 +50,8 @@ struct Opts {
     quick: bool,
     /// Run only the scenarios whose name contains this (`--only create`).
     only: Option<String>,
+    /// `--soak SECONDS`: the mixed soak instead of the scenarios.
+    soak: Option<u64>,
 }
 
 impl Opts {
@@ -86,6 +88,7 @@ fn opts() -> Opts {
             .unwrap_or(32),
         quick,
         only: get("--only"),
+        soak: get("--soak").map(|v| v.parse().unwrap()),
     }
 }
 
@@ -334,6 +337,11 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
 
     /// Sends one prepared request; returns the status.
     async fn call(&mut self, req: &[u8]) -> std::io::Result<u16> {
+        Ok(self.call_body(req).await?.0)
+    }
+
+    /// Sends one prepared request; returns the status and the body.
+    async fn call_body(&mut self, req: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
         self.stream.write_all(req).await?;
         self.stream.flush().await?;
         loop {
@@ -351,8 +359,9 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
                 while self.buf.len() < end + 4 + len {
                     self.fill().await?;
                 }
+                let body = self.buf[end + 4..end + 4 + len].to_vec();
                 self.buf.drain(..end + 4 + len);
-                return Ok(status);
+                return Ok((status, body));
             }
             self.fill().await?;
         }
@@ -898,6 +907,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if let Some(seconds) = o.soak {
+        rt.block_on(soak(Duration::from_secs(seconds)));
+        return;
+    }
     let mut rows: Vec<Row> = Vec::new();
     let mut memory = Vec::new();
     let d = o.duration;
@@ -1329,4 +1342,343 @@ async fn half_load(
     }
     lat.sort_unstable();
     percentile(&lat, 0.99)
+}
+
+// ---- the soak ----
+
+/// One operation of the soak: when it ended (seconds from the start), its latency, and
+/// whether it answered as it must.
+struct Done {
+    at: f64,
+    micros: u64,
+    ok: bool,
+}
+
+/// The soak's mix, by the operation's number: 90 % verify; the rest key creation, rotation
+/// and revocation, certificate issuance and revocation (in turn).
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    Verify,
+    Create,
+    Rotate,
+    Revoke,
+    Issue,
+    Unissue,
+}
+
+fn op_of(i: usize) -> Op {
+    match i % 40 {
+        0 => Op::Create,
+        1 => Op::Rotate,
+        2 => Op::Revoke,
+        3 if (i / 40) % 2 == 0 => Op::Issue,
+        3 => Op::Unissue,
+        _ => Op::Verify,
+    }
+}
+
+/// What every soak client shares.
+#[derive(Clone)]
+struct Mix {
+    addr: SocketAddr,
+    cfg: Arc<ClientConfig>,
+    api: Arc<String>,
+    verify: Arc<Vec<Vec<u8>>>,
+    csrs: Arc<Vec<String>>,
+}
+
+/// One soak client: a keep-alive connection running the mix, paced at `rate` operations per
+/// second (`None`: as fast as it can) until `deadline`.
+async fn soak_client(
+    mix: Mix,
+    c: usize,
+    rate: Option<f64>,
+    start: Instant,
+    deadline: Instant,
+) -> Vec<Done> {
+    let Mix {
+        addr,
+        cfg,
+        api,
+        verify,
+        csrs,
+    } = mix;
+    let mut conn = None;
+    for _ in 0..20 {
+        match Conn::open(addr, cfg.clone()).await {
+            Ok(k) => {
+                conn = Some(k);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let mut conn = conn.expect("a connection to the server");
+    let mut keys: std::collections::VecDeque<String> = Default::default();
+    let mut serials: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    let gap = rate.map(|r| Duration::from_secs_f64(1.0 / r.max(0.1)));
+    let mut next = Instant::now();
+    let mut i = c * 7;
+    let json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap_or_default();
+    while Instant::now() < deadline {
+        i += 1;
+        let op = op_of(i);
+        let req = match op {
+            Op::Verify => verify[(i * 7919) % verify.len()].clone(),
+            Op::Create => request("POST", &format!("/v1/apis/{api}/keys"), Some("{}"), false),
+            Op::Rotate | Op::Revoke => match keys.pop_front() {
+                Some(k) if op == Op::Rotate => request(
+                    "POST",
+                    &format!("/v1/keys/{k}/rotate"),
+                    Some(r#"{"grace_seconds":60}"#),
+                    false,
+                ),
+                Some(k) => request("POST", &format!("/v1/keys/{k}/revoke"), Some("{}"), false),
+                None => verify[i % verify.len()].clone(),
+            },
+            Op::Issue => {
+                let body = serde_json::json!({"identity": "soak", "csr": csrs[i % csrs.len()]});
+                request("POST", "/v1/certs", Some(&body.to_string()), false)
+            }
+            Op::Unissue => match serials.pop() {
+                Some(s) => request("POST", &format!("/v1/certs/{s}/revoke"), Some("{}"), false),
+                None => verify[i % verify.len()].clone(),
+            },
+        };
+        let t = Instant::now();
+        let answer = conn.call_body(&req).await;
+        let micros = t.elapsed().as_micros() as u64;
+        let ok = match &answer {
+            Ok((status, body)) if (200..300).contains(status) => {
+                let v = json(body);
+                match op {
+                    Op::Create | Op::Rotate => {
+                        if let Some(id) = v["id"].as_str() {
+                            keys.push_back(id.to_owned());
+                        }
+                    }
+                    Op::Issue => {
+                        if let Some(s) = v["serial"].as_str() {
+                            serials.push(s.to_owned());
+                        }
+                    }
+                    _ => {}
+                }
+                // A verify of a preloaded key must be VALID.
+                op != Op::Verify || v["code"] == "VALID"
+            }
+            _ => false,
+        };
+        out.push(Done {
+            at: start.elapsed().as_secs_f64(),
+            micros,
+            ok,
+        });
+        if answer.is_err() {
+            // The connection is gone: a new one (counted as the error it was).
+            if let Ok(k) = Conn::open(addr, cfg.clone()).await {
+                conn = k;
+            }
+        }
+        if let Some(gap) = gap {
+            next += gap;
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+    out
+}
+
+/// Full handshakes during the soak: a new connection per request, `rate` per second.
+async fn soak_handshakes(
+    addr: SocketAddr,
+    cfg: Arc<ClientConfig>,
+    rate: f64,
+    start: Instant,
+    deadline: Instant,
+) -> Vec<Done> {
+    let req = request("GET", "/v1/whoami", None, true);
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    let mut next = Instant::now();
+    let mut out = Vec::new();
+    while Instant::now() < deadline {
+        let t = Instant::now();
+        let ok = match Conn::open(addr, cfg.clone()).await {
+            Ok(mut c) => matches!(c.call(&req).await, Ok(s) if (200..300).contains(&s)),
+            Err(_) => false,
+        };
+        out.push(Done {
+            at: start.elapsed().as_secs_f64(),
+            micros: t.elapsed().as_micros() as u64,
+            ok,
+        });
+        next += gap;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    out
+}
+
+/// `--soak SECONDS`: 10,000 keys; the mix's capacity measured unpaced for 10 s; then the mix
+/// at 80 % of it, with a client doing full handshakes, for the given time. Prints errors
+/// (must be 0), p50/p99 and the server's RSS per minute (per 10 s under two minutes), and the
+/// RSS growth from the first interval to the last.
+async fn soak(length: Duration) {
+    const CLIENTS: usize = 8;
+    let home = tempfile::tempdir().unwrap();
+    drop(start_server(home.path()));
+    let (api, secrets, _) = preload(home.path(), 10_000);
+    let server = start_server(home.path());
+    let pid = server.child.id();
+    let mtls = client_config(&server.home.join("certs"), true, true);
+    let fresh = client_config(&server.home.join("certs"), true, false);
+    let api = Arc::new(api);
+    let verify: Arc<Vec<Vec<u8>>> = Arc::new(
+        secrets
+            .iter()
+            .map(|k| {
+                request(
+                    "POST",
+                    "/v1/keys/verify",
+                    Some(&format!("{{\"key\":\"{k}\"}}")),
+                    false,
+                )
+            })
+            .collect(),
+    );
+    let csrs = Arc::new(csrs(64));
+    // Every key verified once (the cache warm, as in a long-running server).
+    keepalive(
+        server.addr,
+        mtls.clone(),
+        &[pid],
+        32,
+        Duration::from_secs(5),
+        verify.clone(),
+    )
+    .await;
+    let mix = Mix {
+        addr: server.addr,
+        cfg: mtls.clone(),
+        api,
+        verify,
+        csrs,
+    };
+    let run = |rate: Option<f64>, length: Duration| {
+        let mix = mix.clone();
+        async move {
+            let start = Instant::now();
+            let deadline = start + length;
+            let tasks: Vec<_> = (0..CLIENTS)
+                .map(|c| {
+                    tokio::spawn(soak_client(
+                        mix.clone(),
+                        c,
+                        rate.map(|r| r / CLIENTS as f64),
+                        start,
+                        deadline,
+                    ))
+                })
+                .collect();
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap());
+            }
+            all
+        }
+    };
+    let probe = run(None, Duration::from_secs(10)).await;
+    let capacity = probe.len() as f64 / 10.0;
+    let rate = capacity * 0.8;
+    eprintln!(
+        "soak: mix capacity {capacity:.0} ops/s; running at {rate:.0} ops/s for {} s",
+        length.as_secs()
+    );
+    // RSS sampled every second.
+    let rss = Arc::new(std::sync::Mutex::new(Vec::<(f64, f64)>::new()));
+    let sampler = {
+        let rss = rss.clone();
+        let start = Instant::now();
+        tokio::spawn(async move {
+            loop {
+                let (r, _) = memory_mib(pid);
+                rss.lock().unwrap().push((start.elapsed().as_secs_f64(), r));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+    let hs = {
+        let start = Instant::now();
+        tokio::spawn(soak_handshakes(
+            server.addr,
+            fresh,
+            5.0,
+            start,
+            start + length,
+        ))
+    };
+    let mut done = run(Some(rate), length).await;
+    done.extend(hs.await.unwrap());
+    sampler.abort();
+    let bucket = if length >= Duration::from_secs(120) {
+        60.0
+    } else {
+        10.0
+    };
+    let buckets = (length.as_secs_f64() / bucket).ceil() as usize;
+    println!();
+    println!(
+        "| {:>8} | {:>8} | {:>6} | {:>9} | {:>9} | {:>8} |",
+        "from s", "ops", "errors", "p50 µs", "p99 µs", "RSS MiB"
+    );
+    println!(
+        "|{:-<10}|{:-<10}|{:-<8}|{:-<11}|{:-<11}|{:-<10}|",
+        "", "", "", "", "", ""
+    );
+    let samples = rss.lock().unwrap().clone();
+    let mut first_rss = None;
+    let mut last_rss = 0.0;
+    let mut errors = 0;
+    for b in 0..buckets {
+        let (lo, hi) = (b as f64 * bucket, (b + 1) as f64 * bucket);
+        let mut lat: Vec<u64> = done
+            .iter()
+            .filter(|d| d.at >= lo && d.at < hi)
+            .map(|d| d.micros)
+            .collect();
+        let errs = done
+            .iter()
+            .filter(|d| d.at >= lo && d.at < hi && !d.ok)
+            .count();
+        errors += errs;
+        lat.sort_unstable();
+        let r = samples
+            .iter()
+            .filter(|(t, _)| *t < hi)
+            .last()
+            .map_or(0.0, |(_, r)| *r);
+        first_rss.get_or_insert(r);
+        last_rss = r;
+        println!(
+            "| {:>8.0} | {:>8} | {:>6} | {:>9.0} | {:>9.0} | {:>8.1} |",
+            lo,
+            lat.len(),
+            errs,
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            r
+        );
+    }
+    let first = first_rss.unwrap_or(0.0);
+    println!();
+    println!(
+        "soak: {} operations, {errors} errors; RSS {first:.1} MiB in the first interval, {last_rss:.1} MiB in the last ({:+.1} %)",
+        done.len(),
+        (last_rss / first.max(1e-9) - 1.0) * 100.0
+    );
+    drop(server);
+    assert_eq!(errors, 0, "the soak must run without an error");
 }
