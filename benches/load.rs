@@ -1657,8 +1657,8 @@ async fn soak(length: Duration) {
         lat.sort_unstable();
         let r = samples
             .iter()
-            .filter(|(t, _)| *t < hi)
-            .last()
+            .rev()
+            .find(|(t, _)| *t < hi)
             .map_or(0.0, |(_, r)| *r);
         first_rss.get_or_insert(r);
         last_rss = r;

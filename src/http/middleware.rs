@@ -25,10 +25,42 @@ use crate::{
     metrics,
 };
 
+/// A request id: `req_` and 16 random base62 characters. Ids are not secrets, but they must
+/// not count requests (a client would learn how busy the server is): their randomness comes
+/// from the OS, drawn 4 KiB at a time into a per-thread pool rather than by a system call per
+/// request (measured at about a system call and a half per request before).
 fn new_request_id() -> String {
+    use std::cell::RefCell;
+    const POOL: usize = 4096;
+    thread_local! {
+        static RANDOM: RefCell<(Box<[u8; POOL]>, usize)> = RefCell::new((Box::new([0; POOL]), POOL));
+    }
     let mut s = String::with_capacity(20);
     s.push_str("req_");
-    if random::push_base62(&mut s, 16).is_err() {
+    let filled = RANDOM.with(|r| {
+        let (pool, used) = &mut *r.borrow_mut();
+        let mut pushed = 0;
+        while pushed < 16 {
+            if *used == POOL {
+                if random::fill(&mut pool[..]).is_err() {
+                    return false;
+                }
+                *used = 0;
+            }
+            let b = pool[*used];
+            *used += 1;
+            // Rejection sampling keeps every character equally likely.
+            if b < 248 {
+                s.push(char::from(
+                    crate::crypto::base62::ALPHABET[usize::from(b % 62)],
+                ));
+                pushed += 1;
+            }
+        }
+        true
+    });
+    if !filled {
+        s.truncate(4);
         s.push_str("unavailable");
     }
     s
@@ -303,4 +335,36 @@ fn audit_response(state: &web::Data<AppState>, res: &ServiceResponse<BoxBody>) {
             tracing::error!(error = %e, "could not write an audit entry");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_request_id;
+
+    #[test]
+    fn request_ids_are_random_base62_and_refill_across_the_pool() {
+        // More ids than one 4 KiB pool serves, on two threads.
+        let ids: Vec<String> = std::thread::scope(|s| {
+            let a = s.spawn(|| (0..400).map(|_| new_request_id()).collect::<Vec<_>>());
+            let b = s.spawn(|| (0..400).map(|_| new_request_id()).collect::<Vec<_>>());
+            let mut v = a.join().unwrap_or_default();
+            v.extend(b.join().unwrap_or_default());
+            v
+        });
+        assert_eq!(ids.len(), 800);
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), 800, "no id repeats, across threads too");
+        for id in &ids {
+            let rest = id.strip_prefix("req_").unwrap_or_default();
+            assert_eq!(rest.len(), 16, "{id}");
+            assert!(rest.bytes().all(|b| b.is_ascii_alphanumeric()), "{id}");
+        }
+        // Every character of the alphabet shows up: nothing is stuck.
+        let seen: std::collections::HashSet<u8> =
+            ids.iter().flat_map(|i| i.bytes().skip(4)).collect();
+        assert_eq!(seen.len(), 62);
+        // And no counter in disguise: the first character varies as much as the last.
+        let first: std::collections::HashSet<u8> = ids.iter().map(|i| i.as_bytes()[4]).collect();
+        assert!(first.len() > 40, "{} first characters", first.len());
+    }
 }
