@@ -26,6 +26,7 @@ mod openapi;
 mod pg;
 mod raw;
 mod refusals;
+mod secrets;
 mod startup;
 mod store_contract;
 mod trust;
