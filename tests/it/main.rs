@@ -30,3 +30,4 @@ mod secrets;
 mod startup;
 mod store_contract;
 mod trust;
+mod vectors;
