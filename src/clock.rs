@@ -166,6 +166,64 @@ impl Clock for SystemClock {
     }
 }
 
+/// The variable that names a test clock's file (see [`from_environment`]).
+pub const TEST_CLOCK_ENV: &str = "TESSERA_TEST_CLOCK";
+
+/// The clock the server runs on: the system's, unless `TESSERA_TEST_CLOCK` names a file in a
+/// debug build (the test suite's build), in which case [`FileClock`] reads `now` from it.
+///
+/// Why a debug build only: the integration tests run the binary `cargo test` builds (debug
+/// assertions on); a release build, the one anybody deploys, has no code that reads the
+/// variable at all, and refuses to start when it is set, so a stray variable can never move a
+/// production server's clock (which would extend every expiry and grace). The test-only clock
+/// is compiled out of release builds rather than switched off by a default.
+pub fn from_environment() -> Result<std::sync::Arc<dyn Clock>, String> {
+    let Some(path) = std::env::var_os(TEST_CLOCK_ENV) else {
+        return Ok(std::sync::Arc::new(SystemClock));
+    };
+    #[cfg(debug_assertions)]
+    {
+        tracing::warn!(
+            file = %std::path::Path::new(&path).display(),
+            "TEST CLOCK: `now` is read from a file ({TEST_CLOCK_ENV}); a debug build only"
+        );
+        Ok(std::sync::Arc::new(FileClock { path: path.into() }))
+    }
+    #[cfg(not(debug_assertions))]
+    {
+        let _ = path;
+        Err(format!(
+            "{TEST_CLOCK_ENV} is set, but a release build has no test clock: unset it"
+        ))
+    }
+}
+
+/// A clock the test suite controls: the file holds the current instant as unix milliseconds
+/// (read on every call, so a test moves time by rewriting it); while the file is missing or
+/// empty, the system clock. Unreadable content is a test's mistake: it panics rather than
+/// guess. Compiled into debug builds only (see [`from_environment`]).
+#[cfg(debug_assertions)]
+#[derive(Debug)]
+pub struct FileClock {
+    path: std::path::PathBuf,
+}
+
+#[cfg(debug_assertions)]
+impl Clock for FileClock {
+    fn now(&self) -> Timestamp {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let text = text.trim();
+        if text.is_empty() {
+            return SystemClock.now();
+        }
+        #[allow(clippy::panic)] // a debug build's test harness wrote something else: say so
+        let ms = text
+            .parse::<i64>()
+            .unwrap_or_else(|_| panic!("{TEST_CLOCK_ENV}: not unix milliseconds: {text:?}"));
+        Timestamp::from_unix_millis(ms)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +248,19 @@ mod tests {
         }
         let last = Timestamp::parse("9999-12-31T23:59:59.999Z").unwrap();
         assert_eq!(Timestamp::parse(&last.to_string()).unwrap(), last);
+    }
+
+    #[test]
+    fn the_file_clock_reads_the_file_on_every_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = FileClock {
+            path: dir.path().join("now"),
+        };
+        let before = SystemClock.now();
+        assert!(clock.now() >= before, "no file: the system clock");
+        std::fs::write(dir.path().join("now"), "1000000000123\n").unwrap();
+        assert_eq!(clock.now().unix_millis(), 1_000_000_000_123);
+        std::fs::write(dir.path().join("now"), "-5").unwrap();
+        assert_eq!(clock.now().unix_millis(), -5);
     }
 }

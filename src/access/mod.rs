@@ -362,6 +362,48 @@ mod tests {
         assert!(may_grant(&principal(None, &Permission::ALL), PermSet::all()).is_ok());
     }
 
+    // The three tests below kill mutants that survived `cargo mutants` (docs/TESTING.md):
+    // a union that drops what two roles both grant, a ceiling (intersect) that lets a
+    // credential keep what its issuer lacks, acting on a wider credential, and root keys
+    // holding admin or nothing.
+    #[test]
+    fn unions_and_ceilings_are_exact() {
+        use Permission::{KeysCreate, KeysRead, KeysRevoke};
+        let a = PermSet::of(&[KeysRead, KeysCreate]);
+        let b = PermSet::of(&[KeysRead, KeysRevoke]);
+        assert_eq!(a.union(b), PermSet::of(&[KeysRead, KeysCreate, KeysRevoke]));
+        assert_eq!(a.union(a), a);
+        assert_eq!(a.intersect(b), PermSet::of(&[KeysRead]));
+        assert_eq!(a.intersect(PermSet::EMPTY), PermSet::EMPTY);
+        assert_eq!(a.intersect(PermSet::all()), a);
+    }
+
+    #[test]
+    fn acting_on_a_credential_needs_all_it_holds() {
+        use Permission::{Admin, KeysCreate, KeysRead, KeysRevoke};
+        let ta = principal(Some("acme"), &[KeysRead, KeysRevoke]);
+        assert!(may_act_on(&ta, PermSet::of(&[KeysRead])).is_ok());
+        assert_eq!(
+            may_act_on(&ta, PermSet::of(&[KeysRead, KeysCreate])),
+            Err(Denied::Escalation)
+        );
+        assert_eq!(
+            may_act_on(&ta, PermSet::of(&[Admin])),
+            Err(Denied::Escalation)
+        );
+        assert!(may_act_on(&principal(None, &Permission::ALL), PermSet::all()).is_ok());
+    }
+
+    #[test]
+    fn root_keys_hold_their_scopes_but_never_admin() {
+        use Permission::{KeysRead, KeysVerify};
+        assert_eq!(
+            root_key_permissions(["keys:read", "admin", "nope", "keys:verify", "keys:read"]),
+            PermSet::of(&[KeysRead, KeysVerify])
+        );
+        assert_eq!(root_key_permissions(["admin"]), PermSet::EMPTY);
+    }
+
     #[test]
     fn permission_sets_round_trip() {
         let s = PermSet::of(&[Permission::KeysVerify, Permission::CertsVerify]);

@@ -50,6 +50,10 @@ pub enum AppError {
     Share(&'static str),
     #[error("a background task failed")]
     Task,
+    /// The environment asks for something this build does not do (a test-only setting in a
+    /// release build).
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 pub(crate) fn io<'a>(

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 use super::{AppError, Core, MASTER_KEY_ENV, RESTORE_META, io};
 use crate::{
-    clock::{Clock, SystemClock},
+    clock::{self, Clock},
     config::Config,
     crypto::{hex, keyring::MasterKey, secret::Key256},
     files,
@@ -89,6 +89,7 @@ impl Vault {
             .map_err(io("cannot create", &config.data_dir))?;
         files::ensure_dir(&config.certs_dir, 0o755)
             .map_err(io("cannot create", &config.certs_dir))?;
+        let clock = clock::from_environment().map_err(AppError::Config)?;
         let db = open_database(&config.store_location())?;
         let seal = read_seal(&*db)?;
         let paths = CertPaths::new(&config.certs_dir);
@@ -96,7 +97,7 @@ impl Vault {
             config,
             db: std::sync::RwLock::new(Some(db)),
             paths,
-            clock: Arc::new(SystemClock),
+            clock,
             seal,
         })
     }

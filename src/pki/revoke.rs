@@ -69,8 +69,11 @@ impl Pki {
         }
         if targets.is_empty() {
             // Revoked already: an earlier attempt may have been applied without being
-            // acknowledged (its flush failed); make sure it is in force here too.
-            if self.mark_revoked(std::slice::from_ref(&cert), now) {
+            // acknowledged (its flush, or the CRL signing after it, failed); make sure it is
+            // in force here too, and in the published CRL (re-signed even when the revoked
+            // set already held it: a failed signing leaves the set ahead of the CRL).
+            self.mark_revoked(std::slice::from_ref(&cert), now);
+            if cert.not_after > now {
                 self.resign(std::slice::from_ref(&cert.issuer), now).await?;
             }
             return Ok(cert);

@@ -95,6 +95,11 @@ pub enum Location {
 /// Opens the database at `location` (the embedded one takes its one-process lock). The one
 /// place that chooses an engine.
 pub fn open_database(location: &Location) -> Result<std::sync::Arc<dyn Database>, StoreError> {
+    // Test builds only: see `faulty` (a release build refuses when asked for it).
+    super::faulty::wrap(open_engine(location)?)
+}
+
+fn open_engine(location: &Location) -> Result<std::sync::Arc<dyn Database>, StoreError> {
     match location {
         Location::Embedded { dir, cache_bytes } => {
             let db = super::sled::SledDb::open(

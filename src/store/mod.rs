@@ -8,6 +8,7 @@ pub mod admin;
 pub mod backup;
 pub(crate) mod engine;
 mod envelope;
+pub mod faulty;
 pub mod log;
 pub mod postgres;
 pub mod raw;

@@ -10,7 +10,10 @@ use tessera::{
     store::{Batch, Expect, Kind, Store, sled::SledStore},
 };
 
-use crate::helpers::{Api, BIN, Home, Server};
+use crate::{
+    helpers::{Api, BIN, Home, Server},
+    secrets::Secret,
+};
 
 async fn entries(admin: &Api) -> Vec<Value> {
     let mut all = Vec::new();
@@ -411,75 +414,6 @@ async fn tampering_is_caught_offline_and_named() {
     assert_eq!(code, 0, "{out}");
 }
 
-/// One secret the hygiene test searches for, in the forms it may leak in.
-struct Secret {
-    what: &'static str,
-    /// Needles: each must be absent from every haystack.
-    needles: Vec<Vec<u8>>,
-}
-
-impl Secret {
-    /// Raw, hex and both base64 alphabets of `core`; each whole, and (when longer than 24
-    /// bytes) its first and last 24 bytes, so a leak of either end of a secret is caught.
-    fn forms(core: &[u8]) -> Vec<Vec<u8>> {
-        use base64_like::encode as b64;
-        let mut out = Vec::new();
-        for f in [
-            core.to_vec(),
-            hex::encode(core).into_bytes(),
-            b64(core, false).into_bytes(),
-            b64(core, true).into_bytes(),
-        ] {
-            if f.len() > 24 {
-                out.push(f[..24].to_vec());
-                out.push(f[f.len() - 24..].to_vec());
-            }
-            out.push(f);
-        }
-        out
-    }
-
-    /// A key-shaped secret (`<prefix>_<body>`): the whole text and the body alone.
-    fn text(what: &'static str, secret: &str) -> Self {
-        let body = secret.split_once('_').map_or(secret, |(_, b)| b);
-        let mut needles = Self::forms(secret.as_bytes());
-        needles.extend(Self::forms(body.as_bytes()));
-        Self { what, needles }
-    }
-
-    /// A PKCS#8 P-256 private key (PEM): the private scalar, in every form, and each line of
-    /// the PEM body (the scalar straddles the first two). The DER's head is the same for every
-    /// P-256 key and its tail is the public key, so neither identifies it.
-    fn pkcs8(what: &'static str, pem: &str) -> Self {
-        let der = ::pem::parse(pem).unwrap().into_contents();
-        // SEQUENCE { version, algorithm, OCTET STRING { ECPrivateKey { 1, OCTET STRING(32) } } }
-        let at = der
-            .windows(5)
-            .position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20])
-            .expect("a P-256 ECPrivateKey")
-            + 5;
-        let mut needles = Self::forms(&der[at..at + 32]);
-        needles.extend(pem_lines(pem));
-        Self { what, needles }
-    }
-
-    /// A PEM document that is not secret but must not be logged (a CSR): its DER in every
-    /// form, and each line of its PEM body.
-    fn pem_body(what: &'static str, pem: &str) -> Self {
-        let der = ::pem::parse(pem).unwrap().into_contents();
-        let mut needles = Self::forms(&der);
-        needles.extend(pem_lines(pem));
-        Self { what, needles }
-    }
-}
-
-/// The full lines of a PEM body (the short last line could match anything).
-fn pem_lines(pem: &str) -> impl Iterator<Item = Vec<u8>> + '_ {
-    pem.lines()
-        .filter(|l| !l.starts_with("-----") && l.len() == 64)
-        .map(|l| l.as_bytes().to_vec())
-}
-
 #[tokio::test]
 async fn logs_and_audit_never_hold_a_secret() {
     let home = Home::new();
@@ -508,10 +442,10 @@ async fn logs_and_audit_never_hold_a_secret() {
             .expect(200);
         let hex_part = share.split_once(": ").unwrap().1;
         secrets.push(Secret::text("an unseal share", hex_part));
-        secrets.push(Secret {
-            what: "an unseal share's bytes",
-            needles: Secret::forms(&hex::decode(hex_part).unwrap()),
-        });
+        secrets.push(Secret::bytes(
+            "an unseal share's bytes",
+            &hex::decode(hex_part).unwrap(),
+        ));
     }
     let admin = server.admin();
     let api = admin.create_api("hygiene").await;
@@ -602,36 +536,29 @@ async fn logs_and_audit_never_hold_a_secret() {
     // Let the JSON-lines sink and a checkpoint catch up.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    let haystacks = [
-        ("the server log", std::fs::read(home.log()).unwrap()),
+    let places: Vec<(String, Vec<u8>)> = vec![
+        ("the server log".into(), std::fs::read(home.log()).unwrap()),
         (
-            "the audit log",
+            "the audit log".into(),
             serde_json::to_vec(&entries(&admin).await).unwrap(),
         ),
         (
-            "the JSON-lines audit file",
+            "the JSON-lines audit file".into(),
             std::fs::read(home.tmp.path().join("audit.jsonl")).unwrap(),
         ),
-        ("the metrics", admin.get("/metrics").await.text.into_bytes()),
+        (
+            "the metrics".into(),
+            admin.get("/metrics").await.text.into_bytes(),
+        ),
     ];
-    assert!(haystacks[0].1.len() > 10_000, "trace logging was on");
-    assert!(String::from_utf8_lossy(&haystacks[2].1).lines().count() >= 4);
+    assert!(places[0].1.len() > 10_000, "trace logging was on");
+    assert!(String::from_utf8_lossy(&places[2].1).lines().count() >= 4);
     // Every leak, named, so a failure says which secrets leaked where.
-    let mut leaks = std::collections::BTreeSet::new();
-    for s in &secrets {
-        for (place, h) in &haystacks {
-            if s.needles
-                .iter()
-                .any(|n| h.windows(n.len()).any(|w| w == n.as_slice()))
-            {
-                leaks.insert(format!("{} in {place}", s.what));
-            }
-        }
-    }
+    let leaks = crate::secrets::leaks(&secrets, &places);
     assert!(leaks.is_empty(), "secrets leaked: {leaks:#?}");
 }
 
-/// Minimal base64 for the hygiene test (standard and URL-safe alphabets).
+/// Minimal base64 for the hygiene tests (standard and URL-safe alphabets).
 pub(crate) mod base64_like {
     pub fn encode(data: &[u8], url: bool) -> String {
         let alphabet: &[u8; 64] = if url {

@@ -6,7 +6,10 @@
 //! the same operations, kill delays and samples (the interleaving of the workers with the kill
 //! is up to the machine). A worker that gets any answer but the expected 2xx fails the test
 //! with it; only a connection cut by the kill ends a worker quietly. After each restart every
-//! write acknowledged before the kill must also have its audit entry.
+//! write acknowledged before the kill must also have its audit entry. Custom roles and
+//! enrolment tokens (redeemed with a CSR) are in the load too, and every fifth kill lands
+//! inside a keyring rewrap pass (held by the fault-injecting store between a record's read
+//! and its compare-and-swap); after the last restart the rewrap finishes.
 
 use std::{
     sync::{Arc, Mutex},
@@ -43,6 +46,8 @@ enum Acked {
     Tenant(String),
     /// A service bound to `verifier` in the default tenant.
     Binding(String),
+    /// A custom role of the default tenant granting `keys:read`.
+    Role(String),
 }
 
 /// A small deterministic generator (the seed is printed, so a failure can be replayed).
@@ -97,7 +102,7 @@ async fn load(
         }};
     }
     loop {
-        let op = rng.next() % 14;
+        let op = rng.next() % 16;
         let tag = rng.next() % 1_000_000_000;
         match op {
             10 => {
@@ -166,6 +171,52 @@ async fn load(
                     ),
                     Acked::Binding(name),
                 ]);
+            }
+            14 => {
+                let name = format!("r-{tag}");
+                call!(
+                    "creating a custom role",
+                    "/v1/tenants/default/roles",
+                    json!({"name": name, "permissions": ["keys:read"]}),
+                    201
+                );
+                acked.lock().unwrap().extend([
+                    Acked::Audited("POST /v1/tenants/{t}/roles", format!("default/{name}")),
+                    Acked::Role(name),
+                ]);
+            }
+            15 => {
+                let identity = format!("enrolled-{tag}");
+                let r = call!(
+                    "creating an enrolment token",
+                    "/v1/enrolment-tokens",
+                    json!({ "identity": identity }),
+                    201
+                );
+                let v = r.json();
+                let token = v["token"].as_str().unwrap().to_owned();
+                acked.lock().unwrap().push(Acked::Audited(
+                    "POST /v1/enrolment-tokens",
+                    v["id"].as_str().unwrap().to_owned(),
+                ));
+                let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+                    .unwrap()
+                    .serialize_request(&rcgen::KeyPair::generate().unwrap())
+                    .unwrap()
+                    .pem()
+                    .unwrap();
+                let r = call!(
+                    "enrolling with a token",
+                    "/v1/enrol",
+                    json!({"token": token, "identity": identity, "csr": csr}),
+                    201
+                );
+                let v = r.json();
+                acked.lock().unwrap().push(Acked::Cert {
+                    serial: v["serial"].as_str().unwrap().to_owned(),
+                    pem: v["certificate"].as_str().unwrap().to_owned(),
+                    revoked: false,
+                });
             }
             0..=3 => {
                 let r = call!(
@@ -258,6 +309,33 @@ async fn load(
     }
 }
 
+/// The ids whose revocation was acknowledged, and those whose revocation was sent.
+fn outcomes(all: &[Acked]) -> (Vec<String>, Vec<String>) {
+    let revoked = all
+        .iter()
+        .filter_map(|a| match a {
+            Acked::Key {
+                secret,
+                revoked: true,
+            } => Some(secret.clone()),
+            Acked::Cert {
+                serial,
+                revoked: true,
+                ..
+            } => Some(serial.clone()),
+            _ => None,
+        })
+        .collect();
+    let attempted = all
+        .iter()
+        .filter_map(|a| match a {
+            Acked::Attempt(id) => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    (revoked, attempted)
+}
+
 /// What the acknowledged history allows for one object after a crash.
 fn allowed(id: &str, revoked: &[String], attempted: &[String]) -> &'static [&'static str] {
     if revoked.iter().any(|r| r == id) {
@@ -319,6 +397,13 @@ async fn check(admin: &Api, a: &Acked, revoked: &[String], attempted: &[String])
                 .expect(200);
             assert_eq!(b["roles"], json!(["verifier"]), "{b}");
         }
+        Acked::Role(name) => {
+            let r = admin
+                .get(&format!("/v1/tenants/default/roles/{name}"))
+                .await
+                .expect(200);
+            assert_eq!(r["permissions"], json!(["keys:read"]), "{r}");
+        }
         Acked::Attempt(_) | Acked::Audited(..) => {}
     }
 }
@@ -372,8 +457,16 @@ async fn crash_harness(store: Option<&str>, default_points: usize) {
     if let Some(url) = store {
         args.extend(["--store", url]);
     }
-    let mut server = Server::start_with(&home, &args);
+    // Every fifth kill point lands inside a keyring rewrap pass: the fault-injecting store
+    // (debug builds) holds the rewrap right after it read a key record under the old data key,
+    // and the kill comes while it is held, i.e. between a record's read and its swap.
+    let rules = home.tmp.path().join("faults");
+    std::fs::write(&rules, "").unwrap();
+    let envs = [("TESSERA_TEST_FAULTS", rules.to_str().unwrap())];
+    let paused = home.tmp.path().join("faults.paused");
+    let mut server = Server::start_with_env(&home, &args, &envs);
     let api = server.admin().create_api("crash").await;
+    let mut rewraps_killed = 0;
     let mut all: Vec<Acked> = Vec::new();
     // The audit entries read so far, as (action, object), and the last sequence number read.
     let mut audited = std::collections::HashSet::new();
@@ -393,8 +486,32 @@ async fn crash_harness(store: Option<&str>, default_points: usize) {
                 ))
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(30 + rng.next() % 300)).await;
+        let delay = Duration::from_millis(30 + rng.next() % 300);
+        if point % 5 == 4 {
+            let _ = std::fs::remove_file(&paused);
+            // Held at the first record of a kind: an API (the start of the pass), a
+            // certificate, a key (further in: the audit entries come before it).
+            let kind = ["api", "cert", "key"][(point / 5) % 3];
+            std::fs::write(&rules, format!("pause-rewrap {kind}")).unwrap();
+            admin
+                .post("/v1/sys/rotate-keyring", json!({}))
+                .await
+                .expect(200);
+            // The rewrap job runs every second (on PostgreSQL, once the killed node's lease
+            // has lapsed); wait (bounded) for it to be held.
+            for _ in 0..300 {
+                if paused.exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(delay).await;
+            rewraps_killed += usize::from(paused.exists());
+        } else {
+            tokio::time::sleep(delay).await;
+        }
         server.kill9();
+        std::fs::write(&rules, "").unwrap();
         for w in workers {
             w.await.unwrap();
         }
@@ -405,30 +522,9 @@ async fn crash_harness(store: Option<&str>, default_points: usize) {
         );
         let fresh = acked.lock().unwrap().clone();
         all.extend(fresh.iter().cloned());
-        let revoked: Vec<String> = all
-            .iter()
-            .filter_map(|a| match a {
-                Acked::Key {
-                    secret,
-                    revoked: true,
-                } => Some(secret.clone()),
-                Acked::Cert {
-                    serial,
-                    revoked: true,
-                    ..
-                } => Some(serial.clone()),
-                _ => None,
-            })
-            .collect();
-        let attempted: Vec<String> = all
-            .iter()
-            .filter_map(|a| match a {
-                Acked::Attempt(id) => Some(id.clone()),
-                _ => None,
-            })
-            .collect();
+        let (revoked, attempted) = outcomes(&all);
 
-        server = Server::start_with(&home, &args);
+        server = Server::start_with_env(&home, &args, &envs);
         let admin = server.admin();
         // Everything acknowledged just before this kill, and a sample of what came before.
         for a in &fresh {
@@ -472,6 +568,32 @@ async fn crash_harness(store: Option<&str>, default_points: usize) {
         "the load made progress: {} acknowledged writes",
         all.len()
     );
+    eprintln!("{rewraps_killed} kills landed inside a rewrap pass");
+    assert!(
+        rewraps_killed >= points / 10,
+        "only {rewraps_killed} kills landed inside a rewrap"
+    );
+    // The interrupted rewraps are finished: one data-key version is left.
+    let admin = server.admin();
+    for _ in 0..600 {
+        let s = admin.get("/v1/sys/status").await.expect(200);
+        if s["keyring"]["versions"].as_array().map(Vec::len) == Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        admin.get("/v1/sys/status").await.expect(200)["keyring"]["versions"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "the rewrap never finished after the kills"
+    );
+    // Every acknowledged write, now all under the new data key.
+    let (revoked, attempted) = outcomes(&all);
+    for a in &all {
+        check(&admin, a, &revoked, &attempted).await;
+    }
     // The audit chain survived every kill.
     assert_eq!(
         server.admin().get("/v1/audit/verify").await.expect(200)["valid"],

@@ -1388,6 +1388,7 @@ impl StoreAdmin for PgStore {
                             id: format!("{k}/{i}"),
                         },
                     )?;
+                    tokio::task::block_in_place(|| crate::store::faulty::rewrap_point(k, i));
                     // Compare-and-swap on the exact bytes: a concurrent write wins.
                     c.execute(
                         "UPDATE tessera_records SET sealed = $4 \

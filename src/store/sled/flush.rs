@@ -170,15 +170,20 @@ mod tests {
         store::{Batch, Expect, Store},
     };
 
-    #[tokio::test]
+    // Several worker threads and a barrier: the commits really overlap (on a current-thread
+    // runtime spawned tasks never run at once, and a race could not show).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_commits_share_flushes_and_all_land() {
         let dir = tempfile::tempdir().unwrap();
         let master = MasterKey::generate().unwrap();
         let s = open(dir.path(), &master);
         let mut tasks = Vec::new();
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(64));
         for i in 0..64 {
             let s = s.clone();
+            let start = start.clone();
             tasks.push(tokio::spawn(async move {
+                start.wait().await;
                 let mut b = Batch::new();
                 put(&mut b, &format!("c{i}"), b"v", Expect::Absent);
                 s.commit(b).await

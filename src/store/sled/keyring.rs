@@ -127,6 +127,7 @@ pub(super) fn rewrap_pass(store: &SledStore) -> Result<usize, StoreError> {
                 id: key.clone(),
             });
         };
+        crate::store::faulty::rewrap_point(kind, id);
         let _ = store
             .shared
             .db

@@ -616,15 +616,19 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    // Several worker threads and a barrier, so that the appends really race.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn appends_are_chained_and_serialised() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), &MasterKey::generate().unwrap());
         const L: Kind = Kind("testlog");
         let mut tasks = Vec::new();
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(32));
         for i in 0..32u8 {
             let s = s.clone();
+            let start = start.clone();
             tasks.push(tokio::spawn(async move {
+                start.wait().await;
                 let mut b = Batch::new();
                 b.append(L, SecretBytes::new(vec![i])).unwrap();
                 s.commit(b).await
