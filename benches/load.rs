@@ -18,6 +18,7 @@
     clippy::print_literal
 )]
 
+use std::os::unix::process::CommandExt as _;
 use std::{
     fs,
     io::{BufRead, BufReader},
@@ -613,11 +614,12 @@ struct Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // nginx runs in its own process group: the master and every worker go together.
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = Command::new("pkill")
-            .args(["-f", "tessera-bench-nginx"])
-            .status();
     }
 }
 
@@ -657,6 +659,7 @@ events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body
         .args(["-g", "daemon off;"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .ok()?;
     for _ in 0..100 {

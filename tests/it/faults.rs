@@ -16,8 +16,16 @@ struct Mount(PathBuf);
 impl Mount {
     fn tmpfs(path: PathBuf, size: &str) -> Self {
         std::fs::create_dir_all(&path).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        let ok = Command::new("timeout")
+            .args([
+                "30",
+                "mount",
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+            ])
             .arg(&path)
             .status()
             .is_ok_and(|s| s.success());
@@ -26,8 +34,8 @@ impl Mount {
     }
 
     fn remount(&self, opts: &str) {
-        let ok = Command::new("mount")
-            .args(["-o", &format!("remount,{opts}")])
+        let ok = Command::new("timeout")
+            .args(["30", "mount", "-o", &format!("remount,{opts}")])
             .arg(&self.0)
             .status()
             .is_ok_and(|s| s.success());
@@ -37,14 +45,17 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = Command::new("timeout")
+            .args(["30", "umount", "-l"])
+            .arg(&self.0)
+            .status();
     }
 }
 
 /// Bytes free on the filesystem holding `path`.
 fn free_bytes(path: &std::path::Path) -> u64 {
-    let out = Command::new("df")
-        .args(["-B1", "--output=avail"])
+    let out = Command::new("timeout")
+        .args(["30", "df", "-B1", "--output=avail"])
         .arg(path)
         .output()
         .unwrap();
@@ -59,8 +70,8 @@ fn free_bytes(path: &std::path::Path) -> u64 {
 fn fill(dir: &std::path::Path, name: &str, leave: u64) -> PathBuf {
     let filler = dir.join(name);
     let kib = free_bytes(dir).saturating_sub(leave) / 1024;
-    let _ = Command::new("dd")
-        .args(["if=/dev/zero", "bs=1K", &format!("count={kib}")])
+    let _ = Command::new("timeout")
+        .args(["60", "dd", "if=/dev/zero", "bs=1K", &format!("count={kib}")])
         .arg(format!("of={}", filler.display()))
         .output();
     filler

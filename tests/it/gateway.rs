@@ -522,19 +522,22 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // TERM to the master stops its workers too; if it lingers, KILL its whole group
-        // (`--` first: without it, `kill` reads a negative pid as an option).
+        // TERM to the master stops its workers too; then KILL its whole group whatever
+        // happened, so no worker outlives the test (`--` first: without it, `kill` reads a
+        // negative pid as an option).
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-s", "TERM", &pid]).status();
         for _ in 0..60 {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
+                break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = Command::new("kill")
             .args(["-s", "KILL", "--", &format!("-{pid}")])
+            .stderr(std::process::Stdio::null())
             .status();
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }

@@ -62,12 +62,17 @@ fn the_independent_crc32_and_base62_match_their_references() {
     assert_eq!(base62(u64::from(u32::MAX), 6), "4gfFC3");
 }
 
-/// A pinned vector: the README's example key body with the checksum the documented formula
-/// gives. (The README's example ends in `242P1H`, which is not its checksum: issue 21's note
-/// asks for the README to show this key.)
+/// A pinned vector: docs/keys.md's example key, whose checksum is the documented formula's.
+/// (It used to end in `242P1H`, which is not its checksum.)
 #[test]
 fn a_pinned_example_key_has_the_documented_checksum() {
     check_key("bill_3So1MAbUX6rwFQHdiiaaSVq13Dz67VU9h2oibuw", "bill");
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/keys.md"))
+        .unwrap_or_default();
+    assert!(
+        doc.contains("bill_3So1MAbUX6rwFQHdiiaaSVq13Dz67VU9h2oibuw"),
+        "docs/keys.md shows this key"
+    );
     assert_ne!(
         base62(
             u64::from(crc32(b"bill_3So1MAbUX6rwFQHdiiaaSVq13Dz67VU9h")),
