@@ -139,13 +139,22 @@ pub(super) async fn apis(c: &Client, cmd: Apis, out: Output) -> anyhow::Result<(
     Ok(())
 }
 
-fn metadata_object(pairs: Vec<(String, String)>) -> Value {
-    Value::Object(
-        pairs
-            .into_iter()
-            .map(|(k, v)| (k, Value::String(v)))
-            .collect(),
-    )
+/// The fields `keys create` and `keys update` share: only those given.
+fn key_fields(name: Option<String>, scopes: Vec<String>, metadata: Vec<(String, String)>) -> Value {
+    let mut body = json!({});
+    set(&mut body, "name", name);
+    if !scopes.is_empty() {
+        body["scopes"] = json!(scopes);
+    }
+    if !metadata.is_empty() {
+        body["metadata"] = Value::Object(
+            metadata
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect(),
+        );
+    }
+    body
 }
 
 /// The exit code of a verdict (`keys verify`, `certs verify`): only VALID is success.
@@ -168,14 +177,7 @@ pub(super) async fn keys(c: &Client, cmd: Keys, out: Output) -> anyhow::Result<i
             remaining,
             metadata,
         } => {
-            let mut body = json!({});
-            if !metadata.is_empty() {
-                body["metadata"] = metadata_object(metadata);
-            }
-            set(&mut body, "name", name);
-            if !scopes.is_empty() {
-                body["scopes"] = json!(scopes);
-            }
+            let mut body = key_fields(name, scopes, metadata);
             set(&mut body, "ttl_seconds", ttl);
             set(&mut body, "remaining", remaining);
             let path = format!("/v1/apis/{api}/keys");
@@ -211,14 +213,7 @@ pub(super) async fn keys(c: &Client, cmd: Keys, out: Output) -> anyhow::Result<i
             expires_at,
             metadata,
         } => {
-            let mut body = json!({});
-            if !metadata.is_empty() {
-                body["metadata"] = metadata_object(metadata);
-            }
-            set(&mut body, "name", name);
-            if !scopes.is_empty() {
-                body["scopes"] = json!(scopes);
-            }
+            let mut body = key_fields(name, scopes, metadata);
             if disable || enable {
                 body["enabled"] = json!(enable);
             }

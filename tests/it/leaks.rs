@@ -195,6 +195,13 @@ async fn github_reports_revoke_live_keys_and_forgeries_change_nothing() {
         assert!(!text.contains(&bystander), "{what}");
     }
     assert_eq!(admin.verify(&bystander).await, "VALID");
+    // A signed body of the wrong shape is a 400 that never quotes what it holds.
+    let wrong = json!([bystander]).to_string();
+    let sig = sign(dir.path(), &github_key, wrong.as_bytes());
+    let (status, text) =
+        post_report(&server, wrong.as_bytes(), Some("gh-current"), Some(&sig)).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(!text.contains(&bystander), "{text}");
 
     // A signed report: ours are revoked (reason `leaked`), the rest labelled false positives.
     let url = "https://github.com/octo/repo/blob/0123abc/config/prod.env";

@@ -173,10 +173,15 @@ pub async fn github(
         }
         return Err(ApiError::Unauthenticated);
     }
+    // The parser's own message can quote the input (a token): only its position is said.
     let matches: Vec<GithubMatch> = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad(
             "body",
-            format!("is not a list of {{token, type, url, source}}: {e}"),
+            format!(
+                "is not a list of {{token, type, url, source}} (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
         )
     })?;
     if matches.len() > MAX_TOKENS {
