@@ -43,6 +43,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 #[path = "../tests/it/pg.rs"]
 #[allow(dead_code)]
 mod pg;
+/// Its deadline on every child it waits for.
+#[path = "../tests/it/proc.rs"]
+#[allow(dead_code)]
+mod proc;
 
 struct Opts {
     keys: Vec<usize>,

@@ -1,6 +1,7 @@
 //! Abuse resistance: throttles, per-key limits and quotas, lockout, slowloris, connection
 //! limits, and a clean TLS scan.
 
+use crate::proc::Timed;
 use std::{
     io::{Read, Write},
     net::TcpStream,
@@ -438,7 +439,7 @@ async fn only_tls13_by_default_and_tls12_only_when_configured() {
                 "-brief",
             ])
             .stdin(std::process::Stdio::null())
-            .output()
+            .output_timed()
             .expect("openssl must be installed");
         let mut t = String::from_utf8_lossy(&out.stdout).into_owned();
         t.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -457,7 +458,7 @@ async fn only_tls13_by_default_and_tls12_only_when_configured() {
     // server's ECDSA key are accepted, every other one is refused.
     let all = Command::new("openssl")
         .args(["ciphers", "-tls1_2", "ALL:COMPLEMENTOFALL:@SECLEVEL=0"])
-        .output()
+        .output_timed()
         .unwrap();
     let all = String::from_utf8_lossy(&all.stdout).trim().to_owned();
     let suites: Vec<&str> = all
@@ -482,7 +483,7 @@ async fn only_tls13_by_default_and_tls12_only_when_configured() {
                     "-brief",
                 ])
                 .stdin(std::process::Stdio::null())
-                .output()
+                .output_timed()
                 .unwrap();
             let t = format!(
                 "{}{}",
@@ -532,7 +533,7 @@ async fn testssl_finds_nothing_medium_or_worse() {
         .find(|b| {
             Command::new("sh")
                 .args(["-c", &format!("command -v {b}")])
-                .output()
+                .output_timed()
                 .is_ok_and(|o| o.status.success())
         })
         .expect("testssl.sh must be installed (.ci/run installs it)");
@@ -559,7 +560,7 @@ async fn testssl_finds_nothing_medium_or_worse() {
         .arg("--jsonfile")
         .arg(&json)
         .arg(format!("127.0.0.1:{}", server.addr.port()))
-        .output()
+        .output_timed()
         .unwrap();
     let text = std::fs::read_to_string(&json).unwrap_or_else(|_| {
         panic!(

@@ -1,6 +1,7 @@
 //! `tessera agent` against the real server: renewals under live mTLS traffic, an expired
 //! certificate, a server that is down for a while, `--rekey --once`.
 
+use crate::proc::Timed;
 use std::{
     collections::BTreeSet,
     fs,
@@ -183,7 +184,9 @@ async fn expired_refused_down_and_rekey() {
     identity_files_ttl(&admin, dir.path(), "default", "old", Some(1)).await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     for extra in [&["--once"][..], &[][..]] {
-        let out = agent(&server, dir.path(), "old", extra).output().unwrap();
+        let out = agent(&server, dir.path(), "old", extra)
+            .output_timed()
+            .unwrap();
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("expired"), "{err}");
@@ -196,7 +199,7 @@ async fn expired_refused_down_and_rekey() {
         .await
         .expect(200);
     let out = agent(&server, dir.path(), "gone", &["--renew-at", "0.0001"])
-        .output()
+        .output_timed()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("refused"));
@@ -210,7 +213,7 @@ async fn expired_refused_down_and_rekey() {
         "fresh",
         &["--once", "--rekey", "--renew-at", "0.0001"],
     )
-    .output()
+    .output_timed()
     .unwrap();
     assert!(
         out.status.success(),
@@ -228,7 +231,7 @@ async fn expired_refused_down_and_rekey() {
     assert_ne!(r.json()["serial"].as_str().unwrap(), first);
     // --once when not due: nothing to do.
     let out = agent(&server, dir.path(), "fresh", &["--once"])
-        .output()
+        .output_timed()
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not due"));
@@ -320,7 +323,7 @@ async fn enrolment_tokens_bootstrap_a_new_workload_once() {
             .arg("--key")
             .arg(dir.path().join(format!("{name}.key")))
             .env("TESSERA_ENROL_TOKEN", token)
-            .output()
+            .output_timed()
             .unwrap()
     };
 
@@ -362,7 +365,7 @@ async fn enrolment_tokens_bootstrap_a_new_workload_once() {
     assert!(!hook.exists());
     Command::new("kill")
         .args(["-s", "HUP", "--", &running.0.id().to_string()])
-        .status()
+        .status_timed()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     while !hook.exists() && Instant::now() < deadline {
@@ -444,7 +447,7 @@ async fn issue_20_bootstrap_never_spends_a_token_it_cannot_use() {
             .arg("--key")
             .arg(key)
             .env("TESSERA_ENROL_TOKEN", &token)
-            .output()
+            .output_timed()
             .unwrap()
     };
     let good = (

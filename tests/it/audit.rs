@@ -1,6 +1,7 @@
 //! The audit log: one entry per mutation and per failed authentication, tamper evidence
 //! caught offline, signed checkpoints, log hygiene, and metrics.
 
+use crate::proc::Timed;
 use std::{path::Path, process::Command, time::Duration};
 
 use serde_json::{Value, json};
@@ -200,7 +201,7 @@ fn verify_offline(home_data: &Path, certs: &Path, checkpoint: Option<&Path>) -> 
     if let Some(c) = checkpoint {
         cmd.arg("--checkpoint").arg(c);
     }
-    let out = cmd.output().unwrap();
+    let out = cmd.output_timed().unwrap();
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap(), text)

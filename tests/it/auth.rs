@@ -1,5 +1,6 @@
 //! Authentication: one uniform 401, and certificates from elsewhere fail the handshake.
 
+use crate::proc::Timed;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     SanType,
@@ -149,7 +150,7 @@ async fn curl_as_an_outside_client() {
             .args(["-sS", "--cacert"])
             .arg(certs.join("ca.pem"))
             .args(args)
-            .output()
+            .output_timed()
             .expect("curl must be installed");
         (
             out.status.success(),

@@ -2,6 +2,7 @@
 //! revocation on every kind of connection, CRLs, verification codes, CA rotation, the
 //! server certificate's hot swap, and tidying.
 
+use crate::proc::Timed;
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -19,7 +20,7 @@ use crate::{
 pub(crate) fn openssl(args: &[&str]) -> (bool, String) {
     let out = Command::new("openssl")
         .args(args)
-        .output()
+        .output_timed()
         .expect("openssl must be installed");
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -280,7 +281,7 @@ async fn revocation_holds_on_new_resumed_and_kept_alive_connections() {
             .arg("--key")
             .arg(&svc.key)
             .arg(server.url("/v1/whoami"))
-            .output()
+            .output_timed()
             .unwrap()
     };
     let out = curl();
@@ -773,7 +774,7 @@ async fn operator_provided_server_certificate_reloads_on_sighup() {
     assert!(
         Command::new("kill")
             .args(["-HUP", &server.pid().to_string()])
-            .status()
+            .status_timed()
             .unwrap()
             .success()
     );

@@ -1,5 +1,6 @@
 //! The client verbs against the real server, in both output formats.
 
+use crate::proc::{CHILD_LIMIT, Timed, wait_output_within};
 use std::{
     os::unix::fs::PermissionsExt,
     process::{Command, Output},
@@ -33,7 +34,7 @@ fn as_admin(mut c: Command, server: &Server, args: &[&str], env: &[(&str, &str)]
 
 /// Runs `tessera <args>` as the bootstrap admin.
 fn run(server: &Server, args: &[&str], env: &[(&str, &str)]) -> Output {
-    command(server, args, env).output().unwrap()
+    command(server, args, env).output_timed().unwrap()
 }
 
 fn ok(o: &Output) -> String {
@@ -224,7 +225,7 @@ fn admin_cert(home: &Home, extra: &[&str]) -> String {
         .arg(home.certs())
         .args(extra)
         .env_remove("TESSERA_MASTER_KEY")
-        .output()
+        .output_timed()
         .unwrap();
     ok(&out)
 }
@@ -280,7 +281,7 @@ async fn admin_cert_revokes_the_admin_credentials_it_replaces() {
     let text = Command::new("openssl")
         .args(["crl", "-noout", "-text", "-in"])
         .arg(&crl_path)
-        .output()
+        .output_timed()
         .unwrap();
     assert!(
         String::from_utf8_lossy(&text.stdout).contains(&lost_serial.to_uppercase()),
@@ -308,7 +309,7 @@ async fn issue_20_output_files_given_as_bare_names() {
     let here = |args: &[&str], env: &[(&str, &str)]| {
         ok(&command(&server, args, env)
             .current_dir(cwd.path())
-            .output()
+            .output_timed()
             .unwrap())
     };
     let file = |name: &str| std::fs::read_to_string(cwd.path().join(name)).unwrap();
@@ -434,7 +435,7 @@ async fn issue_20_output_files_given_as_bare_names() {
         .arg(home.certs())
         .env_remove("TESSERA_MASTER_KEY")
         .current_dir(cwd.path())
-        .output()
+        .output_timed()
         .unwrap();
     ok(&out);
     assert_eq!(file("keys.txt").lines().count(), 2);
@@ -594,7 +595,7 @@ async fn issue_20_logs_have_colour_only_at_a_terminal() {
     let at_a_terminal = |no_color: &[(&str, &str)]| {
         let script = Command::new("script");
         let mut c = as_admin(script, &server, &["-qec", &agent, "/dev/null"], no_color);
-        let out = c.stdin(std::process::Stdio::null()).output().unwrap();
+        let out = c.stdin(std::process::Stdio::null()).output_timed().unwrap();
         assert!(out.status.success(), "{out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
@@ -707,7 +708,7 @@ async fn issue_20_the_cli_covers_every_operation() {
             .env_remove("TESSERA_CLIENT_KEY")
             .env("TESSERA_TOKEN", rk_secret)
             .env("TESSERA_CACERT", server.certs.join("ca.pem"));
-        c.output().unwrap()
+        c.output_timed().unwrap()
     };
     let api: Value = serde_json::from_str(&ok(&as_portal(&[
         "apis",
@@ -837,7 +838,7 @@ async fn issue_20_the_cli_covers_every_operation() {
     )
     .env("TESSERA_ADDR", server.url(""))
     .current_dir(dir.path())
-    .output()
+    .output_timed()
     .unwrap();
     let said = ok(&boot);
     assert!(
@@ -859,7 +860,7 @@ async fn issue_20_the_cli_covers_every_operation() {
         &[("TESSERA_ENROL_TOKEN", &token)],
     )
     .current_dir(dir.path())
-    .output()
+    .output_timed()
     .unwrap();
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(
@@ -891,7 +892,7 @@ async fn issue_20_the_cli_covers_every_operation() {
         &[],
     )
     .current_dir(dir.path())
-    .output()
+    .output_timed()
     .unwrap();
     let renewed: Value = serde_json::from_str(&ok(&renewed)).unwrap();
     assert_ne!(renewed["serial"].as_str().unwrap(), serial);
@@ -961,7 +962,7 @@ async fn issue_20_the_cli_covers_every_operation() {
         .arg("--certs")
         .arg(home.certs())
         .env_remove("TESSERA_MASTER_KEY")
-        .output()
+        .output_timed()
         .unwrap();
     ok(&o);
 
@@ -969,7 +970,7 @@ async fn issue_20_the_cli_covers_every_operation() {
     for shell in ["bash", "zsh", "fish"] {
         let o = Command::new(BIN)
             .args(["completions", shell])
-            .output()
+            .output_timed()
             .unwrap();
         let script = ok(&o);
         assert!(
@@ -989,7 +990,7 @@ async fn issue_20_unseal_reports_progress_in_words() {
         .arg(home.data())
         .arg("--certs")
         .arg(home.certs())
-        .output()
+        .output_timed()
         .unwrap();
     let shares: Vec<String> = ok(&init)
         .lines()
@@ -1013,7 +1014,7 @@ async fn issue_20_unseal_reports_progress_in_words() {
             .unwrap()
             .write_all(format!("{share}\n").as_bytes())
             .unwrap();
-        ok(&c.wait_with_output().unwrap())
+        ok(&wait_output_within(c, "tessera unseal", CHILD_LIMIT).unwrap())
     };
     let first = unseal(&shares[0]);
     assert!(

@@ -1,6 +1,7 @@
 //! Tessera on PostgreSQL: the real binary against a real PostgreSQL the test starts itself,
 //! one node and several on one database.
 
+use crate::proc::Timed;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -152,7 +153,7 @@ fn store_url_from_the_environment_and_weak_tls_refused() {
             "TESSERA_STORE_URL",
             "postgres://u@127.0.0.1:1/db?sslmode=require",
         )
-        .output()
+        .output_timed()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -620,7 +621,7 @@ fn run(args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
         .env_remove("TESSERA_MASTER_KEY")
         .envs(envs.iter().copied())
         .stdin(std::process::Stdio::null())
-        .output()
+        .output_timed()
         .unwrap();
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));

@@ -1,6 +1,7 @@
 //! Key custody: Shamir init, unseal and seal; keyring rotation with rewrap (also across a
 //! kill -9); backup and restore; tampered records detected, never served.
 
+use crate::proc::{CHILD_LIMIT, Timed, wait_output_within};
 use std::{process::Command, time::Duration};
 
 use serde_json::{Value, json};
@@ -30,7 +31,7 @@ fn run(home: &Home, args: &[&str], stdin: Option<&str>) -> (bool, String, String
     } else {
         drop(child.stdin.take());
     }
-    let out = child.wait_with_output().unwrap();
+    let out = wait_output_within(child, "tessera", CHILD_LIMIT).unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -183,7 +184,7 @@ async fn init_unseal_seal_cycle() {
                     .take()
                     .unwrap()
                     .write_all(format!("{s}\n").as_bytes())?;
-                c.wait_with_output()
+                wait_output_within(c, "tessera unseal", CHILD_LIMIT)
             })
             .unwrap();
         assert!(out.status.success());
@@ -483,7 +484,7 @@ async fn backup_while_writing_then_restore() {
             .arg(home.certs().join("ca.pem"))
             .arg("--out")
             .arg(&backup)
-            .output()
+            .output_timed()
             .unwrap();
         (
             out.status.success(),

@@ -21,6 +21,7 @@
 //!
 //! Every process a script starts is in its own process group, killed when it ends.
 
+use crate::proc::Timed;
 use std::{
     fs,
     io::Read,
@@ -215,7 +216,7 @@ fn run_doc(doc: &str) -> usize {
             let _ = Command::new("kill")
                 .args(["-KILL", "--", &format!("-{}", self.0)])
                 .stderr(Stdio::null())
-                .status();
+                .status_timed();
         }
     }
     let _group = Group(pgid);
@@ -301,7 +302,7 @@ fn the_harness_catches_a_wrong_status_and_a_failing_command() {
         Command::new("bash")
             .args(["-c", &format!("set -euo pipefail\n{script}")])
             .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
-            .output()
+            .output_timed()
             .unwrap()
             .status
             .success()

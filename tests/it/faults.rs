@@ -5,6 +5,7 @@
 //! The tests run as root; mounting needs it. On a machine that does not allow mounting this
 //! test fails loudly rather than pretending.
 
+use crate::proc::Timed;
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use serde_json::json;
@@ -27,7 +28,7 @@ impl Mount {
                 "tmpfs",
             ])
             .arg(&path)
-            .status()
+            .status_timed()
             .is_ok_and(|s| s.success());
         assert!(ok, "mounting a tmpfs needs root (the tests run as root)");
         Self(path)
@@ -37,7 +38,7 @@ impl Mount {
         let ok = Command::new("timeout")
             .args(["30", "mount", "-o", &format!("remount,{opts}")])
             .arg(&self.0)
-            .status()
+            .status_timed()
             .is_ok_and(|s| s.success());
         assert!(ok, "remount {opts}");
     }
@@ -48,7 +49,7 @@ impl Drop for Mount {
         let _ = Command::new("timeout")
             .args(["30", "umount", "-l"])
             .arg(&self.0)
-            .status();
+            .status_timed();
     }
 }
 
@@ -57,7 +58,7 @@ fn free_bytes(path: &std::path::Path) -> u64 {
     let out = Command::new("timeout")
         .args(["30", "df", "-B1", "--output=avail"])
         .arg(path)
-        .output()
+        .output_timed()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -73,7 +74,7 @@ fn fill(dir: &std::path::Path, name: &str, leave: u64) -> PathBuf {
     let _ = Command::new("timeout")
         .args(["60", "dd", "if=/dev/zero", "bs=1K", &format!("count={kib}")])
         .arg(format!("of={}", filler.display()))
-        .output();
+        .output_timed();
     filler
 }
 
@@ -192,7 +193,7 @@ async fn full_and_read_only_disks_refuse_writes_keep_reads_and_recover() {
         .arg(home.data())
         .arg("--certs")
         .arg(home.certs())
-        .output()
+        .output_timed()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

@@ -1,6 +1,7 @@
 //! Forward auth: `/v1/auth/check` called directly the way Envoy and Traefik call it, and a real
 //! nginx (Debian's) in front of a small upstream with the shipped `docs/gateway/nginx.conf`.
 
+use crate::proc::Timed;
 use std::{
     fs,
     net::SocketAddr,
@@ -231,7 +232,7 @@ async fn the_key_header_is_configurable() {
         .arg(home.data())
         .arg("--certs")
         .arg(home.certs())
-        .output()
+        .output_timed()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("forward_auth.cert_header"));
@@ -514,7 +515,7 @@ impl Nginx {
     async fn reload(&self) {
         Command::new("kill")
             .args(["-s", "HUP", &self.child.id().to_string()])
-            .status()
+            .status_timed()
             .unwrap();
         tokio::time::sleep(Duration::from_millis(800)).await;
     }
@@ -526,7 +527,9 @@ impl Drop for Nginx {
         // happened, so no worker outlives the test (`--` first: without it, `kill` reads a
         // negative pid as an option).
         let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-s", "TERM", &pid]).status();
+        let _ = Command::new("kill")
+            .args(["-s", "TERM", &pid])
+            .status_timed();
         for _ in 0..60 {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
                 break;
@@ -536,7 +539,7 @@ impl Drop for Nginx {
         let _ = Command::new("kill")
             .args(["-s", "KILL", "--", &format!("-{pid}")])
             .stderr(std::process::Stdio::null())
-            .status();
+            .status_timed();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

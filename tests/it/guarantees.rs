@@ -2,6 +2,7 @@
 //! promise it holds, and each was seen to fail once with the code it guards broken (see
 //! docs/TESTING.md).
 
+use crate::proc::Timed;
 use std::{process::Command, sync::Arc, time::Duration};
 
 use serde_json::{Value, json};
@@ -493,7 +494,7 @@ async fn a_group_or_world_readable_master_key_file_is_refused() {
             .arg("--certs")
             .arg(home.certs())
             .env_remove("TESSERA_MASTER_KEY")
-            .output()
+            .output_timed()
             .unwrap();
         let said = format!(
             "{}{}",

@@ -1,5 +1,6 @@
 //! Spawning the server and talking to it.
 
+use crate::proc::Timed;
 use std::{
     fs,
     io::{BufRead, BufReader},
@@ -156,7 +157,7 @@ impl Server {
         let mut c = self.child.take().unwrap();
         let ok = Command::new("kill")
             .args(["-TERM", &c.id().to_string()])
-            .status()
+            .status_timed()
             .unwrap();
         assert!(ok.success());
         for _ in 0..200 {

@@ -1,6 +1,7 @@
 //! Leak reports: GitHub's secret scanning partner format, signed with a key pair the test makes
 //! with openssl (as GitHub's would be), and reports from a key's holder.
 
+use crate::proc::Timed;
 use std::{fs, path::Path, process::Command};
 
 use base64::Engine as _;
@@ -21,13 +22,13 @@ fn key_pair(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
             "-out",
         ])
         .arg(&key)
-        .status()
+        .status_timed()
         .unwrap();
     assert!(ok.success());
     let public = Command::new("openssl")
         .args(["ec", "-pubout", "-in"])
         .arg(&key)
-        .output()
+        .output_timed()
         .unwrap();
     assert!(public.status.success());
     (key, String::from_utf8(public.stdout).unwrap())
@@ -41,7 +42,7 @@ fn sign(dir: &Path, key: &Path, body: &[u8]) -> String {
         .args(["dgst", "-sha256", "-sign"])
         .arg(key)
         .arg(&file)
-        .output()
+        .output_timed()
         .unwrap();
     assert!(out.status.success());
     base64::engine::general_purpose::STANDARD.encode(out.stdout)

@@ -26,6 +26,7 @@ mod leaks;
 mod lifecycle;
 mod openapi;
 mod pg;
+mod proc;
 mod raw;
 mod refusals;
 mod secrets;

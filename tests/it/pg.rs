@@ -2,6 +2,7 @@
 //! `postgres` on a free loopback port, as the `postgres` user when the tests run as root
 //! (PostgreSQL refuses to run as root). Stopped (and its processes gone) when dropped.
 
+use crate::proc::Timed;
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -30,7 +31,7 @@ fn bin_dir() -> PathBuf {
 fn running_as_root() -> bool {
     Command::new("id")
         .arg("-u")
-        .output()
+        .output_timed()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
 }
@@ -78,7 +79,7 @@ impl Postgres {
                 Command::new("chmod")
                     .arg("755")
                     .arg(tmp.path())
-                    .status()
+                    .status_timed()
                     .unwrap()
                     .success()
             );
@@ -86,7 +87,7 @@ impl Postgres {
                 Command::new("chown")
                     .arg("postgres:postgres")
                     .arg(&dir)
-                    .status()
+                    .status_timed()
                     .unwrap()
                     .success()
             );
@@ -96,7 +97,7 @@ impl Postgres {
             .arg(&dir)
             .args(["-U", "tessera", "--auth=trust", "-E", "UTF8", "--no-sync"])
             .stdout(Stdio::null())
-            .output()
+            .output_timed()
             .unwrap();
         assert!(
             out.status.success(),
@@ -117,7 +118,7 @@ impl Postgres {
                         Command::new("chown")
                             .arg("postgres:postgres")
                             .arg(&path)
-                            .status()
+                            .status_timed()
                             .unwrap()
                             .success()
                     );
@@ -173,7 +174,7 @@ impl Postgres {
         loop {
             let ready = Command::new(self.bin.join("pg_isready"))
                 .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
-                .status()
+                .status_timed()
                 .unwrap();
             if ready.success() {
                 return;
@@ -203,7 +204,7 @@ impl Postgres {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")
                 .args(["-QUIT", &c.id().to_string()])
-                .status();
+                .status_timed();
             let deadline = Instant::now() + Duration::from_secs(10);
             while c.try_wait().unwrap().is_none() {
                 if Instant::now() > deadline {
@@ -234,7 +235,7 @@ impl Postgres {
 
     /// Creates a database and returns its URL.
     pub fn create_db(&self, name: &str) -> String {
-        let out = self.client("createdb").arg(name).output().unwrap();
+        let out = self.client("createdb").arg(name).output_timed().unwrap();
         assert!(
             out.status.success(),
             "createdb failed: {}",
@@ -252,7 +253,7 @@ impl Postgres {
         let out = self
             .client("pg_dump")
             .args(["--data-only", db])
-            .output()
+            .output_timed()
             .unwrap();
         assert!(out.status.success(), "pg_dump failed");
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -264,7 +265,7 @@ impl Postgres {
         let out = self
             .client("psql")
             .args(["-At", "-d", db, "-c", sql])
-            .output()
+            .output_timed()
             .unwrap();
         assert!(
             out.status.success(),

@@ -1,6 +1,7 @@
 //! Start-up on embedded defaults, reuse on restart, configuration errors, offline admin-cert.
 
-use std::{fs, process::Command};
+use crate::proc::{Timed, wait_within};
+use std::{fs, process::Command, time::Duration};
 
 use crate::helpers::{Api, BIN, Home, Server, client_config};
 
@@ -52,7 +53,7 @@ fn a_wrong_setting_names_it_and_creates_nothing() {
             .arg(home.data())
             .arg("--certs")
             .arg(home.certs())
-            .output()
+            .output_timed()
             .unwrap()
     };
     let out = run(&["--listen", "not-an-address"]);
@@ -81,7 +82,7 @@ async fn admin_cert_reissues_offline_and_refuses_a_running_server() {
             .arg(home.data())
             .arg("--certs")
             .arg(home.certs())
-            .output()
+            .output_timed()
             .unwrap()
     };
     // One process per database: the running server holds it.
@@ -168,16 +169,16 @@ async fn a_closed_stdout_never_stops_the_server() {
                 break;
             }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(answered, Some(200), "the server answered whoami");
     // Still running after the banner would have been written, and it stops on SIGTERM with 0.
     assert!(child.0.try_wait().unwrap().is_none());
     let term = Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])
-        .status()
+        .status_timed()
         .unwrap();
     assert!(term.success());
-    let status = child.0.wait().unwrap();
+    let status = wait_within(&mut child.0, "tessera serve", Duration::from_secs(30)).unwrap();
     assert!(status.success(), "stopped with {status}");
 }
