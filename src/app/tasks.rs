@@ -88,7 +88,8 @@ impl Singleton {
     }
 }
 
-/// Re-signs CRLs before their nextUpdate.
+/// Re-signs CRLs before their nextUpdate, when one is behind the revocation index, and within
+/// seconds of a revocation whose CRL signing failed on this node.
 pub async fn keep_crls(rt: Arc<Runtime>) {
     let mut job = Singleton::new("crl", CRL_CHECK_EVERY);
     let mut tick = tokio::time::interval(LEASE_RENEW.min(CRL_CHECK_EVERY));
@@ -97,12 +98,20 @@ pub async fn keep_crls(rt: Arc<Runtime>) {
         let Some(core) = rt.core() else {
             continue;
         };
-        if !job.due(&core).await {
-            continue;
+        // A revocation on this node stored without its CRL: retried at once, by this node,
+        // lease or not (a refresh signs only CRLs that are due or behind).
+        let retry = core.pki().take_crl_retry();
+        if !retry {
+            if !job.due(&core).await {
+                continue;
+            }
+            job.ran();
         }
-        job.ran();
         if let Err(e) = core.pki().refresh_crls(rt.vault.clock.now(), false).await {
             tracing::error!(error = %e, "CRL refresh failed");
+            if retry {
+                core.pki().crl_needs_retry();
+            }
         }
     }
 }

@@ -5,6 +5,8 @@
 //! (`crl-<ca id>.pem`, and all of them in `crls.pem` for verifiers such as nginx that check
 //! the whole chain).
 
+use std::{collections::HashSet, sync::atomic::Ordering};
+
 use crate::sync::Locked;
 use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
 
@@ -14,6 +16,7 @@ use super::{
 };
 use crate::{
     clock::Timestamp,
+    identity::serial::Serial,
     ids::CaId,
     store::{self, Batch, Expect},
 };
@@ -49,7 +52,10 @@ impl Pki {
             let stored = store::record::get::<CrlRecord>(&*self.store, ca.id.as_str()).await?;
             let due = match &stored {
                 None => true,
-                Some((_, c)) => c.next_update.unix() - now.unix() < CRL_REFRESH_BEFORE_SECS as i64,
+                Some((_, c)) => {
+                    c.next_update.unix() - now.unix() < CRL_REFRESH_BEFORE_SECS as i64
+                        || self.crl_is_behind(c, now).await?
+                }
             };
             if force || due {
                 self.sign_crl(&ca.id, now).await?;
@@ -68,15 +74,9 @@ impl Pki {
         Ok(())
     }
 
-    /// Signs a fresh CRL for one CA from the revocation index and stores it (durably).
-    pub(super) async fn sign_crl(&self, ca_id: &CaId, now: Timestamp) -> Result<(), PkiError> {
-        let authority = self.authority();
-        let ca = authority
-            .all()
-            .find(|c| c.id == *ca_id)
-            .ok_or(PkiError::Inconsistent("CRL for an unknown CA"))?;
-
-        let mut revoked = Vec::new();
+    /// The revoked, unexpired certificates a CA issued, from the revocation index.
+    async fn revoked_by(&self, ca_id: &CaId, now: Timestamp) -> Result<Vec<CertRecord>, PkiError> {
+        let mut out = Vec::new();
         let prefix = format!("{ca_id}/");
         let mut after: Option<Vec<u8>> = None;
         loop {
@@ -91,18 +91,65 @@ impl Pki {
                 else {
                     continue;
                 };
-                if let Some(rev) = &r.revoked
-                    && r.not_after > now
-                {
-                    revoked.push(RevokedCertParams {
-                        serial_number: SerialNumber::from_slice(&r.serial.to_bytes()),
-                        revocation_time: rev.at.to_offset(),
-                        reason_code: Some(rev.reason.to_rcgen()),
-                        invalidity_date: None,
-                    });
+                if r.revoked.is_some() && r.not_after > now {
+                    out.push(r);
                 }
             }
         }
+        Ok(out)
+    }
+
+    /// Whether a stored CRL lacks a certificate its CA has revoked: a revocation was stored
+    /// but its CRL signing failed (here or on another node) and was never retried. A CRL that
+    /// cannot be parsed is behind too, so it is signed again.
+    async fn crl_is_behind(&self, crl: &CrlRecord, now: Timestamp) -> Result<bool, PkiError> {
+        let Ok((_, parsed)) = x509_parser::parse_x509_crl(&crl.der) else {
+            return Ok(true);
+        };
+        let listed: HashSet<Serial> = parsed
+            .iter_revoked_certificates()
+            .map(|r| Serial::from_bytes(r.raw_serial()))
+            .collect();
+        Ok(self
+            .revoked_by(&crl.ca, now)
+            .await?
+            .iter()
+            .any(|r| !listed.contains(&r.serial)))
+    }
+
+    /// Asks the CRL task to re-sign soon: a revocation may be stored without its CRL (its
+    /// signing, or the revocation's own acknowledgement, failed).
+    pub fn crl_needs_retry(&self) {
+        self.crl_retry.store(true, Ordering::Release);
+    }
+
+    /// Whether a CRL signing failed since the last call (the CRL task's signal, taken once).
+    pub fn take_crl_retry(&self) -> bool {
+        self.crl_retry.swap(false, Ordering::AcqRel)
+    }
+
+    /// Signs a fresh CRL for one CA from the revocation index and stores it (durably).
+    pub(super) async fn sign_crl(&self, ca_id: &CaId, now: Timestamp) -> Result<(), PkiError> {
+        let authority = self.authority();
+        let ca = authority
+            .all()
+            .find(|c| c.id == *ca_id)
+            .ok_or(PkiError::Inconsistent("CRL for an unknown CA"))?;
+
+        let revoked = self
+            .revoked_by(ca_id, now)
+            .await?
+            .into_iter()
+            .filter_map(|r| {
+                let rev = r.revoked.as_ref()?;
+                Some(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&r.serial.to_bytes()),
+                    revocation_time: rev.at.to_offset(),
+                    reason_code: Some(rev.reason.to_rcgen()),
+                    invalidity_date: None,
+                })
+            })
+            .collect();
 
         let previous = store::record::get::<CrlRecord>(&*self.store, ca_id.as_str()).await?;
         let last = previous.as_ref().map_or(0, |(_, c)| c.number);

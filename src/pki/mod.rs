@@ -145,6 +145,8 @@ pub struct Pki {
     publish_dir: Option<PathBuf>,
     /// Serialises changes to CAs and CRLs.
     changes: tokio::sync::Mutex<()>,
+    /// Set when a revocation may be stored without its CRL re-signed; the CRL task retries.
+    crl_retry: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Pki {
@@ -186,11 +188,14 @@ impl Pki {
             public_url: RwLock::new(None),
             publish_dir,
             changes: tokio::sync::Mutex::new(()),
+            crl_retry: std::sync::atomic::AtomicBool::new(false),
         };
         pki.reindex().await?;
-        // Re-sign every CRL at start: a crash between a revocation's commit and its CRL
-        // update must not leave the CRL behind the store.
-        pki.refresh_crls(now, true).await?;
+        // Sign the CRLs that are missing, due, or behind the revocation index (a crash
+        // between a revocation's commit and its CRL's leaves one behind); the others are
+        // kept, so nodes starting together do not all re-sign them. Published either way.
+        pki.refresh_crls(now, false).await?;
+        pki.publish_crls()?;
         pki.publish_bundle()?;
         Ok((pki, created))
     }

@@ -205,8 +205,10 @@ impl Pki {
             // Only this function changes a certificate record after issuance, under the lock.
             Err(StoreError::Conflict) => return Err(PkiError::Inconsistent("concurrent revoke")),
             Err(e) => {
-                // Fail closed: the write may be applied; refuse the certificates from now on.
+                // Fail closed: the write may be applied; refuse the certificates from now on,
+                // and have the CRL task check whether the CRLs must list them.
                 self.mark_revoked(&revoked, now);
+                self.crl_needs_retry();
                 return Err(e.into());
             }
         }
@@ -233,7 +235,12 @@ impl Pki {
         let known: Vec<CaId> = self.authority().issuers().map(|c| c.id.clone()).collect();
         let mut any = false;
         for id in issuers.iter().filter(|i| known.contains(i)) {
-            self.sign_crl(id, now).await?;
+            if let Err(e) = self.sign_crl(id, now).await {
+                // The revocation is stored; its CRL is not. The CRL task retries in seconds
+                // (and any refresh finds the CRL behind the revocation index).
+                self.crl_needs_retry();
+                return Err(e);
+            }
             any = true;
         }
         if any {
