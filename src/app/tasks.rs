@@ -61,6 +61,11 @@ impl Singleton {
 
     /// Renews the lease; whether this node should run the job now.
     async fn due(&mut self, core: &crate::app::Core) -> bool {
+        self.lease(core).await && self.period_over()
+    }
+
+    /// Renews the lease; whether this node holds it.
+    async fn lease(&mut self, core: &crate::app::Core) -> bool {
         let held = match core.store().lease(self.name, LEASE_TTL).await {
             Ok(h) => h,
             Err(e) => {
@@ -76,11 +81,14 @@ impl Singleton {
             self.fence = held;
             self.last_run = None;
         }
-        // A timer tick may come a hair early: a run is due within 50 ms of its time.
         held.is_some()
-            && self
-                .last_run
-                .is_none_or(|t| t.elapsed() + Duration::from_millis(50) >= self.every)
+    }
+
+    /// Whether `every` has passed since the last run (or there was none under this lease). A
+    /// timer tick may come a hair early: a run is due within 50 ms of its time.
+    fn period_over(&self) -> bool {
+        self.last_run
+            .is_none_or(|t| t.elapsed() + Duration::from_millis(50) >= self.every)
     }
 
     fn ran(&mut self) {
@@ -99,12 +107,16 @@ pub async fn keep_crls(rt: Arc<Runtime>) {
             continue;
         };
         // A revocation on this node stored without its CRL: retried at once, by this node,
-        // lease or not (a refresh signs only CRLs that are due or behind).
+        // lease or not (a refresh signs only CRLs that are due or behind). The leader also
+        // runs as soon as a CRL in memory falls due, and every CRL_CHECK_EVERY (which finds a
+        // CRL behind the revocation index, whichever node failed to sign it).
         let retry = core.pki().take_crl_retry();
-        if !retry {
-            if !job.due(&core).await {
-                continue;
-            }
+        let leading = job.lease(&core).await;
+        let timely = leading && core.pki().crls_due(rt.vault.clock.now());
+        if !(retry || timely || (leading && job.period_over())) {
+            continue;
+        }
+        if leading {
             job.ran();
         }
         if let Err(e) = core.pki().refresh_crls(rt.vault.clock.now(), false).await {

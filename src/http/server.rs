@@ -262,7 +262,7 @@ async fn keep_server_cert(
         let now = state.clock.now();
         let due = match &source {
             ServerCertSource::Managed { lifetime_secs } => {
-                not_after.unix() - now.unix() < (*lifetime_secs / 3) as i64
+                not_after.unix_millis() - now.unix_millis() < (*lifetime_secs * 1000 / 3) as i64
             }
             ServerCertSource::Files { .. } => false,
         };

@@ -26,6 +26,12 @@ pub const CRL_LIFETIME_SECS: u64 = 24 * 3600;
 /// A CRL is re-signed when less than this is left before its nextUpdate.
 pub const CRL_REFRESH_BEFORE_SECS: u64 = 12 * 3600;
 
+/// Whether a CRL is due: less than [`CRL_REFRESH_BEFORE_SECS`] left before its nextUpdate,
+/// to the millisecond.
+fn due_at(crl: &CrlRecord, now: Timestamp) -> bool {
+    crl.next_update.unix_millis() - now.unix_millis() < CRL_REFRESH_BEFORE_SECS as i64 * 1000
+}
+
 /// The encodings a CRL is served in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CrlFormat {
@@ -52,10 +58,7 @@ impl Pki {
             let stored = store::record::get::<CrlRecord>(&*self.store, ca.id.as_str()).await?;
             let due = match &stored {
                 None => true,
-                Some((_, c)) => {
-                    c.next_update.unix() - now.unix() < CRL_REFRESH_BEFORE_SECS as i64
-                        || self.crl_is_behind(c, now).await?
-                }
+                Some((_, c)) => due_at(c, now) || self.crl_is_behind(c, now).await?,
             };
             if force || due {
                 self.sign_crl(&ca.id, now).await?;
@@ -72,6 +75,18 @@ impl Pki {
             self.publish_crls()?;
         }
         Ok(())
+    }
+
+    /// Whether a CA in use has no CRL in memory, or one due for re-signing by the clock (no
+    /// store read: the CRL task asks every few seconds, so a CRL is re-signed within seconds
+    /// of becoming due; the refresh then reads the store, where another node may have
+    /// re-signed it already).
+    pub fn crls_due(&self, now: Timestamp) -> bool {
+        let authority = self.authority();
+        let crls = self.crls.read_locked();
+        authority
+            .all()
+            .any(|ca| crls.get(&ca.id).is_none_or(|c| due_at(c, now)))
     }
 
     /// The revoked, unexpired certificates a CA issued, from the revocation index.

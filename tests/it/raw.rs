@@ -30,6 +30,11 @@ impl RawConn {
         self.tls.get_ref().1.handshake_kind()
     }
 
+    /// The server's leaf certificate (DER).
+    pub fn server_certificate(&self) -> Vec<u8> {
+        self.tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    }
+
     /// Serial (lowercase hex) of the server's leaf certificate.
     pub fn server_serial(&self) -> String {
         let certs = self.tls.get_ref().1.peer_certificates().unwrap();
