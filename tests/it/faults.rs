@@ -206,3 +206,176 @@ async fn full_and_read_only_disks_refuse_writes_keep_reads_and_recover() {
     assert_eq!(server.admin().verify(&key).await, "VALID");
     drop(server);
 }
+
+/// Kill points inside a full disk: at each, the disk is filled to a random few hundred KiB,
+/// three writers issue keys as fast as they can (each answer a 201 or the 503 `unavailable`),
+/// and the server is SIGKILLed at a random moment while they run, as the disk fills or once
+/// it refuses. A start **on the still-full disk** must either refuse, naming the full disk, or
+/// come up and verify every key acknowledged so far. Then space is given back: after a
+/// restart every acknowledged key verifies VALID and has its audit entry, and the chain
+/// verifies. The seed is printed and
+/// replays the fills and kill delays (`TESSERA_CRASH_SEED`; the interleaving is the machine's).
+#[tokio::test]
+async fn kill_points_on_a_full_disk_lose_nothing_acknowledged() {
+    let seed = std::env::var("TESSERA_CRASH_SEED")
+        .map(|v| v.parse::<u64>().expect("TESSERA_CRASH_SEED is a number"))
+        .unwrap_or_else(|_| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("full-disk kill points: seed {seed} (replay: TESSERA_CRASH_SEED={seed})");
+    let mut rng = crate::crash::Rng(seed);
+    let home = Home::new();
+    let _mount = Mount::tmpfs(home.data(), "8m");
+    let config = home.tmp.path().join("tessera.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nrequests_per_second = 100000\nburst = 100000\n",
+    )
+    .unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let mut server = Server::start_with(&home, &args);
+    let api = server.admin().create_api("full").await;
+    let mut acked: Vec<(String, String)> = Vec::new();
+    let mut refused_total = 0;
+    let (mut started_full, mut refused_full) = (0, 0);
+    for point in 0..4 {
+        let leave = 64 * 1024 + rng.next() % (256 * 1024);
+        let filler = fill(&home.data(), &format!("filler-{point}"), leave);
+        let mut workers = Vec::new();
+        for _ in 0..3 {
+            let admin = server.admin();
+            let api = api.clone();
+            workers.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut refused = 0;
+                loop {
+                    let Some(r) = admin
+                        .try_call(
+                            reqwest::Method::POST,
+                            &format!("/v1/apis/{api}/keys"),
+                            json!({}),
+                        )
+                        .await
+                    else {
+                        // The connection went with the server: the answer never came.
+                        return (acked, refused);
+                    };
+                    match r.status {
+                        201 => {
+                            let v = r.json();
+                            acked.push((
+                                v["id"].as_str().unwrap().to_owned(),
+                                v["key"].as_str().unwrap().to_owned(),
+                            ));
+                        }
+                        503 => {
+                            assert_eq!(r.json()["error"]["code"], "unavailable", "{}", r.text);
+                            refused += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        other => panic!("point {point} (seed {seed}): {other} {}", r.text),
+                    }
+                }
+            }));
+        }
+        let delay = 100 + rng.next() % 1500;
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        server.kill9();
+        for w in workers {
+            let (a, r) = w.await.unwrap();
+            acked.extend(a);
+            refused_total += r;
+        }
+        // A start on the disk as the kill left it, still full: sled's recovery writes (it
+        // zeroes the rest of its last segment), so the start either refuses, naming the full
+        // disk, or comes up and serves every acknowledged key.
+        match Server::try_start_with_env(&home, &args, &[]) {
+            Ok(on_full) => {
+                started_full += 1;
+                let admin = on_full.admin();
+                for (id, key) in &acked {
+                    assert_eq!(
+                        admin.verify(key).await,
+                        "VALID",
+                        "point {point} (seed {seed}): acknowledged key {id} lost (started on \
+                         the full disk)"
+                    );
+                }
+            }
+            Err(log) => {
+                assert!(
+                    log.contains("No space left on device"),
+                    "point {point} (seed {seed}): a start on the full disk failed without \
+                     naming it:\n{log}"
+                );
+                refused_full += 1;
+            }
+        }
+        std::fs::remove_file(&filler).unwrap();
+        server = Server::start_with(&home, &args);
+        let admin = server.admin();
+        for (id, key) in &acked {
+            assert_eq!(
+                admin.verify(key).await,
+                "VALID",
+                "point {point} (seed {seed}): acknowledged key {id} lost after a kill -9 on \
+                 a full disk"
+            );
+        }
+        let audited = audited_keys(&admin).await;
+        for (id, _) in &acked {
+            assert!(
+                audited.contains(id),
+                "point {point} (seed {seed}): acknowledged key {id} has no audit entry"
+            );
+        }
+        assert!(count(&admin, &api).await >= acked.len());
+        assert_eq!(
+            admin.get("/v1/audit/verify").await.expect(200)["valid"],
+            true,
+            "point {point} (seed {seed}): the audit chain"
+        );
+    }
+    eprintln!(
+        "full-disk kill points: {} keys acknowledged, {refused_total} writes refused; on the \
+         full disk {started_full} starts came up, {refused_full} refused",
+        acked.len()
+    );
+    assert!(
+        refused_total > 0,
+        "no write was ever refused: the disk never filled up"
+    );
+    assert!(
+        acked.len() > 4,
+        "hardly any write was acknowledged: {}",
+        acked.len()
+    );
+}
+
+/// The ids of the keys whose issuance has a success entry in the audit log.
+async fn audited_keys(admin: &Api) -> std::collections::HashSet<String> {
+    let mut ids = std::collections::HashSet::new();
+    let mut after = 0u64;
+    loop {
+        let page = admin
+            .get(&format!("/v1/audit?after_seq={after}&limit=100"))
+            .await
+            .expect(200);
+        let items = page["items"].as_array().unwrap().clone();
+        let Some(last) = items.last() else {
+            return ids;
+        };
+        after = last["seq"].as_u64().unwrap();
+        for e in items {
+            if e["outcome"] == "success"
+                && let Some(o) = e["object"].as_str()
+            {
+                ids.insert(o.to_owned());
+            }
+        }
+    }
+}

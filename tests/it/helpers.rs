@@ -68,6 +68,18 @@ impl Server {
     }
 
     pub fn start_with_env(home: &Home, extra: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::try_start_with_env(home, extra, envs)
+            .unwrap_or_else(|log| panic!("server did not start; log:\n{log}"))
+    }
+
+    /// Starts, or answers what the server logged when it did not start (it exited, or named
+    /// no address within 30 s; it is killed then).
+    pub fn try_start_with_env(
+        home: &Home,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Self, String> {
+        let logged_before = fs::metadata(home.log()).map_or(0, |m| m.len() as usize);
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -120,20 +132,18 @@ impl Server {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!(
-                    "server did not start; log:\n{}",
-                    fs::read_to_string(home.log()).unwrap_or_default()
-                );
+                let log = fs::read(home.log()).unwrap_or_default();
+                return Err(String::from_utf8_lossy(&log[logged_before.min(log.len())..]).into());
             }
         };
         // The banner's remaining lines follow the address at once.
         std::thread::sleep(Duration::from_millis(50));
-        Self {
+        Ok(Self {
             child: Some(child),
             addr,
             certs: home.certs(),
             stdout: lines,
-        }
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
