@@ -208,6 +208,15 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // Under a coverage run (`cargo llvm-cov` sets LLVM_PROFILE_FILE) the server is
+            // stopped with SIGTERM first, so that it exits and writes its profile; a SIGKILL
+            // follows after 5 s either way.
+            if std::env::var_os("LLVM_PROFILE_FILE").is_some() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &c.id().to_string()])
+                    .status_timed();
+                let _ = crate::proc::wait_within(&mut c, "tessera serve", Duration::from_secs(5));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
