@@ -95,7 +95,7 @@ pub(super) async fn roles(c: &Client, cmd: Roles, out: Output) -> anyhow::Result
         Roles::Delete { tenant, name } => {
             let path = format!("{}/{}", base(&tenant), seg(&name));
             call(c, "delete the role", Method::DELETE, &path, None).await?;
-            println!("role {name} deleted");
+            out!("role {name} deleted");
             return Ok(());
         }
     };
@@ -127,7 +127,7 @@ pub(super) async fn bindings(c: &Client, cmd: Bindings, out: Output) -> anyhow::
         Bindings::Delete { tenant, identity } => {
             let path = format!("{}/{}", base(&tenant), seg(&identity));
             call(c, "unbind the service", Method::DELETE, &path, None).await?;
-            println!("{identity} holds no role in {tenant} now");
+            out!("{identity} holds no role in {tenant} now");
             return Ok(());
         }
     };

@@ -133,7 +133,7 @@ pub(super) async fn apis(c: &Client, cmd: Apis, out: Output) -> anyhow::Result<(
         Apis::Delete { id } => {
             let path = format!("/v1/apis/{id}");
             call(c, "delete the API", Method::DELETE, &path, None).await?;
-            println!("API {id} deleted");
+            out!("API {id} deleted");
         }
     }
     Ok(())
@@ -451,7 +451,7 @@ fn cell(v: &Value) -> String {
 /// field of an object.
 pub(super) fn show(out: Output, v: &Value, columns: Option<&[&str]>) {
     if let Output::Json = out {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        out!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
         return;
     }
     match columns {
@@ -482,14 +482,14 @@ pub(super) fn show(out: Output, v: &Value, columns: Option<&[&str]>) {
                     .trim_end()
                     .to_owned()
             };
-            println!("{}", line(cols.iter().map(|c| c.to_uppercase()).collect()));
+            out!("{}", line(cols.iter().map(|c| c.to_uppercase()).collect()));
             for r in rows {
-                println!("{}", line(r));
+                out!("{}", line(r));
             }
         }
         None => {
             let Some(obj) = v.as_object() else {
-                println!("{}", cell(v));
+                out!("{}", cell(v));
                 return;
             };
             let w = obj.keys().map(String::len).max().unwrap_or(0);
@@ -501,7 +501,7 @@ pub(super) fn show(out: Output, v: &Value, columns: Option<&[&str]>) {
                     ("chain", Value::Array(a)) => format!("({} PEM certificates)", a.len()),
                     _ => cell(val),
                 };
-                println!("{k:<w$}  {text}");
+                out!("{k:<w$}  {text}");
             }
         }
     }
@@ -519,7 +519,7 @@ pub(super) async fn backup(target: TargetArgs, out: PathBuf) -> anyhow::Result<(
     // Its structure only: checking its MAC takes the master key (restore does).
     crate::store::backup::parse(&answer.body).context("the server's backup does not check out")?;
     commit(file, &out, &answer.body)?;
-    println!(
+    out!(
         "backup written: {} ({} bytes)",
         out.display(),
         answer.body.len()
@@ -543,7 +543,7 @@ pub(super) async fn unseal(target: TargetArgs) -> anyhow::Result<()> {
         Some(body),
     )
     .await?;
-    println!("{}", unseal_progress(&v));
+    out!("{}", unseal_progress(&v));
     Ok(())
 }
 
@@ -580,7 +580,7 @@ pub(super) async fn agent_bootstrap(
         ttl_seconds: ttl,
     };
     let v = agent::bootstrap(b).await?;
-    println!(
+    out!(
         "Wrote {} (valid until {}) and its key. Keep it renewed with `tessera agent`.",
         cert.display(),
         crate::clock::Timestamp::from_unix(v.not_after)

@@ -47,7 +47,7 @@ pub(super) fn run(certs: &Path, listen: &str) -> anyhow::Result<()> {
         .workers(1)
         .bind_rustls_0_23(listen, cfg)?;
         for addr in server.addrs() {
-            println!("framework floor listening on https://{addr}");
+            out!("framework floor listening on https://{addr}");
         }
         server.run().await?;
         anyhow::Ok(())

@@ -5,6 +5,15 @@
 //! APIs, the agent) and `admin` (tenants, roles, bindings, root keys, PKI, audit, seal).
 //! This is the only layer that prints and that uses `anyhow`.
 
+/// `println!` for a verb's answer on standard output. A reader that went away
+/// (`tessera keys list | head -1`) ends the process quietly with [`exit::OK`], as Unix tools
+/// do, where `println!` would panic on the broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_line(format_args!($($arg)*))
+    };
+}
+
 mod admin;
 pub mod args;
 mod client;
@@ -20,6 +29,24 @@ use crate::{
     app::Vault,
     config::{Config, LogFormat},
 };
+
+/// Writes one line of a verb's answer (see `out!`).
+pub(crate) fn write_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.write_all(b"\n"))
+        .and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(exit::OK),
+        Err(e) => {
+            eprintln!("error: cannot write the answer: {e}");
+            std::process::exit(exit::FAILED);
+        }
+    }
+}
 
 /// The exit codes, so that a script can branch on them (README, *Command line*).
 pub mod exit {

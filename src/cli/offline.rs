@@ -41,16 +41,16 @@ pub(super) async fn init(args: InitArgs) -> anyhow::Result<()> {
     init_logging(config.log_format);
     let mut vault = Vault::open(config)?;
     let shares = vault.init_shares(args.shares, args.threshold).await?;
-    println!(
+    out!(
         "Initialised {} sealed with {} shares, {} needed to unseal. No key file was written.",
         vault.config.data_dir.display(),
         args.shares,
         args.threshold
     );
-    println!("  trust anchor: {}", vault.paths.ca.display());
-    println!("  admin cert:   {}", vault.paths.admin_cert.display());
+    out!("  trust anchor: {}", vault.paths.ca.display());
+    out!("  admin cert:   {}", vault.paths.admin_cert.display());
     for s in &shares {
-        println!("{}", s.as_str());
+        out!("{}", s.as_str());
     }
     Ok(())
 }
@@ -72,13 +72,13 @@ pub(super) async fn admin_cert(
         let rec = AuditContext::system("reissue admin credential (offline)", vault.clock.now());
         Some(bootstrap::issue_admin_cert(&*rec, core.pki(), &vault.paths, vault.clock.now()).await?)
     };
-    println!(
+    out!(
         "admin credential written: {} (key {})",
         vault.paths.admin_cert.display(),
         vault.paths.admin_key.display()
     );
     if let Some(i) = issued {
-        println!("  serial {}, valid until {}", i.serial, i.not_after);
+        out!("  serial {}, valid until {}", i.serial, i.not_after);
         if !keep_old {
             let rec = AuditContext::system(
                 "revoke earlier admin credentials (offline)",
@@ -89,7 +89,7 @@ pub(super) async fn admin_cert(
                 .revoke_admin_certs_except(&*rec, &i.serial, vault.clock.now())
                 .await?;
             for s in &revoked {
-                println!("  revoked the earlier admin certificate {s}");
+                out!("  revoked the earlier admin certificate {s}");
             }
         }
     }
@@ -114,21 +114,21 @@ pub(super) async fn rotate_master(
     let source = vault.key_source();
     // The new key opens everything once this returns.
     let (new, texts) = vault.rotate_master(&old, shares.zip(threshold)).await?;
-    println!("master key rotated (the data keys and the pepper are unchanged)");
+    out!("master key rotated (the data keys and the pepper are unchanged)");
     if texts.is_empty() {
         match source {
-            KeySource::Environment => println!(
+            KeySource::Environment => out!(
                 "set TESSERA_MASTER_KEY to: {}",
                 crate::crypto::hex::encode(new.expose())
             ),
-            _ => println!(
+            _ => out!(
                 "new key written to {}",
                 vault.config.data_dir.join("master.key").display()
             ),
         }
     }
     for t in &texts {
-        println!("{}", t.as_str());
+        out!("{}", t.as_str());
     }
     Ok(())
 }
@@ -161,7 +161,7 @@ pub(super) async fn bench_preload(dirs: DirArgs, keys: usize, out: PathBuf) -> a
         text.push('\n');
     }
     files::write_atomic(&out, text.as_bytes(), files::PRIVATE)?;
-    println!("{}", api.id);
+    out!("{}", api.id);
     Ok(())
 }
 
@@ -194,13 +194,14 @@ pub(super) async fn audit_verify(
     };
     let report = crate::audit::check(&*store, cp.as_ref()).await?;
     if report.valid {
-        println!(
+        out!(
             "audit log valid: {} entries checked, head seq {}",
-            report.checked, report.head_seq
+            report.checked,
+            report.head_seq
         );
         Ok(0)
     } else {
-        println!(
+        out!(
             "audit log INVALID at seq {}: {} ({} entries checked before it)",
             report.first_bad_seq.unwrap_or(0),
             report.problem.as_deref().unwrap_or("unknown problem"),
@@ -227,7 +228,7 @@ pub(super) fn restore(file: &Path, dirs: &DirArgs, audit_log: Option<&Path>) -> 
         other => other.into(),
     })?;
     let header = &backup.header;
-    println!(
+    out!(
         "restored {} entries from a backup made at {} into {} (authenticated with the master key)",
         backup.entries.len(),
         header.created_at,
@@ -236,7 +237,7 @@ pub(super) fn restore(file: &Path, dirs: &DirArgs, audit_log: Option<&Path>) -> 
             None => config.data_dir.display().to_string(),
         }
     );
-    println!("The first unseal opens a new audit epoch. The master key is not in the backup.");
+    out!("The first unseal opens a new audit epoch. The master key is not in the backup.");
 
     // Revocations made after the backup are not in it: name them.
     let in_backup: BTreeSet<String> = header.revoked_serials.iter().cloned().collect();
@@ -282,11 +283,11 @@ pub(super) fn restore(file: &Path, dirs: &DirArgs, audit_log: Option<&Path>) -> 
     lost.sort();
     lost.dedup();
     if lost.is_empty() {
-        println!("No revocation made after the backup is known to be lost.");
+        out!("No revocation made after the backup is known to be lost.");
     } else {
-        println!("Revocations made after the backup, LOST by this restore (revoke them again):");
+        out!("Revocations made after the backup, LOST by this restore (revoke them again):");
         for l in &lost {
-            println!("  {l}");
+            out!("  {l}");
         }
     }
     Ok(())
@@ -359,16 +360,16 @@ pub(super) async fn migrate(from: &Path, to: &str, config: Option<PathBuf>) -> a
         "the copy's audit chain does not verify"
     );
     let records = entries.iter().filter(|(k, _)| k.starts_with(b"r/")).count();
-    println!(
+    out!(
         "copied {} entries ({records} sealed records) from {} to {target_url}; every entry \
          read back identical, audit chain valid to seq {}",
         entries.len(),
         from.display(),
         audit.head_seq
     );
-    println!("Next:");
-    println!("  1. start each node with --store {target_url} (or [store] url in its config);");
-    println!(
+    out!("Next:");
+    out!("  1. start each node with --store {target_url} (or [store] url in its config);");
+    out!(
         "  2. give every node the same master key: {}",
         match vault.key_source() {
             crate::app::KeySource::Shares => "unseal each node with the shares".to_owned(),
@@ -378,10 +379,8 @@ pub(super) async fn migrate(from: &Path, to: &str, config: Option<PathBuf>) -> a
             ),
         }
     );
-    println!(
-        "  3. copy certs/ (ca.pem, admin.pem, admin.key) to where operators and nodes expect it;"
-    );
-    println!(
+    out!("  3. copy certs/ (ca.pem, admin.pem, admin.key) to where operators and nodes expect it;");
+    out!(
         "  4. keep {} unchanged until the cluster serves: it is your way back.",
         from.display()
     );

@@ -1025,3 +1025,29 @@ async fn issue_20_unseal_reports_progress_in_words() {
     let second = unseal(&shares[2]);
     assert!(second.contains("unsealed"), "{second}");
 }
+
+/// A reader that goes away (`tessera apis list | head -0`) ends the CLI quietly with 0: the
+/// read end of its standard output is closed before it writes, so every write meets a broken
+/// pipe. (`println!` panics there: exit 101 and "failed printing to stdout".)
+#[tokio::test]
+async fn a_closed_pipe_ends_a_verb_quietly() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    server.admin().create_api("piped").await;
+    for format in ["table", "json"] {
+        let mut child = command(&server, &["apis", "list", "--output", format], &[])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = wait_output_within(child, "tessera apis list", CHILD_LIMIT).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "{format}: {:?}: {stderr}",
+            out.status
+        );
+    }
+}
