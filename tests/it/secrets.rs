@@ -87,9 +87,11 @@ impl Secret {
         s
     }
 
-    /// A PKCS#8 P-256 private key as DER (a CA key read from its sealed record).
+    /// A PKCS#8 P-256 private key as DER (a CA key read from its sealed record): as
+    /// [`Secret::pkcs8`] of its PEM encoding, so that the key written out as a PEM file is
+    /// found too (its scalar alone is not, once base64 shifts it off a 3-byte boundary).
     pub fn pkcs8_der(what: impl Into<String>, der: &[u8]) -> Self {
-        Self::bytes(what, &scalar(der))
+        Self::pkcs8(what, &::pem::encode(&::pem::Pem::new("PRIVATE KEY", der.to_vec())))
     }
 
     /// A PEM document that is not secret but must not be logged (a CSR): its DER in every
