@@ -328,7 +328,11 @@ mod imp {
             p.push(ext);
             PathBuf::from(p)
         };
-        let _ = std::fs::write(with(".paused"), format!("{kind}/{id}"));
+        // Written whole, then renamed into place: a test polling for the file never reads
+        // it empty or half written.
+        if std::fs::write(with(".paused.tmp"), format!("{kind}/{id}")).is_ok() {
+            let _ = std::fs::rename(with(".paused.tmp"), with(".paused"));
+        }
         for _ in 0..6000 {
             if with(".go").exists() {
                 return;
