@@ -6,8 +6,8 @@
 //! This is the only layer that prints and that uses `anyhow`.
 
 /// `println!` for a verb's answer on standard output. A reader that went away
-/// (`tessera keys list | head -1`) ends the process quietly with [`exit::OK`], as Unix tools
-/// do, where `println!` would panic on the broken pipe.
+/// (`tessera keys list | head -1`) ends the process quietly with [`exit::BROKEN_PIPE`], as a
+/// Unix tool killed by `SIGPIPE` does, where `println!` would panic.
 macro_rules! out {
     ($($arg:tt)*) => {
         $crate::cli::write_line(format_args!($($arg)*))
@@ -40,7 +40,9 @@ pub(crate) fn write_line(args: std::fmt::Arguments<'_>) {
         .and_then(|()| stdout.flush());
     match written {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(exit::OK),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            std::process::exit(exit::BROKEN_PIPE)
+        }
         Err(e) => {
             eprintln!("error: cannot write the answer: {e}");
             std::process::exit(exit::FAILED);
@@ -61,6 +63,10 @@ pub mod exit {
     /// unknown, lacks a scope...; an audit log that does not verify; `tessera agent` with a
     /// certificate that is expired or refused (revoked) and must be replaced.
     pub const NOT_VALID: i32 = 3;
+    /// Standard output was closed before the answer was written: the status of a Unix tool
+    /// killed by `SIGPIPE` (128 + 13). Not a success: `init` or `rotate-master` may have
+    /// printed shares or a key that nobody read.
+    pub const BROKEN_PIPE: i32 = 141;
 }
 
 /// Parses the command line and runs the verb it names. Returns the process's exit code when

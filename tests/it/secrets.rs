@@ -91,7 +91,10 @@ impl Secret {
     /// [`Secret::pkcs8`] of its PEM encoding, so that the key written out as a PEM file is
     /// found too (its scalar alone is not, once base64 shifts it off a 3-byte boundary).
     pub fn pkcs8_der(what: impl Into<String>, der: &[u8]) -> Self {
-        Self::pkcs8(what, &::pem::encode(&::pem::Pem::new("PRIVATE KEY", der.to_vec())))
+        Self::pkcs8(
+            what,
+            &::pem::encode(&::pem::Pem::new("PRIVATE KEY", der.to_vec())),
+        )
     }
 
     /// A PEM document that is not secret but must not be logged (a CSR): its DER in every
