@@ -406,3 +406,56 @@ async fn concurrent_writers_on_postgres_across_processes_handles() {
     })
     .await;
 }
+
+/// Group commit (PostgreSQL): a batch whose own statement fails with something other than a
+/// conflict (here an id PostgreSQL's text type cannot hold, a NUL byte) fails alone; every
+/// batch committed in the same group transaction beside it is stored. 48 writers start
+/// together, so the group committer takes many batches at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_batch_fails_alone_in_its_group_on_postgres() {
+    let pg = Postgres::start();
+    let master = MasterKey::generate().unwrap();
+    let store = pg_db(&pg, "grouped").unseal(&master).unwrap().store;
+    let start = Arc::new(tokio::sync::Barrier::new(48));
+    let mut tasks = Vec::new();
+    for i in 0..48usize {
+        let (s, start) = (store.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            let bad = i % 6 == 3;
+            let id = if bad {
+                format!("bad\0{i}")
+            } else {
+                format!("good-{i}")
+            };
+            let mut b = Batch::new();
+            b.put(KINDS[0], &id, SecretBytes::new(vec![1]), Expect::Absent)
+                .unwrap();
+            start.wait().await;
+            (i, bad, s.commit(b).await)
+        }));
+    }
+    let mut failed_bad = 0;
+    for t in tasks {
+        let (i, bad, r) = t.await.unwrap();
+        if bad {
+            assert!(
+                matches!(r, Err(StoreError::Unavailable(_))),
+                "batch {i} (NUL in its id): {r:?}"
+            );
+            failed_bad += 1;
+        } else {
+            assert!(r.is_ok(), "batch {i} failed beside a failing batch: {r:?}");
+        }
+    }
+    assert_eq!(failed_bad, 8);
+    for i in (0..48).filter(|i| i % 6 != 3) {
+        assert!(
+            store
+                .get(KINDS[0], &format!("good-{i}"))
+                .await
+                .unwrap()
+                .is_some(),
+            "good-{i} acknowledged but not stored"
+        );
+    }
+}

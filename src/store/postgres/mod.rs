@@ -639,8 +639,10 @@ const GROUP_MAX: usize = 64;
 /// One attempt at a group of batches, in one transaction (group commit: one WAL flush, one
 /// hold of the audit log's head and of the change sequence for them all). Every lock of
 /// every batch is taken first, sorted, so groups on different nodes never wait in a cycle;
-/// each batch runs under a savepoint, so one whose condition fails is rolled back alone.
-/// Returns each batch's outcome; an error of the transaction itself fails them all.
+/// each batch runs under a savepoint, so one whose condition fails, or whose statements
+/// fail, is rolled back alone. Returns each batch's outcome; an error of the transaction
+/// itself (a lost connection, a failed commit) fails them all, and a deadlock or
+/// serialisation failure retries the group.
 async fn apply_group(
     shared: &Shared,
     batches: &[&Batch],
@@ -679,6 +681,13 @@ async fn apply_group(
                     tx.batch_execute("ROLLBACK TO SAVEPOINT batch").await?;
                 }
                 outcomes.push(Err(StoreError::Conflict));
+            }
+            // An error of this batch's own statements: it alone is rolled back and fails; the
+            // others commit. (If the rollback fails too, the transaction is gone and the
+            // whole group fails, as a lost connection does.)
+            Err(Failed::Stop(e)) if !alone => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT batch").await?;
+                outcomes.push(Err(e));
             }
             Err(e) => return Err(e),
         }
