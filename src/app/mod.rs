@@ -114,15 +114,59 @@ fn follow_remote(
     }));
 }
 
+/// How often an unseal is tried when its first writes conflict (see [`Core::open`]).
+const OPEN_ATTEMPTS: u32 = 6;
+
+impl AppError {
+    /// Whether a concurrent write on the shared store got there first.
+    fn is_conflict(&self) -> bool {
+        use crate::access::AccessError;
+        matches!(
+            self,
+            Self::Store(StoreError::Conflict)
+                | Self::Pki(PkiError::Store(StoreError::Conflict))
+                | Self::Access(AccessError::Store(StoreError::Conflict))
+        )
+    }
+}
+
 impl Core {
     /// The composition root: unwraps the keyring with `master` and assembles every service
     /// (opening the CA on first start, and writing a restore's new audit epoch).
+    ///
+    /// Nodes started together on an empty shared database race to create the keyring, the
+    /// default tenant and the CA; a loser's write conflicts. It then opens again, a little
+    /// later each time, and finds what the winner created (with the same master key; with
+    /// another, the keyring does not unwrap and the start fails as it should).
     async fn open(vault: &Vault, master: MasterKey) -> Result<Core, AppError> {
+        let mut attempt = 1;
+        loop {
+            match Self::assemble(vault, &master).await {
+                Ok(finish) => return Ok(finish(master)),
+                Err(e) if e.is_conflict() && attempt < OPEN_ATTEMPTS => {
+                    tracing::info!(
+                        attempt,
+                        "another node is initialising the store; opening again"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt)))
+                        .await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One attempt at [`Core::open`]: every service, waiting only for the master key.
+    async fn assemble(
+        vault: &Vault,
+        master: &MasterKey,
+    ) -> Result<impl FnOnce(MasterKey) -> Core + use<>, AppError> {
         let crate::store::Unsealed {
             store,
             admin,
             keyring,
-        } = vault.db()?.unseal(&master)?;
+        } = vault.db()?.unseal(master)?;
         let audit = Arc::new(Audit::open(store.clone(), keyring.clone()).await?);
         let access = Arc::new(Access::new(
             store.clone(),
@@ -169,7 +213,7 @@ impl Core {
             vault.config.verify_cache_keys,
         ));
         follow_remote(&*store, &keys, &access, &pki, vault.clock.clone());
-        Ok(Core {
+        Ok(move |master| Core {
             store,
             admin,
             keyring,

@@ -970,3 +970,76 @@ fn tls_to_the_database_is_verified() {
     );
     assert!(ok, "the right CA: {out}");
 }
+
+/// Three nodes started at the same moment on an empty database, each given the same master
+/// key (as an orchestrator starts replicas): every one comes up (the losers of the race to
+/// create the keyring, the tenant and the CA open again and find the winner's), they publish
+/// one CA, exactly one wrote the bootstrap admin credential, and a key issued on any node
+/// verifies on every other.
+#[tokio::test]
+async fn nodes_started_together_on_an_empty_database_all_serve() {
+    let pg = Postgres::start();
+    let url = pg.create_db("together");
+    let master_hex = hex::encode(&[7u8; 32]);
+    let homes: Vec<Home> = (0..3).map(|_| Home::new()).collect();
+    let started: Vec<Result<Server, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = homes
+            .iter()
+            .map(|home| {
+                let (url, master_hex) = (&url, &master_hex);
+                s.spawn(move || {
+                    let config = home.tmp.path().join("tessera.toml");
+                    std::fs::write(&config, NODE_CONFIG).unwrap();
+                    Server::try_start_with_env(
+                        home,
+                        &["--store", url, "--config", config.to_str().unwrap()],
+                        &[("TESSERA_MASTER_KEY", master_hex)],
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut nodes = Vec::new();
+    for (i, r) in started.into_iter().enumerate() {
+        match r {
+            Ok(n) => nodes.push(n),
+            Err(log) => panic!("node {i} did not start:\n{log}"),
+        }
+    }
+    let bundles: Vec<String> = homes
+        .iter()
+        .map(|h| std::fs::read_to_string(h.certs().join("ca.pem")).unwrap())
+        .collect();
+    assert!(bundles.iter().all(|b| *b == bundles[0]), "one CA for all");
+    let with_admin: Vec<&Home> = homes
+        .iter()
+        .filter(|h| h.certs().join("admin.pem").exists())
+        .collect();
+    assert_eq!(with_admin.len(), 1, "one bootstrap admin credential");
+    let certs = with_admin[0].certs();
+    let admin_of = |node: &Server| {
+        Api::new(
+            node,
+            client_config(
+                &certs.join("ca.pem"),
+                Some((&certs.join("admin.pem"), &certs.join("admin.key"))),
+            ),
+        )
+    };
+    for (i, node) in nodes.iter().enumerate() {
+        let admin = admin_of(node);
+        let api = admin.create_api(&format!("from-{i}")).await;
+        let (_, key) = admin.issue(&api, json!({})).await;
+        for other in &nodes {
+            assert_eq!(admin_of(other).verify(&key).await, "VALID");
+        }
+    }
+    assert_eq!(
+        admin_of(&nodes[2])
+            .get("/v1/audit/verify")
+            .await
+            .expect(200)["valid"],
+        true
+    );
+}
