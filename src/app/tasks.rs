@@ -229,14 +229,33 @@ pub async fn store_doctor(rt: Arc<Runtime>) {
     }
 }
 
-/// Refreshes the gauges of keys and certificates by state.
+/// Refreshes the gauges of keys and certificates by state. A singleton: counting reads whole
+/// indexes, so on a shared database one node counts and reports them; the others report no
+/// `tessera_keys` or `tessera_certs` series and `tessera_certs_expiring_7d` 0 (a dashboard
+/// takes the `max` across nodes).
 pub async fn gauges(rt: Arc<Runtime>) {
-    let mut tick = tokio::time::interval(GAUGES_EVERY);
+    let mut job = Singleton::new("gauges", GAUGES_EVERY);
+    let mut tick = tokio::time::interval(LEASE_RENEW.min(GAUGES_EVERY));
+    let mut reporting = false;
     loop {
         tick.tick().await;
         let Some(core) = rt.core() else {
             continue;
         };
+        if !job.lease(&core).await {
+            if reporting {
+                crate::metrics::KEYS_BY_STATE.reset();
+                crate::metrics::CERTS_BY_STATE.reset();
+                crate::metrics::CERTS_EXPIRING.set(0);
+                reporting = false;
+            }
+            continue;
+        }
+        if !job.period_over() {
+            continue;
+        }
+        job.ran();
+        reporting = true;
         let now = rt.vault.clock.now();
         if let Ok(k) = core.keys().count_states(now).await {
             let m = &crate::metrics::KEYS_BY_STATE;

@@ -1043,3 +1043,53 @@ async fn nodes_started_together_on_an_empty_database_all_serve() {
         true
     );
 }
+
+/// The stored-object gauges count whole indexes, so one node of a cluster counts and reports
+/// them: exactly one node exports `tessera_keys`, the one leading the `gauges` job. When it
+/// is killed, its successor counts afresh (the two keys issued meanwhile) and reports.
+#[tokio::test]
+async fn one_node_counts_and_reports_the_stored_object_gauges() {
+    let mut c = Cluster::start(3, "gauges");
+    within(Duration::from_secs(10), || async {
+        gauge_reporters(&c).await.len() == 1
+    })
+    .await;
+    // Several rounds of lease renewal later, still one.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let first = gauge_reporters(&c).await;
+    assert_eq!(first.len(), 1, "one node reports: {first:?}");
+    let leader = first[0].0;
+    let log = std::fs::read_to_string(c.homes[leader].log()).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("leading this job") && l.contains("gauges")),
+        "the reporting node leads the gauges job"
+    );
+    let other = (leader + 1) % 3;
+    let api = c.admin(other).create_api("counted").await;
+    c.admin(other).issue(&api, json!({})).await;
+    c.admin(other).issue(&api, json!({})).await;
+    c.nodes[leader].kill9();
+    within(Duration::from_secs(20), || async {
+        let now = gauge_reporters(&c).await;
+        now.len() == 1 && now[0].0 != leader && now[0].1 == "2"
+    })
+    .await;
+}
+
+/// The nodes exporting `tessera_keys{state="active"}`, with its value.
+async fn gauge_reporters(c: &Cluster) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (i, node) in c.nodes.iter().enumerate() {
+        if node.is_running() {
+            let m = c.admin(i).get("/metrics").await.text;
+            if let Some(line) = m
+                .lines()
+                .find(|l| l.starts_with("tessera_keys{state=\"active\"}"))
+            {
+                out.push((i, line.rsplit(' ').next().unwrap().to_owned()));
+            }
+        }
+    }
+    out
+}

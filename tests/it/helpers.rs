@@ -150,6 +150,11 @@ impl Server {
         format!("https://localhost:{}{}", self.addr.port(), path)
     }
 
+    /// Whether the process was started and not killed by the test.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
