@@ -356,26 +356,12 @@ async fn kill_points_on_a_full_disk_lose_nothing_acknowledged() {
     );
 }
 
-/// The ids of the keys whose issuance has a success entry in the audit log.
+/// The objects of the success entries in the audit log.
 async fn audited_keys(admin: &Api) -> std::collections::HashSet<String> {
-    let mut ids = std::collections::HashSet::new();
-    let mut after = 0u64;
-    loop {
-        let page = admin
-            .get(&format!("/v1/audit?after_seq={after}&limit=100"))
-            .await
-            .expect(200);
-        let items = page["items"].as_array().unwrap().clone();
-        let Some(last) = items.last() else {
-            return ids;
-        };
-        after = last["seq"].as_u64().unwrap();
-        for e in items {
-            if e["outcome"] == "success"
-                && let Some(o) = e["object"].as_str()
-            {
-                ids.insert(o.to_owned());
-            }
-        }
-    }
+    crate::helpers::audit_after(admin, 0)
+        .await
+        .into_iter()
+        .filter(|e| e["outcome"] == "success")
+        .filter_map(|e| e["object"].as_str().map(str::to_owned))
+        .collect()
 }

@@ -7,25 +7,7 @@ use std::{process::Command, sync::Arc, time::Duration};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Api, BIN, Home, Server, client_config, identity_files, service};
-
-/// Every audit entry, oldest first (the global admin's view).
-async fn audit_entries(admin: &Api) -> Vec<Value> {
-    let mut all = Vec::new();
-    let mut after = 0u64;
-    loop {
-        let page = admin
-            .get(&format!("/v1/audit?after_seq={after}&limit=100"))
-            .await
-            .expect(200);
-        let items = page["items"].as_array().unwrap().clone();
-        let Some(last) = items.last() else {
-            return all;
-        };
-        after = last["seq"].as_u64().unwrap();
-        all.extend(items);
-    }
-}
+use crate::helpers::{Api, BIN, Home, Server, audit_after, client_config, identity_files, service};
 
 /// A mutation's audit entry is written in the same atomic batch as the change: the moment the
 /// 2xx arrives, the entry is durable too. Each write is followed at once by a SIGKILL, with no
@@ -41,7 +23,7 @@ async fn the_audit_entry_is_in_the_same_batch_as_its_change() {
             .issue(&api, json!({"name": format!("r{round}")}))
             .await;
         // Read back at once, still without any wait: the entry is already readable.
-        let now = audit_entries(&admin).await;
+        let now = audit_after(&admin, 0).await;
         assert!(
             now.iter()
                 .any(|e| e["object"] == kid.as_str() && e["outcome"] == "success"),
@@ -64,7 +46,7 @@ async fn the_audit_entry_is_in_the_same_batch_as_its_change() {
         let admin = server.admin();
         assert_eq!(admin.verify(&key).await, "VALID");
         assert_eq!(admin.verify(&key2).await, "VALID");
-        let log = audit_entries(&admin).await;
+        let log = audit_after(&admin, 0).await;
         for (action, object) in [
             ("POST /v1/apis/{id}/keys", kid.as_str()),
             ("POST /v1/certs", serial.as_str()),
@@ -196,7 +178,7 @@ async fn end_client_keys_at_forward_auth_never_lock_the_gateway_out() {
         .await;
     assert_eq!(r.status, 401, "the source was locked out: {}", r.text);
     assert!(
-        !audit_entries(&admin)
+        !audit_after(&admin, 0)
             .await
             .iter()
             .any(|e| e["action"] == "lockout"),
@@ -231,7 +213,7 @@ async fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
     // Three failures from one peer: locked out, whatever address the header claims next.
     let r = anon.send(bad("10.9.9.9")).await;
     assert_eq!(r.status, 429, "{}", r.text);
-    let log = audit_entries(&server.admin()).await;
+    let log = audit_after(&server.admin(), 0).await;
     assert!(
         log.iter()
             .any(|e| e["action"] == "lockout" && e["principal"] == "source:127.0.0.1"),

@@ -471,3 +471,22 @@ pub async fn service(
     let (cert, key, _) = identity_files(admin, dir, tenant, name).await;
     server.client(&cert, &key)
 }
+
+/// Every audit entry after sequence number `after`, oldest first (paged by 100; the caller's
+/// view: the global admin sees all).
+pub async fn audit_after(admin: &Api, after: u64) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut after = after;
+    loop {
+        let page = admin
+            .get(&format!("/v1/audit?after_seq={after}&limit=100"))
+            .await
+            .expect(200);
+        let items = page["items"].as_array().unwrap().clone();
+        let Some(last) = items.last() else {
+            return out;
+        };
+        after = last["seq"].as_u64().unwrap();
+        out.extend(items);
+    }
+}

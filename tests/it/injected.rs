@@ -263,20 +263,11 @@ fn serials_in(text: &str) -> Vec<String> {
 
 /// The audit entries written for one request id.
 async fn entries_of(admin: &Api, request_id: &str) -> Vec<Value> {
-    let mut found = Vec::new();
-    let mut after = 0u64;
-    loop {
-        let page = admin
-            .get(&format!("/v1/audit?after_seq={after}&limit=100"))
-            .await
-            .expect(200);
-        let items = page["items"].as_array().unwrap().clone();
-        let Some(last) = items.last() else {
-            return found;
-        };
-        after = last["seq"].as_u64().unwrap();
-        found.extend(items.into_iter().filter(|e| e["request_id"] == request_id));
-    }
+    crate::helpers::audit_after(admin, 0)
+        .await
+        .into_iter()
+        .filter(|e| e["request_id"] == request_id)
+        .collect()
 }
 
 /// Every write route, with the first write it makes failing, then the second, then every

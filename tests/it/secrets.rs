@@ -27,7 +27,7 @@ use tessera::{
 
 use crate::{
     audit::base64_like::encode as b64,
-    helpers::{Api, Home, Resp, Server},
+    helpers::{Home, Resp, Server},
 };
 
 /// One secret and the byte strings that would betray it.
@@ -408,7 +408,7 @@ async fn every_secret_kind_is_absent_from_every_place() {
         .to_vec();
     // Let the JSON-lines sink and a checkpoint catch up.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let audit = audit_entries(&admin).await;
+    let audit = crate::helpers::audit_after(&admin, 0).await;
     let metrics = admin.get("/metrics").await.text.into_bytes();
     server.terminate();
 
@@ -439,21 +439,4 @@ async fn every_secret_kind_is_absent_from_every_place() {
     assert!(kinds.len() >= 15, "{kinds:?}");
     let found = leaks(&secrets, &places);
     assert!(found.is_empty(), "secrets leaked: {found:#?}");
-}
-
-async fn audit_entries(admin: &Api) -> Vec<Value> {
-    let mut all = Vec::new();
-    let mut after = 0u64;
-    loop {
-        let page = admin
-            .get(&format!("/v1/audit?after_seq={after}&limit=100"))
-            .await
-            .expect(200);
-        let items = page["items"].as_array().unwrap().clone();
-        let Some(last) = items.last() else {
-            return all;
-        };
-        after = last["seq"].as_u64().unwrap();
-        all.extend(items);
-    }
 }

@@ -252,23 +252,7 @@ async fn a_rotation_chain_shares_one_rate_limit() {
     );
 }
 
-/// Every audit entry after `after` (the global admin's view).
-pub async fn entries_after(admin: &crate::helpers::Api, after: u64) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    let mut after = after;
-    loop {
-        let page = admin
-            .get(&format!("/v1/audit?after_seq={after}&limit=100"))
-            .await
-            .expect(200);
-        let items = page["items"].as_array().unwrap().clone();
-        let Some(last) = items.last() else {
-            return out;
-        };
-        after = last["seq"].as_u64().unwrap();
-        out.extend(items);
-    }
-}
+pub use crate::helpers::audit_after as entries_after;
 
 pub async fn head(admin: &crate::helpers::Api) -> u64 {
     entries_after(admin, 0)
