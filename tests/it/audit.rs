@@ -17,23 +17,7 @@ use crate::{
 };
 
 async fn entries(admin: &Api) -> Vec<Value> {
-    let mut all = Vec::new();
-    let mut after = 0u64;
-    loop {
-        let page = admin
-            .get(&format!("/v1/audit?after_seq={after}&limit=100"))
-            .await
-            .expect(200);
-        let items = page["items"].as_array().unwrap().clone();
-        if items.is_empty() {
-            return all;
-        }
-        after = items.last().unwrap()["seq"].as_u64().unwrap();
-        all.extend(items);
-        if page["next_cursor"].is_null() {
-            return all;
-        }
-    }
+    crate::helpers::audit_after(admin, 0).await
 }
 
 /// Waits until the log holds `n` more entries than `before` (refusals are written just after

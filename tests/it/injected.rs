@@ -421,18 +421,7 @@ async fn a_crash_at_a_write_leaves_the_change_and_its_entry_together() {
             .as_array()
             .unwrap()
             .clone();
-        let mut all = Vec::new();
-        let mut after = 0u64;
-        loop {
-            let page = admin
-                .get(&format!("/v1/audit?after_seq={after}&limit=100"))
-                .await
-                .expect(200);
-            let items = page["items"].as_array().unwrap().clone();
-            let Some(last) = items.last() else { break };
-            after = last["seq"].as_u64().unwrap();
-            all.extend(items);
-        }
+        let all = crate::helpers::audit_after(&admin, 0).await;
         let audited = all
             .iter()
             .filter(|e| {
