@@ -191,6 +191,17 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_prefix_makes_a_key_that_parses() {
+        let p = KeyPrefix::parse("abcdefghijklmnop").unwrap();
+        let k = ApiKey::generate(&p).unwrap();
+        assert_eq!(k.expose().len(), 16 + 1 + 33 + 6);
+        assert_eq!(ApiKey::parse(k.expose()).unwrap(), k);
+        // One character more is refused unread, checksum right or not.
+        let longer = format!("q{}", k.expose());
+        assert_eq!(ApiKey::parse(&longer), Err(KeyFormatError::Shape));
+    }
+
+    #[test]
     fn prefixes_are_validated() {
         assert!(KeyPrefix::parse("tsk").is_ok());
         assert!(KeyPrefix::parse("a1").is_ok());

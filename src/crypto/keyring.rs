@@ -252,6 +252,22 @@ mod tests {
     }
 
     #[test]
+    fn a_truncated_wrapped_key_is_refused_not_a_panic() {
+        let m = MasterKey::generate().unwrap();
+        let key = Key256::generate().unwrap();
+        let wrapped = m.wrap("dk/1", &key).unwrap();
+        assert_eq!(m.unwrap("dk/1", &wrapped).unwrap().expose(), key.expose());
+        assert!(matches!(
+            m.unwrap("dk/1", &wrapped[..5]),
+            Err(CryptoError::Malformed)
+        ));
+        for cut in [0, NONCE_BYTES, wrapped.len() - 1] {
+            assert!(m.unwrap("dk/1", &wrapped[..cut]).is_err(), "{cut} bytes");
+        }
+        assert!(m.unwrap("dk/2", &wrapped).is_err());
+    }
+
+    #[test]
     fn wrapped_values_cannot_be_swapped() {
         let m = MasterKey::generate().unwrap();
         let (_, mut wrapped) = Keyring::generate(&m).unwrap();

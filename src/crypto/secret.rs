@@ -126,6 +126,25 @@ mod tests {
     }
 
     #[test]
+    fn a_buffer_made_with_room_is_filled_without_moving() {
+        let mut b = SecretBytes::with_capacity(64);
+        assert!(b.is_empty());
+        let before = b.expose().as_ptr();
+        assert!(b.expose_mut().capacity() >= 64);
+        b.expose_mut().extend_from_slice(&[7u8; 64]);
+        // A reallocation would have left an unzeroized copy of the first bytes behind.
+        assert_eq!(b.expose().as_ptr(), before);
+        assert_eq!((b.len(), b.is_empty()), (64, false));
+    }
+
+    #[test]
+    fn a_secret_string_deserializes_to_its_value() {
+        let s: SecretString = serde_json::from_str(r#""tsk_value""#).unwrap();
+        assert_eq!(s.expose(), "tsk_value");
+        assert!(serde_json::from_str::<SecretString>("7").is_err());
+    }
+
+    #[test]
     fn key_from_slice_checks_length() {
         assert!(Key256::from_slice(&[1u8; 31]).is_none());
         assert!(Key256::from_slice(&[1u8; 32]).is_some());

@@ -424,6 +424,271 @@ mod tests {
         assert_eq!(stage.stops_at, Some(now.plus_secs(60)));
     }
 
+    use crate::{
+        crypto::{
+            apikey::KeyPrefix,
+            keyring::{Keyring, MasterKey},
+        },
+        keys::{KeyKind, NewKey, NewRootKey},
+        store::{NoRecord, sled::SledStore},
+    };
+
+    /// A key service over a fresh store, and the data directory it lives in.
+    fn service() -> (tempfile::TempDir, Keys) {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::generate().unwrap();
+        let (store, _) = SledStore::open(dir.path(), &master, &Default::default()).unwrap();
+        let (keyring, _) = Keyring::generate(&master).unwrap();
+        (dir, Keys::new(Arc::new(store), Arc::new(keyring), 100))
+    }
+
+    async fn api(keys: &Keys, name: &str, max_age: Option<u64>, now: Timestamp) -> ApiId {
+        let input = serde_json::from_value(serde_json::json!({
+            "name": name, "purpose": "p", "owner": "o", "risk": "low",
+            "max_key_age_seconds": max_age,
+        }))
+        .unwrap();
+        keys.create_api(&NoRecord, TenantName::default_tenant(), input, now)
+            .await
+            .unwrap()
+            .id
+    }
+
+    async fn issue(keys: &Keys, api: &ApiId, input: NewKey, now: Timestamp) -> (KeyId, String) {
+        let (view, key) = keys
+            .issue_key(&NoRecord, &TenantScope::All, api, input, now)
+            .await
+            .unwrap();
+        (view.id, key.expose().to_owned())
+    }
+
+    fn request(key: &str, api_id: Option<&ApiId>) -> VerifyRequest {
+        VerifyRequest {
+            key: SecretString::new(key.to_owned()),
+            api_id: api_id.cloned(),
+            scopes: None,
+            presented_identity: None,
+        }
+    }
+
+    async fn code(keys: &Keys, scope: &TenantScope, req: &VerifyRequest, now: Timestamp) -> Code {
+        let v = keys
+            .verify(scope, req, &CallerIdentity::default(), now)
+            .await
+            .unwrap();
+        assert_eq!(v.valid, v.code == Code::Valid, "{v:?}");
+        v.code
+    }
+
+    #[tokio::test]
+    async fn verify_answers_only_for_the_callers_own_live_keys() {
+        let now = Timestamp::from_unix(1_000_000);
+        let (_d, keys) = service();
+        let (a, b) = (
+            api(&keys, "a", None, now).await,
+            api(&keys, "b", None, now).await,
+        );
+        let (id, secret) = issue(&keys, &a, NewKey::default(), now).await;
+        let all = TenantScope::All;
+        let v = keys
+            .verify(
+                &all,
+                &request(&secret, None),
+                &CallerIdentity::default(),
+                now,
+            )
+            .await
+            .unwrap();
+        assert!(v.valid);
+        assert_eq!((v.code, v.key_id), (Code::Valid, Some(id.clone())));
+        assert_eq!(
+            code(&keys, &all, &request(&secret, Some(&a)), now).await,
+            Code::Valid
+        );
+        // Another API's, another tenant's: the key does not exist for that caller.
+        assert_eq!(
+            code(&keys, &all, &request(&secret, Some(&b)), now).await,
+            Code::NotFound
+        );
+        let beta = TenantScope::One(TenantName::parse("beta").unwrap());
+        assert_eq!(
+            code(&keys, &beta, &request(&secret, None), now).await,
+            Code::NotFound
+        );
+        let mine = TenantScope::One(TenantName::default_tenant());
+        assert_eq!(
+            code(&keys, &mine, &request(&secret, None), now).await,
+            Code::Valid
+        );
+
+        // Unknown and mistyped keys, and a root key, are not API keys anyone can verify.
+        let unknown = ApiKey::generate(&KeyPrefix::default_prefix()).unwrap();
+        assert_eq!(
+            code(&keys, &all, &request(unknown.expose(), None), now).await,
+            Code::NotFound
+        );
+        let mut typo = secret.clone().into_bytes();
+        typo[6] = if typo[6] == b'a' { b'b' } else { b'a' };
+        let typo = String::from_utf8(typo).unwrap();
+        assert_eq!(
+            code(&keys, &all, &request(&typo, None), now).await,
+            Code::NotFound
+        );
+        let (_, root) = keys
+            .issue_root_key(
+                &NoRecord,
+                &TenantName::default_tenant(),
+                NewRootKey::default(),
+                now,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            code(&keys, &all, &request(root.expose(), None), now).await,
+            Code::NotFound
+        );
+
+        // The length limit: 512 characters are read (and are no key), 513 are refused.
+        let long = "a".repeat(MAX_KEY_FIELD);
+        assert_eq!(
+            code(&keys, &all, &request(&long, None), now).await,
+            Code::NotFound
+        );
+        let longer = "a".repeat(MAX_KEY_FIELD + 1);
+        let err = keys
+            .verify(
+                &all,
+                &request(&longer, None),
+                &CallerIdentity::default(),
+                now,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, KeysError::Invalid { field: "key", .. }),
+            "{err:?}"
+        );
+
+        // A state refusal is answered for the key, and is not valid.
+        keys.revoke_key(&NoRecord, &all, KeyKind::Api, &id, None, now)
+            .await
+            .unwrap();
+        let v = keys
+            .verify(
+                &all,
+                &request(&secret, None),
+                &CallerIdentity::default(),
+                now,
+            )
+            .await
+            .unwrap();
+        assert!(!v.valid);
+        assert_eq!((v.code, v.key_id), (Code::Revoked, Some(id)));
+    }
+
+    #[tokio::test]
+    async fn a_bound_key_is_checked_against_the_callers_identity_of_its_kind() {
+        let now = Timestamp::from_unix(1_000_000);
+        let (_d, keys) = service();
+        let a = api(&keys, "a", None, now).await;
+        let spiffe = "spiffe://t.local/tenant/default/svc/client";
+        let fp = format!("sha256:{}", "ab".repeat(32));
+        let bound = |to: &str| NewKey {
+            bound_to: Some(BoundTo::parse(to).unwrap()),
+            ..NewKey::default()
+        };
+        let (_, by_spiffe) = issue(&keys, &a, bound(spiffe), now).await;
+        let (_, by_fp) = issue(&keys, &a, bound(&fp), now).await;
+        // The caller holds both: each key takes the one of its own kind.
+        let caller = CallerIdentity {
+            spiffe: Some(spiffe.to_owned()),
+            fingerprint: Some(fp.clone()),
+        };
+        let other = CallerIdentity {
+            spiffe: Some("spiffe://t.local/tenant/default/svc/other".to_owned()),
+            fingerprint: Some(format!("sha256:{}", "cd".repeat(32))),
+        };
+        let all = TenantScope::All;
+        for (secret, caller, want) in [
+            (&by_spiffe, &caller, Code::Valid),
+            (&by_fp, &caller, Code::Valid),
+            (&by_spiffe, &other, Code::IdentityMismatch),
+            (&by_fp, &other, Code::IdentityMismatch),
+        ] {
+            let v = keys
+                .verify(&all, &request(secret, None), caller, now)
+                .await
+                .unwrap();
+            assert_eq!(v.code, want, "{secret} by {caller:?}");
+        }
+        // A presented identity, when named, is the one checked.
+        let mut req = request(&by_fp, None);
+        req.presented_identity = Some(BoundTo::parse(&fp).unwrap());
+        let v = keys.verify(&all, &req, &other, now).await.unwrap();
+        assert_eq!(v.code, Code::Valid);
+    }
+
+    #[tokio::test]
+    async fn expiring_follows_the_apis_max_key_age() {
+        let now = Timestamp::from_unix(1_000_000);
+        let (_d, keys) = service();
+        let a = api(&keys, "a", Some(100), now).await;
+        let (_, secret) = issue(&keys, &a, NewKey::default(), now).await;
+        let all = TenantScope::All;
+        for (after, want) in [(0, false), (10, false), (79, false), (80, true)] {
+            let v = keys
+                .verify(
+                    &all,
+                    &request(&secret, None),
+                    &CallerIdentity::default(),
+                    now.plus_secs(after),
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                (v.code, v.expiring),
+                (Code::Valid, want),
+                "{after} s after issue"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn root_keys_authenticate_only_while_live() {
+        let now = Timestamp::from_unix(1_000_000);
+        let (_d, keys) = service();
+        let tenant = TenantName::default_tenant();
+        let (view, root) = keys
+            .issue_root_key(&NoRecord, &tenant, NewRootKey::default(), now)
+            .await
+            .unwrap();
+        let k = keys.authenticate_root(&root, now).await.unwrap().unwrap();
+        assert!(k.root);
+        assert_eq!(k.id, view.id);
+        // An API key is no root key, however valid.
+        let a = api(&keys, "a", None, now).await;
+        let (_, secret) = issue(&keys, &a, NewKey::default(), now).await;
+        let as_key = ApiKey::parse(&secret).unwrap();
+        assert!(
+            keys.authenticate_root(&as_key, now)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Revoked: refused.
+        keys.revoke_key(
+            &NoRecord,
+            &TenantScope::All,
+            KeyKind::Root,
+            &view.id,
+            None,
+            now,
+        )
+        .await
+        .unwrap();
+        assert!(keys.authenticate_root(&root, now).await.unwrap().is_none());
+    }
+
     #[test]
     fn a_superseded_key_works_until_its_grace_ends() {
         let now = Timestamp::from_unix(1_000_000);

@@ -232,3 +232,151 @@ impl Pki {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        crypto::keyring::MasterKey,
+        pki::{
+            KeySource, Policy, ceiling::Ceiling, identity::ServiceName, identity::TrustDomain,
+            records::RevocationReason,
+        },
+        store::{NoRecord, Store, sled::SledStore},
+        sync::Locked,
+    };
+
+    const HOUR: u64 = 3600;
+
+    async fn pki(now: Timestamp) -> (tempfile::TempDir, Pki) {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::generate().unwrap();
+        let (store, _) = SledStore::open(dir.path(), &master, &Default::default()).unwrap();
+        let store: Arc<dyn Store> = Arc::new(store);
+        let policy = Policy {
+            default_ttl_secs: HOUR,
+            max_ttl_secs: 2 * HOUR,
+            max_lineage_secs: 86_400,
+        };
+        let domain = TrustDomain::parse("t.local").unwrap();
+        let (pki, _) = Pki::open(store, domain, policy, None, now).await.unwrap();
+        (dir, pki)
+    }
+
+    /// A service certificate of tenant `default`, valid for an hour from `now` (backdated
+    /// by the issuer's skew of a minute).
+    async fn issue(pki: &Pki, name: &str, now: Timestamp) -> (Serial, String) {
+        let (issued, _) = pki
+            .issue_service(
+                &NoRecord,
+                TenantName::default_tenant(),
+                ServiceName::parse(name).unwrap(),
+                KeySource::Generate,
+                HOUR,
+                Ceiling::EMPTY,
+                now,
+            )
+            .await
+            .unwrap();
+        let pem = issued.cert_pem();
+        (issued.serial, pem)
+    }
+
+    fn code(pki: &Pki, scope: &TenantScope, pem: &str, now: Timestamp) -> CertCode {
+        let v = pki.verify_certificate(scope, pem, now).unwrap();
+        assert_eq!(v.valid, v.code == CertCode::Valid, "{v:?}");
+        v.code
+    }
+
+    #[tokio::test]
+    async fn a_certificate_is_valid_only_inside_its_validity_and_to_its_tenant() {
+        let now = Timestamp::from_unix(2_000_000_000);
+        let (_d, pki) = pki(now).await;
+        let (serial, pem) = issue(&pki, "svc", now).await;
+        let v = pki
+            .verify_certificate(&TenantScope::All, &pem, now)
+            .unwrap();
+        assert!(v.valid);
+        assert_eq!(v.code, CertCode::Valid);
+        assert_eq!(
+            v.identity.as_deref(),
+            Some("spiffe://t.local/tenant/default/svc/svc")
+        );
+        assert_eq!(v.tenant, Some(TenantName::default_tenant()));
+        assert_eq!(v.serial, Some(serial));
+
+        let own = TenantScope::One(TenantName::default_tenant());
+        assert_eq!(code(&pki, &own, &pem, now), CertCode::Valid);
+        // Another tenant's caller learns nothing about it.
+        let beta = TenantScope::One(TenantName::parse("beta").unwrap());
+        assert_eq!(code(&pki, &beta, &pem, now), CertCode::Untrusted);
+
+        let all = &TenantScope::All;
+        assert_eq!(
+            code(&pki, all, &pem, now.plus_secs(2 * HOUR)),
+            CertCode::Expired
+        );
+        assert_eq!(
+            code(&pki, all, &pem, Timestamp::from_unix(now.unix() - 3600)),
+            CertCode::NotYetValid
+        );
+    }
+
+    #[tokio::test]
+    async fn revocation_outranks_expiry_and_a_valid_chain() {
+        let now = Timestamp::from_unix(2_000_000_000);
+        let (_d, pki) = pki(now).await;
+        let all = &TenantScope::All;
+        let (serial, pem) = issue(&pki, "svc", now).await;
+        pki.revoke(
+            &NoRecord,
+            all,
+            &serial,
+            RevocationReason::Unspecified,
+            &[],
+            now,
+        )
+        .await
+        .unwrap();
+        assert_eq!(code(&pki, all, &pem, now), CertCode::Revoked);
+        // Out of its validity, it is still ours and still revoked: checked inside it.
+        assert_eq!(
+            code(&pki, all, &pem, now.plus_secs(2 * HOUR)),
+            CertCode::Revoked
+        );
+
+        // A revocation the verifier's CRLs do not list yet (its CRL signing failed) is
+        // still answered REVOKED: the revoked set is checked after the chain.
+        let (late, pem) = issue(&pki, "late", now).await;
+        assert_eq!(code(&pki, all, &pem, now), CertCode::Valid);
+        pki.revoked.write_locked().insert(late, now);
+        assert_eq!(code(&pki, all, &pem, now), CertCode::Revoked);
+    }
+
+    #[tokio::test]
+    async fn a_foreign_certificate_copying_an_identity_is_untrusted_even_expired() {
+        let now = Timestamp::from_unix(2_000_000_000);
+        let (_d, pki) = pki(now).await;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = vec![rcgen::SanType::URI(
+            "spiffe://t.local/tenant/default/svc/svc"
+                .try_into()
+                .unwrap(),
+        )];
+        p.not_before = Timestamp::from_unix(now.unix() - 60).to_offset();
+        p.not_after = now.plus_secs(HOUR).to_offset();
+        let pem = p.self_signed(&key).unwrap().pem();
+        let all = &TenantScope::All;
+        assert_eq!(code(&pki, all, &pem, now), CertCode::Untrusted);
+        // Expired or not yet valid, it is still not ours (not EXPIRED: no oracle on time).
+        assert_eq!(
+            code(&pki, all, &pem, now.plus_secs(2 * HOUR)),
+            CertCode::Untrusted
+        );
+        assert_eq!(
+            code(&pki, all, &pem, Timestamp::from_unix(now.unix() - 3600)),
+            CertCode::Untrusted
+        );
+    }
+}

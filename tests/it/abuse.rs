@@ -50,6 +50,20 @@ async fn principals_and_anonymous_sources_are_throttled_then_recover() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     admin.get("/v1/whoami").await.expect(200);
     anon.get("/healthz").await.expect(200);
+    // A forward-auth call without a certificate but with an end client's `Authorization`
+    // (no credential of the caller's) is throttled by its source like any anonymous one.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let rb = anon
+            .http
+            .get(anon.url("/v1/auth/check"))
+            .header("authorization", "Basic dXNlcjpwYXNz");
+        statuses.push(anon.send(rb).await.status);
+    }
+    assert!(
+        statuses.contains(&429) && statuses.iter().all(|s| [401, 429].contains(s)),
+        "{statuses:?}"
+    );
 }
 
 #[tokio::test]

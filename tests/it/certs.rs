@@ -474,6 +474,24 @@ async fn renewal_keeps_the_identity_and_optionally_the_key() {
         .post("/v1/certs/renew", json!({}))
         .await
         .expect(401);
+    // A valid root key never stands in for the certificate, even sent on a connection that
+    // has one (the route renews the connection's certificate: its caller must be that one).
+    let root = admin
+        .post(
+            "/v1/root-keys",
+            json!({"tenant": "default", "name": "portal", "permissions": ["certs:read"]}),
+        )
+        .await
+        .expect(201)["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let with_bearer = me
+        .http
+        .post(me.url("/v1/certs/renew"))
+        .header("authorization", format!("Bearer {root}"))
+        .json(&json!({}));
+    me.send(with_bearer).await.expect(401);
 }
 
 #[tokio::test]

@@ -184,3 +184,51 @@ impl FromRequest for Audited {
         std::future::ready(Ok(Audited(ctx)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::{http::Method, test::TestRequest};
+
+    use super::*;
+
+    #[test]
+    fn methods_outside_the_api_are_one_name() {
+        for m in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+            assert_eq!(method_name(&Method::from_bytes(m.as_bytes()).unwrap()), m);
+        }
+        for m in ["TRACE", "CONNECT", "PROPFIND", "get"] {
+            assert_eq!(
+                method_name(&Method::from_bytes(m.as_bytes()).unwrap()),
+                "OTHER"
+            );
+        }
+    }
+
+    #[test]
+    fn only_an_id_shaped_path_value_reaches_the_audit_object() {
+        let now = Timestamp::from_unix(1_000_000);
+        let object = |k: &'static str, v: &str| {
+            let req = TestRequest::default()
+                .param(k, v.to_owned())
+                .to_http_request();
+            base_event(&req, now).object
+        };
+        let id = "key_2Qx9abcDEF";
+        assert_eq!(object("id", id), Some(id.to_owned()));
+        assert_eq!(object("serial", "0A1b"), Some("0A1b".to_owned()));
+        let longest = "a".repeat(64);
+        assert_eq!(object("api_id", &longest), Some(longest.clone()));
+        // Anything a client could use to forge an entry or flood the log stays out.
+        for bad in [
+            "a".repeat(65),
+            "key_1/../x".into(),
+            "a b".into(),
+            "a\nb".into(),
+        ] {
+            assert_eq!(object("id", &bad), None, "{bad:?}");
+        }
+        assert_eq!(object("other", id), None);
+        let e = base_event(&TestRequest::default().to_http_request(), now);
+        assert_eq!((e.principal.as_str(), e.object), ("anonymous", None));
+    }
+}

@@ -337,3 +337,67 @@ pub struct RateLimitInfo {
     /// Seconds until a request would be allowed again (0: now).
     pub reset: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use actix_web::test::TestRequest;
+
+    use super::*;
+
+    fn info(req: &HttpRequest) -> (u32, u32, u64) {
+        let i = *req.extensions().get::<RateLimitInfo>().unwrap();
+        (i.limit, i.remaining, i.reset)
+    }
+
+    fn cert(uris: &[&str]) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["dns.example".to_owned()]).unwrap();
+        p.subject_alt_names.extend(
+            uris.iter()
+                .map(|u| rcgen::SanType::URI((*u).try_into().unwrap())),
+        );
+        p.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn a_leaf_names_an_identity_only_with_exactly_one_uri() {
+        let one = "spiffe://t.local/tenant/a/svc/b";
+        let der = cert(&[one]);
+        let peer = PeerCert::from_leaf(&der).unwrap();
+        assert_eq!(peer.uri.as_deref(), Some(one));
+        assert_eq!(peer.fingerprint, fingerprint(&der));
+        // Two URIs: which one is the caller? Neither.
+        let two = PeerCert::from_leaf(&cert(&[one, "spiffe://t.local/tenant/a/svc/c"])).unwrap();
+        assert_eq!(two.uri, None);
+        assert_eq!(PeerCert::from_leaf(&cert(&[])).unwrap().uri, None);
+        assert!(PeerCert::from_leaf(&CertificateDer::from(vec![0x30, 0x00])).is_none());
+    }
+
+    #[test]
+    fn a_throttled_request_waits_whole_seconds_rounded_up() {
+        let req = TestRequest::default().to_http_request();
+        let allow = Decision::Allow {
+            limit: 5,
+            remaining: 2,
+        };
+        assert_eq!(throttled(&req, allow), 0);
+        assert_eq!(info(&req), (5, 2, 0));
+        // Never a wait of 0 seconds for a refusal, and never one that comes too early.
+        for (wait, secs, reset) in [
+            (Duration::from_millis(1500), 2, 2),
+            (Duration::from_secs(2), 2, 2),
+            (Duration::from_millis(1), 1, 1),
+            (Duration::ZERO, 1, 0),
+        ] {
+            let req = TestRequest::default().to_http_request();
+            let deny = Decision::Deny {
+                limit: 5,
+                retry_after: wait,
+            };
+            assert_eq!(throttled(&req, deny), secs, "{wait:?}");
+            assert_eq!(info(&req), (5, 0, reset), "{wait:?}");
+        }
+    }
+}

@@ -538,10 +538,17 @@ mod tests {
     pub(super) const K: Kind = Kind("thing");
     const I: IndexName = IndexName("things_by_x");
 
+    /// Opens the store in `dir`. A handle dropped just before still holds sled's file lock
+    /// for a moment (its flusher thread lets go after the drop): a reopen waits for it, up
+    /// to 5 s, rather than failing with `Locked` (it did, about once in 190 runs).
     pub(super) fn open(dir: &Path, master: &MasterKey) -> SledStore {
-        SledStore::open(dir, master, &SledOptions::default())
-            .unwrap()
-            .0
+        for _ in 0..100 {
+            match SledStore::open(dir, master, &SledOptions::default()) {
+                Err(StoreError::Locked) => std::thread::sleep(std::time::Duration::from_millis(50)),
+                r => return r.unwrap().0,
+            }
+        }
+        panic!("the store in {} stayed locked for 5 s", dir.display())
     }
 
     pub(super) fn put(b: &mut Batch, id: &str, v: &[u8], e: Expect) {
