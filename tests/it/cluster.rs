@@ -1099,3 +1099,35 @@ async fn gauge_reporters(c: &Cluster) -> Vec<(usize, String)> {
     }
     out
 }
+
+/// A binding narrowed on one node holds on the others at once: node B resolved (and cached)
+/// a service's wide binding; narrowed on node A, the next call on B that needs the wide role is
+/// refused within 2 s (the staleness bound is 5 s, so it is the change follower that brought
+/// it, not a node too stale to use its cache).
+#[tokio::test]
+async fn a_binding_narrowed_on_one_node_is_narrowed_on_every_node() {
+    let c = Cluster::start(2, "narrow");
+    let dir = tempfile::tempdir().unwrap();
+    let a = c.admin(0);
+    crate::helpers::bind(&a, "default", "boss", &["tenant-admin"]).await;
+    let (cert, key, _) = crate::helpers::identity_files(&a, dir.path(), "default", "boss").await;
+    let boss_on_b = c.nodes[1].client(&cert, &key);
+    let create =
+        |i: usize| json!({"name": format!("x{i}"), "purpose": "p", "owner": "o", "risk": "low"});
+    for i in 0..3 {
+        boss_on_b.post("/v1/apis", create(i)).await.expect(201);
+    }
+    crate::helpers::bind(&a, "default", "boss", &["verifier"]).await;
+    let mut i = 10;
+    let took = within(Duration::from_secs(2), || {
+        i += 1;
+        let r = boss_on_b.post("/v1/apis", create(i));
+        async move {
+            let r = r.await;
+            assert!(matches!(r.status, 201 | 403), "{}: {}", r.status, r.text);
+            r.status == 403
+        }
+    })
+    .await;
+    println!("a narrowed binding held on the other node after {took:?}");
+}
