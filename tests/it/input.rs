@@ -195,3 +195,31 @@ async fn methods_paths_and_ids() {
     );
     assert!(!r.headers.contains_key("server"));
 }
+
+/// A binding is given at most 32 roles (names repeat freely; they are stored once): exactly
+/// 32 are accepted, 33 are a 400 naming `roles` that changes nothing.
+#[tokio::test]
+async fn a_binding_holds_at_most_32_roles() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let put = |roles: Vec<&'static str>| {
+        admin.send(
+            admin
+                .http
+                .put(admin.url("/v1/tenants/default/bindings/many"))
+                .json(&json!({ "roles": roles })),
+        )
+    };
+    let b = put(vec!["verifier"; 32]).await.expect(200);
+    assert_eq!(b["roles"], json!(["verifier"]), "{b}");
+    put(vec!["tenant-admin"]).await.expect(200);
+    let r = put(vec!["verifier"; 33]).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.json()["error"]["field"], "roles", "{}", r.text);
+    let b = admin
+        .get("/v1/tenants/default/bindings/many")
+        .await
+        .expect(200);
+    assert_eq!(b["roles"], json!(["tenant-admin"]), "{b}");
+}
