@@ -40,17 +40,18 @@ pub enum CrlFormat {
 }
 
 impl Pki {
-    /// Re-signs every CRL that is missing or due (all of them with `force`), then rebuilds
-    /// the verifier and publishes the files.
-    pub async fn refresh_crls(&self, now: Timestamp, force: bool) -> Result<(), PkiError> {
+    /// Re-signs every CRL that is missing, due or behind the revocation index, then rebuilds
+    /// the verifier and publishes the files (when one was signed, or always with `publish`:
+    /// at start, where the files may be missing).
+    pub async fn refresh_crls(&self, now: Timestamp, publish: bool) -> Result<(), PkiError> {
         let _one = self.changes.lock().await;
-        self.refresh_crls_locked(now, force).await
+        self.refresh_crls_locked(now, publish).await
     }
 
     pub(super) async fn refresh_crls_locked(
         &self,
         now: Timestamp,
-        force: bool,
+        publish: bool,
     ) -> Result<(), PkiError> {
         let authority = self.authority();
         let mut changed = false;
@@ -60,7 +61,7 @@ impl Pki {
                 None => true,
                 Some((_, c)) => due_at(c, now) || self.crl_is_behind(c, now).await?,
             };
-            if force || due {
+            if due {
                 self.sign_crl(&ca.id, now).await?;
                 changed = true;
             } else if let Some((_, c)) = stored {
@@ -71,7 +72,7 @@ impl Pki {
         let ids: Vec<CaId> = authority.all().map(|c| c.id.clone()).collect();
         self.crls.write_locked().retain(|id, _| ids.contains(id));
         self.rebuild_verifier()?;
-        if changed || force {
+        if changed || publish {
             self.publish_crls()?;
         }
         Ok(())

@@ -194,8 +194,7 @@ impl Pki {
         // Sign the CRLs that are missing, due, or behind the revocation index (a crash
         // between a revocation's commit and its CRL's leaves one behind); the others are
         // kept, so nodes starting together do not all re-sign them. Published either way.
-        pki.refresh_crls(now, false).await?;
-        pki.publish_crls()?;
+        pki.refresh_crls(now, true).await?;
         pki.publish_bundle()?;
         Ok((pki, created))
     }
