@@ -103,6 +103,12 @@ pub async fn request_context(
                     let res = req.error_response(ApiError::HeadersTooLarge);
                     return Ok(finish(res, &id, started, state.as_ref()));
                 }
+                if from_another_site(&req) {
+                    let res = req.error_response(ApiError::refused(
+                        "a browser request from another site (Sec-Fetch-Site, Origin)",
+                    ));
+                    return Ok(finish(res, &id, started, state.as_ref()));
+                }
                 if let Some(secs) = state.as_ref().and_then(|s| throttle_anonymous(s, &req)) {
                     let res = req.error_response(ApiError::TooManyRequests { retry_after: secs });
                     return Ok(finish(res, &id, started, state.as_ref()));
@@ -132,6 +138,39 @@ pub async fn request_context(
             .instrument(span),
         )
         .await
+}
+
+/// Whether a browser sent this state-changing request from a page of another site. A client
+/// certificate held by a browser (the console's optional sign-in) is an ambient credential,
+/// like a cookie: without this check any page its holder visits could make the browser send
+/// Tessera a form post, or a body-less `fetch` in `no-cors` mode (neither needs a CORS
+/// preflight), with that certificate, to seal the server or revoke a key. Browsers say where a
+/// request comes from (`Sec-Fetch-Site`; older ones at least `Origin`); API clients, agents
+/// and gateways send neither and are unaffected. Forward-auth requests are exempt: their
+/// headers are the end client's, relayed by the gateway, not the caller's.
+fn from_another_site(req: &ServiceRequest) -> bool {
+    use actix_web::http::Method;
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        || req.path() == FORWARD_AUTH
+        || req.path().starts_with(FORWARD_AUTH_PREFIXED)
+    {
+        return false;
+    }
+    let h = req.headers();
+    if let Some(site) = h.get("sec-fetch-site") {
+        return !matches!(site.as_bytes(), b"same-origin" | b"none");
+    }
+    let Some(origin) = h.get(header::ORIGIN) else {
+        return false;
+    };
+    let host = h
+        .get(header::HOST)
+        .map(HeaderValue::as_bytes)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()));
+    match (origin.as_bytes().strip_prefix(b"https://"), host) {
+        (Some(o), Some(host)) => !o.eq_ignore_ascii_case(host),
+        _ => true,
+    }
 }
 
 /// Routes that take no credential: an `Authorization` header there authenticates nothing,

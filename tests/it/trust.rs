@@ -610,3 +610,77 @@ async fn unseal_honours_lockouts_and_is_audited_once_unsealed() {
         .sum();
     assert_eq!((refused, limited), (5, 4), "{unseal:?}");
 }
+
+/// A client certificate in a browser is sent with every request the browser makes to
+/// Tessera, whichever page asks: a page of another site must not get the certificate's
+/// authority through a form post or a body-less `no-cors` fetch (neither needs a preflight).
+#[tokio::test]
+async fn a_page_of_another_site_cannot_act_with_a_certificate_the_browser_holds() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    let api = admin.create_api("shop").await;
+    let (key_id, key) = admin.issue(&api, json!({})).await;
+    let own_origin = format!("https://localhost:{}", server.addr.port());
+    let send = |headers: &'static [(&'static str, &'static str)], path: String| {
+        let mut req = admin.http.post(admin.url(&path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        admin.send(req)
+    };
+    // What a cross-site form post looks like, and a `fetch(.., {mode: "no-cors"})` from an
+    // older browser that says only its Origin.
+    let form: &[(&str, &str)] = &[
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-mode", "navigate"),
+        ("origin", "https://evil.example"),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ];
+    let same_site: &[(&str, &str)] = &[("sec-fetch-site", "same-site")];
+    let origin_only: &[(&str, &str)] = &[("origin", "https://evil.example")];
+    let null_origin: &[(&str, &str)] = &[("origin", "null")];
+    for headers in [form, same_site, origin_only, null_origin] {
+        let r = send(headers, format!("/v1/keys/{key_id}/revoke")).await;
+        assert_eq!(r.status, 403, "{headers:?}: {}", r.text);
+        assert!(r.text.contains("another site"), "{}", r.text);
+        let r = send(headers, "/v1/sys/seal".into()).await;
+        assert_eq!(r.status, 403, "{headers:?}: {}", r.text);
+    }
+    assert_eq!(admin.verify(&key).await, "VALID");
+    let status = server.anonymous().get("/v1/sys/status").await.expect(200);
+    assert_eq!(status["sealed"], false);
+    // Reading is not changing anything (and a cross-site page cannot read the answer).
+    let r = admin
+        .send(
+            admin
+                .http
+                .get(admin.url("/v1/whoami"))
+                .header("sec-fetch-site", "cross-site"),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    // The console's own calls (same origin), and clients that are not browsers, act.
+    let console = admin
+        .send(
+            admin
+                .http
+                .post(admin.url(&format!("/v1/keys/{key_id}")))
+                .header("sec-fetch-site", "same-origin")
+                .header("origin", &own_origin)
+                .header("content-type", "application/json")
+                .body("{}"),
+        )
+        .await;
+    assert_eq!(console.status, 405, "routing reached: {}", console.text);
+    let r = admin
+        .send(
+            admin
+                .http
+                .post(admin.url(&format!("/v1/keys/{key_id}/revoke")))
+                .header("origin", &own_origin),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(admin.verify(&key).await, "REVOKED");
+}
