@@ -196,6 +196,8 @@ fn throttle_anonymous(state: &web::Data<AppState>, req: &ServiceRequest) -> Opti
     let anonymous = req.conn_data::<PeerCert>().is_none()
         && (!req.headers().contains_key(header::AUTHORIZATION)
             || PUBLIC.contains(&req.path())
+            || req.path() == "/ui"
+            || req.path().starts_with("/ui/")
             || req.match_pattern().is_none());
     if !anonymous {
         return None;
@@ -266,10 +268,13 @@ fn finish(
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-    );
+    // The console's files carry their own policy (`routes::console`); nothing else may run.
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        );
+    }
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }

@@ -12,6 +12,7 @@ mod certs;
 mod cli;
 mod clock;
 mod cluster;
+mod console;
 mod crash;
 mod custody;
 mod docs;

@@ -52,6 +52,10 @@ fn routed() -> BTreeSet<(String, String)> {
     for (i, _) in src.match_indices("resource(\"") {
         let rest = &src[i + "resource(\"".len()..];
         let path = &rest[..rest.find('"').unwrap()];
+        // The console's files (`/ui/`) are a page for people, not part of the API.
+        if path == "/ui" || path.starts_with("/ui/") {
+            continue;
+        }
         let path = shape(path);
         let after = &rest[rest.find('"').unwrap() + 1..];
         let methods = if let Some(m) = after.strip_prefix(", \"") {

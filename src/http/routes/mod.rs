@@ -5,6 +5,7 @@
 mod apis;
 mod audit;
 mod certs;
+mod console;
 mod custody;
 mod forward_auth;
 mod keys;
@@ -54,6 +55,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             resource("/v1/sys/rotate-keyring", "POST")
                 .route(web::post().to(custody::rotate_keyring)),
         )
+        .service(resource("/ui", "GET").route(web::get().to(console::root)))
+        .service(resource("/ui/", "GET").route(web::get().to(console::file)))
+        .service(resource("/ui/{file}", "GET").route(web::get().to(console::file)))
         .service(resource("/metrics", "GET").route(web::get().to(sys::metrics)))
         .service(resource("/openapi.json", "GET").route(web::get().to(openapi::serve)))
         .service(resource("/v1/audit", "GET").route(web::get().to(audit::list)))
