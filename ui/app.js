@@ -976,6 +976,11 @@
   // ---- Start. -----------------------------------------------------------------------------
 
   window.addEventListener("hashchange", route);
+  // The skip link moves the focus; the address's fragment is the console's route.
+  document.querySelector(".skip").addEventListener("click", e => {
+    e.preventDefault();
+    document.getElementById("main").focus();
+  });
   // Leaving the page forgets what it showed (the browser drops the memory with the page).
   window.addEventListener("pagehide", () => { forgetReveals(); session = null; });
   // A page restored from the back-forward cache comes back signed out.
