@@ -27,7 +27,7 @@ pub(crate) async fn put(api: &Api, path: &str, body: Value) -> crate::helpers::R
 }
 
 /// A PEM CSR for a fresh P-256 key pair (its key is dropped: only the public part matters).
-fn fresh_csr() -> String {
+pub(crate) fn fresh_csr() -> String {
     let key = rcgen::KeyPair::generate().unwrap();
     rcgen::CertificateParams::new(Vec::<String>::new())
         .unwrap()

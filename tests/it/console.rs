@@ -19,6 +19,7 @@ use fantoccini::{
 use serde_json::{Value, json};
 
 use crate::{
+    access::fresh_csr,
     helpers::{Api, Home, Server, client_config},
     proc::Timed,
 };
@@ -657,7 +658,7 @@ async fn a_portal_user_runs_a_key_and_a_certificate_through_their_lives_in_the_c
     // From a pasted CSR: no private key to offer.
     let form = "form[aria-label='Issue a certificate']";
     b.fill(&format!("{form} [name=identity]"), "billing").await;
-    b.fill(&format!("{form} [name=csr]"), &fresh_csr().0).await;
+    b.fill(&format!("{form} [name=csr]"), &fresh_csr()).await;
     b.click("#issue-cert").await;
     let started = Instant::now();
     let from_csr = loop {
@@ -691,7 +692,7 @@ async fn a_portal_user_runs_a_key_and_a_certificate_through_their_lives_in_the_c
     let token = b.find("#secret-value").await.text().await.unwrap();
     b.click("#forget-secret").await;
     assert!(!b.leftovers().await.contains(&token));
-    let (csr, _) = fresh_csr();
+    let csr = fresh_csr();
     server
         .anonymous()
         .post(
@@ -926,16 +927,4 @@ fn assert_key_matches(key: &Path, cert: &Path) {
         from_key.stdout, from_cert.stdout,
         "the key is not the certificate's"
     );
-}
-
-/// A PEM CSR for a fresh key pair, and the key pair.
-fn fresh_csr() -> (String, rcgen::KeyPair) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    (csr, key)
 }
