@@ -24,6 +24,10 @@ use crate::{
     proc::Timed,
 };
 
+/// How long a step may take to show on the page (generous: CI runs the browser beside the
+/// rest of the suite on two cores).
+const WAIT: Duration = Duration::from_secs(30);
+
 const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
     connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; \
     require-trusted-types-for 'script'; trusted-types 'none'";
@@ -235,16 +239,16 @@ impl Browser {
         self.c().goto(url).await.unwrap();
     }
 
-    /// The first element matching `css`, waiting up to 10 s for it.
+    /// The first element matching `css`, waiting up to [`WAIT`] for it.
     async fn find(&self, css: &str) -> Element {
         let started = Instant::now();
         loop {
             if let Ok(e) = self.c().find(Locator::Css(css)).await {
                 return e;
             }
-            if started.elapsed() > Duration::from_secs(10) {
+            if started.elapsed() > WAIT {
                 let body = self.text("body").await;
-                panic!("no {css} within 10 s; the page says:\n{body}");
+                panic!("no {css} within {WAIT:?}; the page says:\n{body}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -276,7 +280,7 @@ impl Browser {
             if t.contains(want) {
                 return t;
             }
-            if started.elapsed() > Duration::from_secs(10) {
+            if started.elapsed() > WAIT {
                 let body = self.text("body").await;
                 panic!("{css} never said {want:?} (last: {t:?}); the page says:\n{body}");
             }
@@ -296,7 +300,7 @@ impl Browser {
         loop {
             match self.find(css).await.click().await {
                 Ok(()) => return,
-                Err(e) if started.elapsed() < Duration::from_secs(10) => {
+                Err(e) if started.elapsed() < WAIT => {
                     let _ = e;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -600,10 +604,7 @@ async fn a_portal_user_runs_a_key_and_a_certificate_through_their_lives_in_the_c
         if counted.parse::<u64>().is_ok_and(|n| n >= 5) {
             break;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "VALID count: {counted}"
-        );
+        assert!(started.elapsed() < WAIT, "VALID count: {counted}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     b.find(".chart svg rect.bar.c-valid").await;
@@ -666,10 +667,7 @@ async fn a_portal_user_runs_a_key_and_a_certificate_through_their_lives_in_the_c
         if !t.is_empty() && t != serial {
             break t;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no second certificate"
-        );
+        assert!(started.elapsed() < WAIT, "no second certificate");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(b.gone("#download-key").await);
@@ -894,7 +892,7 @@ async fn wait_for_file(path: &Path) {
     let started = Instant::now();
     while !path.exists() {
         assert!(
-            started.elapsed() < Duration::from_secs(10),
+            started.elapsed() < WAIT,
             "{} was not downloaded",
             path.display()
         );
