@@ -127,6 +127,8 @@ struct Browser {
     client: Option<Client>,
     profile: tempfile::TempDir,
     downloads: tempfile::TempDir,
+    /// Chromium's `$HOME` (its NSS database of client certificates).
+    _home: tempfile::TempDir,
     shots: PathBuf,
 }
 
@@ -154,6 +156,33 @@ impl Browser {
     /// Starts Chromium trusting exactly the server's TLS key (its SPKI pinned: real TLS, no
     /// blanket acceptance of bad certificates).
     async fn start(server: &Server, shots: &str) -> Self {
+        Self::start_with(server, shots, None).await
+    }
+
+    /// Starts Chromium holding the client certificate `certificate` (PEM chain and key
+    /// files), which it sends to the server when asked (Chromium on Linux keeps client
+    /// certificates in the NSS database under `$HOME/.pki/nssdb`; choosing one without a
+    /// dialog is the "auto-select certificate" content setting, set here for the server's
+    /// origin only).
+    async fn start_holding(server: &Server, shots: &str, certificate: (&Path, &Path)) -> Self {
+        Self::start_with(server, shots, Some(certificate)).await
+    }
+
+    async fn start_with(server: &Server, shots: &str, certificate: Option<(&Path, &Path)>) -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let mut prefs = json!({
+            "download.default_directory": "",
+            "download.prompt_for_download": false,
+            "credentials_enable_service": false,
+            "profile.password_manager_enabled": false,
+        });
+        if let Some((cert, key)) = certificate {
+            nss_holding(home.path(), cert, key);
+            let origin = format!("https://localhost:{},*", server.addr.port());
+            prefs["profile"] = json!({"content_settings": {"exceptions": {
+                "auto_select_certificate": {origin: {"setting": {"filters": [{}]}}}
+            }}});
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -161,6 +190,7 @@ impl Browser {
             .port();
         let mut cmd = Command::new("chromedriver");
         cmd.arg(format!("--port={port}"))
+            .env("HOME", home.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0);
@@ -176,8 +206,10 @@ impl Browser {
             client: None,
             profile: tempfile::tempdir().unwrap(),
             downloads: tempfile::tempdir().unwrap(),
+            _home: home,
             shots,
         };
+        prefs["download.default_directory"] = json!(b.downloads.path());
         let pin = spki_pin(&server.certs.join("server.pem"));
         let mut caps = serde_json::Map::new();
         caps.insert(
@@ -197,12 +229,7 @@ impl Browser {
                     format!("--user-data-dir={}", b.profile.path().display()),
                     format!("--ignore-certificate-errors-spki-list={pin}"),
                 ],
-                "prefs": {
-                    "download.default_directory": b.downloads.path(),
-                    "download.prompt_for_download": false,
-                    "credentials_enable_service": false,
-                    "profile.password_manager_enabled": false,
-                },
+                "prefs": prefs,
             }),
         );
         let started = Instant::now();
@@ -219,6 +246,16 @@ impl Browser {
                 Err(e) => panic!("no WebDriver session within 30 s: {e}"),
             }
         };
+        // A page that never loads (a certificate picker Chromium cannot show, headless) fails
+        // the step within the wait instead of WebDriver's default 300 s.
+        client
+            .update_timeouts(fantoccini::wd::TimeoutConfiguration::new(
+                Some(WAIT),
+                Some(WAIT),
+                Some(Duration::ZERO),
+            ))
+            .await
+            .unwrap();
         b.client = Some(client);
         b
     }
@@ -925,4 +962,69 @@ fn assert_key_matches(key: &Path, cert: &Path) {
         from_key.stdout, from_cert.stdout,
         "the key is not the certificate's"
     );
+}
+
+/// An NSS database under `home` holding the client certificate and key (as Chromium on Linux
+/// reads them), made with NSS's own tools and `openssl`.
+fn nss_holding(home: &Path, cert: &Path, key: &Path) {
+    let db = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&db).unwrap();
+    let db_arg = format!("sql:{}", db.display());
+    let p12 = home.join("client.p12");
+    let run = |cmd: &mut Command| {
+        let out = cmd.output_timed().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(Command::new("certutil").args(["-N", "--empty-password", "-d", &db_arg]));
+    run(Command::new("openssl")
+        .args(["pkcs12", "-export", "-passout", "pass:", "-in"])
+        .arg(cert)
+        .arg("-inkey")
+        .arg(key)
+        .arg("-out")
+        .arg(&p12));
+    run(Command::new("pk12util")
+        .args(["-d", &db_arg, "-W", "", "-i"])
+        .arg(&p12));
+}
+
+/// The optional sign-in: the browser's own client certificate, here the global admin's, and
+/// what only the global admin sees (every tenant, the audit chain's check and checkpoint).
+#[tokio::test]
+async fn the_global_admin_signs_in_with_the_browsers_certificate() {
+    let home = Home::new();
+    let server = Server::start(&home);
+    let admin = server.admin();
+    admin
+        .post("/v1/tenants", json!({"name": "acme"}))
+        .await
+        .expect(201);
+    let b = Browser::start_holding(
+        &server,
+        "admin",
+        (
+            &server.certs.join("admin.pem"),
+            &server.certs.join("admin.key"),
+        ),
+    )
+    .await;
+    b.goto(&server.url("/ui/")).await;
+    b.click("#sign-in-cert").await;
+    let who = b.wait_text("#whoami", "Certificate").await;
+    assert!(who.contains("/system/admin"), "{who}");
+    assert!(who.contains("global admin"), "{who}");
+    b.goto(&server.url("/ui/#/audit")).await;
+    let chain = b.wait_text("#chain-status", "checked").await;
+    assert!(chain.contains("valid"), "{chain}");
+    let head = admin.get("/v1/audit/verify").await.expect(200)["head_seq"].clone();
+    assert!(chain.contains(&format!("head {head}")), "{chain} vs {head}");
+    b.shot("01-audit-chain").await;
+    b.goto(&server.url("/ui/#/access")).await;
+    b.wait_text("table", "acme").await;
+    b.shot("02-tenants").await;
+    b.close().await;
 }
