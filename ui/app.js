@@ -316,12 +316,21 @@
 
   // ---- Routing: `#/section/id...` ---------------------------------------------------------
 
-  let stopPage = () => {};
+  /** What the current page must stop when it is left (timers). */
+  let leaving = [];
+  /** Counts navigations: a page still loading when the next one starts is dropped. */
+  let navigations = 0;
+  function onLeave(fn) {
+    leaving.push(fn);
+  }
 
   async function route() {
     forgetReveals();
-    stopPage();
-    stopPage = () => {};
+    const previous = leaving;
+    leaving = [];
+    previous.forEach(f => f());
+    const mine = leaving;
+    const navigation = ++navigations;
     if (session === null) {
       signInPage();
       return;
@@ -355,6 +364,11 @@
       else page.append(h("h1", {}, "Not found."));
     } catch (e) {
       page.replaceChildren(h("h1", {}, e instanceof ApiFailure && e.status === 404 ? "Not found" : "Error"), errorBox(e));
+    }
+    if (navigation !== navigations) {
+      // Another navigation started while this page loaded: it is never shown.
+      mine.forEach(f => f());
+      return;
     }
     main.replaceChildren(page);
     const h1 = page.querySelector("h1");
@@ -658,8 +672,7 @@
         clearInterval(timer);
       }
     }, 5000);
-    const previous = stopPage;
-    stopPage = () => { clearInterval(timer); previous(); };
+    onLeave(() => clearInterval(timer));
     return section;
   }
 
@@ -918,7 +931,7 @@
           await route();
         });
       },
-    }, h("h3", {}, "New role"), field("Name", roleName), rolePerms, h("div", { class: "actions" }, h("button", { type: "submit" }, "Create role"))));
+    }, h("h3", {}, "New role"), field("Name", roleName), rolePerms, h("div", { class: "actions" }, h("button", { type: "submit", id: "create-role" }, "Create role"))));
 
     page.append(h("h2", {}, "Bindings"),
       table(["Service", "Roles", "Permissions now", ""], bindings.map(b => h("tr", {},
@@ -939,7 +952,7 @@
         });
       },
     }, h("h3", {}, "Bind a service to roles"), h("div", { class: "grid" }, field("Service name", bindService), field("Roles", bindRoles, "space-separated")),
-    h("div", { class: "actions" }, h("button", { type: "submit" }, "Bind"))));
+    h("div", { class: "actions" }, h("button", { type: "submit", id: "bind" }, "Bind"))));
 
     page.append(h("h2", {}, "Root keys"),
       table(["Key", "Name", "State", "Permissions", "Expires", "Last used", ""], rootKeys.map(k => h("tr", { "data-root-key": k.id },

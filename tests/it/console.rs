@@ -19,7 +19,7 @@ use fantoccini::{
 use serde_json::{Value, json};
 
 use crate::{
-    access::fresh_csr,
+    access::{bearer, fresh_csr},
     helpers::{Api, Home, Server, client_config},
     proc::Timed,
 };
@@ -784,6 +784,35 @@ async fn a_portal_user_runs_a_key_and_a_certificate_through_their_lives_in_the_c
     b.find("tr[data-root-key]").await;
     b.shot("08-access").await;
     accessible(&b, "access", &mut a11y).await;
+    // A role, a binding to it, and a root key, made in the console and checked through the
+    // API: the binding grants exactly the role's permission, the root key works and holds
+    // exactly what was ticked.
+    let role = "form[aria-label='New role']";
+    b.fill(&format!("{role} [name=name]"), "reader").await;
+    b.click(&format!("{role} input[value='keys:read']")).await;
+    b.click("#create-role").await;
+    b.wait_text("main table", "reader").await;
+    b.fill("form[aria-label='Bind'] [name=identity]", "orders")
+        .await;
+    b.fill("form[aria-label='Bind'] [name=roles]", "reader")
+        .await;
+    b.click("#bind").await;
+    b.wait_text("main", "orders").await;
+    let binding = admin
+        .get("/v1/tenants/default/bindings/orders")
+        .await
+        .expect(200);
+    assert_eq!(binding["roles"], json!(["reader"]));
+    assert_eq!(binding["permissions"], json!(["keys:read"]));
+    let form = "form[aria-label='New root key']";
+    b.fill(&format!("{form} [name=name]"), "ci").await;
+    b.click(&format!("{form} input[value='keys:read']")).await;
+    b.click("#create-root-key").await;
+    let made = b.find("#secret-value").await.text().await.unwrap();
+    assert!(made.starts_with("tsr_"), "{made:.4}");
+    let me = bearer(&server, &made).get("/v1/whoami").await.expect(200);
+    assert_eq!(me["permissions"], json!(["keys:read"]));
+    b.click("#forget-secret").await;
 
     // Keyboard: the skip link is the first stop and leads to the content.
     b.goto(&server.url("/ui/#/apis")).await;
