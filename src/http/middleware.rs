@@ -140,20 +140,25 @@ pub async fn request_context(
         .await
 }
 
-/// Whether a browser sent this state-changing request from a page of another site. A client
-/// certificate held by a browser (the console's optional sign-in) is an ambient credential,
-/// like a cookie: without this check any page its holder visits could make the browser send
-/// Tessera a form post, or a body-less `fetch` in `no-cors` mode (neither needs a CORS
-/// preflight), with that certificate, to seal the server or revoke a key. Browsers say where a
-/// request comes from (`Sec-Fetch-Site`; older ones at least `Origin`); API clients, agents
-/// and gateways send neither and are unaffected. Forward-auth requests are exempt: their
-/// headers are the end client's, relayed by the gateway, not the caller's.
+/// Whether a browser sent this request from a page of another site, to a route where that
+/// is refused. A client certificate held by a browser (the console's optional sign-in) is an
+/// ambient credential, like a cookie: without this check any page its holder visits could make
+/// the browser send Tessera a form post, a body-less `fetch` in `no-cors` mode (neither needs
+/// a CORS preflight) or an `<img>` load with that certificate, to seal the server, revoke a
+/// key, sign an audit checkpoint (`GET /v1/audit/checkpoint?fresh=true`) or run a whole-chain
+/// check. So every method is covered on authenticated routes; a public route (the CA bundle,
+/// the CRL, health, the console's own files) may be fetched or linked from anywhere, but only
+/// read. Browsers say where a request comes from (`Sec-Fetch-Site`; older ones at least
+/// `Origin`); API clients, agents and gateways send neither and are unaffected. Forward-auth
+/// requests are exempt: their headers are the end client's, relayed by the gateway.
 fn from_another_site(req: &ServiceRequest) -> bool {
     use actix_web::http::Method;
-    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
-        || req.path() == FORWARD_AUTH
-        || req.path().starts_with(FORWARD_AUTH_PREFIXED)
-    {
+    let path = req.path();
+    if path == FORWARD_AUTH || path.starts_with(FORWARD_AUTH_PREFIXED) {
+        return false;
+    }
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if reads && (PUBLIC.contains(&path) || path == "/ui" || path.starts_with("/ui/")) {
         return false;
     }
     let h = req.headers();
@@ -268,6 +273,11 @@ fn finish(
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // No other origin may load an answer as a resource (`<img>`, `<script>`, no-cors fetch).
+    h.insert(
+        HeaderName::from_static("cross-origin-resource-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
     // The console's files carry their own policy (`routes::console`); nothing else may run.
     if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
         h.insert(

@@ -650,16 +650,65 @@ async fn a_page_of_another_site_cannot_act_with_a_certificate_the_browser_holds(
     assert_eq!(admin.verify(&key).await, "VALID");
     let status = server.anonymous().get("/v1/sys/status").await.expect(200);
     assert_eq!(status["sealed"], false);
-    // Reading is not changing anything (and a cross-site page cannot read the answer).
-    let r = admin
-        .send(
-            admin
-                .http
-                .get(admin.url("/v1/whoami"))
-                .header("sec-fetch-site", "cross-site"),
+    // Every method: a cross-site PATCH, PUT or DELETE changes nothing either.
+    let cross = |req: reqwest::RequestBuilder| {
+        admin.send(
+            req.header("sec-fetch-site", "cross-site")
+                .header("origin", "https://evil.example"),
         )
-        .await;
-    assert_eq!(r.status, 200);
+    };
+    let r = cross(
+        admin
+            .http
+            .patch(admin.url(&format!("/v1/keys/{key_id}")))
+            .json(&json!({"enabled": false})),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    let r = cross(
+        admin
+            .http
+            .put(admin.url("/v1/tenants/default/bindings/orders"))
+            .json(&json!({"roles": ["verifier"]})),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    let r = cross(admin.http.delete(admin.url(&format!("/v1/apis/{api}")))).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert_eq!(admin.verify(&key).await, "VALID");
+    admin.get(&format!("/v1/apis/{api}")).await.expect(200);
+    admin
+        .get("/v1/tenants/default/bindings/orders")
+        .await
+        .expect(404);
+    // A GET on an authenticated route too (an `<img>` can send one): a fresh audit checkpoint
+    // is written on a GET, and a whole-chain check is expensive. Refused before any handler.
+    for path in [
+        "/v1/audit/checkpoint?fresh=true",
+        "/v1/audit/verify",
+        "/v1/whoami",
+    ] {
+        let r = cross(admin.http.get(admin.url(path))).await;
+        assert_eq!(r.status, 403, "{path}: {}", r.text);
+        assert!(r.text.contains("another site"), "{}", r.text);
+    }
+    // Public routes may be fetched or linked from anywhere: the CA bundle, the console.
+    for path in ["/v1/pki/ca", "/ui/", "/healthz"] {
+        let r = cross(admin.http.get(admin.url(path))).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text);
+    }
+    // Forward auth is exempt: those headers are the end client's, relayed by the gateway.
+    let r = cross(
+        admin
+            .http
+            .get(admin.url(&format!("/v1/auth/check?api_id={api}")))
+            .header("x-api-key", &key),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    // No other origin may load any answer as a resource.
+    let r = admin.get("/v1/whoami").await;
+    assert_eq!(r.headers["cross-origin-resource-policy"], "same-origin");
     // The console's own calls (same origin), and clients that are not browsers, act.
     let console = admin
         .send(

@@ -65,6 +65,5 @@ pub async fn file(name: Option<web::Path<String>>) -> Result<HttpResponse, ApiEr
         .insert_header((header::CACHE_CONTROL, cache))
         .insert_header((header::REFERRER_POLICY, "no-referrer"))
         .insert_header(("cross-origin-opener-policy", "same-origin"))
-        .insert_header(("cross-origin-resource-policy", "same-origin"))
         .body(*body))
 }
