@@ -17,7 +17,7 @@
   ];
   const REVOCATION_REASONS = [
     "unspecified", "key_compromise", "ca_compromise", "affiliation_changed", "superseded",
-    "cessation_of_operation", "privilege_withdrawn",
+    "cessation_of_operation", "privilege_withdrawn", "aa_compromise",
   ];
 
   function isGlobalAdmin() {
@@ -41,10 +41,12 @@
     }
   }
 
-  async function api(method, path, body) {
+  /** Calls the API with the session's credential (or `asKey`, for signing in). */
+  async function api(method, path, body, asKey) {
     const headers = { Accept: "application/json" };
-    if (session && session.key !== null) {
-      headers.Authorization = "Bearer " + session.key;
+    const key = asKey !== undefined ? asKey : session && session.key;
+    if (key) {
+      headers.Authorization = "Bearer " + key;
     }
     const init = { method, headers, cache: "no-store", credentials: "same-origin", redirect: "error" };
     if (body !== undefined) {
@@ -82,13 +84,34 @@
       items.push(...page.items);
       cursor = page.next_cursor || null;
     } while (cursor && items.length < max);
+    // Said under the table: the list goes on past what the console reads.
+    items.truncated = cursor !== null;
     return items;
+  }
+
+  function capNote(items) {
+    return items.truncated
+      ? h("p", { class: "hint" }, `The first ${items.length} are shown; there are more (the API lists them all, page by page).`)
+      : null;
   }
 
   // ---- Building the page from elements. ---------------------------------------------------
 
-  /** An element: `attrs` are properties (`on*` listeners, `class`, `for`, `aria-*`/`data-*`
-   * attributes); children are nodes or strings (as text, never markup). */
+  /** The element properties `h` may set: none of them can carry markup or script (`href`
+   * takes only the console's own `#/…` routes and blob: downloads, see `safeHref`). */
+  const PROPERTIES = new Set([
+    "id", "type", "name", "value", "href", "download", "checked", "selected", "disabled",
+    "required", "placeholder", "autocomplete", "spellcheck", "maxLength", "min", "max",
+    "pattern", "rows", "colSpan", "scope",
+  ]);
+
+  function safeHref(v) {
+    if (typeof v === "string" && (v.startsWith("#/") || v.startsWith("blob:") || v === "#main")) return v;
+    throw new Error(`refused link ${String(v).slice(0, 40)}`);
+  }
+
+  /** An element: `attrs` are allowed properties, `on*` listeners, `class`, `for`, or
+   * `aria-*`/`data-*`/`role` attributes; children are nodes or strings (as text, never markup). */
   function h(tag, attrs, ...children) {
     const el = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
@@ -97,7 +120,9 @@
       else if (k === "class") el.className = v;
       else if (k === "for") el.htmlFor = v;
       else if (k.startsWith("aria-") || k.startsWith("data-") || k === "role") el.setAttribute(k, v);
-      else el[k] = v;
+      else if (k === "href") el.href = safeHref(v);
+      else if (PROPERTIES.has(k)) el[k] = v;
+      else throw new Error(`h: property ${k} is not allowed`);
     }
     append(el, children);
     return el;
@@ -212,6 +237,8 @@
   /** Shows `secret` once, with a copy button; "Done" (or leaving the page) takes it out of
    * the page and drops the reference. */
   function reveal(title, secret, note) {
+    // One secret on the page at a time.
+    forgetReveals();
     let held = secret;
     const code = h("code", { class: "secret", id: "secret-value" }, held);
     const box = h("section", { class: "reveal", "aria-label": title },
@@ -223,7 +250,7 @@
           if (held === null) return;
           try {
             await navigator.clipboard.writeText(held);
-            say("Copied to the clipboard.");
+            say("Copied. The clipboard keeps it until you copy something else: paste it where it belongs, then copy something harmless.");
           } catch (e) {
             say("The browser refused the clipboard: select the text and copy it.");
           }
@@ -260,7 +287,9 @@
   function signInPage() {
     const main = document.getElementById("main");
     const out = h("div", {});
-    const key = input("root_key", { type: "password", autocomplete: "off", spellcheck: false, required: true });
+    // A masked text field, not a password field: a browser offers to save what was typed into
+    // a password field, and a root key must not land in its password store.
+    const key = input("root_key", { autocomplete: "off", spellcheck: false, required: true, "data-1p-ignore": "true", "data-lpignore": "true", class: "masked" });
     const form = h("form", {
       class: "card", "aria-label": "Sign in",
       onsubmit: async e => {
@@ -282,14 +311,14 @@
   }
 
   async function signIn(key, out) {
-    session = { key, me: null };
+    let me;
     try {
-      session.me = await api("GET", "/v1/whoami");
+      me = await api("GET", "/v1/whoami", undefined, key);
     } catch (e) {
-      session = null;
       out.replaceChildren(errorBox(e));
       return;
     }
+    session = { key, me };
     drawChrome();
     if (location.hash === "" || location.hash === "#/") location.hash = "#/apis";
     else route();
@@ -316,20 +345,19 @@
 
   // ---- Routing: `#/section/id...` ---------------------------------------------------------
 
-  /** What the current page must stop when it is left (timers). */
+  /** What the page shown now must stop when it is left (timers). */
   let leaving = [];
   /** Counts navigations: a page still loading when the next one starts is dropped. */
   let navigations = 0;
-  function onLeave(fn) {
-    leaving.push(fn);
-  }
 
   async function route() {
     forgetReveals();
     const previous = leaving;
-    leaving = [];
+    // This navigation's own list: a page registers its timers here, never on a newer page's.
+    const mine = [];
+    leaving = mine;
     previous.forEach(f => f());
-    const mine = leaving;
+    const onLeave = fn => mine.push(fn);
     const navigation = ++navigations;
     if (session === null) {
       signInPage();
@@ -355,7 +383,7 @@
       if (section === "apis" && !id) await apisPage(page);
       else if (section === "apis" && sub === "issue") await issueKeyPage(page, id);
       else if (section === "apis") await apiPage(page, id);
-      else if (section === "keys" && id) await keyPage(page, id);
+      else if (section === "keys" && id) await keyPage(page, id, onLeave);
       else if (section === "certs" && !id) await certsPage(page);
       else if (section === "certs") await certPage(page, id);
       else if (section === "audit") await auditPage(page);
@@ -391,6 +419,8 @@
       review_by: input("review_by", { type: "date", value: existing ? existing.review_by : "" }),
     };
     const prefix = existing ? null : input("key_prefix", { pattern: "[a-z][a-z0-9]{0,15}", maxLength: 16 });
+    // Only the global admin names the tenant of a new API; without one the API means `default`.
+    const tenant = !existing && isGlobalAdmin() ? input("tenant", { required: true, pattern: "[a-z0-9\\-]{1,63}" }) : null;
     return h("form", {
       class: "card", "aria-label": existing ? "Edit the API" : "Register an API",
       onsubmit: e => {
@@ -402,6 +432,7 @@
         else if (existing && existing.live_date) body.live_date = null;
         if (f.review_by.value) body.review_by = f.review_by.value;
         if (prefix && prefix.value) body.key_prefix = prefix.value;
+        if (tenant) body.tenant = tenant.value;
         attempt(out, async () => {
           const api_ = existing
             ? await api("PATCH", `/v1/apis/${encodeURIComponent(existing.id)}`, body)
@@ -414,7 +445,8 @@
     h("div", { class: "grid" },
       field("Name", f.name), field("Owner", f.owner), field("Risk", f.risk),
       field("Live date", f.live_date), field("Review by", f.review_by, existing ? null : "default: a year from now"),
-      prefix ? field("Key prefix", prefix, "optional, e.g. acme") : null),
+      prefix ? field("Key prefix", prefix, "optional, e.g. acme") : null,
+      tenant ? field("Tenant", tenant) : null),
     field("Purpose", f.purpose),
     h("div", { class: "actions" }, h("button", { type: "submit", id: existing ? "save-api" : "create-api" }, existing ? "Save" : "Register")),
     out);
@@ -530,7 +562,7 @@
     out));
   }
 
-  async function keyPage(page, id) {
+  async function keyPage(page, id, onLeave) {
     const k = await api("GET", `/v1/keys/${encodeURIComponent(id)}`);
     const out = h("div", {});
     const rotationDd = h("dd", { id: "key-rotation" }, rotationStages(k));
@@ -593,7 +625,7 @@
         }, { id: "revoke-key", class: "danger" }), confirmBox));
     }
     page.append(out);
-    page.append(usageChart(k));
+    page.append(usageChart(k, onLeave));
   }
 
   function rotationStages(k) {
@@ -613,7 +645,7 @@
 
   /** Verify counts by code: the totals, and while the page is open, the answers per 5 s
    * interval (a chart of the counts' growth, read from the same API every 5 s). */
-  function usageChart(k) {
+  function usageChart(k, onLeave) {
     const section = h("section", { class: "card", "aria-label": "Usage" }, h("h2", {}, "Usage"));
     const totals = h("div", { class: "totals" });
     const chartBox = h("div", { class: "chart" });
@@ -708,7 +740,7 @@
   function issueCertForm(issued) {
     const out = h("div", {});
     const identity = input("identity", { required: true, pattern: "[a-z0-9][a-z0-9._\\-]{0,62}", maxLength: 63 });
-    const tenant = isGlobalAdmin() ? input("tenant", { pattern: "[a-z0-9\\-]{1,63}" }) : null;
+    const tenant = isGlobalAdmin() ? input("tenant", { required: true, pattern: "[a-z0-9\\-]{1,63}" }) : null;
     const ttl = input("ttl_seconds", { type: "number", min: 1 });
     const csr = h("textarea", { name: "csr", rows: 4, spellcheck: false, placeholder: "-----BEGIN CERTIFICATE REQUEST-----" });
     const form = h("form", {
@@ -726,23 +758,30 @@
           await issued();
           const pem = [c.certificate, ...c.chain].join("");
           let key = c.private_key || null;
+          // The private key stays in this page's memory (never in its markup) until "Done" or
+          // a navigation, so a cancelled save can be repeated.
+          const keyActions = key === null ? null : h("span", { class: "actions" },
+            button("Download the private key", () => {
+              if (key !== null) download(`${body.identity}.key`, key, "application/x-pem-file");
+            }, { id: "download-key" }),
+            button("Done: I have saved it", () => forgetKey(), { id: "forget-key", class: "secondary" }));
+          function forgetKey() {
+            key = null;
+            if (keyActions) keyActions.replaceChildren(h("span", { class: "hint", id: "key-forgotten" }, "The private key is no longer held by this page."));
+          }
+          if (key !== null) reveals.push(forgetKey);
           out.append(h("div", { class: "card ok" },
             h("p", {}, "Issued ", h("a", { href: `#/certs/${encodeURIComponent(c.serial)}`, id: "new-cert-link" }, h("code", {}, c.serial)), ` for ${c.identity}, until ${fmtTime(c.not_after)}.`),
+            key === null ? null : h("p", {}, "The private key was generated for this certificate and is offered only now: Tessera keeps no copy."),
             h("div", { class: "actions" },
               button("Download the certificate chain", () => download(`${body.identity}.pem`, pem, "application/x-pem-file"), { id: "download-cert" }),
-              key === null ? null : button("Download the private key (once)", ev => {
-                if (key === null) return;
-                download(`${body.identity}.key`, key, "application/x-pem-file");
-                key = null;
-                ev.target.disabled = true;
-                ev.target.textContent = "Private key downloaded: no longer held";
-              }, { id: "download-key" }))));
+              keyActions)));
         });
       },
     },
     h("h2", {}, "Issue a certificate"),
     can("certs:issue") ? null : h("p", { class: "hint" }, "Needs certs:issue."),
-    h("div", { class: "grid" }, field("Service name", identity), tenant ? field("Tenant", tenant, "default: default") : null,
+    h("div", { class: "grid" }, field("Service name", identity), tenant ? field("Tenant", tenant) : null,
       field("Lifetime (seconds)", ttl, "empty: the profile's default")),
     field("CSR (PEM)", csr, "empty: Tessera generates the key pair and offers the private key once"),
     h("div", { class: "actions" }, can("certs:issue") ? h("button", { type: "submit", id: "issue-cert" }, "Issue") : gated("certs:issue", "Issue", null)),
@@ -754,19 +793,24 @@
     const out = h("div", {});
     const identity = input("identity", { required: true, maxLength: 63 });
     const ttl = input("ttl_seconds", { type: "number", min: 1, max: 86400, value: "600" });
+    // Only the global admin names the tenant; without one the API means `default`.
+    const tenant = isGlobalAdmin() ? input("tenant", { required: true, pattern: "[a-z0-9\\-]{1,63}" }) : null;
     return h("form", {
       class: "card", "aria-label": "Enrolment token",
       onsubmit: e => {
         e.preventDefault();
+        const body = { identity: identity.value, ttl_seconds: Number(ttl.value || 600) };
+        if (tenant) body.tenant = tenant.value;
         attempt(out, async () => {
-          const t = await api("POST", "/v1/enrolment-tokens", { identity: identity.value, ttl_seconds: Number(ttl.value || 600) });
+          const t = await api("POST", "/v1/enrolment-tokens", body);
           out.append(reveal("The enrolment token", t.token,
             `Single use, for ${t.identity} in ${t.tenant}, until ${fmtTime(t.expires_at)}: POST /v1/enrol with a CSR.`));
         });
       },
     },
     h("h2", {}, "Enrolment token"),
-    h("div", { class: "grid" }, field("Service name", identity), field("Valid for (seconds)", ttl)),
+    h("div", { class: "grid" }, field("Service name", identity), tenant ? field("Tenant", tenant) : null,
+      field("Valid for (seconds)", ttl)),
     h("div", { class: "actions" }, can("certs:issue") ? h("button", { type: "submit", id: "make-token" }, "Make a token") : gated("certs:issue", "Make a token", null)),
     out);
   }
@@ -811,8 +855,10 @@
     page.append(h("h1", {}, "Audit"));
     const chain = h("section", { class: "card", "aria-label": "Chain" }, h("h2", {}, "Chain"));
     page.append(chain);
+    let headSeq = null;
     if (isGlobalAdmin()) {
       const [report, cp] = await Promise.all([api("GET", "/v1/audit/verify"), api("GET", "/v1/audit/checkpoint")]);
+      headSeq = report.head_seq;
       chain.append(h("p", { id: "chain-status" },
         report.valid ? badge("valid", "active") : badge("broken", "revoked"),
         ` ${report.checked} entries checked, head ${report.head_seq}`,
@@ -850,9 +896,29 @@
           h("td", {}, h("code", {}, e.request_id)))),
         `${shown.length} of the ${entries.length} newest entries (newest first)`));
     }
+    const reach = h("p", { class: "hint", id: "audit-reach" });
     async function load() {
-      // Oldest first from the API; the console reads up to AUDIT_MAX and shows the newest first.
-      const all = await listAll("/v1/audit", AUDIT_MAX);
+      // The API lists oldest first. The global admin pages by sequence number, so the console
+      // starts AUDIT_MAX entries before the head and reads to the end. A tenant's listing
+      // pages with an opaque cursor from its start: the console reads at most
+      // TENANT_AUDIT_READ entries and says so when the log goes on.
+      let all;
+      if (headSeq !== null) {
+        all = [];
+        let after = Math.max(0, headSeq - AUDIT_MAX);
+        for (;;) {
+          const p = await api("GET", `/v1/audit?limit=100&after_seq=${after}`);
+          all.push(...p.items);
+          if (!p.next_cursor) break;
+          after = Number(p.next_cursor);
+        }
+        reach.replaceChildren();
+      } else {
+        all = await listAll("/v1/audit", TENANT_AUDIT_READ);
+        reach.replaceChildren(all.truncated
+          ? `This tenant's log is longer than the ${all.length} entries the console reads from its start: newer entries exist and are not shown here (page through GET /v1/audit to reach them).`
+          : "");
+      }
       entries = all.slice(-AUDIT_MAX).reverse();
       draw();
     }
@@ -861,11 +927,12 @@
       h("div", { class: "grid" }, field("Action contains", filters.action), field("Outcome", filters.outcome),
         field("Principal contains", filters.principal), field("Object contains", filters.object)),
       h("div", { class: "actions" }, button("Reload", () => attempt(body, load), { class: "secondary", id: "audit-reload" }))),
-    body);
+    reach, body);
     await load();
   }
 
   const AUDIT_MAX = 5000;
+  const TENANT_AUDIT_READ = 20000;
 
   // ---- Tenants, roles, bindings, root keys. -----------------------------------------------
 
@@ -959,10 +1026,19 @@
         h("td", {}, h("code", {}, k.start + "…")), h("td", {}, k.name || "—"), h("td", {}, badge(k.state)),
         h("td", {}, k.permissions.join(" ")), h("td", {}, fmtTime(k.expires_at)), h("td", {}, fmtTime(k.last_used_at)),
         h("td", {}, k.state === "revoked" ? "" : [
-          button("Rotate", () => attempt(out, async () => {
-            const n = await api("POST", `/v1/root-keys/${encodeURIComponent(k.id)}/rotate`, {});
-            out.append(reveal("The replacement root key", n.key, "Shown this once."));
-          }), { class: "secondary", "aria-label": `Rotate root key ${k.start}` }), " ",
+          button("Rotate…", () => {
+            // A rotation ends the old secret after its grace: confirm, and choose the grace.
+            const grace = input("grace_seconds", { type: "number", min: 0, max: 2592000, value: "3600" });
+            out.replaceChildren(h("div", { class: "card", role: "group", "aria-label": `Rotate root key ${k.start}` },
+              h("p", {}, `Rotate root key ${k.start}…: a new secret now; the old one keeps working for the grace period, then stops.`),
+              field("Grace (seconds the old key keeps working)", grace),
+              h("div", { class: "actions" },
+                button("Rotate now", () => attempt(out, async () => {
+                  const n = await api("POST", `/v1/root-keys/${encodeURIComponent(k.id)}/rotate`, { grace_seconds: Number(grace.value || 0) });
+                  out.append(reveal("The replacement root key", n.key, "Shown this once."));
+                }), { class: "danger", id: "confirm-rotate-root-key" }),
+                button("Cancel", () => out.replaceChildren(), { class: "secondary" }))));
+          }, { class: "secondary", "aria-label": `Rotate root key ${k.start}` }), " ",
           button("Revoke", () => attempt(out, async () => {
             if (!window.confirm(`Revoke root key ${k.start}…?`)) return;
             await api("POST", `/v1/root-keys/${encodeURIComponent(k.id)}/revoke`, {});

@@ -3,7 +3,8 @@
 //! WebDriver against a real server, checked from outside through the API.
 //!
 //! Screenshots of every page land in `target/console/`; the accessibility check runs axe-core
-//! (`.ci/run` installs it from npm into `target/axe-core/`) on each page.
+//! (`.ci/axe` fetches the pinned release from the npm registry into `target/axe-core/`) on
+//! each page.
 
 use std::{
     os::unix::process::CommandExt,
@@ -62,6 +63,14 @@ async fn the_console_is_served_with_a_strict_policy_and_nothing_else() {
         assert_eq!(r.headers["x-frame-options"], "DENY", "{path}");
         assert_eq!(r.headers["x-content-type-options"], "nosniff", "{path}");
         assert_eq!(r.headers["referrer-policy"], "no-referrer", "{path}");
+        assert_eq!(
+            r.headers["cross-origin-opener-policy"], "same-origin",
+            "{path}"
+        );
+        assert_eq!(
+            r.headers["cross-origin-resource-policy"], "same-origin",
+            "{path}"
+        );
     }
     // Only the console's own files: no directory walk, no other method, no back door.
     for path in [
@@ -116,6 +125,31 @@ fn the_console_sources_have_no_inline_code_and_no_markup_sinks() {
     ] {
         assert!(!js.contains(sink), "app.js uses {sink}");
     }
+    // The element builder sets only the properties on its allow-list (and `href` only to the
+    // console's own routes): none of them can carry markup or load anything.
+    assert!(js.contains("else if (PROPERTIES.has(k)) el[k] = v;"));
+    assert!(js.contains("else if (k === \"href\") el.href = safeHref(v);"));
+    let start = js.find("const PROPERTIES = new Set([").unwrap();
+    let allowed = &js[start..start + js[start..].find("]);").unwrap()];
+    for sink in [
+        "innerHTML",
+        "outerHTML",
+        "srcdoc",
+        "\"src\"",
+        "action",
+        "formAction",
+        "style",
+        "textContent",
+        "\"data\"",
+        "\"codebase\"",
+    ] {
+        assert!(!allowed.contains(sink), "the builder may set {sink}");
+    }
+    assert_eq!(
+        js.matches("el[k] = v").count(),
+        1,
+        "one generic property write only"
+    );
 }
 
 // ---- Headless Chromium through WebDriver. ---------------------------------------------------
@@ -432,8 +466,7 @@ fn axe_source() -> String {
     );
     std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "axe-core is not installed at {} ({e}): `npm install --prefix target/axe-core \
-             axe-core@4.11.0` (.ci/run does it)",
+            "axe-core is not installed at {} ({e}): run `.ci/axe` (.ci/run does)",
             path.display()
         )
     })
@@ -513,6 +546,11 @@ async fn a_portal_user_runs_a_key_and_a_certificate_through_their_lives_in_the_c
     // The sign-in page, then the APIs page.
     b.goto(&server.url("/ui/")).await;
     b.find("#sign-in").await;
+    // Not a password field: the browser must not offer to store the root key.
+    let kind = b
+        .js("return document.querySelector('input[name=root_key]').type;")
+        .await;
+    assert_eq!(kind, "text");
     b.shot("01-sign-in").await;
     accessible(&b, "sign-in", &mut a11y).await;
     sign_in(&b, &server, &root).await;
@@ -683,10 +721,12 @@ async fn a_portal_user_runs_a_key_and_a_certificate_through_their_lives_in_the_c
         cert["identity"],
         "spiffe://tessera.local/tenant/default/svc/orders"
     );
-    let again = b.find("#download-key").await;
+    // The key stays downloadable (a cancelled save can be repeated) until "Done".
+    b.click("#forget-key").await;
+    b.find("#key-forgotten").await;
     assert!(
-        !again.is_enabled().await.unwrap(),
-        "the key is offered once"
+        b.gone("#download-key").await,
+        "the key is offered until Done only"
     );
     assert!(!b.leftovers().await.contains("PRIVATE KEY"));
     b.wait_text("table", &serial).await;
@@ -812,6 +852,28 @@ async fn a_portal_user_runs_a_key_and_a_certificate_through_their_lives_in_the_c
     assert!(made.starts_with("tsr_"), "{made:.4}");
     let me = bearer(&server, &made).get("/v1/whoami").await.expect(200);
     assert_eq!(me["permissions"], json!(["keys:read"]));
+    b.click("#forget-secret").await;
+    // Rotating it asks first and takes a grace period: both secrets work in the grace.
+    b.goto(&server.url("/ui/#/access/default")).await;
+    let id = me["identity"].as_str().unwrap().to_owned();
+    b.click(&format!(
+        "tr[data-root-key='{id}'] button[aria-label^='Rotate']"
+    ))
+    .await;
+    assert_eq!(
+        bearer(&server, &made).get("/v1/whoami").await.status,
+        200,
+        "nothing before the confirmation"
+    );
+    b.fill("[role=group] [name=grace_seconds]", "600").await;
+    b.click("#confirm-rotate-root-key").await;
+    let rotated = b.find("#secret-value").await.text().await.unwrap();
+    assert_ne!(rotated, made);
+    bearer(&server, &rotated)
+        .get("/v1/whoami")
+        .await
+        .expect(200);
+    bearer(&server, &made).get("/v1/whoami").await.expect(200);
     b.click("#forget-secret").await;
 
     // Keyboard: the skip link is the first stop and leads to the content.
@@ -1055,5 +1117,16 @@ async fn the_global_admin_signs_in_with_the_browsers_certificate() {
     b.goto(&server.url("/ui/#/access")).await;
     b.wait_text("table", "acme").await;
     b.shot("02-tenants").await;
+    // A change through the console with the certificate: a tenant, then its audit entry is
+    // the newest one shown.
+    b.fill("form[aria-label='New tenant'] [name=name]", "globex")
+        .await;
+    b.click("form[aria-label='New tenant'] button[type=submit]")
+        .await;
+    b.wait_text("h1", "Tenant globex").await;
+    admin.get("/v1/tenants/globex").await.expect(200);
+    b.goto(&server.url("/ui/#/audit")).await;
+    let newest = b.wait_text("main table tbody tr", "POST /v1/tenants").await;
+    assert!(newest.contains("/system/admin"), "{newest}");
     b.close().await;
 }
