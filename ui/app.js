@@ -89,10 +89,12 @@
     return items;
   }
 
+  /** Says under a list that it goes on past what the console read (an empty node if not:
+   * it goes straight into the DOM's `append`). */
   function capNote(items) {
     return items.truncated
       ? h("p", { class: "hint" }, `The first ${items.length} are shown; there are more (the API lists them all, page by page).`)
-      : null;
+      : document.createTextNode("");
   }
 
   // ---- Building the page from elements. ---------------------------------------------------
@@ -467,7 +469,7 @@
             h("td", {}, a.live_date || "—"),
             h("td", {}, a.review_by, overdue ? [" ", badge("overdue")] : null),
             h("td", {}, a.tenant));
-        }), "The API registry (a review date in the past is overdue)"));
+        }), "The API registry (a review date in the past is overdue)"), capNote(apis));
     }
     if (can("apis:write")) {
       page.append(apiForm(null, a => { location.hash = `#/apis/${encodeURIComponent(a.id)}`; }));
@@ -506,7 +508,7 @@
           h("td", {}, k.scopes.join(" ") || "—"),
           h("td", {}, fmtTime(k.expires_at)),
           h("td", {}, fmtTime(k.last_used_at)),
-          h("td", {}, rotationText(k))))));
+          h("td", {}, rotationText(k))))), capNote(keys));
     } else {
       page.append(h("p", {}, "Listing keys needs keys:read."));
     }
@@ -727,7 +729,7 @@
             h("td", {}, c.identity), h("td", {}, c.profile), h("td", {}, badge(c.state)),
             h("td", {}, fmtTime(c.not_after), soon ? [" ", badge("expiring")] : null),
             h("td", {}, c.tenant || "—"));
-        }), "Client and server certificates (expiring within 7 days are flagged)"));
+        }), "Client and server certificates (expiring within 7 days are flagged)"), capNote(certs));
     }
     if (can("certs:read")) {
       await drawList();
@@ -945,7 +947,7 @@
     const tenants = await listAll("/v1/tenants");
     page.append(table(["Name", "Id", "Created"], tenants.map(t => h("tr", {},
       h("td", {}, h("a", { href: `#/access/${encodeURIComponent(t.name)}` }, t.name)),
-      h("td", {}, h("code", {}, t.id)), h("td", {}, fmtTime(t.created_at))))));
+      h("td", {}, h("code", {}, t.id)), h("td", {}, fmtTime(t.created_at))))), capNote(tenants));
     const out = h("div", {});
     const name = input("name", { required: true, pattern: "[a-z0-9\\-]{1,63}" });
     page.append(h("form", {
@@ -977,9 +979,13 @@
     page.append(h("h1", {}, `Tenant ${tenant.name}`));
     const out = h("div", {});
     const [roles, bindings, rootKeys] = await Promise.all([
-      listAll(`${base}/roles`), listAll(`${base}/bindings`), listAll("/v1/root-keys").then(ks => ks.filter(k => k.tenant === tenant.name)),
+      listAll(`${base}/roles`), listAll(`${base}/bindings`), listAll("/v1/root-keys").then(ks => {
+        const mine = ks.filter(k => k.tenant === tenant.name);
+        mine.truncated = ks.truncated;
+        return mine;
+      }),
     ]);
-    page.append(h("h2", {}, "Roles"),
+    page.append(h("h2", {}, "Roles"), capNote(roles),
       table(["Role", "Permissions", ""], roles.map(r => h("tr", {},
         h("td", {}, r.name, r.builtin ? [" ", badge("built-in", "muted")] : null),
         h("td", {}, r.permissions.join(" ")),
@@ -1000,7 +1006,7 @@
       },
     }, h("h3", {}, "New role"), field("Name", roleName), rolePerms, h("div", { class: "actions" }, h("button", { type: "submit", id: "create-role" }, "Create role"))));
 
-    page.append(h("h2", {}, "Bindings"),
+    page.append(h("h2", {}, "Bindings"), capNote(bindings),
       table(["Service", "Roles", "Permissions now", ""], bindings.map(b => h("tr", {},
         h("td", {}, b.identity), h("td", {}, b.roles.join(" ")), h("td", {}, b.permissions.join(" ")),
         h("td", {}, button("Unbind", () => attempt(out, async () => {
@@ -1021,7 +1027,7 @@
     }, h("h3", {}, "Bind a service to roles"), h("div", { class: "grid" }, field("Service name", bindService), field("Roles", bindRoles, "space-separated")),
     h("div", { class: "actions" }, h("button", { type: "submit", id: "bind" }, "Bind"))));
 
-    page.append(h("h2", {}, "Root keys"),
+    page.append(h("h2", {}, "Root keys"), capNote(rootKeys),
       table(["Key", "Name", "State", "Permissions", "Expires", "Last used", ""], rootKeys.map(k => h("tr", { "data-root-key": k.id },
         h("td", {}, h("code", {}, k.start + "…")), h("td", {}, k.name || "—"), h("td", {}, badge(k.state)),
         h("td", {}, k.permissions.join(" ")), h("td", {}, fmtTime(k.expires_at)), h("td", {}, fmtTime(k.last_used_at)),

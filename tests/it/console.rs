@@ -504,6 +504,12 @@ async fn sign_in(b: &Browser, server: &Server, key: &str) {
 
 /// Checks the page with axe-core and fails on any serious or critical violation.
 async fn accessible(b: &Browser, page: &str, report: &mut Vec<String>) {
+    // A value that was not a node nor text (an absent optional part) never shows as "null".
+    let shown = b.text("body").await;
+    assert!(
+        !shown.contains("null") && !shown.contains("undefined"),
+        "{page}: {shown}"
+    );
     let violations = b.accessibility().await;
     for v in &violations {
         report.push(format!(
