@@ -108,7 +108,7 @@
   ]);
 
   function safeHref(v) {
-    if (typeof v === "string" && (v.startsWith("#/") || v.startsWith("blob:") || v === "#main")) return v;
+    if (typeof v === "string" && (v.startsWith("#/") || v.startsWith("blob:"))) return v;
     throw new Error(`refused link ${String(v).slice(0, 40)}`);
   }
 

@@ -158,7 +158,7 @@ fn from_another_site(req: &ServiceRequest) -> bool {
         return false;
     }
     let reads = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if reads && (PUBLIC.contains(&path) || path == "/ui" || path.starts_with("/ui/")) {
+    if reads && public(path) {
         return false;
     }
     let h = req.headers();
@@ -191,6 +191,11 @@ const PUBLIC: &[&str] = &[
     "/v1/sys/unseal",
 ];
 
+/// Whether `path` takes no credential: a route of [`PUBLIC`] or one of the console's files.
+fn public(path: &str) -> bool {
+    PUBLIC.contains(&path) || path == "/ui" || path.starts_with("/ui/")
+}
+
 /// Throttles a request that carries no credential, by source: no client certificate, and no
 /// `Authorization` header on a route that would authenticate it (on a public route the header
 /// counts for nothing). A locked-out source is refused here too. Returns the seconds to wait
@@ -200,9 +205,7 @@ fn throttle_anonymous(state: &web::Data<AppState>, req: &ServiceRequest) -> Opti
     // path no route matches it is nothing, and must not switch the throttle off.
     let anonymous = req.conn_data::<PeerCert>().is_none()
         && (!req.headers().contains_key(header::AUTHORIZATION)
-            || PUBLIC.contains(&req.path())
-            || req.path() == "/ui"
-            || req.path().starts_with("/ui/")
+            || public(req.path())
             || req.match_pattern().is_none());
     if !anonymous {
         return None;

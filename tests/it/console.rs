@@ -703,7 +703,7 @@ async fn a_portal_user_runs_a_key_and_a_certificate_through_their_lives_in_the_c
     b.wait_text("#key-state", "revoked").await;
     assert_eq!(admin.verify(&new_key).await, "REVOKED");
 
-    // Issue a certificate with a generated key; the private key is downloaded once.
+    // Issue a certificate with a generated key; the private key is downloaded, then dropped.
     b.goto(&server.url("/ui/#/certs")).await;
     b.fill(
         "form[aria-label='Issue a certificate'] [name=identity]",

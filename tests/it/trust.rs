@@ -617,10 +617,11 @@ async fn unseal_honours_lockouts_and_is_audited_once_unsealed() {
 #[tokio::test]
 async fn a_page_of_another_site_cannot_act_with_a_certificate_the_browser_holds() {
     let home = Home::new();
-    let server = Server::start(&home);
+    let server = Server::start_with_config(&home, "[audit]\nrefusal_window_seconds = 1\n");
     let admin = server.admin();
     let api = admin.create_api("shop").await;
     let (key_id, key) = admin.issue(&api, json!({})).await;
+    let before = head(&admin).await;
     let own_origin = format!("https://localhost:{}", server.addr.port());
     let send = |headers: &'static [(&'static str, &'static str)], path: String| {
         let mut req = admin.http.post(admin.url(&path));
@@ -709,6 +710,16 @@ async fn a_page_of_another_site_cannot_act_with_a_certificate_the_browser_holds(
     // No other origin may load any answer as a resource.
     let r = admin.get("/v1/whoami").await;
     assert_eq!(r.headers["cross-origin-resource-policy"], "same-origin");
+    // The 14 refusals above are tallied, not written one by one (refused before anyone is
+    // authenticated: a page elsewhere cannot make Tessera write per request either).
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let denied: Vec<serde_json::Value> = entries_after(&admin, before)
+        .await
+        .into_iter()
+        .filter(|e| e["outcome"] == "denied")
+        .collect();
+    assert_eq!(denied.iter().map(tally).sum::<u64>(), 14, "{denied:?}");
+    assert!(denied.len() < 14, "written one by one: {denied:?}");
     // The console's own calls (same origin), and clients that are not browsers, act.
     let console = admin
         .send(
