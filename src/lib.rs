@@ -14,6 +14,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod feed;
 pub mod files;
 pub mod http;
 pub mod identity;

@@ -13,7 +13,7 @@
   const ALL_PERMISSIONS = [
     "apis:read", "apis:write", "keys:create", "keys:read", "keys:update", "keys:rotate",
     "keys:revoke", "keys:verify", "certs:issue", "certs:read", "certs:revoke", "certs:verify",
-    "audit:read", "metrics:read", "tenants:admin",
+    "audit:read", "metrics:read", "tenants:admin", "feed:read",
   ];
   const REVOCATION_REASONS = [
     "unspecified", "key_compromise", "ca_compromise", "affiliation_changed", "superseded",

@@ -49,10 +49,11 @@ pub enum Permission {
     MetricsRead = 13,
     TenantsAdmin = 14,
     Admin = 15,
+    FeedRead = 16,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 16] = [
+    pub const ALL: [Permission; 17] = [
         Permission::ApisRead,
         Permission::ApisWrite,
         Permission::KeysCreate,
@@ -69,6 +70,7 @@ impl Permission {
         Permission::MetricsRead,
         Permission::TenantsAdmin,
         Permission::Admin,
+        Permission::FeedRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -89,6 +91,7 @@ impl Permission {
             Permission::MetricsRead => "metrics:read",
             Permission::TenantsAdmin => "tenants:admin",
             Permission::Admin => "admin",
+            Permission::FeedRead => "feed:read",
         }
     }
 

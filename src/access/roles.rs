@@ -54,7 +54,7 @@ pub fn builtin(name: &str) -> Option<PermSet> {
             CertsRead,
             CertsRevoke,
         ]),
-        "verifier" => PermSet::of(&[KeysVerify, CertsVerify]),
+        "verifier" => PermSet::of(&[KeysVerify, CertsVerify, FeedRead]),
         "auditor" => PermSet::of(&[AuditRead, MetricsRead, ApisRead, KeysRead, CertsRead]),
         _ => return None,
     })

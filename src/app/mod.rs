@@ -80,6 +80,7 @@ pub struct Core {
     access: Arc<Access>,
     audit: Arc<Audit>,
     keys: Arc<Keys>,
+    feed: Arc<crate::feed::Feed>,
     /// Whether this unseal created the CA (and so the admin credential).
     first_start: bool,
 }
@@ -213,6 +214,14 @@ impl Core {
             vault.config.verify_cache_keys,
         ));
         follow_remote(&*store, &keys, &access, &pki, vault.clock.clone());
+        let feed = crate::feed::Feed::open(store.clone(), vault.clock.clone()).await?;
+        // Another node's change reaches the feed within one interval: a shared database is
+        // asked less often (one query per node per interval).
+        feed.follow(std::time::Duration::from_millis(if store.shared() {
+            100
+        } else {
+            20
+        }));
         Ok(move |master| Core {
             store,
             admin,
@@ -222,6 +231,7 @@ impl Core {
             access,
             audit,
             keys,
+            feed,
             first_start,
         })
     }
@@ -244,6 +254,10 @@ impl Core {
 
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    pub fn feed(&self) -> &Arc<crate::feed::Feed> {
+        &self.feed
     }
 
     /// The pepper: keyed hashes of secrets (enrolment tokens use it too).

@@ -187,6 +187,7 @@ const PUBLIC: &[&str] = &[
     "/v1/pki/ca",
     "/v1/pki/crl",
     "/v1/enrol",
+    "/v1/feed/key",
     "/v1/sys/status",
     "/v1/sys/unseal",
 ];

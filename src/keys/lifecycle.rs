@@ -182,6 +182,7 @@ impl Keys {
             };
             b.put_record(key.id.as_str(), &usage, Expect::Absent)?;
         }
+        feed_event(b, "key.created", key, key.created_at)?;
         Ok(())
     }
 
@@ -476,6 +477,12 @@ impl Keys {
             let mut b = Batch::new();
             b.put_record(id.as_str(), &k, Expect::Rev(rev))?;
             track_end(&mut b, Some(&before), &k);
+            let change = match (before.enabled, k.enabled) {
+                (true, false) => "key.disabled",
+                (false, true) => "key.enabled",
+                _ => "key.changed",
+            };
+            feed_event(&mut b, change, &k, now)?;
             rec.record(&mut b, k.id.as_str(), Some(&k.tenant))?;
             self.commit_changing(b, &[&k], &[]).await?;
             Ok(k)
@@ -553,6 +560,7 @@ impl Keys {
             let mut b = Batch::new();
             b.put_record(old.id.as_str(), &old, Expect::Rev(rev))?;
             track_end(&mut b, Some(&before), &old);
+            feed_event(&mut b, "key.rotated", &old, now)?;
             // No usage record of its own: the chain's stays where it is.
             self.add_new_key(&mut b, (&api, api_rev), &new, &secret, None)?;
             rec.record(&mut b, new.id.as_str(), Some(&new.tenant))?;
@@ -585,6 +593,7 @@ impl Keys {
                 let mut b = Batch::new();
                 b.put_record(id.as_str(), &k, Expect::Rev(rev))?;
                 track_end(&mut b, Some(&before), &k);
+                feed_event(&mut b, "key.revoked", &k, now)?;
                 rec.record(&mut b, k.id.as_str(), Some(&k.tenant))?;
                 self.commit_changing(b, &[&k], &[]).await?;
             } else {
@@ -597,6 +606,15 @@ impl Keys {
         })
         .await
     }
+}
+
+/// Puts a change of an API key in the signed feed, in the batch that makes it (root keys are
+/// credentials for Tessera itself, not for downstream APIs: never in the feed).
+fn feed_event(b: &mut Batch, kind: &str, key: &Key, now: Timestamp) -> Result<(), KeysError> {
+    if !key.root {
+        crate::feed::append(b, &crate::feed::Event::key(kind, key, now))?;
+    }
+    Ok(())
 }
 
 /// Keeps the key's entry in the end-time index in step with its record.

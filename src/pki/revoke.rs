@@ -198,6 +198,22 @@ impl Pki {
                 false,
             );
             rec.record(&mut b, c.serial.as_str(), c.tenant.as_ref())?;
+            if let Some(tenant) = &c.tenant {
+                crate::feed::append(
+                    &mut b,
+                    &crate::feed::Event {
+                        kind: "cert.revoked".into(),
+                        time: now,
+                        tenant: tenant.clone(),
+                        key_id: None,
+                        api_id: None,
+                        superseded_by: None,
+                        stops_at: None,
+                        serial: Some(c.serial.clone()),
+                        issuer: Some(c.issuer.to_string()),
+                    },
+                )?;
+            }
         }
         let revoked: Vec<CertRecord> = targets.into_iter().map(|(_, c)| c).collect();
         match self.store.commit(b).await {

@@ -17,6 +17,7 @@ mod crash;
 mod custody;
 mod docs;
 mod durability;
+mod edge;
 mod faults;
 mod gateway;
 mod guarantees;

@@ -7,6 +7,7 @@ mod audit;
 mod certs;
 mod console;
 mod custody;
+mod feed;
 mod forward_auth;
 mod keys;
 mod leaks;
@@ -63,6 +64,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/audit", "GET").route(web::get().to(audit::list)))
         .service(resource("/v1/audit/verify", "GET").route(web::get().to(audit::verify)))
         .service(resource("/v1/audit/checkpoint", "GET").route(web::get().to(audit::checkpoint)))
+        .service(resource("/v1/feed/key", "GET").route(web::get().to(feed::key)))
+        .service(resource("/v1/feed/snapshot", "GET").route(web::get().to(feed::snapshot)))
+        .service(resource("/v1/feed/changes", "GET").route(web::get().to(feed::changes)))
+        .service(resource("/v1/feed/stream", "GET").route(web::get().to(feed::stream)))
         .service(
             resource("/v1/apis", "GET, POST")
                 .route(web::get().to(apis::list))
@@ -184,6 +189,7 @@ impl ListQuery {
         sys::healthz, sys::readyz, pki::ca_bundle, pki::crl, pki::rotate, sys::whoami,
         custody::status, custody::unseal, custody::seal, custody::backup,
         custody::rotate_keyring, sys::metrics, audit::list, audit::verify, audit::checkpoint,
+        feed::key, feed::snapshot, feed::changes, feed::stream,
         apis::list, apis::create, apis::get, apis::update, apis::delete,
         keys::list, keys::create, keys::get, keys::update, keys::rotate, keys::revoke,
         leaks::report, leaks::github,

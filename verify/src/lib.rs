@@ -1,0 +1,538 @@
+//! `tessera-verify`: verifies Tessera API keys inside a downstream service.
+//!
+//! A [`Verifier`] asks Tessera (`POST /v1/keys/verify`, over mTLS with the service's own
+//! certificate) the first time it sees a request, caches the answer in memory, and follows
+//! Tessera's signed change feed (`GET /v1/feed/changes`, a long poll) to drop a cached answer
+//! the moment the feed names its key. Every feed page is checked before anything is taken
+//! from it ([`feed`]): checkpoints signed by the pinned feed key, for this scope, never older
+//! than the last; events gap-free and hash-chained. While no checkpoint newer than
+//! `max_staleness` has verified, the verifier answers nothing from its cache: it refuses, or
+//! asks Tessera, as configured ([`WhenStale`]).
+//!
+//! What is answered locally, and what is not:
+//! - the answers that depend only on the key's record and the time (`VALID` for a key without
+//!   a quota or rate limit, `REVOKED`, `EXPIRED`, `DISABLED`, `IDENTITY_MISMATCH`,
+//!   `INSUFFICIENT_SCOPES`, and `NOT_FOUND` for a key of another tenant or API), with a key
+//!   of the followed scope;
+//! - a cached answer whose key's `expires_at` (or rotation `stops_at`) has passed becomes
+//!   `EXPIRED` locally, as Tessera's precedence would make it;
+//! - keys with a quota or a rate limit are always verified by Tessera (a local answer would
+//!   spend nothing); so is anything not yet cached.
+//!
+//! Secrets: the cache is keyed by an HMAC (with a random key made at start) of the presented
+//! key and the request; no presented key is kept.
+
+mod cache;
+pub mod feed;
+
+#[cfg(feature = "actix")]
+pub mod actix;
+#[cfg(feature = "tower")]
+pub mod tower;
+
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// What a verifier does while its feed is stale (no verified checkpoint within
+/// `max_staleness`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenStale {
+    /// Answer [`Decision::Unavailable`] (fail closed): the default.
+    Refuse,
+    /// Ask Tessera for every request (and fail closed when it cannot answer either).
+    AskTessera,
+}
+
+/// How to reach Tessera and what to follow.
+pub struct Config {
+    /// Tessera's base URL, e.g. `https://tessera.internal:8443`.
+    pub url: String,
+    /// PEM certificates that sign Tessera's server certificate (its `ca.pem`).
+    pub ca_pem: Vec<u8>,
+    /// The service's client certificate chain and private key, PEM. Its identity needs
+    /// `keys:verify` and `feed:read` (the built-in `verifier` role has both).
+    pub identity_pem: Zeroizing<Vec<u8>>,
+    /// `api:<id>` or `tenant:<name>`.
+    pub scope: String,
+    /// The feed key (hex), from `GET /v1/feed/key`, pinned at deployment.
+    pub feed_key: String,
+    /// How old the newest verified checkpoint may be before cached answers stop (default 5 s).
+    pub max_staleness: Duration,
+    pub when_stale: WhenStale,
+    /// Cached answers older than this are asked again (default 5 minutes).
+    pub max_entry_age: Duration,
+    /// The most answers cached (default 100 000).
+    pub max_entries: usize,
+    /// The long poll's wait, and so how often an idle feed proves itself (default 2 s).
+    pub poll_wait: Duration,
+}
+
+impl Config {
+    pub fn new(
+        url: impl Into<String>,
+        ca_pem: Vec<u8>,
+        identity_pem: Vec<u8>,
+        scope: impl Into<String>,
+        feed_key: impl Into<String>,
+    ) -> Self {
+        Self {
+            url: url.into().trim_end_matches('/').to_owned(),
+            ca_pem,
+            identity_pem: Zeroizing::new(identity_pem),
+            scope: scope.into(),
+            feed_key: feed_key.into(),
+            max_staleness: Duration::from_secs(5),
+            when_stale: WhenStale::Refuse,
+            max_entry_age: Duration::from_secs(300),
+            max_entries: 100_000,
+            poll_wait: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Tessera's answer to a verify request (the body of `POST /v1/keys/verify`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Verdict {
+    pub valid: bool,
+    /// `VALID`, `NOT_FOUND`, `REVOKED`, `EXPIRED`, `DISABLED`, `IDENTITY_MISMATCH`,
+    /// `INSUFFICIENT_SCOPES`, `RATE_LIMITED`, `USAGE_EXCEEDED`.
+    pub code: String,
+    pub key_id: Option<String>,
+    pub api_id: Option<String>,
+    pub tenant: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub metadata: Option<serde_json::Value>,
+    pub expires_at: Option<String>,
+    pub remaining: Option<u64>,
+    pub ratelimit: Option<serde_json::Value>,
+    #[serde(default)]
+    pub expiring: bool,
+    pub rotation: Option<Rotation>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Rotation {
+    pub stage: String,
+    pub superseded_by: Option<String>,
+    pub stops_at: Option<String>,
+}
+
+/// One verify request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Request<'a> {
+    pub key: &'a str,
+    /// The API the key must belong to.
+    pub api_id: Option<&'a str>,
+    /// The scopes the key must hold.
+    pub scopes: &'a [&'a str],
+    /// The end client's identity (SPIFFE id or `sha256:` fingerprint) for sender-constrained
+    /// keys. Without it Tessera compares with this verifier's own certificate.
+    pub presented_identity: Option<&'a str>,
+}
+
+/// Where an answer came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Local,
+    Tessera,
+}
+
+/// The outcome of [`Verifier::verify`].
+#[derive(Clone, Debug)]
+pub enum Decision {
+    Answer {
+        verdict: Arc<Verdict>,
+        source: Source,
+    },
+    /// No answer can be given now (stale and refusing, or Tessera unreachable): fail closed.
+    Unavailable,
+}
+
+/// What a middleware puts in the request's extensions for a handler: the valid key's answer.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub verdict: Arc<Verdict>,
+    pub source: Source,
+}
+
+/// The key a request presents: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+pub fn presented_key<'a>(
+    authorization: Option<&'a str>,
+    x_api_key: Option<&'a str>,
+) -> Option<&'a str> {
+    authorization
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or(x_api_key)
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+}
+
+/// The outcome of [`Verifier::verify_local`].
+#[derive(Clone, Debug)]
+pub enum Local {
+    Answer(Arc<Verdict>),
+    AskTessera(Why),
+}
+
+/// Why a request cannot be answered locally.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// No verified checkpoint within `max_staleness`.
+    Stale,
+    /// Not cached (never asked, dropped by the feed, too old, or central-only).
+    NotCached,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the configuration is unusable: {0}")]
+    Config(String),
+}
+
+struct Inner {
+    url: String,
+    scope: String,
+    when_stale: WhenStale,
+    poll_wait: Duration,
+    http: reqwest::Client,
+    cache: cache::Cache,
+}
+
+/// A verifier following one scope. Cheap to clone; the feed is followed while any clone lives.
+#[derive(Clone)]
+pub struct Verifier {
+    inner: Arc<Inner>,
+}
+
+/// Whether a string can be a Tessera key at all: `<prefix>_<33 base62><6 base62 CRC32>`
+/// (answered `NOT_FOUND` without asking anyone, as Tessera would).
+pub fn well_formed(key: &str) -> bool {
+    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let Some((prefix, body)) = key.rsplit_once('_') else {
+        return false;
+    };
+    let p = prefix.as_bytes();
+    let prefix_ok = !p.is_empty()
+        && p.len() <= 16
+        && p[0].is_ascii_lowercase()
+        && p.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !prefix_ok || body.len() != 39 || !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return false;
+    }
+    let split = key.len() - 6;
+    let mut v = crc32(&key.as_bytes()[..split]);
+    let mut sum = [b'0'; 6];
+    for slot in sum.iter_mut().rev() {
+        *slot = ALPHABET[(v % 62) as usize];
+        v /= 62;
+    }
+    sum == key.as_bytes()[split..]
+}
+
+/// CRC-32 (IEEE), bitwise: run once per unseen key, never on the cached path.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn not_found() -> Verdict {
+    Verdict {
+        valid: false,
+        code: "NOT_FOUND".into(),
+        key_id: None,
+        api_id: None,
+        tenant: None,
+        scopes: None,
+        metadata: None,
+        expires_at: None,
+        remaining: None,
+        ratelimit: None,
+        expiring: false,
+        rotation: None,
+    }
+}
+
+impl Verifier {
+    /// Builds the client and starts following the feed (on the current tokio runtime).
+    pub fn start(config: Config) -> Result<Self, Error> {
+        let key = feed::unhex(&config.feed_key)
+            .filter(|k| k.len() == 32)
+            .ok_or_else(|| Error::Config("feed_key must be 64 hex digits".into()))?;
+        if !(config.scope.starts_with("api:") || config.scope.starts_with("tenant:")) {
+            return Err(Error::Config(
+                "scope must be api:<id> or tenant:<name>".into(),
+            ));
+        }
+        let http = client(&config)?;
+        let cache = cache::Cache::new(
+            &config.scope,
+            config.max_staleness,
+            config.max_entry_age,
+            config.max_entries,
+        )
+        .ok_or_else(|| Error::Config("no randomness".into()))?;
+        let inner = Arc::new(Inner {
+            url: config.url.clone(),
+            scope: config.scope.clone(),
+            when_stale: config.when_stale,
+            poll_wait: config.poll_wait,
+            http,
+            cache,
+        });
+        tokio::spawn(follow(Arc::downgrade(&inner), key));
+        Ok(Self { inner })
+    }
+
+    /// The API this verifier follows, when its scope is one API (`api:<id>`): the
+    /// middlewares require keys of that API unless told otherwise.
+    pub fn scope_api(&self) -> Option<&str> {
+        self.inner.scope.strip_prefix("api:")
+    }
+
+    /// Whether cached answers may be used now.
+    pub fn is_fresh(&self) -> bool {
+        self.inner.cache.fresh()
+    }
+
+    /// The answer from memory, if there is one that may be given.
+    pub fn verify_local(&self, r: &Request<'_>) -> Local {
+        if !well_formed(r.key) {
+            return Local::Answer(Arc::new(not_found()));
+        }
+        self.inner.cache.lookup(r)
+    }
+
+    /// The answer: from memory when possible, else from Tessera (and cached when it may be).
+    pub async fn verify(&self, r: &Request<'_>) -> Decision {
+        match self.verify_local(r) {
+            Local::Answer(verdict) => {
+                return Decision::Answer {
+                    verdict,
+                    source: Source::Local,
+                };
+            }
+            Local::AskTessera(Why::Stale) if self.inner.when_stale == WhenStale::Refuse => {
+                return Decision::Unavailable;
+            }
+            Local::AskTessera(_) => {}
+        }
+        let asked = self.inner.cache.asking();
+        let Some(verdict) = self.ask(r).await else {
+            return Decision::Unavailable;
+        };
+        let verdict = Arc::new(verdict);
+        self.inner.cache.insert(r, verdict.clone(), asked);
+        Decision::Answer {
+            verdict,
+            source: Source::Tessera,
+        }
+    }
+
+    async fn ask(&self, r: &Request<'_>) -> Option<Verdict> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            key: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            api_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            scopes: Option<&'a [&'a str]>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            presented_identity: Option<&'a str>,
+        }
+        let body = Body {
+            key: r.key,
+            api_id: r.api_id,
+            scopes: (!r.scopes.is_empty()).then_some(r.scopes),
+            presented_identity: r.presented_identity,
+        };
+        let resp = self
+            .inner
+            .http
+            .post(format!("{}/v1/keys/verify", self.inner.url))
+            .json(&body)
+            .send()
+            .await
+            .ok()?;
+        if resp.status() != reqwest::StatusCode::OK {
+            tracing::warn!(status = %resp.status(), "Tessera refused a verify request");
+            return None;
+        }
+        resp.json::<Verdict>().await.ok()
+    }
+
+    /// Whether the feed has said this certificate (serial, hex) is revoked since the verifier
+    /// started. `None` while stale. Complete for certificates of the followed tenant revoked
+    /// after the start; earlier revocations are in Tessera's CRL (`GET /v1/pki/crl`).
+    pub fn certificate_revoked(&self, serial: &str) -> Option<bool> {
+        self.inner.cache.certificate_revoked(serial)
+    }
+
+    /// The feed position verified so far (its sequence number).
+    pub fn feed_seq(&self) -> u64 {
+        self.inner.cache.seq()
+    }
+
+    /// How many answers are cached.
+    pub fn cached(&self) -> usize {
+        self.inner.cache.len()
+    }
+}
+
+fn client(config: &Config) -> Result<reqwest::Client, Error> {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let bad = |what: &str| Error::Config(what.to_owned());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&config.ca_pem) {
+        roots
+            .add(c.map_err(|_| bad("ca_pem holds no usable certificate"))?)
+            .map_err(|_| bad("ca_pem holds no usable certificate"))?;
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&config.identity_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad("identity_pem holds no certificate"))?;
+    let key = PrivateKeyDer::from_pem_slice(&config.identity_pem)
+        .map_err(|_| bad("identity_pem holds no private key"))?;
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|_| bad("TLS"))?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .map_err(|_| bad("identity_pem's certificate and key do not match"))?;
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(10) + config.poll_wait)
+        .build()
+        .map_err(|_| bad("HTTP client"))
+}
+
+impl Inner {
+    fn started(&self, f: &feed::Follower) {
+        // Nothing cached can be trusted across a new start.
+        self.cache.drop_all();
+        self.cache.apply(Vec::new(), f.seq, f.known_at_ms);
+    }
+}
+
+async fn get<T: serde::de::DeserializeOwned>(inner: &Inner, path: &str) -> Result<T, String> {
+    let resp = inner
+        .http
+        .get(format!("{}{path}", inner.url))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!(
+            "{} answered {}",
+            path.split('?').next().unwrap_or(""),
+            resp.status()
+        ));
+    }
+    resp.json::<T>().await.map_err(|e| e.to_string())
+}
+
+/// Follows the feed while the verifier lives.
+async fn follow(weak: Weak<Inner>, key: Vec<u8>) {
+    let mut follower: Option<feed::Follower> = None;
+    let mut failures = 0u32;
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let scope = inner.scope.clone();
+        let step: Result<(), String> = async {
+            let f = match &mut follower {
+                Some(f) if f.started() => f,
+                _ => {
+                    let f =
+                        follower.get_or_insert_with(|| feed::Follower::new(&scope, key.clone()));
+                    let snap: feed::Snapshot =
+                        get(&inner, &format!("/v1/feed/snapshot?scope={scope}")).await?;
+                    f.start(&snap.checkpoint).map_err(|e| e.to_string())?;
+                    inner.started(f);
+                    return Ok(());
+                }
+            };
+            let path = format!(
+                "/v1/feed/changes?scope={scope}&after={}&wait={}",
+                f.seq,
+                inner.poll_wait.as_secs().max(1)
+            );
+            let page: feed::Changes = get(&inner, &path).await?;
+            match f.apply(&page) {
+                Ok(changes) => {
+                    inner.cache.apply(changes, f.seq, f.known_at_ms);
+                    Ok(())
+                }
+                Err(feed::FeedError::Reset) => {
+                    // Older than the retention: start again from a snapshot (a head behind
+                    // ours is then refused as a rollback).
+                    inner.cache.drop_all();
+                    let snap: feed::Snapshot =
+                        get(&inner, &format!("/v1/feed/snapshot?scope={scope}")).await?;
+                    f.start(&snap.checkpoint).map_err(|e| e.to_string())?;
+                    inner.started(f);
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        .await;
+        drop(inner);
+        match step {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!(error = %e, "the feed cannot be followed; cached answers stop at the staleness bound");
+                }
+                failures = failures.saturating_add(1);
+                let backoff = Duration::from_millis(100 * u64::from(failures.min(10)));
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_format_is_checked_as_tessera_checks_it() {
+        // A key in Tessera's format, its checksum computed independently (crc32 of
+        // "tsk_" + 33 chars, as 6 base62 digits).
+        let body = "0123456789abcdefghijABCDEFGHIJklm";
+        let head = format!("tsk_{body}");
+        let mut v = crc32(head.as_bytes());
+        let alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        let mut sum = String::new();
+        for _ in 0..6 {
+            sum.insert(0, alphabet[(v % 62) as usize] as char);
+            v /= 62;
+        }
+        let key = format!("{head}{sum}");
+        assert!(well_formed(&key));
+        assert!(!well_formed(&key.replace("tsk_0", "tsk_1")));
+        assert!(!well_formed("tsk_short"));
+        assert!(!well_formed(&format!("Tsk_{body}{sum}")));
+        assert!(!well_formed(""));
+        // The CRC is the IEEE one.
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+}

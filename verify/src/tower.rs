@@ -1,0 +1,143 @@
+//! A tower layer (axum, tonic, hyper): requests without a valid key get a uniform 401; when
+//! no answer can be given (stale and refusing, Tessera unreachable) a 503 with
+//! `Retry-After`. A valid key's [`Verified`] answer is in the request's extensions.
+//!
+//! ```no_run
+//! # use tessera_verify::{Verifier, tower::VerifyKeyLayer};
+//! # fn layer(verifier: Verifier) -> VerifyKeyLayer {
+//! VerifyKeyLayer::new(verifier).scopes(&["orders:read"])
+//! # }
+//! ```
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{Request as HttpRequest, Response, StatusCode, header};
+
+use crate::{Decision, Request, Verified, Verifier, presented_key};
+
+/// The layer: which scopes (and API) every request's key must hold.
+#[derive(Clone)]
+pub struct VerifyKeyLayer {
+    verifier: Verifier,
+    scopes: Arc<[String]>,
+    api_id: Option<Arc<str>>,
+}
+
+impl VerifyKeyLayer {
+    /// Requires keys of the verifier's API when it follows one API (`api:<id>`): a key of
+    /// another API of the tenant is refused, not accepted.
+    pub fn new(verifier: Verifier) -> Self {
+        let api_id = verifier.scope_api().map(Arc::from);
+        Self {
+            verifier,
+            scopes: Arc::from(Vec::new()),
+            api_id,
+        }
+    }
+
+    /// The scopes a key must hold.
+    pub fn scopes(mut self, scopes: &[&str]) -> Self {
+        self.scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+
+    /// The API a key must belong to.
+    pub fn api(mut self, id: &str) -> Self {
+        self.api_id = Some(Arc::from(id));
+        self
+    }
+}
+
+impl<S> tower_layer::Layer<S> for VerifyKeyLayer {
+    type Service = VerifyKeyService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        VerifyKeyService {
+            inner,
+            config: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct VerifyKeyService<S> {
+    inner: S,
+    config: VerifyKeyLayer,
+}
+
+fn refusal<RB: From<String>>(status: StatusCode) -> Response<RB> {
+    let (code, message) = if status == StatusCode::SERVICE_UNAVAILABLE {
+        ("unavailable", "the key cannot be verified right now")
+    } else {
+        ("unauthenticated", "a valid API key is required")
+    };
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let mut r = Response::new(RB::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    r
+}
+
+impl<S, B, RB> tower_service::Service<HttpRequest<B>> for VerifyKeyService<S>
+where
+    S: tower_service::Service<HttpRequest<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    RB: From<String> + Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: HttpRequest<B>) -> Self::Future {
+        // The clone that was made ready is the one that serves this request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let config = self.config.clone();
+        Box::pin(async move {
+            let key = {
+                let h = req.headers();
+                let auth = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+                let x = h.get("x-api-key").and_then(|v| v.to_str().ok());
+                presented_key(auth, x).map(|k| zeroize::Zeroizing::new(k.to_owned()))
+            };
+            let Some(key) = key else {
+                return Ok(refusal(StatusCode::UNAUTHORIZED));
+            };
+            let scopes: Vec<&str> = config.scopes.iter().map(String::as_str).collect();
+            let decision = config
+                .verifier
+                .verify(&Request {
+                    key: &key,
+                    api_id: config.api_id.as_deref(),
+                    scopes: &scopes,
+                    presented_identity: None,
+                })
+                .await;
+            match decision {
+                Decision::Answer { verdict, source } if verdict.valid => {
+                    req.extensions_mut().insert(Verified { verdict, source });
+                    inner.call(req).await
+                }
+                Decision::Answer { .. } => Ok(refusal(StatusCode::UNAUTHORIZED)),
+                Decision::Unavailable => Ok(refusal(StatusCode::SERVICE_UNAVAILABLE)),
+            }
+        })
+    }
+}
