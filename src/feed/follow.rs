@@ -53,6 +53,15 @@ pub struct WireEvent {
     time_ms: i64,
 }
 
+/// A scope's head as this node knows it, not yet signed.
+#[derive(Clone, Debug)]
+pub struct Head {
+    scope: String,
+    seq: u64,
+    hash: [u8; 32],
+    time_ms: i64,
+}
+
 /// A signed statement: as of `time_ms`, the scope's chain ends at `seq` with `hash`.
 /// The signed text is `tessera-feed-checkpoint-v1\n<scope>\n<seq>\n<hash>\n<time_ms>\n`.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -173,6 +182,9 @@ impl Feed {
                 parsed.push((event, body));
             }
             if !parsed.is_empty() {
+                // Read once applied, maybe before its flush: published only once durable (a
+                // crash must not take back what a verifier has seen).
+                self.store.sync().await?;
                 self.apply(from, parsed, started);
                 applied = true;
             }
@@ -242,37 +254,47 @@ impl Feed {
         }
     }
 
-    fn sign(&self, scope: &str, seq: u64, hash: String, time_ms: i64) -> Checkpoint {
-        let signature = self
-            .signer
-            .sign(&signer::message(scope, seq, &hash, time_ms));
+    /// Signs a head (only when it is sent: a reader waiting for its scope costs no signature
+    /// when another scope changes).
+    pub fn sign(&self, head: &Head) -> Checkpoint {
+        let hash = hex::encode(&head.hash);
+        let signature =
+            self.signer
+                .sign(&signer::message(&head.scope, head.seq, &hash, head.time_ms));
         Checkpoint {
-            scope: scope.to_owned(),
-            seq,
+            scope: head.scope.clone(),
+            seq: head.seq,
             hash,
-            time_ms,
+            time_ms: head.time_ms,
             algorithm: "ed25519",
             public_key: self.signer.public_hex().to_owned(),
             signature,
         }
     }
 
-    /// The scope's head and a checkpoint for it.
+    /// The scope's head, signed.
     pub fn checkpoint(&self, scope: &Scope) -> Result<Checkpoint, FeedError> {
         let name = scope.to_string();
-        let (seq, hash, time) = {
+        let head = {
             let st = self.state.read_locked();
-            let time = Self::ready(&st)?;
-            match st.scopes.get(&name) {
-                Some(l) => (l.seq, hex::encode(&l.hash), time),
-                None => (0, hex::encode(&[0; 32]), time),
+            let time_ms = Self::ready(&st)?;
+            let (seq, hash) = st
+                .scopes
+                .get(&name)
+                .map_or((0, [0; 32]), |l| (l.seq, l.hash));
+            Head {
+                scope: name,
+                seq,
+                hash,
+                time_ms,
             }
         };
-        Ok(self.sign(&name, seq, hash, time))
+        Ok(self.sign(&head))
     }
 
-    /// The scope's events after `after`, and a checkpoint of its head at the same moment.
-    pub fn since(&self, scope: &Scope, after: u64) -> Result<(Since, Checkpoint), FeedError> {
+    /// The scope's events after `after`, and its head at the same moment (to sign with
+    /// [`Feed::sign`] when it is sent).
+    pub fn since(&self, scope: &Scope, after: u64) -> Result<(Since, Head), FeedError> {
         let name = scope.to_string();
         let (since, seq, hash, time) = {
             let st = self.state.read_locked();
@@ -299,9 +321,17 @@ impl Feed {
                     _ => Since::Reset,
                 }
             };
-            (since, log.seq, hex::encode(&log.hash), time)
+            (since, log.seq, log.hash, time)
         };
-        Ok((since, self.sign(&name, seq, hash, time)))
+        Ok((
+            since,
+            Head {
+                scope: name,
+                seq,
+                hash,
+                time_ms: time,
+            },
+        ))
     }
 }
 

@@ -37,7 +37,7 @@ use crate::{
     store::{Batch, Kind, StoreError},
 };
 
-pub use follow::{Checkpoint, Feed, FeedError, MAX_EVENTS, Since, WireEvent, chain_hash};
+pub use follow::{Checkpoint, Feed, FeedError, Head, MAX_EVENTS, Since, WireEvent, chain_hash};
 
 /// The global log the events are appended to.
 pub const LOG: Kind = Kind("feed");

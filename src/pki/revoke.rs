@@ -31,6 +31,36 @@ use crate::{
 };
 
 impl Pki {
+    /// A tenant's revoked, unexpired certificates as `(issuer, serial)`, read from the store
+    /// (what the change feed's snapshot lists: every revocation committed before it).
+    pub async fn revoked_of_tenant(
+        &self,
+        tenant: &crate::ids::TenantName,
+        now: Timestamp,
+    ) -> Result<Vec<(CaId, Serial)>, PkiError> {
+        let mut out = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .store
+                .scan(IDX_REVOKED_BY_CA, b"", after.as_deref(), 1000)
+                .await?;
+            let Some(last) = page.last() else {
+                return Ok(out);
+            };
+            after = Some(last.key.clone());
+            for e in page {
+                if let Some((_, r)) = store::record::get::<CertRecord>(&*self.store, &e.id).await?
+                    && r.revoked.is_some()
+                    && r.not_after > now
+                    && r.tenant.as_ref() == Some(tenant)
+                {
+                    out.push((r.issuer, r.serial));
+                }
+            }
+        }
+    }
+
     /// Revokes a certificate (with `key_compromise`, also every live certificate sharing its
     /// key pair or its lineage). Revoking a revoked certificate changes nothing and succeeds.
     /// `checked`: the certificates the caller was found allowed to end (see

@@ -261,6 +261,9 @@ mod imp {
         fn log_head(&self, log: Kind) -> StoreFuture<'_, log::Head> {
             self.inner.log_head(log)
         }
+        fn sync(&self) -> StoreFuture<'_, ()> {
+            self.inner.sync()
+        }
         fn read_log(&self, log: Kind, after: u64, limit: usize) -> StoreFuture<'_, Vec<log::Read>> {
             self.inner.read_log(log, after, limit)
         }

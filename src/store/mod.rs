@@ -303,6 +303,14 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the last write and flush succeeded.
     fn healthy(&self) -> bool;
 
+    /// Returns once every write applied before the call is durable: what a reader that
+    /// publishes what it read (the change feed) waits for, so it never publishes a write a
+    /// crash could still lose. An engine whose writes are visible only once durable has
+    /// nothing to wait for.
+    fn sync(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Reads, changes and writes one record as one atomic step that no other writer of the
     /// record, in this process or another, can interleave with: `change` gets the current
     /// plaintext (`None`: absent) and returns the new one. Returns the new plaintext. With

@@ -4,7 +4,7 @@
 use crate::proc::Timed;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 use tessera::{
     crypto::{hex, keyring::MasterKey, secret::Key256},
     keys::model::Key,
@@ -1130,4 +1130,54 @@ async fn a_binding_narrowed_on_one_node_is_narrowed_on_every_node() {
     })
     .await;
     println!("a narrowed binding held on the other node after {took:?}");
+}
+
+/// Every node computes the same per-scope sequence and chain from the shared log, whichever
+/// node made the change, and signs with the same feed key: a verifier may follow any node.
+#[tokio::test]
+async fn every_node_serves_the_same_feed() {
+    let c = Cluster::start(2, "feed");
+    let (a, b) = (c.admin(0), c.admin(1));
+    let api = a.create_api("edge").await;
+    let (k1, _) = a.issue(&api, json!({})).await;
+    b.post(&format!("/v1/keys/{k1}/revoke"), json!({}))
+        .await
+        .expect(200);
+    let (k2, _) = b.issue(&api, json!({})).await;
+    a.patch(&format!("/v1/keys/{k2}"), json!({"enabled": false}))
+        .await
+        .expect(200);
+    let mut seen = Vec::new();
+    for n in [&a, &b] {
+        let mut events: Vec<Value> = Vec::new();
+        let t = Instant::now();
+        while events.len() < 4 {
+            assert!(t.elapsed() < Duration::from_secs(10), "{events:?}");
+            let page = n
+                .get(&format!(
+                    "/v1/feed/changes?scope=api:{api}&after={}&wait=2",
+                    events.len()
+                ))
+                .await
+                .expect(200);
+            events.extend(page["events"].as_array().unwrap().iter().cloned());
+        }
+        let key = n.get("/v1/feed/key").await.expect(200)["public_key"].clone();
+        seen.push((events, key));
+    }
+    assert_eq!(seen[0], seen[1]);
+    let types: Vec<String> = seen[0]
+        .0
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<Value>(e["body"].as_str().unwrap()).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        types,
+        ["key.created", "key.revoked", "key.created", "key.disabled"]
+    );
 }

@@ -141,6 +141,7 @@ async fn the_feed_is_chained_signed_scoped_and_carries_nothing_secret() {
         .expect(200);
     check_checkpoint(&snap["checkpoint"], &pk, tscope);
     assert_eq!(snap["retention_seconds"], 3600);
+    assert_eq!(snap["revoked_certificates"], json!([]));
     let start = snap["checkpoint"]["seq"].as_u64().unwrap();
     let start_hash = unhex(snap["checkpoint"]["hash"].as_str().unwrap());
 
@@ -182,8 +183,13 @@ async fn the_feed_is_chained_signed_scoped_and_carries_nothing_secret() {
         )
         .await
         .expect(200);
-    // Another tenant's change.
+    // Another tenant's changes.
     admin.issue(&other_api, json!({})).await;
+    let (_, _, theirs_serial) = identity_files(&admin, dir, "other", "doomed").await;
+    admin
+        .post(&format!("/v1/certs/{theirs_serial}/revoke"), json!({}))
+        .await
+        .expect(200);
 
     let (bodies, head, _) = read_all(&edge, tscope, &pk, (start, start_hash), 8).await;
     assert_eq!(
@@ -225,6 +231,22 @@ async fn the_feed_is_chained_signed_scoped_and_carries_nothing_secret() {
         assert!(!text.contains(&secret) && !text.contains(&new_secret));
     }
 
+    // A snapshot of the tenant lists its revoked certificates (not another tenant's); an
+    // API's lists none (certificates are not an API's).
+    let snap = edge
+        .get(&format!("/v1/feed/snapshot?scope={tscope}"))
+        .await
+        .expect(200);
+    assert_eq!(
+        snap["revoked_certificates"],
+        json!([{"issuer": bodies[7]["issuer"], "serial": serial}])
+    );
+    let api_snap = edge
+        .get(&format!("/v1/feed/snapshot?scope={ascope}"))
+        .await
+        .expect(200);
+    assert!(api_snap.get("revoked_certificates").is_none());
+
     // The API's scope has its own numbering and chain, and only the key events.
     let (api_bodies, _, _) = read_all(&edge, &ascope, &pk, (0, vec![0; 32]), 7).await;
     assert_eq!(types(&api_bodies), types(&bodies[..7]));
@@ -243,8 +265,8 @@ async fn the_feed_is_chained_signed_scoped_and_carries_nothing_secret() {
         .await
         .expect(403);
     // The global admin reads any tenant's; the other tenant's chain holds its own change.
-    let (theirs, _, _) = read_all(&admin, "tenant:other", &pk, (0, vec![0; 32]), 1).await;
-    assert_eq!(types(&theirs), ["key.created"]);
+    let (theirs, _, _) = read_all(&admin, "tenant:other", &pk, (0, vec![0; 32]), 2).await;
+    assert_eq!(types(&theirs), ["key.created", "cert.revoked"]);
 
     // Bad input is named; a cursor beyond the head is a reset, not a guess.
     for (path, field) in [
@@ -325,6 +347,17 @@ async fn the_feed_is_chained_signed_scoped_and_carries_nothing_secret() {
     let cp: Value = serde_json::from_str(cp_line.strip_prefix("data: ").unwrap()).unwrap();
     check_checkpoint(&cp, &pk, tscope);
     assert_eq!(cp["seq"], head + 1);
+    // Another tenant's changes send this stream nothing (not even a checkpoint): a reader
+    // learns nothing of when other tenants change things. The heartbeat is 2 s away.
+    let sent = Instant::now();
+    for _ in 0..3 {
+        admin.issue(&other_api, json!({})).await;
+    }
+    let quiet = Duration::from_millis(1700).saturating_sub(sent.elapsed());
+    assert!(
+        tokio::time::timeout(quiet, stream.chunk()).await.is_err(),
+        "the stream spoke of another tenant's change"
+    );
     // An idle stream keeps sending checkpoints (the heartbeat), each newer or as new.
     let mut beats = 0;
     let mut last_time = cp["time_ms"].as_i64().unwrap();
@@ -532,6 +565,19 @@ async fn a_verifier_in_another_process_follows_revocations_and_fails_closed_when
         assert_eq!(actix.orders(&quota).await, (200, Some("tessera".into())));
     }
     assert_eq!(actix.orders(&quota).await.0, 401);
+    // A sender-constrained key: the example's middleware knows no end-client identity, so the
+    // key is refused, even one bound to the downstream's own identity (which Tessera would
+    // otherwise compare with the verifier's certificate, accepting it from anyone).
+    let (_, bound) = admin
+        .issue(
+            &api,
+            json!({"scopes": ["orders:read"],
+                   "bound_to": "spiffe://tessera.local/tenant/default/svc/orders"}),
+        )
+        .await;
+    for d in [&actix, &axum] {
+        assert_eq!(d.orders(&bound).await.0, 401);
+    }
 
     // Revoked in Tessera → refused by both verifiers, within the staleness bound (3 s).
     let revoked_at = Instant::now();

@@ -28,12 +28,18 @@ use actix_web::{
 
 use crate::{Decision, Request, Verified, Verifier, presented_key};
 
+/// How a middleware learns the end client's identity (a SPIFFE id or `sha256:` fingerprint
+/// of its client certificate), for sender-constrained keys.
+pub type IdentityOf = Arc<dyn Fn(&ServiceRequest) -> Option<String> + Send + Sync>;
+
 /// The middleware's configuration: which scopes (and API) every request's key must hold.
 #[derive(Clone)]
 pub struct VerifyKey {
     verifier: Verifier,
     scopes: Arc<[String]>,
     api_id: Option<Arc<str>>,
+    any_api: bool,
+    identity: Option<IdentityOf>,
 }
 
 impl VerifyKey {
@@ -45,7 +51,26 @@ impl VerifyKey {
             verifier,
             scopes: Arc::from(Vec::new()),
             api_id,
+            any_api: false,
+            identity: None,
         }
+    }
+
+    /// With a tenant-scoped verifier: accept a key of any API of the tenant (without this or
+    /// [`VerifyKey::api`], every request is refused: the choice must be made).
+    pub fn any_api(mut self) -> Self {
+        self.any_api = true;
+        self
+    }
+
+    /// How to find the end client's identity (e.g. from its client certificate). Without
+    /// it, sender-constrained keys are refused ([`crate::NO_IDENTITY`]).
+    pub fn identity(
+        mut self,
+        f: impl Fn(&ServiceRequest) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.identity = Some(Arc::new(f));
+        self
     }
 
     /// The scopes a key must hold.
@@ -126,6 +151,13 @@ where
             let Some(key) = key else {
                 return Ok(req.into_response(refusal(401)).map_into_right_body());
             };
+            if config.api_id.is_none() && !config.any_api {
+                tracing::error!(
+                    "VerifyKey on a tenant-scoped verifier needs .api(id) or .any_api(): refusing"
+                );
+                return Ok(req.into_response(refusal(401)).map_into_right_body());
+            }
+            let identity = config.identity.as_ref().and_then(|f| f(&req));
             let scopes: Vec<&str> = config.scopes.iter().map(String::as_str).collect();
             let decision = config
                 .verifier
@@ -133,7 +165,7 @@ where
                     key: &key,
                     api_id: config.api_id.as_deref(),
                     scopes: &scopes,
-                    presented_identity: None,
+                    presented_identity: Some(identity.as_deref().unwrap_or(crate::NO_IDENTITY)),
                 })
                 .await;
             match decision {

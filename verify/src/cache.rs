@@ -11,9 +11,11 @@ use ring::hmac;
 
 use crate::{Local, Request, Verdict, Why, feed};
 
-/// How long a key the feed named is remembered, to refuse caching an answer asked before it
-/// (longer than any verify request may take).
-const REMEMBER_CHANGES: Duration = Duration::from_secs(60);
+/// How long after the feed names a key its answers are not cached. Tessera may answer from a
+/// copy of the key older than the event for a moment: on one node, between the change's flush
+/// and the drop of its cached copy; on a cluster, until the answering node has followed the
+/// change (`store.max_staleness_ms`, at most 60 s). Longer than both, and than any request.
+const REMEMBER_CHANGES: Duration = Duration::from_secs(120);
 
 /// Codes that a key's end of life outranks (DESIGN.md's precedence).
 const BELOW_EXPIRED: [&str; 4] = [
@@ -46,9 +48,14 @@ struct Entry {
 struct State {
     entries: HashMap<[u8; 32], Entry>,
     by_key: HashMap<String, Vec<[u8; 32]>>,
-    /// Keys the feed named lately, with when: an answer asked before then is not cached.
-    recent: VecDeque<(Instant, String)>,
+    /// Keys the feed named lately (the last time each was named), and the order to forget
+    /// them in: their answers are not cached meanwhile.
+    recent: HashMap<String, Instant>,
+    recent_order: VecDeque<(Instant, String)>,
     revoked_certs: HashSet<String>,
+    /// Whether every certificate revocation is known: a tenant scope, started from a snapshot
+    /// that listed them.
+    certs_complete: bool,
     /// Bumped when the cache is dropped whole (a reset, a new start of the feed).
     generation: u64,
     /// The verified knowledge: as of this server time (unix ms), received at this instant.
@@ -56,12 +63,11 @@ struct State {
     seq: u64,
 }
 
-/// A ticket for one question to Tessera: its answer is cached only if nothing it could
-/// predate happened meanwhile.
+/// A ticket for one question to Tessera: its answer is cached only if the cache was not
+/// dropped meanwhile.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Asked {
     generation: u64,
-    at: Instant,
 }
 
 pub(crate) struct Cache {
@@ -160,18 +166,22 @@ impl Cache {
     pub(crate) fn asking(&self) -> Asked {
         Asked {
             generation: self.read().generation,
-            at: Instant::now(),
         }
     }
 
     /// Whether an answer depends only on the key's record and the time, for a key whose
     /// changes this verifier follows.
-    pub(crate) fn cacheable(&self, v: &Verdict) -> bool {
-        let in_scope = match self.scope.split_once(':') {
+    /// Whether an answer is about a key of the followed scope.
+    pub(crate) fn in_scope(&self, v: &Verdict) -> bool {
+        match self.scope.split_once(':') {
             Some(("api", id)) => v.api_id.as_deref() == Some(id),
             Some(("tenant", t)) => v.tenant.as_deref() == Some(t),
             _ => false,
-        };
+        }
+    }
+
+    pub(crate) fn cacheable(&self, v: &Verdict) -> bool {
+        let in_scope = self.in_scope(v);
         let stable = match v.code.as_str() {
             // A spending answer: the key has a quota or a rate limit.
             "VALID" => v.remaining.is_none() && v.ratelimit.is_none(),
@@ -191,7 +201,8 @@ impl Cache {
         let Some(key_id) = verdict.key_id.clone() else {
             return;
         };
-        let ends_at_ms = [
+        let mut ends = Vec::new();
+        for t in [
             verdict.expires_at.as_deref(),
             verdict
                 .rotation
@@ -200,18 +211,17 @@ impl Cache {
         ]
         .into_iter()
         .flatten()
-        .filter_map(parse_ms)
-        .min();
+        {
+            // A time this verifier cannot read: it could not expire the answer locally.
+            let Some(ms) = parse_ms(t) else { return };
+            ends.push(ms);
+        }
+        let ends_at_ms = ends.into_iter().min();
         let h = self.digest(r);
         let mut st = self.write();
-        // Asked before the cache was dropped, or before the feed named this key: the answer
-        // may predate the change.
-        if st.generation != asked.generation
-            || st
-                .recent
-                .iter()
-                .any(|(at, id)| *at >= asked.at && *id == key_id)
-        {
+        // Asked before the cache was dropped, or about a key the feed named lately: the answer
+        // may come from a copy older than the change.
+        if st.generation != asked.generation || st.recent.contains_key(&key_id) {
             return;
         }
         if st.entries.len() >= self.max_entries {
@@ -243,12 +253,17 @@ impl Cache {
         }
     }
 
-    /// Forgets every cached answer (the feed may have missed changes).
-    pub(crate) fn drop_all(&self) {
+    /// Forgets every cached answer (the feed may have missed changes): at a start from a
+    /// snapshot, with the revoked certificates it listed (a tenant scope).
+    pub(crate) fn restart(&self, revoked_certs: Option<Vec<String>>) {
         let mut st = self.write();
         st.entries.clear();
         st.by_key.clear();
         st.generation += 1;
+        st.certs_complete = self.scope.starts_with("tenant:") && revoked_certs.is_some();
+        for serial in revoked_certs.into_iter().flatten() {
+            st.revoked_certs.insert(serial.to_lowercase());
+        }
     }
 
     /// Applies verified changes and the follower's new position.
@@ -263,7 +278,8 @@ impl Cache {
                             st.entries.remove(&h);
                         }
                     }
-                    st.recent.push_back((now, id));
+                    st.recent.insert(id.clone(), now);
+                    st.recent_order.push_back((now, id));
                 }
                 feed::Change::CertRevoked(serial) => {
                     st.revoked_certs.insert(serial);
@@ -271,12 +287,14 @@ impl Cache {
                 feed::Change::Other => {}
             }
         }
-        while st
-            .recent
-            .front()
-            .is_some_and(|(at, _)| now.duration_since(*at) > REMEMBER_CHANGES)
+        while let Some((at, _)) = st.recent_order.front()
+            && now.duration_since(*at) > REMEMBER_CHANGES
         {
-            st.recent.pop_front();
+            if let Some((at, id)) = st.recent_order.pop_front()
+                && st.recent.get(&id) == Some(&at)
+            {
+                st.recent.remove(&id);
+            }
         }
         st.seq = seq;
         if let Some(ms) = known_at_ms {
@@ -289,7 +307,7 @@ impl Cache {
 
     pub(crate) fn certificate_revoked(&self, serial: &str) -> Option<bool> {
         let st = self.read();
-        self.fresh_in(&st)
+        (self.fresh_in(&st) && st.certs_complete)
             .then(|| st.revoked_certs.contains(&serial.to_lowercase()))
     }
 
@@ -316,7 +334,8 @@ mod tests {
             1000,
         )
         .unwrap();
-        // Fresh: a checkpoint as of now.
+        // Started and fresh: a checkpoint as of now.
+        c.restart(None);
         c.apply(Vec::new(), 1, Some(now_ms()));
         c
     }
@@ -383,17 +402,32 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_asked_before_its_key_changed_is_not_cached() {
+    fn no_answer_about_a_key_the_feed_named_lately_is_cached() {
         let c = cache();
         let asked = c.asking();
         // The feed names the key while the question is in flight.
         c.apply(vec![feed::Change::Key("key_1".into())], 2, None);
         c.insert(&req("k"), Arc::new(verdict("VALID", "key_1")), asked);
         assert_eq!(code(c.lookup(&req("k"))), "NotCached");
+        // Nor one asked after the event: Tessera may still answer from an older copy.
+        c.insert(&req("k"), Arc::new(verdict("VALID", "key_1")), c.asking());
+        assert_eq!(code(c.lookup(&req("k"))), "NotCached");
+        // Another key is cached as usual.
+        c.insert(&req("j"), Arc::new(verdict("VALID", "key_3")), c.asking());
+        assert_eq!(code(c.lookup(&req("j"))), "VALID");
         // Nor one asked before the whole cache was dropped.
         let asked = c.asking();
-        c.drop_all();
-        c.insert(&req("k"), Arc::new(verdict("VALID", "key_2")), asked);
+        c.restart(None);
+        c.insert(&req("k2"), Arc::new(verdict("VALID", "key_2")), asked);
+        assert_eq!(code(c.lookup(&req("k2"))), "NotCached");
+    }
+
+    #[test]
+    fn an_end_of_life_it_cannot_read_is_not_cached() {
+        let c = cache();
+        let mut v = verdict("VALID", "key_1");
+        v.expires_at = Some("next tuesday".into());
+        c.insert(&req("k"), Arc::new(v), c.asking());
         assert_eq!(code(c.lookup(&req("k"))), "NotCached");
     }
 
@@ -497,20 +531,27 @@ mod tests {
     }
 
     #[test]
-    fn revoked_certificates_are_known_while_fresh() {
-        let c = cache();
-        assert_eq!(c.certificate_revoked("0a1b"), Some(false));
-        c.apply(vec![feed::Change::CertRevoked("0a1b".into())], 2, None);
-        assert_eq!(c.certificate_revoked("0A1B"), Some(true));
-        let stale = Cache::new(
+    fn revoked_certificates_are_known_only_while_fresh_and_complete() {
+        let c = Cache::new(
             "tenant:acme",
             Duration::from_secs(5),
-            Duration::from_secs(1),
+            Duration::from_secs(300),
             10,
         )
         .unwrap();
-        stale.apply(vec![feed::Change::CertRevoked("0a1b".into())], 1, None);
-        assert_eq!(stale.certificate_revoked("0a1b"), None);
+        assert_eq!(c.certificate_revoked("0a1b"), None, "not started");
+        // The snapshot lists the revocations before it; the feed brings the later ones.
+        c.restart(Some(vec!["0A1B".into()]));
+        c.apply(Vec::new(), 1, Some(now_ms()));
+        assert_eq!(c.certificate_revoked("0a1b"), Some(true));
+        assert_eq!(c.certificate_revoked("0c1d"), Some(false));
+        c.apply(vec![feed::Change::CertRevoked("0c1d".into())], 2, None);
+        assert_eq!(c.certificate_revoked("0C1D"), Some(true));
+        // A snapshot without the list (an older server): not known.
+        c.restart(None);
+        assert_eq!(c.certificate_revoked("ffff"), None);
+        // An API scope never carries certificate events.
+        assert_eq!(cache().certificate_revoked("ffff"), None);
     }
 
     #[test]

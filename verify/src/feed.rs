@@ -60,6 +60,16 @@ pub struct Changes {
 #[derive(Clone, Debug, Deserialize)]
 pub struct Snapshot {
     pub checkpoint: Checkpoint,
+    /// A tenant scope: its revoked, unexpired certificates as of (at least) the checkpoint.
+    #[serde(default)]
+    pub revoked_certificates: Option<Vec<RevokedCert>>,
+}
+
+/// A revoked certificate in a snapshot.
+#[derive(Clone, Debug, Deserialize)]
+pub struct RevokedCert {
+    pub issuer: String,
+    pub serial: String,
 }
 
 #[derive(Deserialize)]

@@ -160,6 +160,13 @@ pub struct Verified {
     pub source: Source,
 }
 
+/// The `presented_identity` a middleware sends when it knows no end-client identity: a
+/// fingerprint no certificate has, so a sender-constrained key is refused
+/// (`IDENTITY_MISMATCH`) instead of being compared with this verifier's own certificate.
+/// Keys that are not bound are unaffected.
+pub const NO_IDENTITY: &str =
+    "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
 /// The key a request presents: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 pub fn presented_key<'a>(
     authorization: Option<&'a str>,
@@ -291,7 +298,15 @@ impl Verifier {
             url: config.url.clone(),
             scope: config.scope.clone(),
             when_stale: config.when_stale,
-            poll_wait: config.poll_wait,
+            // Whole seconds, 1 to 30, and at most half the bound: an idle feed proves itself
+            // in time.
+            poll_wait: Duration::from_secs(
+                config
+                    .poll_wait
+                    .as_secs()
+                    .clamp(1, 30)
+                    .min((config.max_staleness.as_secs() / 2).max(1)),
+            ),
             http,
             cache,
         });
@@ -333,9 +348,14 @@ impl Verifier {
             Local::AskTessera(_) => {}
         }
         let asked = self.inner.cache.asking();
-        let Some(verdict) = self.ask(r).await else {
+        let Some(mut verdict) = self.ask(r).await else {
             return Decision::Unavailable;
         };
+        // This verifier answers for its scope only (an identity that sees more must not make
+        // a downstream accept another API's or tenant's key).
+        if verdict.valid && !self.inner.cache.in_scope(&verdict) {
+            verdict = not_found();
+        }
         let verdict = Arc::new(verdict);
         self.inner.cache.insert(r, verdict.clone(), asked);
         Decision::Answer {
@@ -376,9 +396,9 @@ impl Verifier {
         resp.json::<Verdict>().await.ok()
     }
 
-    /// Whether the feed has said this certificate (serial, hex) is revoked since the verifier
-    /// started. `None` while stale. Complete for certificates of the followed tenant revoked
-    /// after the start; earlier revocations are in Tessera's CRL (`GET /v1/pki/crl`).
+    /// Whether a certificate (serial, hex) of the followed tenant is revoked: the snapshot's
+    /// list and the feed's events since. `None` while stale, and for an API scope (its feed
+    /// carries no certificates).
     pub fn certificate_revoked(&self, serial: &str) -> Option<bool> {
         self.inner.cache.certificate_revoked(serial)
     }
@@ -425,10 +445,24 @@ fn client(config: &Config) -> Result<reqwest::Client, Error> {
 }
 
 impl Inner {
-    fn started(&self, f: &feed::Follower) {
+    fn started(&self, f: &feed::Follower, snap: feed::Snapshot) {
         // Nothing cached can be trusted across a new start.
-        self.cache.drop_all();
+        let revoked = snap
+            .revoked_certificates
+            .map(|v| v.into_iter().map(|c| c.serial).collect());
+        self.cache.restart(revoked);
         self.cache.apply(Vec::new(), f.seq, f.known_at_ms);
+    }
+
+    /// Starts (again) from the snapshot: at the first start, after a reset, and after a page
+    /// that does not follow the chain held (a gap, a fork): whatever was missed, nothing
+    /// cached is kept. A snapshot behind the head held is refused (rollback).
+    async fn start_from_snapshot(&self, f: &mut feed::Follower) -> Result<(), String> {
+        let snap: feed::Snapshot =
+            get(self, &format!("/v1/feed/snapshot?scope={}", self.scope)).await?;
+        f.start(&snap.checkpoint).map_err(|e| e.to_string())?;
+        self.started(f, snap);
+        Ok(())
     }
 }
 
@@ -457,22 +491,14 @@ async fn follow(weak: Weak<Inner>, key: Vec<u8>) {
         let Some(inner) = weak.upgrade() else { return };
         let scope = inner.scope.clone();
         let step: Result<(), String> = async {
-            let f = match &mut follower {
-                Some(f) if f.started() => f,
-                _ => {
-                    let f =
-                        follower.get_or_insert_with(|| feed::Follower::new(&scope, key.clone()));
-                    let snap: feed::Snapshot =
-                        get(&inner, &format!("/v1/feed/snapshot?scope={scope}")).await?;
-                    f.start(&snap.checkpoint).map_err(|e| e.to_string())?;
-                    inner.started(f);
-                    return Ok(());
-                }
-            };
+            let f = follower.get_or_insert_with(|| feed::Follower::new(&scope, key.clone()));
+            if !f.started() {
+                return inner.start_from_snapshot(f).await;
+            }
             let path = format!(
                 "/v1/feed/changes?scope={scope}&after={}&wait={}",
                 f.seq,
-                inner.poll_wait.as_secs().max(1)
+                inner.poll_wait.as_secs()
             );
             let page: feed::Changes = get(&inner, &path).await?;
             match f.apply(&page) {
@@ -480,16 +506,20 @@ async fn follow(weak: Weak<Inner>, key: Vec<u8>) {
                     inner.cache.apply(changes, f.seq, f.known_at_ms);
                     Ok(())
                 }
-                Err(feed::FeedError::Reset) => {
-                    // Older than the retention: start again from a snapshot (a head behind
-                    // ours is then refused as a rollback).
-                    inner.cache.drop_all();
-                    let snap: feed::Snapshot =
-                        get(&inner, &format!("/v1/feed/snapshot?scope={scope}")).await?;
-                    f.start(&snap.checkpoint).map_err(|e| e.to_string())?;
-                    inner.started(f);
-                    Ok(())
+                // Signed by the pinned key, but not a continuation of what is held: start
+                // again, dropping everything cached.
+                Err(
+                    e @ (feed::FeedError::Reset
+                    | feed::FeedError::Gap { .. }
+                    | feed::FeedError::BadHash { .. }
+                    | feed::FeedError::BadEvent { .. }
+                    | feed::FeedError::Rollback { .. }),
+                ) => {
+                    tracing::warn!(error = %e, "starting the feed again from its snapshot");
+                    inner.start_from_snapshot(f).await
                 }
+                // Not signed by the pinned key, another scope's, or a replay: nothing is
+                // taken; the verifier goes stale unless a genuine page follows.
                 Err(e) => Err(e.to_string()),
             }
         }

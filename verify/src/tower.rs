@@ -20,12 +20,19 @@ use http::{Request as HttpRequest, Response, StatusCode, header};
 
 use crate::{Decision, Request, Verified, Verifier, presented_key};
 
+/// How the layer learns the end client's identity (a SPIFFE id or `sha256:` fingerprint of
+/// its client certificate) from the request's extensions and headers.
+pub type IdentityOf =
+    Arc<dyn Fn(&http::Extensions, &http::HeaderMap) -> Option<String> + Send + Sync>;
+
 /// The layer: which scopes (and API) every request's key must hold.
 #[derive(Clone)]
 pub struct VerifyKeyLayer {
     verifier: Verifier,
     scopes: Arc<[String]>,
     api_id: Option<Arc<str>>,
+    any_api: bool,
+    identity: Option<IdentityOf>,
 }
 
 impl VerifyKeyLayer {
@@ -37,7 +44,26 @@ impl VerifyKeyLayer {
             verifier,
             scopes: Arc::from(Vec::new()),
             api_id,
+            any_api: false,
+            identity: None,
         }
+    }
+
+    /// With a tenant-scoped verifier: accept a key of any API of the tenant (without this or
+    /// [`VerifyKeyLayer::api`], every request is refused: the choice must be made).
+    pub fn any_api(mut self) -> Self {
+        self.any_api = true;
+        self
+    }
+
+    /// How to find the end client's identity. Without it, sender-constrained keys are
+    /// refused ([`crate::NO_IDENTITY`]).
+    pub fn identity(
+        mut self,
+        f: impl Fn(&http::Extensions, &http::HeaderMap) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.identity = Some(Arc::new(f));
+        self
     }
 
     /// The scopes a key must hold.
@@ -120,6 +146,16 @@ where
             let Some(key) = key else {
                 return Ok(refusal(StatusCode::UNAUTHORIZED));
             };
+            if config.api_id.is_none() && !config.any_api {
+                tracing::error!(
+                    "VerifyKeyLayer on a tenant-scoped verifier needs .api(id) or .any_api(): refusing"
+                );
+                return Ok(refusal(StatusCode::UNAUTHORIZED));
+            }
+            let identity = config
+                .identity
+                .as_ref()
+                .and_then(|f| f(req.extensions(), req.headers()));
             let scopes: Vec<&str> = config.scopes.iter().map(String::as_str).collect();
             let decision = config
                 .verifier
@@ -127,7 +163,7 @@ where
                     key: &key,
                     api_id: config.api_id.as_deref(),
                     scopes: &scopes,
-                    presented_identity: None,
+                    presented_identity: Some(identity.as_deref().unwrap_or(crate::NO_IDENTITY)),
                 })
                 .await;
             match decision {

@@ -86,11 +86,25 @@ pub struct SnapshotQuery {
     scope: String,
 }
 
+/// A revoked certificate.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RevokedCert {
+    /// The issuing CA's id.
+    pub issuer: String,
+    /// Hex.
+    pub serial: String,
+}
+
 /// Where a reader starts.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Snapshot {
     /// The scope's head, signed: follow from `checkpoint.seq`.
     pub checkpoint: Checkpoint,
+    /// A tenant scope: the tenant's revoked, unexpired certificates, read after the
+    /// checkpoint (every revocation at or before it is listed; a later one may be listed too,
+    /// and comes again as an event). Absent for an API scope (certificates are not an API's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_certificates: Option<Vec<RevokedCert>>,
     /// How long events are kept for a resuming reader; an older cursor gets `reset`.
     pub retention_seconds: i64,
     /// How often a stream sends a checkpoint while idle.
@@ -111,10 +125,29 @@ pub async fn snapshot(
     q: Query<SnapshotQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (scope, feed) = visible_scope(&state, &auth, &q.0.scope).await?;
+    let checkpoint = feed.checkpoint(&scope)?;
+    // After the checkpoint: a revocation it covers was durable before the feed published it.
+    let revoked_certificates = match &scope {
+        Scope::Tenant(t) => Some(
+            state
+                .core()?
+                .pki()
+                .revoked_of_tenant(t, state.clock.now())
+                .await?
+                .into_iter()
+                .map(|(issuer, serial)| RevokedCert {
+                    issuer: issuer.to_string(),
+                    serial: serial.as_str().to_owned(),
+                })
+                .collect(),
+        ),
+        Scope::Api(_) => None,
+    };
     Ok(HttpResponse::Ok()
         .insert_header(("cache-control", "no-store"))
         .json(Snapshot {
-            checkpoint: feed.checkpoint(&scope)?,
+            checkpoint,
+            revoked_certificates,
             retention_seconds: feed::RETENTION_SECS,
             heartbeat_seconds: HEARTBEAT.as_secs(),
         }))
@@ -172,17 +205,20 @@ pub async fn changes(
     loop {
         news.borrow_and_update();
         let feed = weak.upgrade().ok_or(ApiError::Sealed)?;
-        let (since, checkpoint) = feed.since(&scope, q.0.after)?;
-        drop(feed);
+        let (since, head) = feed.since(&scope, q.0.after)?;
         let timed_out = tokio::time::Instant::now() >= deadline;
         let (reset, events) = match since {
             Since::Reset => (true, Vec::new()),
             Since::Events(v) if !v.is_empty() || timed_out => (false, v),
-            Since::Events(_) => match tokio::time::timeout_at(deadline, news.changed()).await {
-                Ok(Ok(())) | Err(_) => continue,
-                Ok(Err(_)) => return Err(ApiError::Sealed),
-            },
+            Since::Events(_) => {
+                drop(feed);
+                match tokio::time::timeout_at(deadline, news.changed()).await {
+                    Ok(Ok(())) | Err(_) => continue,
+                    Ok(Err(_)) => return Err(ApiError::Sealed),
+                }
+            }
         };
+        let checkpoint = feed.sign(&head);
         return Ok(HttpResponse::Ok()
             .insert_header(("cache-control", "no-store"))
             .json(Changes {
@@ -240,6 +276,7 @@ pub async fn stream(
         scope,
         after,
         until: Instant::now() + STREAM_FOR,
+        last_sent: None,
         wait: false,
         done: false,
     };
@@ -263,46 +300,57 @@ struct Stream {
     scope: Scope,
     after: u64,
     until: Instant,
-    /// Whether to wait for news (or the heartbeat) before the next chunk.
+    /// When the last chunk went out (`None`: nothing yet).
+    last_sent: Option<Instant>,
+    /// Whether to wait for news (or the heartbeat) before looking again.
     wait: bool,
     done: bool,
 }
 
 impl Stream {
+    /// The next chunk: this scope's new events and a checkpoint, or a checkpoint alone when
+    /// the heartbeat is due. News of other scopes wakes the stream but sends nothing (a
+    /// reader must not learn when other tenants change things).
     async fn next_chunk(&mut self) -> Option<String> {
-        if self.done || Instant::now() >= self.until {
-            return None;
-        }
-        if self.wait {
-            if let Ok(Err(_)) = tokio::time::timeout(HEARTBEAT, self.news.changed()).await {
+        loop {
+            if self.done || Instant::now() >= self.until {
                 return None;
             }
-        } else {
-            // The first chunk says how soon to reconnect.
-            self.wait = true;
-        }
-        self.news.borrow_and_update();
-        let feed = self.feed.upgrade()?;
-        let mut out = String::new();
-        match feed.since(&self.scope, self.after) {
-            // Not caught up (or the feed is broken): say nothing signed; the reader's
-            // freshness runs out, as it should.
-            Err(_) => out.push_str(": not ready\n\n"),
-            Ok((Since::Reset, cp)) => {
-                self.done = true;
-                sse(&mut out, "reset", None, &cp);
-            }
-            Ok((Since::Events(events), cp)) => {
-                for e in &events {
-                    sse(&mut out, "change", Some(e.seq), &**e);
-                    self.after = e.seq;
+            if self.wait {
+                let due = self.last_sent.map_or_else(Instant::now, |t| t + HEARTBEAT);
+                let due = tokio::time::Instant::from_std(due);
+                if let Ok(Err(_)) = tokio::time::timeout_at(due, self.news.changed()).await {
+                    return None;
                 }
-                // A full page: send the rest without waiting.
-                self.wait = events.len() < feed::MAX_EVENTS;
-                sse(&mut out, "checkpoint", None, &cp);
             }
+            self.wait = true;
+            self.news.borrow_and_update();
+            let heartbeat = self.last_sent.is_none_or(|t| t.elapsed() >= HEARTBEAT);
+            let feed = self.feed.upgrade()?;
+            let mut out = String::new();
+            match feed.since(&self.scope, self.after) {
+                // Not caught up (or the feed is broken): nothing signed; the reader's
+                // freshness runs out, as it should.
+                Err(_) if heartbeat => out.push_str(": not ready\n\n"),
+                Err(_) => continue,
+                Ok((Since::Reset, head)) => {
+                    self.done = true;
+                    sse(&mut out, "reset", None, &feed.sign(&head));
+                }
+                Ok((Since::Events(events), _)) if events.is_empty() && !heartbeat => continue,
+                Ok((Since::Events(events), head)) => {
+                    for e in &events {
+                        sse(&mut out, "change", Some(e.seq), &**e);
+                        self.after = e.seq;
+                    }
+                    // A full page: send the rest without waiting.
+                    self.wait = events.len() < feed::MAX_EVENTS;
+                    sse(&mut out, "checkpoint", None, &feed.sign(&head));
+                }
+            }
+            self.last_sent = Some(Instant::now());
+            return Some(out);
         }
-        Some(out)
     }
 }
 

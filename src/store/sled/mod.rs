@@ -351,6 +351,11 @@ impl Store for SledStore {
         })
     }
 
+    fn sync(&self) -> StoreFuture<'_, ()> {
+        // A write is readable once applied, before its flush: wait for a flush after it.
+        Box::pin(self.durable())
+    }
+
     fn commit(&self, batch: Batch) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             if batch.is_empty() {
