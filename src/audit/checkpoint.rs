@@ -81,31 +81,16 @@ pub(super) struct Signer {
 
 impl Signer {
     pub(super) async fn load_or_create(store: &dyn Store) -> Result<Self, CheckpointError> {
-        let pkcs8 = match store::record::get::<SigningKey>(store, KEY_ID).await? {
-            Some((_, k)) => k.pkcs8,
-            None => {
-                let doc = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
-                    .map_err(|_| CheckpointError::Key)?;
-                let key = SigningKey {
-                    pkcs8: SecretBytes::new(doc.as_ref().to_vec()),
-                };
-                let mut b = Batch::new();
-                b.put_record(KEY_ID, &key, Expect::Absent)?;
-                match store.commit(b).await {
-                    Ok(()) => key.pkcs8,
-                    // Created concurrently: use the stored one.
-                    Err(StoreError::Conflict) => {
-                        store::record::get::<SigningKey>(store, KEY_ID)
-                            .await?
-                            .ok_or(CheckpointError::Key)?
-                            .1
-                            .pkcs8
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        };
-        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.expose()).map_err(|_| CheckpointError::Key)?;
+        let key = store::record::get_or_create(store, KEY_ID, || {
+            let doc = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+                .map_err(|_| StoreError::Crypto)?;
+            Ok(SigningKey {
+                pkcs8: SecretBytes::new(doc.as_ref().to_vec()),
+            })
+        })
+        .await?;
+        let pair =
+            Ed25519KeyPair::from_pkcs8(key.pkcs8.expose()).map_err(|_| CheckpointError::Key)?;
         Ok(Self { pair })
     }
 

@@ -42,6 +42,7 @@ pub fn chain_hash(scope: &str, prev: &[u8; 32], seq: u64, body: &[u8]) -> [u8; 3
 /// One event as readers get it: its place in the scope's chain and its canonical body (the
 /// exact bytes the hash covers, as a JSON string, so a reader hashes what it was sent).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = FeedEvent)]
 pub struct WireEvent {
     pub seq: u64,
     /// Hex SHA-256 chain hash after this event.
@@ -65,6 +66,7 @@ pub struct Head {
 /// A signed statement: as of `time_ms`, the scope's chain ends at `seq` with `hash`.
 /// The signed text is `tessera-feed-checkpoint-v1\n<scope>\n<seq>\n<hash>\n<time_ms>\n`.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = FeedCheckpoint)]
 pub struct Checkpoint {
     pub scope: String,
     pub seq: u64,

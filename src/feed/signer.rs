@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     crypto::{hex, secret::SecretBytes},
-    store::{self, Batch, Expect, Kind, Record, Store, StoreError},
+    store::{self, Kind, Record, Store, StoreError},
 };
 
 #[derive(Serialize, Deserialize)]
@@ -33,31 +33,16 @@ pub fn message(scope: &str, seq: u64, hash: &str, time_ms: i64) -> String {
 
 impl Signer {
     pub(super) async fn load_or_create(store: &dyn Store) -> Result<Self, StoreError> {
-        let pkcs8 = match store::record::get::<SigningKey>(store, KEY_ID).await? {
-            Some((_, k)) => k.pkcs8,
-            None => {
-                let doc = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
-                    .map_err(|_| StoreError::Crypto)?;
-                let key = SigningKey {
-                    pkcs8: SecretBytes::new(doc.as_ref().to_vec()),
-                };
-                let mut b = Batch::new();
-                b.put_record(KEY_ID, &key, Expect::Absent)?;
-                match store.commit(b).await {
-                    Ok(()) => key.pkcs8,
-                    // Another node created it first: use that one.
-                    Err(StoreError::Conflict) => {
-                        store::record::get::<SigningKey>(store, KEY_ID)
-                            .await?
-                            .ok_or(StoreError::Crypto)?
-                            .1
-                            .pkcs8
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        };
-        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.expose()).map_err(|_| StoreError::Crypto)?;
+        let key = store::record::get_or_create(store, KEY_ID, || {
+            let doc = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+                .map_err(|_| StoreError::Crypto)?;
+            Ok(SigningKey {
+                pkcs8: SecretBytes::new(doc.as_ref().to_vec()),
+            })
+        })
+        .await?;
+        let pair =
+            Ed25519KeyPair::from_pkcs8(key.pkcs8.expose()).map_err(|_| StoreError::Crypto)?;
         let public_hex = hex::encode(pair.public_key().as_ref());
         Ok(Self { pair, public_hex })
     }

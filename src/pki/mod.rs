@@ -335,7 +335,20 @@ async fn load_revoked(
     store: &dyn Store,
     now: Timestamp,
 ) -> Result<HashMap<Serial, Timestamp>, PkiError> {
-    let mut out = HashMap::new();
+    Ok(revoked_records(store, now)
+        .await?
+        .into_iter()
+        .map(|r| (r.serial, r.not_after))
+        .collect())
+}
+
+/// Every revoked, unexpired certificate, from the revocation index (read from the store,
+/// so every revocation committed before the call is there).
+pub(crate) async fn revoked_records(
+    store: &dyn Store,
+    now: Timestamp,
+) -> Result<Vec<CertRecord>, PkiError> {
+    let mut out = Vec::new();
     let mut after: Option<Vec<u8>> = None;
     loop {
         let page = store
@@ -350,7 +363,7 @@ async fn load_revoked(
                 && r.revoked.is_some()
                 && r.not_after > now
             {
-                out.insert(r.serial, r.not_after);
+                out.push(r);
             }
         }
     }

@@ -38,27 +38,12 @@ impl Pki {
         tenant: &crate::ids::TenantName,
         now: Timestamp,
     ) -> Result<Vec<(CaId, Serial)>, PkiError> {
-        let mut out = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = self
-                .store
-                .scan(IDX_REVOKED_BY_CA, b"", after.as_deref(), 1000)
-                .await?;
-            let Some(last) = page.last() else {
-                return Ok(out);
-            };
-            after = Some(last.key.clone());
-            for e in page {
-                if let Some((_, r)) = store::record::get::<CertRecord>(&*self.store, &e.id).await?
-                    && r.revoked.is_some()
-                    && r.not_after > now
-                    && r.tenant.as_ref() == Some(tenant)
-                {
-                    out.push((r.issuer, r.serial));
-                }
-            }
-        }
+        Ok(super::revoked_records(&*self.store, now)
+            .await?
+            .into_iter()
+            .filter(|r| r.tenant.as_ref() == Some(tenant))
+            .map(|r| (r.issuer, r.serial))
+            .collect())
     }
 
     /// Revokes a certificate (with `key_compromise`, also every live certificate sharing its

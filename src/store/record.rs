@@ -35,6 +35,29 @@ pub async fn get<R: Record>(store: &dyn Store, id: &str) -> Result<Option<(Rev, 
     }
 }
 
+/// Reads a record that is made once and never changed (a signing key), or makes and stores
+/// it; when another process made it first, theirs is the one (every node uses the same).
+pub async fn get_or_create<R: Record>(
+    store: &dyn Store,
+    id: &str,
+    make: impl FnOnce() -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    if let Some((_, r)) = get::<R>(store, id).await? {
+        return Ok(r);
+    }
+    let r = make()?;
+    let mut b = Batch::new();
+    b.put_record(id, &r, Expect::Absent)?;
+    match store.commit(b).await {
+        Ok(()) => Ok(r),
+        Err(StoreError::Conflict) => get::<R>(store, id)
+            .await?
+            .map(|(_, r)| r)
+            .ok_or(StoreError::Conflict),
+        Err(e) => Err(e),
+    }
+}
+
 impl Batch {
     /// Adds a typed record write.
     pub fn put_record<R: Record>(

@@ -26,7 +26,11 @@ use actix_web::{
     http::header,
 };
 
-use crate::{Decision, Request, Verified, Verifier, presented_key};
+use crate::{
+    Verifier,
+    gate::{Gate, Outcome, REFUSED, UNAVAILABLE},
+    presented_key,
+};
 
 /// How a middleware learns the end client's identity (a SPIFFE id or `sha256:` fingerprint
 /// of its client certificate), for sender-constrained keys.
@@ -35,10 +39,7 @@ pub type IdentityOf = Arc<dyn Fn(&ServiceRequest) -> Option<String> + Send + Syn
 /// The middleware's configuration: which scopes (and API) every request's key must hold.
 #[derive(Clone)]
 pub struct VerifyKey {
-    verifier: Verifier,
-    scopes: Arc<[String]>,
-    api_id: Option<Arc<str>>,
-    any_api: bool,
+    gate: Gate,
     identity: Option<IdentityOf>,
 }
 
@@ -46,12 +47,8 @@ impl VerifyKey {
     /// Requires keys of the verifier's API when it follows one API (`api:<id>`): a key of
     /// another API of the tenant is refused, not accepted.
     pub fn new(verifier: Verifier) -> Self {
-        let api_id = verifier.scope_api().map(Arc::from);
         Self {
-            verifier,
-            scopes: Arc::from(Vec::new()),
-            api_id,
-            any_api: false,
+            gate: Gate::new(verifier),
             identity: None,
         }
     }
@@ -59,7 +56,7 @@ impl VerifyKey {
     /// With a tenant-scoped verifier: accept a key of any API of the tenant (without this or
     /// [`VerifyKey::api`], every request is refused: the choice must be made).
     pub fn any_api(mut self) -> Self {
-        self.any_api = true;
+        self.gate.any_api = true;
         self
     }
 
@@ -75,13 +72,13 @@ impl VerifyKey {
 
     /// The scopes a key must hold.
     pub fn scopes(mut self, scopes: &[&str]) -> Self {
-        self.scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
+        self.gate.scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
         self
     }
 
     /// The API a key must belong to.
     pub fn api(mut self, id: &str) -> Self {
-        self.api_id = Some(Arc::from(id));
+        self.gate.api_id = Some(Arc::from(id));
         self
     }
 }
@@ -110,21 +107,17 @@ pub struct VerifyKeyMiddleware<S> {
     config: VerifyKey,
 }
 
-fn refusal(status: u16) -> HttpResponse {
-    let (code, message) = if status == 503 {
-        ("unavailable", "the key cannot be verified right now")
-    } else {
-        ("unauthenticated", "a valid API key is required")
-    };
-    let mut r = if status == 503 {
+fn refusal(unavailable: bool) -> HttpResponse {
+    let mut r = if unavailable {
         HttpResponse::ServiceUnavailable()
     } else {
         HttpResponse::Unauthorized()
     };
-    if status == 503 {
+    if unavailable {
         r.insert_header((header::RETRY_AFTER, "1"));
     }
-    r.json(serde_json::json!({"error": {"code": code, "message": message}}))
+    r.content_type("application/json")
+        .body(if unavailable { UNAVAILABLE } else { REFUSED })
 }
 
 impl<S, B> Service<ServiceRequest> for VerifyKeyMiddleware<S>
@@ -148,35 +141,18 @@ where
                 let x = h.get("x-api-key").and_then(|v| v.to_str().ok());
                 presented_key(auth, x).map(|k| zeroize::Zeroizing::new(k.to_owned()))
             };
-            let Some(key) = key else {
-                return Ok(req.into_response(refusal(401)).map_into_right_body());
-            };
-            if config.api_id.is_none() && !config.any_api {
-                tracing::error!(
-                    "VerifyKey on a tenant-scoped verifier needs .api(id) or .any_api(): refusing"
-                );
-                return Ok(req.into_response(refusal(401)).map_into_right_body());
-            }
             let identity = config.identity.as_ref().and_then(|f| f(&req));
-            let scopes: Vec<&str> = config.scopes.iter().map(String::as_str).collect();
-            let decision = config
-                .verifier
-                .verify(&Request {
-                    key: &key,
-                    api_id: config.api_id.as_deref(),
-                    scopes: &scopes,
-                    presented_identity: Some(identity.as_deref().unwrap_or(crate::NO_IDENTITY)),
-                })
-                .await;
-            match decision {
-                Decision::Answer { verdict, source } if verdict.valid => {
-                    req.extensions_mut().insert(Verified { verdict, source });
+            match config
+                .gate
+                .decide(key.as_deref().map(String::as_str), identity.as_deref())
+                .await
+            {
+                Outcome::Pass(verified) => {
+                    req.extensions_mut().insert(verified);
                     Ok(service.call(req).await?.map_into_left_body())
                 }
-                Decision::Answer { .. } => {
-                    Ok(req.into_response(refusal(401)).map_into_right_body())
-                }
-                Decision::Unavailable => Ok(req.into_response(refusal(503)).map_into_right_body()),
+                Outcome::Refused => Ok(req.into_response(refusal(false)).map_into_right_body()),
+                Outcome::Unavailable => Ok(req.into_response(refusal(true)).map_into_right_body()),
             }
         })
     }

@@ -24,6 +24,8 @@
 
 mod cache;
 pub mod feed;
+#[cfg(any(feature = "actix", feature = "tower"))]
+mod gate;
 
 #[cfg(feature = "actix")]
 pub mod actix;

@@ -18,7 +18,11 @@ use std::{
 
 use http::{Request as HttpRequest, Response, StatusCode, header};
 
-use crate::{Decision, Request, Verified, Verifier, presented_key};
+use crate::{
+    Verifier,
+    gate::{Gate, Outcome, REFUSED, UNAVAILABLE},
+    presented_key,
+};
 
 /// How the layer learns the end client's identity (a SPIFFE id or `sha256:` fingerprint of
 /// its client certificate) from the request's extensions and headers.
@@ -28,10 +32,7 @@ pub type IdentityOf =
 /// The layer: which scopes (and API) every request's key must hold.
 #[derive(Clone)]
 pub struct VerifyKeyLayer {
-    verifier: Verifier,
-    scopes: Arc<[String]>,
-    api_id: Option<Arc<str>>,
-    any_api: bool,
+    gate: Gate,
     identity: Option<IdentityOf>,
 }
 
@@ -39,12 +40,8 @@ impl VerifyKeyLayer {
     /// Requires keys of the verifier's API when it follows one API (`api:<id>`): a key of
     /// another API of the tenant is refused, not accepted.
     pub fn new(verifier: Verifier) -> Self {
-        let api_id = verifier.scope_api().map(Arc::from);
         Self {
-            verifier,
-            scopes: Arc::from(Vec::new()),
-            api_id,
-            any_api: false,
+            gate: Gate::new(verifier),
             identity: None,
         }
     }
@@ -52,7 +49,7 @@ impl VerifyKeyLayer {
     /// With a tenant-scoped verifier: accept a key of any API of the tenant (without this or
     /// [`VerifyKeyLayer::api`], every request is refused: the choice must be made).
     pub fn any_api(mut self) -> Self {
-        self.any_api = true;
+        self.gate.any_api = true;
         self
     }
 
@@ -68,13 +65,13 @@ impl VerifyKeyLayer {
 
     /// The scopes a key must hold.
     pub fn scopes(mut self, scopes: &[&str]) -> Self {
-        self.scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
+        self.gate.scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
         self
     }
 
     /// The API a key must belong to.
     pub fn api(mut self, id: &str) -> Self {
-        self.api_id = Some(Arc::from(id));
+        self.gate.api_id = Some(Arc::from(id));
         self
     }
 }
@@ -96,20 +93,19 @@ pub struct VerifyKeyService<S> {
     config: VerifyKeyLayer,
 }
 
-fn refusal<RB: From<String>>(status: StatusCode) -> Response<RB> {
-    let (code, message) = if status == StatusCode::SERVICE_UNAVAILABLE {
-        ("unavailable", "the key cannot be verified right now")
+fn refusal<RB: From<String>>(unavailable: bool) -> Response<RB> {
+    let body = if unavailable { UNAVAILABLE } else { REFUSED };
+    let mut r = Response::new(RB::from(body.to_owned()));
+    *r.status_mut() = if unavailable {
+        StatusCode::SERVICE_UNAVAILABLE
     } else {
-        ("unauthenticated", "a valid API key is required")
+        StatusCode::UNAUTHORIZED
     };
-    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
-    let mut r = Response::new(RB::from(body));
-    *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
     );
-    if status == StatusCode::SERVICE_UNAVAILABLE {
+    if unavailable {
         r.headers_mut()
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     }
@@ -143,36 +139,21 @@ where
                 let x = h.get("x-api-key").and_then(|v| v.to_str().ok());
                 presented_key(auth, x).map(|k| zeroize::Zeroizing::new(k.to_owned()))
             };
-            let Some(key) = key else {
-                return Ok(refusal(StatusCode::UNAUTHORIZED));
-            };
-            if config.api_id.is_none() && !config.any_api {
-                tracing::error!(
-                    "VerifyKeyLayer on a tenant-scoped verifier needs .api(id) or .any_api(): refusing"
-                );
-                return Ok(refusal(StatusCode::UNAUTHORIZED));
-            }
             let identity = config
                 .identity
                 .as_ref()
                 .and_then(|f| f(req.extensions(), req.headers()));
-            let scopes: Vec<&str> = config.scopes.iter().map(String::as_str).collect();
-            let decision = config
-                .verifier
-                .verify(&Request {
-                    key: &key,
-                    api_id: config.api_id.as_deref(),
-                    scopes: &scopes,
-                    presented_identity: Some(identity.as_deref().unwrap_or(crate::NO_IDENTITY)),
-                })
-                .await;
-            match decision {
-                Decision::Answer { verdict, source } if verdict.valid => {
-                    req.extensions_mut().insert(Verified { verdict, source });
+            match config
+                .gate
+                .decide(key.as_deref().map(String::as_str), identity.as_deref())
+                .await
+            {
+                Outcome::Pass(verified) => {
+                    req.extensions_mut().insert(verified);
                     inner.call(req).await
                 }
-                Decision::Answer { .. } => Ok(refusal(StatusCode::UNAUTHORIZED)),
-                Decision::Unavailable => Ok(refusal(StatusCode::SERVICE_UNAVAILABLE)),
+                Outcome::Refused => Ok(refusal(false)),
+                Outcome::Unavailable => Ok(refusal(true)),
             }
         })
     }

@@ -88,6 +88,7 @@ pub struct SnapshotQuery {
 
 /// A revoked certificate.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = FeedRevokedCert)]
 pub struct RevokedCert {
     /// The issuing CA's id.
     pub issuer: String,
@@ -97,6 +98,7 @@ pub struct RevokedCert {
 
 /// Where a reader starts.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = FeedSnapshot)]
 pub struct Snapshot {
     /// The scope's head, signed: follow from `checkpoint.seq`.
     pub checkpoint: Checkpoint,
@@ -170,6 +172,7 @@ pub struct ChangesQuery {
 
 /// A long poll's answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = FeedChanges)]
 pub struct Changes<'a> {
     /// The cursor is older than the retention (or beyond the head): re-read the snapshot.
     pub reset: bool,
