@@ -9,7 +9,10 @@ use std::{
 
 use ring::hmac;
 
-use crate::{Local, Request, Verdict, Why, feed};
+use crate::{
+    answer::{Local, Request, Verdict, Why},
+    feed,
+};
 
 /// How long after the feed names a key its answers are not cached. Tessera may answer from a
 /// copy of the key older than the event for a moment: on one node, between the change's flush
@@ -481,7 +484,7 @@ mod tests {
         let mut expired = verdict("VALID", "key_1");
         expired.expires_at = Some(past.clone());
         let mut superseded = verdict("DISABLED", "key_2");
-        superseded.rotation = Some(crate::Rotation {
+        superseded.rotation = Some(crate::answer::Rotation {
             stage: "previous".into(),
             superseded_by: Some("key_3".into()),
             stops_at: Some(past.clone()),

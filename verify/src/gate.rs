@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use crate::{Decision, NO_IDENTITY, Request, Verified, Verifier};
+use crate::{
+    Verifier,
+    answer::{Decision, NO_IDENTITY, Request, Verified},
+};
 
 /// The body of every 401: the same whatever was wrong with the key.
 pub(crate) const REFUSED: &str =

@@ -22,8 +22,10 @@
 //! Secrets: the cache is keyed by an HMAC (with a random key made at start) of the presented
 //! key and the request; no presented key is kept.
 
+mod answer;
 mod cache;
 pub mod feed;
+mod format;
 #[cfg(any(feature = "actix", feature = "tower"))]
 mod gate;
 
@@ -37,8 +39,15 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use zeroize::Zeroizing;
+
+pub use answer::{
+    Decision, Local, NO_IDENTITY, Request, Rotation, Source, Verdict, Verified, Why, presented_key,
+};
+pub use format::well_formed;
+
+use answer::not_found;
 
 /// What a verifier does while its feed is stale (no verified checkpoint within
 /// `max_staleness`).
@@ -97,106 +106,6 @@ impl Config {
     }
 }
 
-/// Tessera's answer to a verify request (the body of `POST /v1/keys/verify`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Verdict {
-    pub valid: bool,
-    /// `VALID`, `NOT_FOUND`, `REVOKED`, `EXPIRED`, `DISABLED`, `IDENTITY_MISMATCH`,
-    /// `INSUFFICIENT_SCOPES`, `RATE_LIMITED`, `USAGE_EXCEEDED`.
-    pub code: String,
-    pub key_id: Option<String>,
-    pub api_id: Option<String>,
-    pub tenant: Option<String>,
-    pub scopes: Option<Vec<String>>,
-    pub metadata: Option<serde_json::Value>,
-    pub expires_at: Option<String>,
-    pub remaining: Option<u64>,
-    pub ratelimit: Option<serde_json::Value>,
-    #[serde(default)]
-    pub expiring: bool,
-    pub rotation: Option<Rotation>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Rotation {
-    pub stage: String,
-    pub superseded_by: Option<String>,
-    pub stops_at: Option<String>,
-}
-
-/// One verify request.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Request<'a> {
-    pub key: &'a str,
-    /// The API the key must belong to.
-    pub api_id: Option<&'a str>,
-    /// The scopes the key must hold.
-    pub scopes: &'a [&'a str],
-    /// The end client's identity (SPIFFE id or `sha256:` fingerprint) for sender-constrained
-    /// keys. Without it Tessera compares with this verifier's own certificate.
-    pub presented_identity: Option<&'a str>,
-}
-
-/// Where an answer came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    Local,
-    Tessera,
-}
-
-/// The outcome of [`Verifier::verify`].
-#[derive(Clone, Debug)]
-pub enum Decision {
-    Answer {
-        verdict: Arc<Verdict>,
-        source: Source,
-    },
-    /// No answer can be given now (stale and refusing, or Tessera unreachable): fail closed.
-    Unavailable,
-}
-
-/// What a middleware puts in the request's extensions for a handler: the valid key's answer.
-#[derive(Clone, Debug)]
-pub struct Verified {
-    pub verdict: Arc<Verdict>,
-    pub source: Source,
-}
-
-/// The `presented_identity` a middleware sends when it knows no end-client identity: a
-/// fingerprint no certificate has, so a sender-constrained key is refused
-/// (`IDENTITY_MISMATCH`) instead of being compared with this verifier's own certificate.
-/// Keys that are not bound are unaffected.
-pub const NO_IDENTITY: &str =
-    "sha256:0000000000000000000000000000000000000000000000000000000000000000";
-
-/// The key a request presents: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
-pub fn presented_key<'a>(
-    authorization: Option<&'a str>,
-    x_api_key: Option<&'a str>,
-) -> Option<&'a str> {
-    authorization
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or(x_api_key)
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-}
-
-/// The outcome of [`Verifier::verify_local`].
-#[derive(Clone, Debug)]
-pub enum Local {
-    Answer(Arc<Verdict>),
-    AskTessera(Why),
-}
-
-/// Why a request cannot be answered locally.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Why {
-    /// No verified checkpoint within `max_staleness`.
-    Stale,
-    /// Not cached (never asked, dropped by the feed, too old, or central-only).
-    NotCached,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("the configuration is unusable: {0}")]
@@ -216,65 +125,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct Verifier {
     inner: Arc<Inner>,
-}
-
-/// Whether a string can be a Tessera key at all: `<prefix>_<33 base62><6 base62 CRC32>`
-/// (answered `NOT_FOUND` without asking anyone, as Tessera would).
-pub fn well_formed(key: &str) -> bool {
-    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let Some((prefix, body)) = key.rsplit_once('_') else {
-        return false;
-    };
-    let p = prefix.as_bytes();
-    let prefix_ok = !p.is_empty()
-        && p.len() <= 16
-        && p[0].is_ascii_lowercase()
-        && p.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    if !prefix_ok || body.len() != 39 || !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return false;
-    }
-    let split = key.len() - 6;
-    let mut v = crc32(&key.as_bytes()[..split]);
-    let mut sum = [b'0'; 6];
-    for slot in sum.iter_mut().rev() {
-        *slot = ALPHABET[(v % 62) as usize];
-        v /= 62;
-    }
-    sum == key.as_bytes()[split..]
-}
-
-/// CRC-32 (IEEE), bitwise: run once per unseen key, never on the cached path.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-fn not_found() -> Verdict {
-    Verdict {
-        valid: false,
-        code: "NOT_FOUND".into(),
-        key_id: None,
-        api_id: None,
-        tenant: None,
-        scopes: None,
-        metadata: None,
-        expires_at: None,
-        remaining: None,
-        ratelimit: None,
-        expiring: false,
-        rotation: None,
-    }
 }
 
 impl Verifier {
@@ -538,33 +388,5 @@ async fn follow(weak: Weak<Inner>, key: Vec<u8>) {
                 tokio::time::sleep(backoff).await;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_key_format_is_checked_as_tessera_checks_it() {
-        // A key in Tessera's format, its checksum computed independently (crc32 of
-        // "tsk_" + 33 chars, as 6 base62 digits).
-        let body = "0123456789abcdefghijABCDEFGHIJklm";
-        let head = format!("tsk_{body}");
-        let mut v = crc32(head.as_bytes());
-        let alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-        let mut sum = String::new();
-        for _ in 0..6 {
-            sum.insert(0, alphabet[(v % 62) as usize] as char);
-            v /= 62;
-        }
-        let key = format!("{head}{sum}");
-        assert!(well_formed(&key));
-        assert!(!well_formed(&key.replace("tsk_0", "tsk_1")));
-        assert!(!well_formed("tsk_short"));
-        assert!(!well_formed(&format!("Tsk_{body}{sum}")));
-        assert!(!well_formed(""));
-        // The CRC is the IEEE one.
-        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
     }
 }
