@@ -74,16 +74,17 @@ pub struct Event {
 }
 
 impl Event {
-    /// An event about an API key (never a root key: those are not in the feed).
-    pub fn key(kind: &str, key: &crate::keys::model::Key, time: Timestamp) -> Self {
+    /// An event of type `kind` about an object of `tenant`, at `time`; the caller fills in
+    /// what names the object (the feed knows no domain type: keys and the PKI call it).
+    pub fn new(kind: &str, tenant: TenantName, time: Timestamp) -> Self {
         Self {
             kind: kind.to_owned(),
             time,
-            tenant: key.tenant.clone(),
-            key_id: Some(key.id.clone()),
-            api_id: Some(key.api_id.clone()),
-            superseded_by: key.superseded_by.clone(),
-            stops_at: key.stops_at,
+            tenant,
+            key_id: None,
+            api_id: None,
+            superseded_by: None,
+            stops_at: None,
             serial: None,
             issuer: None,
         }

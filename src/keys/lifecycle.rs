@@ -612,7 +612,14 @@ impl Keys {
 /// credentials for Tessera itself, not for downstream APIs: never in the feed).
 fn feed_event(b: &mut Batch, kind: &str, key: &Key, now: Timestamp) -> Result<(), KeysError> {
     if !key.root {
-        crate::feed::append(b, &crate::feed::Event::key(kind, key, now))?;
+        let event = crate::feed::Event {
+            key_id: Some(key.id.clone()),
+            api_id: Some(key.api_id.clone()),
+            superseded_by: key.superseded_by.clone(),
+            stops_at: key.stops_at,
+            ..crate::feed::Event::new(kind, key.tenant.clone(), now)
+        };
+        crate::feed::append(b, &event)?;
     }
     Ok(())
 }

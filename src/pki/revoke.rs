@@ -214,20 +214,12 @@ impl Pki {
             );
             rec.record(&mut b, c.serial.as_str(), c.tenant.as_ref())?;
             if let Some(tenant) = &c.tenant {
-                crate::feed::append(
-                    &mut b,
-                    &crate::feed::Event {
-                        kind: "cert.revoked".into(),
-                        time: now,
-                        tenant: tenant.clone(),
-                        key_id: None,
-                        api_id: None,
-                        superseded_by: None,
-                        stops_at: None,
-                        serial: Some(c.serial.clone()),
-                        issuer: Some(c.issuer.to_string()),
-                    },
-                )?;
+                let event = crate::feed::Event {
+                    serial: Some(c.serial.clone()),
+                    issuer: Some(c.issuer.to_string()),
+                    ..crate::feed::Event::new("cert.revoked", tenant.clone(), now)
+                };
+                crate::feed::append(&mut b, &event)?;
             }
         }
         let revoked: Vec<CertRecord> = targets.into_iter().map(|(_, c)| c).collect();
