@@ -63,6 +63,13 @@ pub struct Head {
     time_ms: i64,
 }
 
+impl Head {
+    /// The last sequence number of the scope.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
 /// A signed statement: as of `time_ms`, the scope's chain ends at `seq` with `hash`.
 /// The signed text is `tessera-feed-checkpoint-v1\n<scope>\n<seq>\n<hash>\n<time_ms>\n`.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -274,24 +281,21 @@ impl Feed {
         }
     }
 
-    /// The scope's head, signed.
-    pub fn checkpoint(&self, scope: &Scope) -> Result<Checkpoint, FeedError> {
+    /// The scope's head (to sign with [`Feed::sign`] when it is sent).
+    pub fn head(&self, scope: &Scope) -> Result<Head, FeedError> {
         let name = scope.to_string();
-        let head = {
-            let st = self.state.read_locked();
-            let time_ms = Self::ready(&st)?;
-            let (seq, hash) = st
-                .scopes
-                .get(&name)
-                .map_or((0, [0; 32]), |l| (l.seq, l.hash));
-            Head {
-                scope: name,
-                seq,
-                hash,
-                time_ms,
-            }
-        };
-        Ok(self.sign(&head))
+        let st = self.state.read_locked();
+        let time_ms = Self::ready(&st)?;
+        let (seq, hash) = st
+            .scopes
+            .get(&name)
+            .map_or((0, [0; 32]), |l| (l.seq, l.hash));
+        Ok(Head {
+            scope: name,
+            seq,
+            hash,
+            time_ms,
+        })
     }
 
     /// The scope's events after `after`, and its head at the same moment (to sign with

@@ -25,8 +25,6 @@
 mod follow;
 mod signer;
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -37,7 +35,7 @@ use crate::{
     store::{Batch, Kind, StoreError},
 };
 
-pub use follow::{Checkpoint, Feed, FeedError, Head, MAX_EVENTS, Since, WireEvent, chain_hash};
+pub use follow::{Checkpoint, Feed, FeedError, Head, MAX_EVENTS, Since, WireEvent};
 
 /// The global log the events are appended to.
 pub const LOG: Kind = Kind("feed");
@@ -138,9 +136,6 @@ impl std::fmt::Display for Scope {
         }
     }
 }
-
-/// The feed's services, as the composition root builds them.
-pub type Shared = Arc<Feed>;
 
 #[cfg(test)]
 mod tests {

@@ -16,18 +16,8 @@ use serde_json::{Value, json};
 use crate::{
     access::tenant,
     helpers::{Api, BIN, Home, Server, identity_files, service},
+    vectors::{hex, unhex},
 };
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
 
 /// The chain hash as docs/edge.md defines it, computed here independently of the server.
 fn chain(scope: &str, prev: &[u8], seq: u64, body: &str) -> Vec<u8> {

@@ -41,7 +41,7 @@ async fn visible_scope(
     state: &AppState,
     auth: &Authenticated,
     raw: &str,
-) -> Result<(Scope, Arc<Feed>), ApiError> {
+) -> Result<(Scope, Arc<crate::app::Core>), ApiError> {
     let core = state.core()?;
     let tenants = authorize(&auth.0, Permission::FeedRead)?;
     let scope = Scope::parse(raw).map_err(|m| ApiError::bad("scope", m))?;
@@ -52,7 +52,7 @@ async fn visible_scope(
             core.keys().get_api(&tenants, id).await?;
         }
     }
-    Ok((scope, core.feed().clone()))
+    Ok((scope, core))
 }
 
 /// The feed key.
@@ -126,14 +126,13 @@ pub async fn snapshot(
     state: web::Data<AppState>,
     q: Query<SnapshotQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let (scope, feed) = visible_scope(&state, &auth, &q.0.scope).await?;
-    let checkpoint = feed.checkpoint(&scope)?;
+    let (scope, core) = visible_scope(&state, &auth, &q.0.scope).await?;
+    let feed = core.feed();
+    let checkpoint = feed.sign(&feed.head(&scope)?);
     // After the checkpoint: a revocation it covers was durable before the feed published it.
     let revoked_certificates = match &scope {
         Scope::Tenant(t) => Some(
-            state
-                .core()?
-                .pki()
+            core.pki()
                 .revoked_of_tenant(t, state.clock.now())
                 .await?
                 .into_iter()
@@ -199,11 +198,11 @@ pub async fn changes(
     if wait > MAX_WAIT_SECS {
         return Err(ApiError::bad("wait", "must be at most 30"));
     }
-    let (scope, feed) = visible_scope(&state, &auth, &q.0.scope).await?;
-    let mut news = feed.subscribe();
+    let (scope, core) = visible_scope(&state, &auth, &q.0.scope).await?;
+    let mut news = core.feed().subscribe();
     // Held weakly while waiting: sealing must not wait for a long poll to end.
-    let weak = Arc::downgrade(&feed);
-    drop(feed);
+    let weak = Arc::downgrade(core.feed());
+    drop(core);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     loop {
         news.borrow_and_update();
@@ -268,14 +267,15 @@ pub async fn stream(
         ),
         None => None,
     };
-    let (scope, feed) = visible_scope(&state, &auth, &q.0.scope).await?;
+    let (scope, core) = visible_scope(&state, &auth, &q.0.scope).await?;
+    let feed = core.feed();
     let after = match last.or(q.0.after) {
         Some(a) => a,
-        None => feed.checkpoint(&scope)?.seq,
+        None => feed.head(&scope)?.seq(),
     };
     let stream = Stream {
         news: feed.subscribe(),
-        feed: Arc::downgrade(&feed),
+        feed: Arc::downgrade(feed),
         scope,
         after,
         until: Instant::now() + STREAM_FOR,
