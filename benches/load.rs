@@ -920,6 +920,7 @@ fn main() {
     }
     let mut rows: Vec<Row> = Vec::new();
     let mut memory = Vec::new();
+    let mut half_p99 = Vec::new();
     let d = o.duration;
     let c = o.connections;
 
@@ -993,6 +994,7 @@ fn main() {
                 // p99 at half of saturation: a paced run at half the measured rate.
                 let half =
                     half_load(server.addr, mtls.clone(), v.rps() / 2.0, d, verify.clone()).await;
+                half_p99.push((n, half));
                 rows.push(Row {
                     name: format!("verify, keys drawn from {n}"),
                     note: format!(
@@ -1107,6 +1109,7 @@ fn main() {
             ingest / rss.max(1.0)
         );
     }
+    print_targets(&rows, &memory, &half_p99, &o.keys);
     if o.keys.len() >= 2 {
         let find = |n: usize| {
             rows.iter()
@@ -1121,6 +1124,118 @@ fn main() {
                 b.m.p99_us / a.m.p99_us.max(1.0)
             );
         }
+    }
+}
+
+/// Issue 18's targets, each worked out from this run's rows (a figure the run did not measure,
+/// because of `--only` or `--keys`, says so).
+fn print_targets(
+    rows: &[Row],
+    memory: &[(usize, f64, f64)],
+    half_p99: &[(usize, f64)],
+    keys: &[usize],
+) {
+    let per_cpu = |name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .map(|r| r.m.per_cpu_second())
+    };
+    let rps = |name: &str| rows.iter().find(|r| r.name == name).map(|r| r.m.rps());
+    let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b.max(1e-9));
+    let (first, last) = (keys[0], keys[keys.len() - 1]);
+    let whoami = |n: usize| per_cpu(&format!("baseline: GET /v1/whoami ({n} keys stored)"));
+    let verify = |n: usize| format!("verify, keys drawn from {n}");
+    let floor = per_cpu(FLOOR);
+    // (figure, measured, target, whether higher is better, unit)
+    let mut targets: Vec<(String, Option<f64>, f64, bool, &str)> = vec![
+        (
+            format!("whoami / framework floor ({first} keys)"),
+            ratio(whoami(first), floor),
+            0.7,
+            true,
+            "x",
+        ),
+        (
+            format!("verify / framework floor ({first} keys)"),
+            ratio(per_cpu(&verify(first)), floor),
+            0.6,
+            true,
+            "x",
+        ),
+        (
+            format!("verify / whoami ({first} keys)"),
+            ratio(per_cpu(&verify(first)), whoami(first)),
+            0.9,
+            true,
+            "x",
+        ),
+    ];
+    if last != first {
+        targets.push((
+            format!("verify throughput at {last} / at {first} keys"),
+            ratio(rps(&verify(last)), rps(&verify(first))),
+            0.9,
+            true,
+            "x",
+        ));
+    }
+    targets.push((
+        "resident memory with 1000000 keys, steady".to_owned(),
+        memory
+            .iter()
+            .find(|(n, _, _)| *n == 1_000_000)
+            .map(|(_, rss, _)| *rss),
+        384.0,
+        false,
+        " MiB",
+    ));
+    targets.push((
+        "certificate issuance / cfssl serve (per CPU-s)".to_owned(),
+        ratio(
+            per_cpu("certificate issuance from CSRs"),
+            per_cpu("cfssl serve: /api/v1/cfssl/sign (Debian)"),
+        ),
+        1.0,
+        true,
+        "x",
+    ));
+    targets.push((
+        "full mTLS handshakes / nginx (per CPU-s)".to_owned(),
+        ratio(
+            per_cpu("full mTLS handshakes (Tessera)"),
+            per_cpu("full mTLS handshakes (nginx, ssl_verify_client on)"),
+        ),
+        2.0,
+        true,
+        "x",
+    ));
+    targets.push((
+        format!("verify p99 at half of saturation ({first} keys)"),
+        half_p99.iter().find(|(n, _)| *n == first).map(|(_, p)| *p),
+        1000.0,
+        false,
+        " µs",
+    ));
+    println!();
+    println!(
+        "| {:<50} | {:>12} | {:>12} | result",
+        "target (issue 18)", "measured", "target"
+    );
+    println!("|{:-<52}|{:-<14}|{:-<14}|-------", "", "", "");
+    for (figure, measured, target, higher, unit) in targets {
+        let bound = format!("{}{target}{unit}", if higher { ">= " } else { "<= " });
+        let (shown, result) = match measured {
+            Some(m) => (
+                format!("{m:.2}{unit}"),
+                if (higher && m >= target) || (!higher && m <= target) {
+                    "met"
+                } else {
+                    "missed"
+                },
+            ),
+            None => ("-".to_owned(), "not measured in this run"),
+        };
+        println!("| {figure:<50} | {shown:>12} | {bound:>12} | {result}");
     }
 }
 

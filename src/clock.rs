@@ -162,7 +162,15 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        Timestamp::from_offset(OffsetDateTime::now_utc())
+        // Milliseconds straight from the system time, floored like `from_offset` (no calendar
+        // arithmetic: this is read on every request).
+        let ms = match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+            Err(e) => {
+                i64::try_from(e.duration().as_nanos().div_ceil(1_000_000)).map_or(i64::MIN, |m| -m)
+            }
+        };
+        Timestamp(ms)
     }
 }
 
@@ -248,6 +256,16 @@ mod tests {
         }
         let last = Timestamp::parse("9999-12-31T23:59:59.999Z").unwrap();
         assert_eq!(Timestamp::parse(&last.to_string()).unwrap(), last);
+    }
+
+    #[test]
+    fn the_system_clock_reads_what_the_calendar_clock_reads() {
+        for _ in 0..1000 {
+            let before = Timestamp::from_offset(OffsetDateTime::now_utc());
+            let now = SystemClock.now();
+            let after = Timestamp::from_offset(OffsetDateTime::now_utc());
+            assert!(before <= now && now <= after, "{before} {now} {after}");
+        }
     }
 
     #[test]

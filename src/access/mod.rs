@@ -12,7 +12,7 @@ pub mod roles;
 mod service;
 pub mod tenants;
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -190,7 +190,8 @@ impl<'de> Deserialize<'de> for PermSet {
 pub enum Credential {
     /// A client certificate issued by Tessera.
     Cert {
-        id: SpiffeId,
+        /// Shared with the connection it was presented on (see `http::extract::CertCaller`).
+        id: Arc<SpiffeId>,
         serial: Serial,
         /// SHA-256 of the certificate DER, hex.
         fingerprint: String,
@@ -315,7 +316,7 @@ mod tests {
         };
         Principal {
             credential: Credential::Cert {
-                id: SpiffeId::new(TrustDomain::parse("t.local").unwrap(), identity),
+                id: SpiffeId::new(TrustDomain::parse("t.local").unwrap(), identity).into(),
                 serial: Serial::parse("1a").unwrap(),
                 fingerprint: String::new(),
             },

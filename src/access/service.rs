@@ -487,7 +487,7 @@ impl Access {
     /// nothing until re-issued. The bootstrap admin certificate is the global admin.
     pub async fn principal_for_cert(
         &self,
-        id: SpiffeId,
+        id: Arc<SpiffeId>,
         serial: Serial,
         fingerprint: String,
         ceiling: Option<PermSet>,

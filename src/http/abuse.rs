@@ -13,7 +13,13 @@
 //!   lock a legitimate service out.
 
 use crate::sync::Locked;
-use std::{collections::HashMap, net::IpAddr, num::NonZeroU32, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    num::NonZeroU32,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use governor::{
     Quota, RateLimiter,
@@ -35,7 +41,7 @@ pub enum Decision {
 
 /// Request rates, per principal and per credential-less source.
 pub struct Throttle {
-    principals: Keyed<String>,
+    principals: Keyed<Arc<str>>,
     sources: Keyed<IpAddr>,
 }
 
@@ -68,8 +74,8 @@ impl Throttle {
         }
     }
 
-    pub fn principal(&self, name: &str) -> Decision {
-        decide(&self.principals, &name.to_owned())
+    pub fn principal(&self, name: &Arc<str>) -> Decision {
+        decide(&self.principals, name)
     }
 
     pub fn source(&self, ip: IpAddr) -> Decision {
@@ -250,16 +256,19 @@ mod tests {
         let t = Throttle::new((1, 3), (1, 1));
         for left in (0..3).rev() {
             assert_eq!(
-                t.principal("p"),
+                t.principal(&"p".into()),
                 Decision::Allow {
                     limit: 3,
                     remaining: left
                 }
             );
         }
-        assert!(matches!(t.principal("p"), Decision::Deny { limit: 3, .. }));
+        assert!(matches!(
+            t.principal(&"p".into()),
+            Decision::Deny { limit: 3, .. }
+        ));
         assert!(
-            matches!(t.principal("q"), Decision::Allow { .. }),
+            matches!(t.principal(&"q".into()), Decision::Allow { .. }),
             "per principal"
         );
         let ip: IpAddr = "10.0.0.9".parse().unwrap();

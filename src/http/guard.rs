@@ -100,7 +100,7 @@ impl Guard {
         });
     }
 
-    pub fn principal(&self, name: &str) -> Decision {
+    pub fn principal(&self, name: &std::sync::Arc<str>) -> Decision {
         self.throttle.principal(name)
     }
 

@@ -21,7 +21,21 @@ pub const MAX_JSON_DEPTH: usize = 32;
 /// A JSON body parsed into `T`, with the SHA-256 of the raw bytes (for idempotency).
 pub struct Json<T> {
     pub value: T,
+    /// Only a retry with the same `Idempotency-Key` compares it: without that header it is
+    /// not computed (all zeros), which spares the verify path a hash of every body.
     pub digest: [u8; 32],
+}
+
+/// The digest of [`Json::digest`].
+fn digest_of(req: &HttpRequest, bytes: &[u8]) -> [u8; 32] {
+    let mut d = [0u8; 32];
+    if req
+        .headers()
+        .contains_key(super::super::idempotency::HEADER)
+    {
+        d.copy_from_slice(digest::digest(&digest::SHA256, bytes).as_ref());
+    }
+    d
 }
 
 /// Like [`Json`], but an empty body means `T::default()` (for actions like revoke).
@@ -209,11 +223,10 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
             if !is_json(&req) {
                 return Err(ApiError::UnsupportedMediaType);
             }
-            let bytes = read_body(req, payload).await?;
+            let bytes = read_body(req.clone(), payload).await?;
             let value = parse_json(&bytes)?;
-            let mut d = [0u8; 32];
-            d.copy_from_slice(digest::digest(&digest::SHA256, &bytes).as_ref());
-            Ok(Json { value, digest: d })
+            let digest = digest_of(&req, &bytes);
+            Ok(Json { value, digest })
         })
     }
 }
@@ -238,9 +251,8 @@ impl<T: DeserializeOwned + Default + 'static> FromRequest for OptionalJson<T> {
                 return Err(ApiError::UnsupportedMediaType);
             }
             let value = parse_json(&bytes)?;
-            let mut d = [0u8; 32];
-            d.copy_from_slice(digest::digest(&digest::SHA256, &bytes).as_ref());
-            Ok(OptionalJson(Json { value, digest: d }))
+            let digest = digest_of(&req, &bytes);
+            Ok(OptionalJson(Json { value, digest }))
         })
     }
 }

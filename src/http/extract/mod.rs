@@ -140,7 +140,7 @@ pub fn base_event(req: &HttpRequest, now: Timestamp) -> Event {
     let (principal, tenant) = req
         .extensions()
         .get::<PrincipalName>()
-        .map(|p| (p.0.clone(), p.1.clone()))
+        .map(|p| (p.0.to_string(), p.1.clone()))
         .or_else(|| {
             req.conn_data::<PeerCert>()
                 .map(|c| (format!("cert:{}", c.serial), None))

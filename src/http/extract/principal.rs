@@ -3,7 +3,11 @@
 //! [`AuthenticatedConnection`] on routes where `Authorization` belongs to someone else). Every
 //! failure is the one uniform 401.
 
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+};
 
 use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, http::header, web};
 use rustls_pki_types::CertificateDer;
@@ -16,7 +20,7 @@ use crate::{
     audit::AuditContext,
     clock::Timestamp,
     crypto::apikey::{ApiKey, ROOT_KEY_PREFIX},
-    identity::{Serial, SpiffeId},
+    identity::{Serial, SpiffeId, TrustDomain},
     pki::{ceiling::Ceiling, fingerprint},
 };
 
@@ -32,6 +36,34 @@ pub struct PeerCert {
     pub spki: Vec<u8>,
     /// The permission ceiling the CA signed into it (`None`: no ceiling extension).
     pub ceiling: Option<Ceiling>,
+    /// The identity it names, worked out on the connection's first request (see
+    /// [`PeerCert::caller`]).
+    caller: OnceLock<Option<CertCaller>>,
+}
+
+/// The identity a connection's certificate names, and the principal's name for throttles and
+/// the audit log: properties of the certificate, so worked out once per connection instead of
+/// once per request. Whether the certificate still holds (expiry, revocation) and what its
+/// identity may do are checked on every request.
+#[derive(Clone, Debug)]
+pub struct CertCaller {
+    pub id: Arc<SpiffeId>,
+    pub name: Arc<str>,
+}
+
+impl PeerCert {
+    /// The identity of this trust domain the certificate names, if it names exactly one.
+    pub fn caller(&self, trust_domain: &TrustDomain) -> Option<&CertCaller> {
+        self.caller
+            .get_or_init(|| {
+                let id = SpiffeId::parse(self.uri.as_deref()?, trust_domain).ok()?;
+                Some(CertCaller {
+                    name: id.uri().into(),
+                    id: Arc::new(id),
+                })
+            })
+            .as_ref()
+    }
 }
 
 impl PeerCert {
@@ -60,6 +92,7 @@ impl PeerCert {
             fingerprint: fingerprint(leaf),
             spki: cert.public_key().raw.to_vec(),
             ceiling: Ceiling::of(&cert),
+            caller: OnceLock::new(),
         })
     }
 }
@@ -91,7 +124,7 @@ impl FromRequest for AuthenticatedCert {
         Box::pin(async move {
             match authenticate(&req).await? {
                 (p, Some(c)) if matches!(p.credential, Credential::Cert { .. }) => {
-                    Ok(AuthenticatedCert(p, c))
+                    Ok(AuthenticatedCert(p, c.clone()))
                 }
                 _ => {
                     refuse(&req, "this route takes a client certificate only", None);
@@ -129,8 +162,9 @@ impl FromRequest for AuthenticatedConnection {
                 refuse(&req, "no client certificate", None);
                 return Err(ApiError::Unauthenticated);
             };
-            let principal = cert_principal(&req, state, &core, peer, state.clock.now()).await?;
-            admit(&req, state, principal).map(AuthenticatedConnection)
+            let (principal, name) =
+                cert_principal(&req, state, &core, peer, state.clock.now()).await?;
+            admit(&req, state, principal, name).map(AuthenticatedConnection)
         })
     }
 }
@@ -154,19 +188,19 @@ pub fn refuse(req: &HttpRequest, reason: impl Into<String>, serial: Option<&Seri
 
 /// The authenticated principal's name, left in the request for the audit middleware.
 #[derive(Clone, Debug)]
-pub struct PrincipalName(pub String, pub Option<String>);
+pub struct PrincipalName(pub Arc<str>, pub Option<String>);
 
 /// Authenticates a request. A bearer root key, when sent, is the credential; otherwise the
 /// connection's client certificate (see [`cert_principal`]). Every failure is the same 401. A
 /// malformed bearer key is refused before any hashing or look-up.
-async fn authenticate(req: &HttpRequest) -> Result<(Principal, Option<PeerCert>), ApiError> {
+async fn authenticate(req: &HttpRequest) -> Result<(Principal, Option<&PeerCert>), ApiError> {
     let state = req
         .app_data::<web::Data<AppState>>()
         .ok_or(ApiError::Internal)?;
     let core = state.core()?;
     let now = state.clock.now();
-    let peer = req.conn_data::<PeerCert>().cloned();
-    let principal = match req.headers().get(header::AUTHORIZATION) {
+    let peer = req.conn_data::<PeerCert>();
+    let (principal, name) = match req.headers().get(header::AUTHORIZATION) {
         Some(h) => {
             let source = state.guard.source(req);
             // A bearer credential is refused at once while its source is locked out.
@@ -176,7 +210,10 @@ async fn authenticate(req: &HttpRequest) -> Result<(Principal, Option<PeerCert>)
                 return Err(ApiError::TooManyRequests { retry_after: secs });
             }
             match bearer_principal(&core, h, now).await? {
-                Some(p) => p,
+                Some(p) => {
+                    let name = p.name().into();
+                    (p, name)
+                }
                 None => {
                     if let Some(ip) = source {
                         state.guard.failed(ip, "bearer root key refused");
@@ -187,14 +224,14 @@ async fn authenticate(req: &HttpRequest) -> Result<(Principal, Option<PeerCert>)
             }
         }
         None => {
-            let Some(peer) = peer.as_ref() else {
+            let Some(peer) = peer else {
                 refuse(req, "no credential", None);
                 return Err(ApiError::Unauthenticated);
             };
             cert_principal(req, state, &core, peer, now).await?
         }
     };
-    Ok((admit(req, state, principal)?, peer))
+    Ok((admit(req, state, principal, name)?, peer))
 }
 
 /// The principal of the connection's client certificate, checked on every request: unexpired,
@@ -207,24 +244,21 @@ async fn cert_principal(
     core: &Core,
     peer: &PeerCert,
     now: Timestamp,
-) -> Result<Principal, ApiError> {
+) -> Result<(Principal, Arc<str>), ApiError> {
     // Revocation unknown (a node behind other nodes' changes that cannot read the store):
     // refused as unavailable, not as unauthenticated.
     let revoked = core.pki().is_revoked_now(&peer.serial).await?;
-    let id = peer
-        .uri
-        .as_deref()
-        .and_then(|u| SpiffeId::parse(u, &state.config.trust_domain).ok());
+    let caller = peer.caller(&state.config.trust_domain);
     let refusal = if peer.not_after <= now {
         Some("client certificate expired")
     } else if revoked {
         Some("client certificate revoked")
-    } else if id.is_none() {
+    } else if caller.is_none() {
         Some("client certificate names no identity of this trust domain")
     } else {
         None
     };
-    let (None, Some(id)) = (refusal, id) else {
+    let (None, Some(caller)) = (refusal, caller) else {
         if let Some(ip) = state.guard.source(req) {
             state.guard.failed(ip, "client certificate refused");
         }
@@ -235,27 +269,33 @@ async fn cert_principal(
         );
         return Err(ApiError::Unauthenticated);
     };
-    Ok(core
+    let principal = core
         .access()
         .principal_for_cert(
-            id,
+            caller.id.clone(),
             peer.serial.clone(),
             peer.fingerprint.clone(),
             peer.ceiling.map(|c| PermSet::from_bits(c.bits())),
         )
-        .await?)
+        .await?;
+    Ok((principal, caller.name.clone()))
 }
 
-/// Lets an authenticated principal in: its request rate, then its name for the audit log.
-fn admit(req: &HttpRequest, state: &AppState, principal: Principal) -> Result<Principal, ApiError> {
-    let name = principal.name();
+/// Lets an authenticated principal in: its request rate, then its name (`principal.name()`)
+/// for the audit log.
+fn admit(
+    req: &HttpRequest,
+    state: &AppState,
+    principal: Principal,
+    name: Arc<str>,
+) -> Result<Principal, ApiError> {
     let secs = throttled(req, state.guard.principal(&name));
     if secs > 0 {
         return Err(ApiError::TooManyRequests { retry_after: secs });
     }
     let tenant = principal.tenant.as_ref().map(|t| t.as_str().to_owned());
     if let Some(ctx) = req.extensions().get::<Arc<AuditContext>>() {
-        ctx.set_principal(name.clone(), tenant.clone());
+        ctx.set_principal(name.to_string(), tenant.clone());
     }
     req.extensions_mut().insert(PrincipalName(name, tenant));
     Ok(principal)

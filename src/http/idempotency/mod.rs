@@ -25,7 +25,7 @@ use crate::crypto::secret::SecretBytes;
 pub const WINDOW: Duration = Duration::from_secs(600);
 /// Most answers held at once; beyond it new keys are not remembered (the call still works).
 const CAPACITY: usize = 10_000;
-const HEADER: &str = "idempotency-key";
+pub(crate) const HEADER: &str = "idempotency-key";
 
 /// A JSON answer that can be replayed.
 #[derive(Clone)]

@@ -33,15 +33,11 @@ fn resource(path: &str, allow: &'static str) -> Resource {
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // The hot paths first: the router tries resources in order, and every dynamic one it
-    // passes costs a pattern match.
+    // passes costs a pattern match (a regex).
     cfg.service(resource("/v1/keys/verify", "POST").route(web::post().to(keys::verify)))
         .service(resource("/v1/certs/verify", "POST").route(web::post().to(certs::verify)))
         // Forward auth answers any method: gateways pass the original request's.
         .service(web::resource("/v1/auth/check").route(web::route().to(forward_auth::check)))
-        .service(
-            web::resource("/v1/auth/check/{path:.*}")
-                .route(web::route().to(forward_auth::check_prefixed)),
-        )
         .service(resource("/healthz", "GET").route(web::get().to(sys::healthz)))
         .service(resource("/readyz", "GET").route(web::get().to(sys::readyz)))
         .service(resource("/v1/pki/ca", "GET").route(web::get().to(pki::ca_bundle)))
@@ -58,7 +54,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/ui", "GET").route(web::get().to(console::root)))
         .service(resource("/ui/", "GET").route(web::get().to(console::file)))
-        .service(resource("/ui/{file}", "GET").route(web::get().to(console::file)))
         .service(resource("/metrics", "GET").route(web::get().to(sys::metrics)))
         .service(resource("/openapi.json", "GET").route(web::get().to(openapi::serve)))
         .service(resource("/v1/audit", "GET").route(web::get().to(audit::list)))
@@ -68,6 +63,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/feed/snapshot", "GET").route(web::get().to(feed::snapshot)))
         .service(resource("/v1/feed/changes", "GET").route(web::get().to(feed::changes)))
         .service(resource("/v1/feed/stream", "GET").route(web::get().to(feed::stream)))
+        // The dynamic ones after every static one (a string comparison each): a request for a
+        // static path passes no pattern match on its way.
+        .service(
+            web::resource("/v1/auth/check/{path:.*}")
+                .route(web::route().to(forward_auth::check_prefixed)),
+        )
+        .service(resource("/ui/{file}", "GET").route(web::get().to(console::file)))
         .service(
             resource("/v1/apis", "GET, POST")
                 .route(web::get().to(apis::list))
