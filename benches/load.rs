@@ -7,7 +7,11 @@
 //! cargo bench --bench load                      # 10k and 1M keys, 10 s per scenario
 //! cargo bench --bench load -- --quick           # smoke: 1k keys, about 30 s in all
 //! cargo bench --bench load -- --keys 10000 --duration 5 --connections 32
+//! cargo bench --bench load -- --only verify --keys 1000000 --server "usage_cache_keys = 1048576"
+//! cargo bench --bench load -- --soak 600        # the mixed soak, 10 minutes
 //! ```
+//!
+//! The last table of a run is issue 18's targets, each worked out from that run's rows.
 //!
 //! Only 2xx answers are counted. Throttles are raised explicitly for the run.
 
@@ -73,7 +77,7 @@ fn opts() -> Opts {
             .and_then(|i| args.get(i + 1).cloned())
     };
     let quick = args.iter().any(|a| a == "--quick");
-    Opts {
+    let o = Opts {
         keys: get("--keys")
             .map(|v| v.split(',').map(|n| n.parse().unwrap()).collect())
             .unwrap_or_else(|| {
@@ -94,7 +98,11 @@ fn opts() -> Opts {
         quick,
         only: get("--only"),
         soak: get("--soak").map(|v| v.parse().unwrap()),
+    };
+    if let Some(extra) = get("--server") {
+        let _ = SERVER_EXTRA.set(extra);
     }
+    o
 }
 
 // ---- processes ----
@@ -165,13 +173,24 @@ unauthenticated_per_second = 100000000\nunauthenticated_burst = 100000000\n\
 lockout_threshold = 100000000\n[server]\nworkers = 1\nmax_connections = 100000\n\
 store_cache_bytes = 134217728\n";
 
+/// `--server "name = value"`: a line added to the servers' `[server]` section (the last of
+/// [`CONFIG`]), for a run with another setting (`--server "usage_cache_keys = 1048576"`).
+static SERVER_EXTRA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn config_text() -> String {
+    match SERVER_EXTRA.get() {
+        Some(extra) => format!("{CONFIG}{extra}\n"),
+        None => CONFIG.to_owned(),
+    }
+}
+
 fn start_server(home: &Path) -> Server {
     start_server_with(home, &[], &[])
 }
 
 /// [`start_server`] with more arguments and environment (`--store`, the master key).
 fn start_server_with(home: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Server {
-    fs::write(home.join("tessera.toml"), CONFIG).unwrap();
+    fs::write(home.join("tessera.toml"), config_text()).unwrap();
     let mut cmd = Command::new("taskset");
     cmd.args([
         "-c",

@@ -212,6 +212,7 @@ impl Core {
             store.clone(),
             keyring.clone(),
             vault.config.verify_cache_keys,
+            vault.config.usage_cache_keys,
         ));
         follow_remote(&*store, &keys, &access, &pki, vault.clock.clone());
         let feed = crate::feed::Feed::open(store.clone(), vault.clock.clone()).await?;

@@ -147,6 +147,8 @@ pub struct FileServer {
     pub store_cache_bytes: Option<u64>,
     /// How many key records the verification cache holds (default 1048576).
     pub verify_cache_keys: Option<usize>,
+    /// How many keys' usage counters stay in memory (default 262144).
+    pub usage_cache_keys: Option<usize>,
     pub max_connections: Option<usize>,
     pub keep_alive_seconds: Option<u64>,
     pub client_request_timeout_ms: Option<u64>,

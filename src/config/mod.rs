@@ -99,6 +99,8 @@ pub struct Config {
     /// How often this node reads the change sequence.
     pub poll_interval: std::time::Duration,
     pub verify_cache_keys: usize,
+    /// How many keys' usage counters stay in memory before those on disk are dropped.
+    pub usage_cache_keys: usize,
     pub forward_auth: ForwardAuth,
     pub leaks: Leaks,
     pub log_format: LogFormat,
@@ -293,6 +295,13 @@ impl Config {
             .unwrap_or(DEFAULT_VERIFY_CACHE_KEYS);
         if verify_cache_keys == 0 {
             return Err(err("server.verify_cache_keys", "must be at least 1"));
+        }
+        let usage_cache_keys = file
+            .server
+            .usage_cache_keys
+            .unwrap_or(crate::keys::usage::MAX_ENTRIES);
+        if usage_cache_keys == 0 {
+            return Err(err("server.usage_cache_keys", "must be at least 1"));
         }
         let forward_auth = ForwardAuth {
             key_header: header_name(
@@ -493,6 +502,7 @@ impl Config {
             workers,
             store_cache_bytes,
             verify_cache_keys,
+            usage_cache_keys,
             forward_auth,
             leaks,
             log_format,
@@ -544,6 +554,10 @@ mod tests {
         assert_eq!(c.trust_domain.as_str(), DEFAULT_TRUST_DOMAIN);
         assert_eq!(c.cert_default_ttl_secs, 86_400);
         assert_eq!(c.cert_max_lineage_secs, 90 * 86_400);
+        assert_eq!(c.usage_cache_keys, crate::keys::usage::MAX_ENTRIES);
+        let file: FileConfig = toml::from_str("[server]\nusage_cache_keys = 1048576").unwrap();
+        let c = Config::resolve(file, &Overrides::default()).unwrap();
+        assert_eq!(c.usage_cache_keys, 1 << 20);
     }
 
     #[test]
@@ -587,6 +601,10 @@ mod tests {
                 "[certificates]\nmax_lineage_seconds = 0"
             ),
             "certificates.max_lineage_seconds"
+        );
+        assert_eq!(
+            bad(Overrides::default(), "[server]\nusage_cache_keys = 0"),
+            "server.usage_cache_keys"
         );
         assert!(toml::from_str::<FileConfig>("unknown = 1").is_err());
     }

@@ -117,9 +117,15 @@ pub struct Keys {
 }
 
 impl Keys {
-    /// `cache_keys`: how many key records the verification cache holds.
-    pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, cache_keys: usize) -> Self {
-        let usage = Arc::new(usage::Usage::new(store.clone()));
+    /// `cache_keys`: how many key records the verification cache holds; `usage_keys`: how many
+    /// keys' usage counters stay in memory.
+    pub fn new(
+        store: Arc<dyn Store>,
+        keyring: Arc<Keyring>,
+        cache_keys: usize,
+        usage_keys: usize,
+    ) -> Self {
+        let usage = Arc::new(usage::Usage::new(store.clone(), usage_keys));
         Self {
             store,
             keyring,

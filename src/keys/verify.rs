@@ -439,7 +439,15 @@ mod tests {
         let master = MasterKey::generate().unwrap();
         let (store, _) = SledStore::open(dir.path(), &master, &Default::default()).unwrap();
         let (keyring, _) = Keyring::generate(&master).unwrap();
-        (dir, Keys::new(Arc::new(store), Arc::new(keyring), 100))
+        (
+            dir,
+            Keys::new(
+                Arc::new(store),
+                Arc::new(keyring),
+                100,
+                crate::keys::usage::MAX_ENTRIES,
+            ),
+        )
     }
 
     async fn api(keys: &Keys, name: &str, max_age: Option<u64>, now: Timestamp) -> ApiId {

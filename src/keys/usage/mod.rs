@@ -11,8 +11,9 @@
 //! for a disk flush. An explicit change of `remaining` (PATCH) is flushed before it is
 //! acknowledged.
 //!
-//! The table is bounded: past [`MAX_ENTRIES`] keys, counters already on disk are dropped from
-//! memory and read back on the key's next use.
+//! The table is bounded: past its bound (`server.usage_cache_keys`, [`MAX_ENTRIES`] by
+//! default) keys, counters already on disk are dropped from memory and read back on the key's
+//! next use.
 
 mod shared;
 
@@ -226,12 +227,16 @@ pub struct Usage {
     flushing: tokio::sync::Mutex<()>,
     /// Set when other processes write the store too: the counters live in the database.
     shared: Option<shared::Shared>,
+    /// How many keys' counters the table holds before trimming.
+    max_entries: usize,
 }
 
 impl Usage {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    /// `max_entries`: how many keys' counters stay in memory (at least 1).
+    pub fn new(store: Arc<dyn Store>, max_entries: usize) -> Self {
         Self {
             shared: store.shared().then(|| shared::Shared::new(store.clone())),
+            max_entries: max_entries.max(1),
             store,
             table: Mutex::new(Table::default()),
             flushing: tokio::sync::Mutex::new(()),
@@ -398,17 +403,17 @@ impl Usage {
 
     /// The periodic flush: every changed quota, and statistics up to [`STATS_PER_FLUSH`] keys
     /// (more when the backlog would keep the table from its bound); then trims the table to
-    /// [`MAX_ENTRIES`].
+    /// its bound.
     pub async fn flush_quotas(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.flushing.lock().await;
         if let Some(shared) = &self.shared {
             return shared.flush(STATS_PER_FLUSH).await;
         }
         let backlog = self.table().stats.len();
-        let budget = STATS_PER_FLUSH.max(backlog.saturating_sub(MAX_ENTRIES / 2));
+        let budget = STATS_PER_FLUSH.max(backlog.saturating_sub(self.max_entries / 2));
         self.flush_locked(budget).await?;
         // Under the flush lock: no flush has counters in flight that a trim could drop.
-        self.trim(MAX_ENTRIES);
+        self.trim(self.max_entries);
         Ok(())
     }
 
@@ -491,6 +496,10 @@ mod tests {
     use crate::{crypto::keyring::MasterKey, store::sled::SledStore};
 
     fn usage() -> (tempfile::TempDir, Arc<Usage>) {
+        usage_with(MAX_ENTRIES)
+    }
+
+    fn usage_with(max_entries: usize) -> (tempfile::TempDir, Arc<Usage>) {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = SledStore::open(
             dir.path(),
@@ -498,7 +507,7 @@ mod tests {
             &Default::default(),
         )
         .unwrap();
-        (dir, Arc::new(Usage::new(Arc::new(store))))
+        (dir, Arc::new(Usage::new(Arc::new(store), max_entries)))
     }
 
     fn limits(rl: Option<(u32, u32)>, refill: Option<(u64, u64)>) -> Limits {
@@ -608,6 +617,24 @@ mod tests {
         let k = u.table().entries.get(quota).cloned().unwrap();
         assert_eq!(k.remaining, Some(3));
         assert_eq!(k.valid_count, 2);
+    }
+
+    #[tokio::test]
+    async fn the_periodic_flush_trims_to_the_configured_bound() {
+        let l = limits(None, None);
+        let t = Timestamp::from_unix(1_000);
+        let ids: Vec<KeyId> = (0..20).map(|_| KeyId::generate().unwrap()).collect();
+        for (bound, most) in [(8, 8), (MAX_ENTRIES, 20)] {
+            let (_d, u) = usage_with(bound);
+            for id in &ids {
+                u.spend(id, &l, t).await.unwrap();
+            }
+            u.flush_quotas().await.unwrap();
+            assert!(u.len() <= most, "bound {bound}: {}", u.len());
+            if bound == MAX_ENTRIES {
+                assert_eq!(u.len(), 20, "under the bound nothing is dropped");
+            }
+        }
     }
 
     // On several threads: on a current-thread runtime the spawned tasks never run at the same
