@@ -5,14 +5,17 @@
 //! (`crl-<ca id>.pem`, and all of them in `crls.pem` for verifiers such as nginx that check
 //! the whole chain).
 
-use std::{collections::HashSet, sync::atomic::Ordering};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{RwLock, atomic::Ordering},
+};
 
 use crate::sync::Locked;
 use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
 
 use super::{
     CrlSelect, Pki, PkiError, pem,
-    records::{CertRecord, CrlRecord, IDX_REVOKED_BY_CA},
+    records::{CertRecord, CrlRecord, IDX_REVOKED_BY_CA, Revocation},
 };
 use crate::{
     clock::Timestamp,
@@ -30,6 +33,37 @@ pub const CRL_REFRESH_BEFORE_SECS: u64 = 12 * 3600;
 /// to the millisecond.
 fn due_at(crl: &CrlRecord, now: Timestamp) -> bool {
     crl.next_update.unix_millis() - now.unix_millis() < CRL_REFRESH_BEFORE_SECS as i64 * 1000
+}
+
+/// What a CRL lists about one revoked certificate. A certificate's revocation never changes
+/// once written (revoking a revoked certificate changes nothing), nor does its expiry, so an
+/// entry read once stays true for as long as its certificate is in the revocation index.
+#[derive(Clone, Debug)]
+pub(super) struct CrlEntry {
+    serial: Serial,
+    /// The serial's DER content bytes.
+    serial_bytes: Vec<u8>,
+    revocation: Revocation,
+    not_after: Timestamp,
+}
+
+/// [`CrlEntry`]s per CA, by serial. The revocation index stays the truth of which
+/// certificates a CRL lists (every signing scans it, so other nodes' revocations and tidied
+/// certificates count at once); this only saves decrypting and parsing each listed
+/// certificate's record on every signing, which made a revocation cost time in proportion to
+/// the revoked certificates of its CA.
+#[derive(Debug, Default)]
+pub(super) struct CrlEntries(RwLock<HashMap<CaId, HashMap<String, CrlEntry>>>);
+
+#[cfg(test)]
+impl CrlEntries {
+    /// Whether an entry of this certificate is kept for this CA.
+    pub(super) fn holds(&self, ca: &CaId, serial: &Serial) -> bool {
+        self.0
+            .read_locked()
+            .get(ca)
+            .is_some_and(|m| m.contains_key(serial.as_str()))
+    }
 }
 
 /// The encodings a CRL is served in.
@@ -90,9 +124,16 @@ impl Pki {
             .any(|ca| crls.get(&ca.id).is_none_or(|c| due_at(c, now)))
     }
 
-    /// The revoked, unexpired certificates a CA issued, from the revocation index.
-    async fn revoked_by(&self, ca_id: &CaId, now: Timestamp) -> Result<Vec<CertRecord>, PkiError> {
-        let mut out = Vec::new();
+    /// The revoked, unexpired certificates a CA issued, from the revocation index; each
+    /// certificate's record is read only the first time it is listed (see [`CrlEntries`]).
+    async fn revoked_by(&self, ca_id: &CaId, now: Timestamp) -> Result<Vec<CrlEntry>, PkiError> {
+        let known = self
+            .crl_entries
+            .0
+            .write_locked()
+            .remove(ca_id)
+            .unwrap_or_default();
+        let mut listed: HashMap<String, CrlEntry> = HashMap::with_capacity(known.len());
         let prefix = format!("{ca_id}/");
         let mut after: Option<Vec<u8>> = None;
         loop {
@@ -103,15 +144,35 @@ impl Pki {
             let Some(last) = page.last() else { break };
             after = Some(last.key.clone());
             for e in page {
+                if let Some(entry) = known.get(&e.id) {
+                    listed.insert(e.id, entry.clone());
+                    continue;
+                }
                 let Some((_, r)) = store::record::get::<CertRecord>(&*self.store, &e.id).await?
                 else {
                     continue;
                 };
-                if r.revoked.is_some() && r.not_after > now {
-                    out.push(r);
+                if let Some(revocation) = r.revoked {
+                    let entry = CrlEntry {
+                        serial_bytes: r.serial.to_bytes(),
+                        serial: r.serial,
+                        revocation,
+                        not_after: r.not_after,
+                    };
+                    listed.insert(e.id, entry);
                 }
             }
         }
+        let out = listed
+            .values()
+            .filter(|e| e.not_after > now)
+            .cloned()
+            .collect();
+        // Only what the index lists now is kept: tidied certificates leave with it.
+        self.crl_entries
+            .0
+            .write_locked()
+            .insert(ca_id.clone(), listed);
         Ok(out)
     }
 
@@ -152,18 +213,16 @@ impl Pki {
             .find(|c| c.id == *ca_id)
             .ok_or(PkiError::Inconsistent("CRL for an unknown CA"))?;
 
-        let revoked = self
-            .revoked_by(ca_id, now)
-            .await?
+        let mut listed = self.revoked_by(ca_id, now).await?;
+        // The index's order, whatever order the entries were kept in.
+        listed.sort_by(|a, b| a.serial.cmp(&b.serial));
+        let revoked = listed
             .into_iter()
-            .filter_map(|r| {
-                let rev = r.revoked.as_ref()?;
-                Some(RevokedCertParams {
-                    serial_number: SerialNumber::from_slice(&r.serial.to_bytes()),
-                    revocation_time: rev.at.to_offset(),
-                    reason_code: Some(rev.reason.to_rcgen()),
-                    invalidity_date: None,
-                })
+            .map(|e| RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&e.serial_bytes),
+                revocation_time: e.revocation.at.to_offset(),
+                reason_code: Some(e.revocation.reason.to_rcgen()),
+                invalidity_date: None,
             })
             .collect();
 

@@ -138,6 +138,10 @@ pub struct Pki {
     /// Revoked, unexpired serials -> their notAfter. Checked on every request.
     revoked: RwLock<HashMap<Serial, Timestamp>>,
     crls: RwLock<BTreeMap<CaId, CrlRecord>>,
+    /// Per CA, what its CRL lists about each revoked certificate, by serial (see
+    /// [`crl::CrlEntries`]): a revocation signs its CA's CRL without reading every revoked
+    /// certificate's record again.
+    crl_entries: crl::CrlEntries,
     verifier: RwLock<Arc<dyn ClientCertVerifier>>,
     /// Base of the CRL distribution point URL written into certificates.
     public_url: RwLock<Option<String>>,
@@ -184,6 +188,7 @@ impl Pki {
             authority: RwLock::new(Arc::new(authority)),
             revoked: RwLock::new(revoked),
             crls: RwLock::new(BTreeMap::new()),
+            crl_entries: crl::CrlEntries::default(),
             verifier: RwLock::new(verifier),
             public_url: RwLock::new(None),
             publish_dir,

@@ -353,6 +353,100 @@ mod tests {
         assert_eq!(code(&pki, all, &pem, now), CertCode::Revoked);
     }
 
+    /// What the current issuing CA's CRL lists: (serial, revocation time, reason code).
+    fn crl_lists(pki: &Pki) -> Vec<(Serial, i64, u8)> {
+        use crate::pki::{CrlFormat, CrlSelect};
+        let der = pki.crl(&CrlSelect::Current, CrlFormat::Der).unwrap();
+        let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
+        let mut v: Vec<(Serial, i64, u8)> = crl
+            .iter_revoked_certificates()
+            .map(|r| {
+                (
+                    Serial::from_bytes(r.raw_serial()),
+                    r.revocation_date.timestamp(),
+                    r.reason_code().map_or(0, |(_, c)| c.0),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Each signing lists every certificate of the revocation index with what its record
+    /// says, whether the entry was read from the record now or kept from an earlier signing,
+    /// and nothing the index no longer lists or that has expired.
+    #[tokio::test]
+    async fn every_crl_lists_each_revocation_as_its_record_says() {
+        let now = Timestamp::from_unix(2_000_000_000);
+        let (_d, pki) = pki(now).await;
+        let all = &TenantScope::All;
+        let (a, _) = issue(&pki, "a", now).await;
+        let (b, _) = issue(&pki, "b", now).await;
+        let (c, _) = issue(&pki, "c", now).await;
+        let (d, _) = issue(&pki, "d", now).await;
+        let revoke = |serial: Serial, reason, at: Timestamp| {
+            let pki = &pki;
+            async move {
+                pki.revoke(&NoRecord, all, &serial, reason, &[], at)
+                    .await
+                    .unwrap();
+            }
+        };
+        revoke(a.clone(), RevocationReason::Superseded, now).await;
+        revoke(
+            b.clone(),
+            RevocationReason::AffiliationChanged,
+            now.plus_secs(5),
+        )
+        .await;
+        // Revoking a revoked certificate changes nothing, also not its CRL entry.
+        revoke(a.clone(), RevocationReason::KeyCompromise, now.plus_secs(7)).await;
+        revoke(
+            c.clone(),
+            RevocationReason::CessationOfOperation,
+            now.plus_secs(10),
+        )
+        .await;
+        let t = now.unix();
+        let mut want = vec![
+            (a.clone(), t, 4),
+            (b.clone(), t + 5, 3),
+            (c.clone(), t + 10, 5),
+        ];
+        want.sort();
+        assert_eq!(crl_lists(&pki), want);
+        let ca = pki.authority().issuing.id.clone();
+        assert!(
+            [&a, &b, &c].iter().all(|s| pki.crl_entries.holds(&ca, s)),
+            "the entries are kept for the next signing"
+        );
+
+        // A certificate the index no longer lists (tidied) leaves the CRL and the kept entries.
+        let mut batch = crate::store::Batch::new();
+        batch.index_delete(
+            crate::pki::records::IDX_REVOKED_BY_CA,
+            format!("{ca}/{b}").as_bytes(),
+        );
+        pki.store.commit(batch).await.unwrap();
+        revoke(
+            d.clone(),
+            RevocationReason::PrivilegeWithdrawn,
+            now.plus_secs(20),
+        )
+        .await;
+        let mut want = vec![(a, t, 4), (c, t + 10, 5), (d, t + 20, 9)];
+        want.sort();
+        assert_eq!(crl_lists(&pki), want);
+        assert!(
+            !pki.crl_entries.holds(&ca, &b),
+            "the tidied certificate's entry is not kept"
+        );
+
+        // Expired certificates drop out.
+        pki.sign_crl(&ca, now.plus_secs(3 * HOUR)).await.unwrap();
+        assert_eq!(crl_lists(&pki), vec![]);
+    }
+
     #[tokio::test]
     async fn a_foreign_certificate_copying_an_identity_is_untrusted_even_expired() {
         let now = Timestamp::from_unix(2_000_000_000);
