@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{Audit, LOG};
 use crate::{
     clock::Timestamp,
-    crypto::{hex, secret::SecretBytes},
+    crypto::{hex, random, secret::SecretBytes},
     store::{self, Batch, Expect, Kind, Record, Store, StoreError},
 };
 
@@ -82,11 +82,8 @@ pub(super) struct Signer {
 impl Signer {
     pub(super) async fn load_or_create(store: &dyn Store) -> Result<Self, CheckpointError> {
         let key = store::record::get_or_create(store, KEY_ID, || {
-            let doc = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
-                .map_err(|_| StoreError::Crypto)?;
-            Ok(SigningKey {
-                pkcs8: SecretBytes::new(doc.as_ref().to_vec()),
-            })
+            let pkcs8 = random::ed25519_pkcs8().map_err(|_| StoreError::Crypto)?;
+            Ok(SigningKey { pkcs8 })
         })
         .await?;
         let pair =

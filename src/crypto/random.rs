@@ -12,6 +12,13 @@ pub fn fill(buf: &mut [u8]) -> Result<(), CryptoError> {
         .map_err(|_| CryptoError::Random)
 }
 
+/// A new Ed25519 key pair as PKCS#8 (the form the signing keys are sealed in).
+pub fn ed25519_pkcs8() -> Result<super::secret::SecretBytes, CryptoError> {
+    ring::signature::Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+        .map(|doc| super::secret::SecretBytes::new(doc.as_ref().to_vec()))
+        .map_err(|_| CryptoError::Random)
+}
+
 /// Returns `N` random bytes.
 pub fn bytes<const N: usize>() -> Result<[u8; N], CryptoError> {
     let mut b = [0u8; N];

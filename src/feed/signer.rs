@@ -6,7 +6,7 @@ use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    crypto::{hex, secret::SecretBytes},
+    crypto::{hex, random, secret::SecretBytes},
     store::{self, Kind, Record, Store, StoreError},
 };
 
@@ -34,11 +34,8 @@ pub fn message(scope: &str, seq: u64, hash: &str, time_ms: i64) -> String {
 impl Signer {
     pub(super) async fn load_or_create(store: &dyn Store) -> Result<Self, StoreError> {
         let key = store::record::get_or_create(store, KEY_ID, || {
-            let doc = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
-                .map_err(|_| StoreError::Crypto)?;
-            Ok(SigningKey {
-                pkcs8: SecretBytes::new(doc.as_ref().to_vec()),
-            })
+            let pkcs8 = random::ed25519_pkcs8().map_err(|_| StoreError::Crypto)?;
+            Ok(SigningKey { pkcs8 })
         })
         .await?;
         let pair =

@@ -127,7 +127,7 @@ impl Pki {
     /// The revoked, unexpired certificates a CA issued, from the revocation index; each
     /// certificate's record is read only the first time it is listed (see [`CrlEntries`]).
     async fn revoked_by(&self, ca_id: &CaId, now: Timestamp) -> Result<Vec<CrlEntry>, PkiError> {
-        let known = self
+        let mut known = self
             .crl_entries
             .0
             .write_locked()
@@ -144,8 +144,8 @@ impl Pki {
             let Some(last) = page.last() else { break };
             after = Some(last.key.clone());
             for e in page {
-                if let Some(entry) = known.get(&e.id) {
-                    listed.insert(e.id, entry.clone());
+                if let Some(entry) = known.remove(&e.id) {
+                    listed.insert(e.id, entry);
                     continue;
                 }
                 let Some((_, r)) = store::record::get::<CertRecord>(&*self.store, &e.id).await?
